@@ -1,0 +1,48 @@
+"""What every binary shares: flag parsing and the one-line error contract.
+
+Bad input (flags, files, folders) ends a binary with one line on stderr, `<prog>: error: <what>`, and exit
+status 2; never a traceback. Library code raises `UsageError` (or `RunFolderError`) with the offending
+values in the message; `run_app` turns it into that line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from absl import flags
+
+from lrbs_tf.runfolder import RunFolderError
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line and exit status 2."""
+
+
+def fail(prog: str, message: str, code: int = 2) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """Parses absl flags (flagfiles included) and runs `main(argv)`, mapping bad input to one line.
+
+    Unlike absl.app.run, a flag error is one line (no usage dump) and exit status 2.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    prog = os.path.basename(argv[0]) if argv else "lrbs_tf"
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(prog, str(e).splitlines()[0] if str(e) else repr(e))
+    if len(rest) > 1:
+        fail(prog, f"unexpected arguments {rest[1:]} (flags are written --name=value)")
+    try:
+        code = main(rest)
+    except (UsageError, RunFolderError) as e:
+        fail(prog, str(e))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(int(code or 0))
