@@ -20,6 +20,27 @@ class UsageError(ValueError):
     """Bad input from the user: reported as one line and exit status 2."""
 
 
+def quiet_import_tensorflow() -> None:
+    """Imports TensorFlow with its C++ start-up chatter (CUDA probing, absl log init) kept off stderr.
+
+    A binary's stderr then carries only what lrbs_tf says, so bad input stays one line. Python-level import
+    errors are unaffected: they are raised after stderr is restored.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def fail(prog: str, message: str, code: int = 2) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)

@@ -1,0 +1,277 @@
+"""Datasets as in-memory arrays, and the tf.data pipelines that feed training and evaluation.
+
+Every dataset is loaded into a `Data` (raw arrays plus per-channel normalisation statistics computed on the
+training split). The training pipeline is a pure function of (seed, epoch): the order and the augmentation
+of epoch e never depend on how many epochs this process has already run, so a run resumed from the
+checkpoint of epoch e sees exactly the batches an uninterrupted run sees. That is the data-iterator state
+the checkpoint needs (the epoch counter), without storing a shuffle buffer of the whole training set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What is known about a dataset without loading it (so --dry_run never touches data or disk)."""
+    input_shape: tuple | None  # per example, channels last; None: read from the file (npz)
+    num_classes: int | None
+    augment_by_default: bool
+    tfds_name: str | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec((32, 32, 3), 10, True, "cifar10"),
+    "cifar100": DatasetSpec((32, 32, 3), 100, True, "cifar100"),
+    "mnist": DatasetSpec((28, 28, 1), 10, False, "mnist"),
+    "fashion_mnist": DatasetSpec((28, 28, 1), 10, False, "fashion_mnist"),
+    "mnist1d": DatasetSpec((40,), 10, False),
+    "npz": DatasetSpec(None, None, False),
+}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded as asked; the message names the file or dataset."""
+
+
+@dataclasses.dataclass
+class Data:
+    """A dataset in memory. Images are uint8 (N, H, W, C); vectors are float32 (N, F). Labels are int32 (N,)."""
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: np.ndarray  # per channel, in the units after `scale` (shape (C,), or (1,) for vectors)
+    std: np.ndarray
+    scale: float      # 1/255 for uint8 images, 1 otherwise
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Raw examples -> the float32 model inputs training uses (without augmentation)."""
+        return ((x.astype(np.float32) * np.float32(self.scale) - self.mean) / self.std).astype(np.float32)
+
+
+def _stats(x: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over the training split, in float64 (true statistics, not constants)."""
+    xs = x.astype(np.float64) * scale
+    axes = tuple(range(xs.ndim - 1)) if xs.ndim > 2 else None
+    if axes is None:  # vectors: one channel
+        return np.array([xs.mean()], np.float32), np.array([xs.std()], np.float32)
+    return xs.mean(axis=axes).astype(np.float32), xs.std(axis=axes).astype(np.float32)
+
+
+def _make(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Data:
+    x_train, x_test = np.asarray(x_train), np.asarray(x_test)
+    if x_train.dtype != np.uint8:
+        x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
+    if x_train.ndim == 3:  # (N, H, W) grey images: add the channel axis
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    y_train = np.asarray(y_train).astype(np.int32).reshape(-1)
+    y_test = np.asarray(y_test).astype(np.int32).reshape(-1)
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+    scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
+    mean, std = _stats(x_train, scale)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant channel is left unscaled
+    return Data(name, x_train, y_train, x_test, y_test, num_classes, mean, std, scale)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lrbs_tf"
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
+    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test, 40 features).
+
+    Generation takes seconds, so the arrays are cached on disk keyed by the package version and arguments.
+    The cache only ever holds what make_dataset returns; delete it freely.
+    """
+    import mnist1d
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    key = hashlib.sha1(repr((getattr(mnist1d, "__version__", "?"), sorted(vars(args).items())))
+                       .encode()).hexdigest()[:12]
+    path = _cache_dir() / f"mnist1d-{key}.npz"
+    try:
+        with np.load(path) as f:
+            return f["x"], f["y"], f["x_test"], f["y_test"]
+    except (OSError, KeyError, ValueError):
+        pass
+    d = make_dataset(args)
+    arrays = (d["x"].astype(np.float32), d["y"], d["x_test"].astype(np.float32), d["y_test"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=arrays[0], y=arrays[1], x_test=arrays[2], y_test=arrays[3])
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs the regeneration next time
+    return arrays
+
+
+def load_npz(path: str) -> Data:
+    """A local file in the keras.datasets layout: x_train, y_train, x_test, y_test."""
+    if not path:
+        raise DataError("--dataset=npz needs --data_path=FILE.npz")
+    if not os.path.isfile(path):
+        raise DataError(f"npz file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"npz file {path} lacks {', '.join(missing)} (has: {', '.join(f.files) or 'nothing'})")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DataError:
+        raise
+    except Exception as e:  # zip errors, pickled objects, truncated files, permissions
+        raise DataError(f"npz file {path} is unreadable: {type(e).__name__}: {e}") from None
+    for split in ("train", "test"):
+        nx, ny = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
+        if nx != ny:
+            raise DataError(f"npz file {path}: x_{split} has {nx} examples but y_{split} has {ny}")
+        if nx == 0:
+            raise DataError(f"npz file {path}: the {split} split is empty")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"npz file {path}: x_train examples have shape {arrays['x_train'].shape[1:]}, "
+                        f"x_test examples {arrays['x_test'].shape[1:]}")
+    for k in ("y_train", "y_test"):
+        y = arrays[k]
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise DataError(f"npz file {path}: {k} must hold non-negative integer class labels")
+    if arrays["x_train"].ndim not in (2, 3, 4):
+        raise DataError(f"npz file {path}: x_train must be (N, F), (N, H, W) or (N, H, W, C), "
+                        f"got {arrays['x_train'].shape}")
+    return _make("npz", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
+
+
+def npz_shape(path: str) -> tuple[tuple, int]:
+    """(input_shape, num_classes) of an npz file, for --dry_run (validates and reads the file; writes nothing)."""
+    data = load_npz(path)
+    return data.input_shape, data.num_classes
+
+
+def load_tfds(name: str, data_dir: str | None) -> Data:
+    """A TFDS dataset into memory. TFDS downloads it on first use, which needs internet."""
+    import tensorflow_datasets as tfds
+
+    try:
+        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(tfds.load(
+            name, split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=data_dir))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"could not load {name} through tensorflow_datasets (data_dir={data_dir}): {first}. "
+                        "The first use downloads it and needs internet; offline, prepare it elsewhere and "
+                        "pass --data_dir, or use --dataset=npz --data_path=FILE") from None
+    return _make(name, x_train, y_train, x_test, y_test, DATASETS[name].num_classes)
+
+
+def load_data(dataset: str, data_dir: str | None = None, data_path: str | None = None) -> Data:
+    """Loads `dataset` (a key of DATASETS) into memory."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    if dataset == "mnist1d":
+        return _make("mnist1d", *_mnist1d_arrays(), num_classes=10)
+    if dataset == "npz":
+        return load_npz(data_path or "")
+    return load_tfds(DATASETS[dataset].tfds_name, data_dir)
+
+
+# --- tf.data pipelines ---------------------------------------------------------------------------------
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, stable shuffle seed per (seed, epoch); epochs count from 0 here."""
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**31 - 1)
+
+
+def augment_batch(images, seed):
+    """CIFAR augmentation on a float batch (B, H, W, C): 4-pixel zero pad, random HxW crop, random h-flip.
+
+    Stateless: `seed` (shape [2] int) fixes every random choice, so the same (seed, epoch, step) always
+    gives the same batch. Padding happens before normalisation (zeros = black pixels), as in bearpaw.
+    """
+    import tensorflow as tf
+
+    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]])
+    offsets = tf.random.stateless_uniform([b, 2], seed=seed, minval=0, maxval=9, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(h)[None, :]          # (B, H)
+    cols = offsets[:, 1:] + tf.range(w)[None, :]          # (B, W)
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)  # (B, H, W+8, C)
+    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)  # (B, H, W, C)
+    flip = tf.random.stateless_uniform([b], seed=seed + tf.constant([0, 1], seed.dtype)) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+
+
+class Pipelines:
+    """Builds the tf.data pipelines of one Data: cached raw examples, normalised and augmented per batch."""
+
+    def __init__(self, data: Data, augment: bool, eval_batch_size: int = 1000):
+        import tensorflow as tf
+
+        self.data = data
+        self.augment = augment and data.x_train.ndim == 4
+        self.eval_batch_size = eval_batch_size
+        self._mean = tf.constant(data.mean)
+        self._std = tf.constant(data.std)
+        self._train = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).cache()
+        self._test = tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test)).cache()
+
+    def _normalize(self, x):
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float32) * self.data.scale
+        return (x - self._mean) / self._std
+
+    def train(self, batch_size: int, seed: int, epoch: int):
+        """Epoch `epoch` (0-based): seeded shuffle, batches of `batch_size` (remainder dropped), augmentation."""
+        import tensorflow as tf
+
+        n = self.data.num_train
+        ds = self._train.shuffle(n, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        ds = ds.batch(batch_size, drop_remainder=True).enumerate()
+
+        def prepare(step, batch):
+            x, y = batch
+            x = tf.cast(x, tf.float32) * self.data.scale
+            if self.augment:
+                x = augment_batch(x, tf.stack([tf.cast(_epoch_seed(seed, epoch), tf.int64), step]))
+            return (x - self._mean) / self._std, y
+
+        return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+            tf.data.AUTOTUNE)
+
+    def test(self):
+        """The whole test set in order, the last batch partial: no example is dropped."""
+        import tensorflow as tf
+
+        return self._test.batch(self.eval_batch_size).map(
+            lambda x, y: (self._normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+    def train_eval(self, num_examples: int = 0):
+        """The first `num_examples` training examples (0: all) in dataset order, normalised, not augmented."""
+        import tensorflow as tf
+
+        ds = self._train.take(num_examples) if num_examples else self._train
+        return ds.batch(self.eval_batch_size).map(
+            lambda x, y: (self._normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True).prefetch(tf.data.AUTOTUNE)
