@@ -34,7 +34,9 @@ def quiet_import_tensorflow() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # CUDA probing logs here on machines without a GPU
     finally:
         os.dup2(saved, 2)
         os.close(saved)
