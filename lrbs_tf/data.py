@@ -173,9 +173,15 @@ def load_tfds(name: str, data_dir: str | None) -> Data:
     """A TFDS dataset into memory. TFDS downloads it on first use, which needs internet."""
     import tensorflow_datasets as tfds
 
+    def to_numpy(ds) -> tuple[np.ndarray, np.ndarray]:
+        # Chunks rather than tfds' batch_size=-1: that path aborts the process on datasets of unknown
+        # cardinality (seen with tfds.testing.mock_data, TF 2.21).
+        xs, ys = zip(*tfds.as_numpy(ds.batch(10_000)))
+        return np.concatenate(xs), np.concatenate(ys)
+
     try:
-        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(tfds.load(
-            name, split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=data_dir))
+        train, test = tfds.load(name, split=["train", "test"], as_supervised=True, data_dir=data_dir)
+        (x_train, y_train), (x_test, y_test) = to_numpy(train), to_numpy(test)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"could not load {name} through tensorflow_datasets (data_dir={data_dir}): {first}. "

@@ -1,0 +1,130 @@
+"""Datasets and tf.data pipelines: offline MNIST-1D, npz files, TFDS through mock_data, augmentation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lrbs_tf import data as data_lib
+
+
+def _npz(path, n_train=50, n_test=20, shape=(8, 8), classes=3, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+              "y_train": rng.integers(0, classes, n_train),
+              "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+              "y_test": rng.integers(0, classes, n_test)}
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_mnist1d_is_the_packages_default_split_in_order():
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = data_lib.load_data("mnist1d")
+    ref = make_dataset(get_dataset_args())
+    assert d.x_train.shape == (4000, 40) and d.x_test.shape == (1000, 40) and d.num_classes == 10
+    np.testing.assert_allclose(d.x_train, ref["x"].astype(np.float32))
+    np.testing.assert_array_equal(d.y_test, ref["y_test"])
+    z = d.normalize(d.x_train)
+    assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-4
+
+
+def test_npz_images_get_a_channel_axis_and_true_per_channel_statistics(tmp_path):
+    d = data_lib.load_npz(_npz(tmp_path / "d.npz", shape=(6, 6, 2)))
+    assert d.input_shape == (6, 6, 2) and d.num_classes == 3 and d.scale == 1 / 255
+    x = d.x_train.astype(np.float64) / 255
+    np.testing.assert_allclose(d.mean, x.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(d.std, x.std(axis=(0, 1, 2)), rtol=1e-6)
+    grey = data_lib.load_npz(_npz(tmp_path / "g.npz", shape=(5, 5)))
+    assert grey.input_shape == (5, 5, 1)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"y_test": None}, "lacks y_test"),
+    ({"y_train": np.zeros(7, np.int64)}, "x_train has 50 examples but y_train has 7"),
+    ({"y_train": -np.ones(50, np.int64)}, "non-negative integer"),
+    ({"x_test": np.zeros((20, 3, 3), np.uint8)}, "x_test examples"),
+])
+def test_bad_npz_files_name_the_problem(tmp_path, overrides, message):
+    with pytest.raises(data_lib.DataError, match=message):
+        data_lib.load_npz(_npz(tmp_path / "bad.npz", **overrides))
+
+
+def test_missing_and_corrupt_npz(tmp_path):
+    with pytest.raises(data_lib.DataError, match="does not exist"):
+        data_lib.load_npz(str(tmp_path / "nope.npz"))
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    with pytest.raises(data_lib.DataError, match="unreadable"):
+        data_lib.load_npz(str(corrupt))
+
+
+def _epoch(pipes, bs, seed, epoch):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in pipes.train(bs, seed, epoch)])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_train_pipeline_is_a_seeded_per_epoch_permutation_without_remainder(tmp_path):
+    d = data_lib.load_npz(_npz(tmp_path / "v.npz", shape=(4,)))
+    d.x_train = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)  # row i identifies example i
+    pipes = data_lib.Pipelines(d, augment=False)
+    x0, _ = _epoch(pipes, 16, seed=3, epoch=0)
+    assert x0.shape == (48, 4)  # 3 full batches, the 2 left over are dropped
+    ids = (d.normalize(d.x_train)[:, 0])
+    picked = [int(np.argmin(np.abs(ids - v))) for v in x0[:, 0]]
+    assert len(set(picked)) == 48  # no example twice within an epoch
+    again, _ = _epoch(pipes, 16, seed=3, epoch=0)
+    np.testing.assert_array_equal(x0, again)  # a pure function of (seed, epoch): what resume relies on
+    x1, _ = _epoch(pipes, 16, seed=3, epoch=1)
+    other_seed, _ = _epoch(pipes, 16, seed=4, epoch=0)
+    assert not np.array_equal(x0, x1) and not np.array_equal(x0, other_seed)
+
+
+def test_test_pipeline_keeps_every_example_in_order(tmp_path):
+    d = data_lib.load_npz(_npz(tmp_path / "t.npz", n_test=23))
+    pipes = data_lib.Pipelines(d, augment=False, eval_batch_size=10)
+    batches = [x.numpy() for x, _ in pipes.test()]
+    assert [len(b) for b in batches] == [10, 10, 3]
+    np.testing.assert_allclose(np.concatenate(batches), d.normalize(d.x_test), rtol=1e-6)
+
+
+def test_augmentation_is_a_padded_crop_or_its_mirror():
+    rng = np.random.default_rng(1)
+    images = rng.random((64, 32, 32, 3)).astype(np.float32) + 1.0  # no zeros, so padding is visible
+    out = data_lib.augment_batch(tf.constant(images), tf.constant([5, 7], tf.int64)).numpy()
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    flips, offsets = 0, set()
+    for i in range(len(images)):
+        found = None
+        for r in range(9):
+            for c in range(9):
+                crop = padded[i, r:r + 32, c:c + 32]
+                if np.array_equal(out[i], crop):
+                    found = (r, c, False)
+                elif np.array_equal(out[i], crop[:, ::-1]):
+                    found = (r, c, True)
+        assert found is not None, f"image {i} is not a crop of its padded original"
+        flips += found[2]
+        offsets.add(found[:2])
+    assert 16 < flips < 48 and len(offsets) > 20
+    same = data_lib.augment_batch(tf.constant(images), tf.constant([5, 7], tf.int64)).numpy()
+    np.testing.assert_array_equal(out, same)
+
+
+def test_tfds_path_through_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=24):
+        d = data_lib.load_data("cifar10", data_dir=None)
+    assert d.x_train.shape == (24, 32, 32, 3) and d.x_train.dtype == np.uint8
+    assert d.y_test.shape == (24,) and d.num_classes == 10
+    pipes = data_lib.Pipelines(d, augment=True)
+    x, y = next(iter(pipes.train(8, seed=0, epoch=0)))
+    assert x.shape == (8, 32, 32, 3) and x.dtype == tf.float32
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(data_lib.DataError, match="valid: cifar10"):
+        data_lib.load_data("imagenet")

@@ -1,0 +1,65 @@
+"""bin/train as a user runs it: dry run, one-line errors, and a real kill -9 followed by a resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lrbs_tf import runfolder
+from tests.helpers import REPO, run_bin, without_seconds
+
+
+def test_dry_run_prints_the_exact_count_and_touches_nothing(tmp_path):
+    proc = run_bin("train", "--arch=resnet110", "--dataset=cifar10", "--dry_run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "trainable parameters: 1,730,714" in proc.stdout.splitlines()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr=0"], "train: error: lr=0.0 must be > 0"),
+    (["--arch=resnet18"], "train: error: flag --arch=resnet18: value should be one of <resnet20|"),
+    (["--batch_size=4001"], "train: error: batch_size=4001 is larger than the training set (4000"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = run_bin("train", *args, "--epochs=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # exactly one line, no traceback
+    assert proc.stderr.startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+ARGS = ["--arch=mlp", "--dataset=mnist1d", "--batch_size=16", "--lr=0.05", "--epochs=6", "--progress=false"]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = run_bin("train", *ARGS, f"--workdir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr
+
+    workdir = tmp_path / "killed"
+    run_dir = workdir / "mlp-mnist1d-bs16-lr0.05-s0"
+    proc = subprocess.Popen([sys.executable, str(REPO / "bin" / "train"), *ARGS, f"--workdir={workdir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while len(runfolder.read_metrics(run_dir)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / runfolder.RESULT).exists(), "the run finished before it could be killed"
+    killed_at = len(runfolder.read_metrics(run_dir))
+    assert 2 <= killed_at < 6
+
+    resumed = run_bin("train", *ARGS, f"--workdir={workdir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    reference = runfolder.read_metrics(tmp_path / "full" / "mlp-mnist1d-bs16-lr0.05-s0")
+    assert len(reference) == 6
+    assert without_seconds(runfolder.read_metrics(run_dir)) == without_seconds(reference)
+    assert runfolder.read_result(run_dir) == runfolder.read_result(tmp_path / "full" / run_dir.name)
+
+    again = run_bin("train", *ARGS, f"--workdir={workdir}")
+    assert again.returncode == 0 and "already finished" in again.stdout
