@@ -12,6 +12,14 @@ class StrategyError(ValueError):
     """A device set-up that cannot serve the run (e.g. batch size not divisible by the replicas)."""
 
 
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """CPU thread pools (0 keeps TensorFlow's default); must run before TF executes its first op."""
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
 def configure_numerics(deterministic: bool, tf32: bool) -> None:
     """Op determinism (identical reruns on CPU) and TF32 (off unless asked: it changes the numerics studied)."""
     tf.config.experimental.enable_tensor_float_32_execution(tf32)

@@ -21,7 +21,8 @@ import tensorflow as tf
 from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError
 from lrbs_tf.data import DataError, Pipelines, load_data
-from lrbs_tf.distribute import StrategyError, check_batch_size, configure_numerics, make_strategy
+from lrbs_tf.distribute import (StrategyError, check_batch_size, configure_numerics, configure_threads,
+                                 make_strategy)
 from lrbs_tf.models import build_model, count_trainable_params
 from lrbs_tf.train import TrainConfig, TrainingFailed
 
@@ -52,6 +53,10 @@ def _finite(x: float | None) -> bool:
 def train(cfg: TrainConfig, config_settings: dict, provenance: Callable[[], dict]) -> dict:
     """Runs (or resumes) the run `cfg` describes; see lrbs_tf.train.run."""
     # --- Devices and numerics ----------------------------------------------------------------------------
+    try:
+        configure_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+    except RuntimeError:
+        pass  # TF already running in this process (tests, notebooks): its thread pools stay as they are
     try:
         strategy = make_strategy(cfg.cpu_devices)
         check_batch_size(cfg.batch_size, strategy)

@@ -52,6 +52,8 @@ class TrainConfig:
     cpu_devices: int = 0
     checkpoints_to_keep: int = 2
     progress: bool | None = None
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
 
     @classmethod
     def from_flags(cls, flag_values: Any) -> "TrainConfig":
@@ -73,7 +75,7 @@ class TrainConfig:
 # run is resumed. Everything else must match the run folder's config.json.
 EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
-                                "progress"})
+                                "progress", "intra_op_threads", "inter_op_threads"})
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -94,8 +96,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"weight_decay={cfg.weight_decay} must be >= 0")
     if not cfg.stop_at_train_loss >= 0.0:
         raise UsageError(f"stop_at_train_loss={cfg.stop_at_train_loss} must be >= 0")
-    if cfg.steps_per_call < 0 or cfg.cpu_devices < 0:
-        raise UsageError("steps_per_call and cpu_devices must be >= 0")
+    for name in ("steps_per_call", "cpu_devices", "intra_op_threads", "inter_op_threads"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"{name}={getattr(cfg, name)} must be >= 0")
     if cfg.dataset in DATASETS and DATASETS[cfg.dataset].input_shape is not None:
         shape = DATASETS[cfg.dataset].input_shape
         if cfg.arch != "mlp" and len(shape) != 3:
