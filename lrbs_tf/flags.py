@@ -76,3 +76,6 @@ def define_train_flags() -> None:
                          "over them (tests MirroredStrategy without GPUs); 0 = off.")
     flags.DEFINE_integer("checkpoints_to_keep", 2, "Epoch checkpoints kept in <run>/ckpt.")
     flags.DEFINE_bool("progress", None, "Per-epoch progress bar (default: when stdout is a terminal).")
+    flags.DEFINE_integer("intra_op_threads", 0, "CPU threads inside one op (0: TensorFlow's default, all "
+                         "cores); bin/sweep sets it so parallel workers share the cores.")
+    flags.DEFINE_integer("inter_op_threads", 0, "CPU threads running independent ops (0: TensorFlow's default).")
