@@ -48,7 +48,8 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("mlp_width", 256, "mlp: units per hidden layer.")
     flags.DEFINE_bool("mlp_batch_norm", False, "mlp: batch norm after each hidden Dense layer.")
     # How it is trained: plain constant-LR SGD by default (He et al. 2019).
-    flags.DEFINE_float("lr", 0.05, "Learning rate, constant for the whole run.")
+    flags.DEFINE_list("lr", ["0.05"], "Learning rate, constant for the whole run. Several (0.01,0.02,...) "
+                      "train a vectorised column: one process, shared batches, one run folder per rate.")
     flags.DEFINE_integer("batch_size", 64, "Global batch size (examples per step, over all replicas).")
     flags.DEFINE_integer("epochs", 200, "Number of epochs (passes over the training set); the paper uses 200.")
     flags.DEFINE_float("momentum", 0.0, "Heavy-ball momentum (PyTorch convention); 0 = plain SGD.")

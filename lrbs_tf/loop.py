@@ -1,11 +1,17 @@
 """The training loop: constant-LR SGD in a custom tf.distribute loop, one epoch per checkpoint.
 
-Read top to bottom: devices -> data -> model and optimizer -> run folder and checkpoint -> step functions
--> epochs -> result. Many steps run inside one tf.function call, so Python is not in the step.
+One loop trains a *column*: K >= 1 members that share the batch size, the initialisation and every batch,
+each with its own learning rate, run folder, optimizer and batch-norm statistics. K = 1 is an ordinary run.
+The members' steps are one computation, so a column costs one input pipeline and one dispatch per chunk of
+steps instead of K; each member's arithmetic is exactly what it would be alone.
+
+Read top to bottom: devices -> data -> members (model, optimizer, run folder, checkpoint) -> step
+functions -> epochs -> results. Many steps run inside one tf.function call, so Python is not in the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -20,15 +26,15 @@ import tensorflow as tf
 
 from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError
-from lrbs_tf.data import DataError, Pipelines, load_data
+from lrbs_tf.data import Data, DataError, Pipelines, load_data
 from lrbs_tf.distribute import (StrategyError, check_batch_size, configure_numerics, configure_threads,
-                                 make_strategy)
+                                make_strategy)
 from lrbs_tf.models import build_model, count_trainable_params
 from lrbs_tf.train import TrainConfig, TrainingFailed
 
 
 class _Preempted(BaseException):
-    """SIGTERM (e.g. SLURM preemption): stop like Ctrl-C, leaving the run resumable, not failed."""
+    """SIGTERM (e.g. SLURM preemption): stop like Ctrl-C, leaving the runs resumable, not failed."""
 
 
 def _raise_preempted(signum, frame):
@@ -50,9 +56,25 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def train(cfg: TrainConfig, config_settings: dict, provenance: Callable[[], dict]) -> dict:
-    """Runs (or resumes) the run `cfg` describes; see lrbs_tf.train.run."""
-    # --- Devices and numerics ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Member:
+    """One run of the column: its configuration, state and record."""
+    cfg: TrainConfig
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    epochs_done: tf.Variable
+    manager: tf.train.CheckpointManager
+    rows: list = dataclasses.field(default_factory=list)
+    status: str | None = None          # set when the member ends: done / diverged
+    diverged_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+
+def _setup_devices(cfg: TrainConfig) -> tf.distribute.Strategy:
     try:
         configure_threads(cfg.intra_op_threads, cfg.inter_op_threads)
     except RuntimeError:
@@ -63,8 +85,10 @@ def train(cfg: TrainConfig, config_settings: dict, provenance: Callable[[], dict
     except StrategyError as e:
         raise UsageError(str(e)) from None
     configure_numerics(cfg.deterministic, cfg.tf32)
+    return strategy
 
-    # --- Data --------------------------------------------------------------------------------------------
+
+def _load(cfg: TrainConfig) -> Data:
     try:
         data = load_data(cfg.dataset, cfg.data_dir, cfg.data_path)
     except DataError as e:
@@ -75,177 +99,253 @@ def train(cfg: TrainConfig, config_settings: dict, provenance: Callable[[], dict
     if cfg.arch != "mlp" and len(data.input_shape) != 3:
         raise UsageError(f"arch {cfg.arch!r} needs image inputs; {cfg.dataset} examples have shape "
                          f"{data.input_shape}")
-    pipes = Pipelines(data, augment=cfg.augment, eval_batch_size=cfg.eval_batch_size)
-    steps_per_epoch = data.num_train // cfg.batch_size
+    return data
 
-    # --- Model and optimizer -----------------------------------------------------------------------------
+
+def _latest_epoch(run_dir: Path) -> int:
+    """Epochs covered by the run folder's latest checkpoint (0 when it has none)."""
+    latest = tf.train.latest_checkpoint(str(run_dir / runfolder.CKPT_DIR))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def train(cfgs: list[TrainConfig], settings: list[dict], provenance: Callable[[], dict]) -> list[dict]:
+    """Trains (or resumes) the unfinished runs `cfgs`, which differ only in `lr` and `run_name`.
+
+    Members can share batches only from a common epoch, so they are grouped by the epoch their latest
+    checkpoint reached (after an interrupted column, all share one) and the groups are trained in turn.
+    """
+    strategy = _setup_devices(cfgs[0])
+    data = _load(cfgs[0])
+    groups: dict[int, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault(_latest_epoch(cfg.run_dir), []).append(i)
+    results: list[dict | None] = [None] * len(cfgs)
+    for _, indices in sorted(groups.items()):
+        group = _train_column(strategy, data, [cfgs[i] for i in indices], [settings[i] for i in indices],
+                              provenance)
+        for i, result in zip(indices, group):
+            results[i] = result
+    return results
+
+
+def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[TrainConfig],
+                  settings: list[dict], provenance: Callable[[], dict]) -> list[dict]:
+    cfg0 = cfgs[0]
+    pipes = Pipelines(data, augment=cfg0.augment, eval_batch_size=cfg0.eval_batch_size)
+    steps_per_epoch = data.num_train // cfg0.batch_size
+    lrs = [c.lr for c in cfgs]
+
+    # --- Members: model, optimizer, run folder, checkpoint -----------------------------------------------
     keras.backend.clear_session()
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        model = build_model(cfg.arch, data.num_classes, data.input_shape, mlp_depth=cfg.mlp_depth,
-                            mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
-        optimizer = sgd(cfg.lr, cfg.momentum)
-        optimizer.build(model.trainable_variables)
-        epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
-    tvars = model.trainable_variables
+    members: list[Member] = []
+    for cfg, flag_settings in zip(cfgs, settings):
+        keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
+        with strategy.scope():
+            model = build_model(cfg.arch, data.num_classes, data.input_shape, mlp_depth=cfg.mlp_depth,
+                                mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
+            optimizer = sgd(cfg.lr, cfg.momentum)
+            optimizer.build(model.trainable_variables)
+            epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        run_dir = cfg.run_dir
+        if not (run_dir / runfolder.CONFIG).exists():
+            runfolder.atomic_write_json(run_dir / runfolder.CONFIG, {
+                **flag_settings, "num_params": count_trainable_params(model), "num_classes": data.num_classes,
+                "input_shape": list(data.input_shape), "num_train": data.num_train,
+                "num_test": int(len(data.y_test)), "steps_per_epoch": steps_per_epoch,
+                "replicas": strategy.num_replicas_in_sync, "column_lrs": lrs,
+                "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist(), "scale": data.scale},
+                **provenance()})
+        if (run_dir / runfolder.RESULT).exists():  # a failed run being retried is unfinished again
+            (run_dir / runfolder.RESULT).unlink()
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
+        manager = tf.train.CheckpointManager(ckpt, str(run_dir / runfolder.CKPT_DIR),
+                                             max_to_keep=cfg.checkpoints_to_keep)
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            print(f"resuming {run_dir} after epoch {int(epochs_done.numpy())}", flush=True)
+        rows = runfolder.trim_metrics(run_dir, int(epochs_done.numpy()))
+        members.append(Member(cfg, model, optimizer, epochs_done, manager, rows))
+    start_epoch = int(members[0].epochs_done.numpy())
+    tb = {m.cfg.run_name: tf.summary.create_file_writer(str(m.run_dir / runfolder.TENSORBOARD_DIR))
+          for m in members}
 
-    # --- Run folder and checkpoint -----------------------------------------------------------------------
-    run_dir = cfg.run_dir
-    config_path = run_dir / runfolder.CONFIG
-    if not config_path.exists():
-        config = {**config_settings,
-                  "num_params": count_trainable_params(model), "num_classes": data.num_classes,
-                  "input_shape": list(data.input_shape), "num_train": data.num_train,
-                  "num_test": int(len(data.y_test)), "steps_per_epoch": steps_per_epoch,
-                  "replicas": strategy.num_replicas_in_sync,
-                  "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist(), "scale": data.scale},
-                  **provenance()}
-        runfolder.atomic_write_json(config_path, config)
-    result_path = run_dir / runfolder.RESULT
-    if result_path.exists():  # a failed run being retried: it is unfinished again until it ends
-        result_path.unlink()
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
-    manager = tf.train.CheckpointManager(ckpt, str(run_dir / runfolder.CKPT_DIR),
-                                         max_to_keep=cfg.checkpoints_to_keep)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resuming {run_dir} after epoch {int(epochs_done.numpy())}", flush=True)
-    start_epoch = int(epochs_done.numpy())
-    rows = runfolder.trim_metrics(run_dir, start_epoch)
-    tb = tf.summary.create_file_writer(str(run_dir / runfolder.TENSORBOARD_DIR))
-
-    # --- Step functions ----------------------------------------------------------------------------------
+    # --- Step functions over the active members ----------------------------------------------------------
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     replicas = strategy.num_replicas_in_sync
-
-    def forward_backward(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            per_example = loss_fn(y, logits)
-            # Sum over the replica's examples / global batch: the optimizer's all-reduce sums replicas.
-            loss = tf.reduce_sum(per_example) / cfg.batch_size
-        grads = tape.gradient(loss, tvars)
-        if cfg.weight_decay:
-            # PyTorch's coupled L2: grad += wd * w (split over replicas, whose gradients are summed).
-            grads = [g + (cfg.weight_decay / replicas) * v for g, v in zip(grads, tvars)]
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int64))
-        return grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), correct
-
-    if cfg.jit_compile:
-        forward_backward = tf.function(forward_backward, jit_compile=True)
-
-    def replica_step(x, y):
-        grads, loss_sum, correct = forward_backward(x, y)
-        optimizer.apply_gradients(zip(grads, tvars))
-        return loss_sum, correct
 
     def reduce_sum(value):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
-    @tf.function
-    def train_steps(iterator, num_steps):
-        """Runs up to `num_steps` steps; stops early at the first non-finite batch loss."""
-        loss_sum = tf.constant(0.0, tf.float64)
-        correct = tf.constant(0, tf.int64)
-        steps = tf.constant(0, tf.int32)
-        for _ in tf.range(num_steps):
-            batch_loss, batch_correct = strategy.run(replica_step, args=next(iterator))
-            batch_loss = reduce_sum(batch_loss)
-            loss_sum += batch_loss
-            correct += reduce_sum(batch_correct)
-            steps += 1
-            if not tf.math.is_finite(batch_loss):
-                break
-        return loss_sum, correct, steps
+    def make_functions(active: list[Member]):
+        """tf.functions stepping/evaluating exactly `active` (rebuilt when a member leaves the column)."""
 
-    @tf.function
-    def eval_step(x, y):
-        def fn(x, y):
-            logits = model(x, training=False)
+        def forward_backward(member: Member, x, y):
+            tvars = member.model.trainable_variables
+            with tf.GradientTape() as tape:
+                logits = member.model(x, training=True)
+                per_example = loss_fn(y, logits)
+                # Sum over the replica's examples / global batch: the optimizer's all-reduce sums replicas.
+                loss = tf.reduce_sum(per_example) / member.cfg.batch_size
+            grads = tape.gradient(loss, tvars)
+            if member.cfg.weight_decay:
+                # PyTorch's coupled L2: grad += wd * w (split over replicas, whose gradients are summed).
+                grads = [g + (member.cfg.weight_decay / replicas) * v for g, v in zip(grads, tvars)]
             hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y)
-            return (tf.reduce_sum(tf.cast(loss_fn(y, logits), tf.float64)),
-                    tf.reduce_sum(tf.cast(hits, tf.int64)))
-        loss_sum, correct = strategy.run(fn, args=(x, y))
-        return reduce_sum(loss_sum), reduce_sum(correct)
+            return grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
 
-    def evaluate() -> tuple[float, float]:
+        if cfg0.jit_compile:
+            forward_backward = tf.function(forward_backward, jit_compile=True)
+
+        def replica_step(x, y):
+            losses, hits = [], []
+            for member in active:
+                grads, loss_sum, correct = forward_backward(member, x, y)
+                member.optimizer.apply_gradients(zip(grads, member.model.trainable_variables))
+                losses.append(loss_sum)
+                hits.append(correct)
+            return tf.stack(losses), tf.stack(hits)
+
+        @tf.function
+        def train_steps(iterator, num_steps, alive):
+            """Up to `num_steps` steps. A member's sums stop at its first non-finite batch loss (that batch
+            included), as its run alone would stop there; the chunk ends once no member is `alive`."""
+            loss_sum = tf.zeros([len(active)], tf.float64)
+            correct = tf.zeros([len(active)], tf.int64)
+            steps = tf.zeros([len(active)], tf.int64)
+            for _ in tf.range(num_steps):
+                if not tf.reduce_any(alive):
+                    break
+                batch_loss, batch_correct = strategy.run(replica_step, args=next(iterator))
+                batch_loss, batch_correct = reduce_sum(batch_loss), reduce_sum(batch_correct)
+                loss_sum += tf.where(alive, batch_loss, 0.0)
+                correct += tf.where(alive, batch_correct, tf.zeros_like(batch_correct))
+                steps += tf.cast(alive, tf.int64)
+                alive = tf.logical_and(alive, tf.math.is_finite(batch_loss))
+            return loss_sum, correct, steps, alive
+
+        @tf.function
+        def eval_step(x, y):
+            def fn(x, y):
+                losses, hits = [], []
+                for member in active:
+                    logits = member.model(x, training=False)
+                    losses.append(tf.reduce_sum(tf.cast(loss_fn(y, logits), tf.float64)))
+                    hits.append(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y),
+                                                      tf.int64)))
+                return tf.stack(losses), tf.stack(hits)
+            loss_sum, correct = strategy.run(fn, args=(x, y))
+            return reduce_sum(loss_sum), reduce_sum(correct)
+
+        return train_steps, eval_step
+
+    def evaluate(eval_step) -> tuple[np.ndarray, np.ndarray]:
         loss_sum, correct = 0.0, 0
         for x, y in strategy.experimental_distribute_dataset(pipes.test()):
             batch_loss, batch_correct = eval_step(x, y)
-            loss_sum += float(batch_loss)
-            correct += int(batch_correct)
+            loss_sum, correct = loss_sum + batch_loss.numpy(), correct + batch_correct.numpy()
         n = len(data.y_test)
         return loss_sum / n, correct / n
 
-    show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
-    chunk = cfg.steps_per_call or (max(1, steps_per_epoch // 50) if show_progress else steps_per_epoch)
+    show_progress = sys.stdout.isatty() if cfg0.progress is None else cfg0.progress
+    chunk = cfg0.steps_per_call or (max(1, steps_per_epoch // 50) if show_progress else steps_per_epoch)
 
     # --- Epochs ------------------------------------------------------------------------------------------
-    status, diverged_epoch, stopped_early = runfolder.STATUS_DONE, None, False
+    active = list(members)
+    train_steps, eval_step = make_functions(active)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
     try:
-        for epoch in range(start_epoch, cfg.epochs):  # 0-based here, 1-based in metrics.jsonl
+        for epoch in range(start_epoch, cfg0.epochs):  # 0-based here, 1-based in metrics.jsonl
+            if not active:
+                break
             start = time.time()
             iterator = iter(strategy.experimental_distribute_dataset(
-                pipes.train(cfg.batch_size, cfg.seed, epoch)))
+                pipes.train(cfg0.batch_size, cfg0.seed, epoch)))
             bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
-            loss_sum, correct, steps = 0.0, 0, 0
-            while steps < steps_per_epoch:
+            loss_sum, correct = np.zeros(len(active)), np.zeros(len(active), np.int64)
+            seen, alive, steps = np.zeros(len(active), np.int64), tf.ones([len(active)], tf.bool), 0
+            while steps < steps_per_epoch and bool(tf.reduce_any(alive)):
                 todo = min(chunk, steps_per_epoch - steps)
-                chunk_loss, chunk_correct, chunk_steps = train_steps(iterator, tf.constant(todo, tf.int32))
-                loss_sum, correct, steps = loss_sum + float(chunk_loss), correct + int(chunk_correct), \
-                    steps + int(chunk_steps)
+                chunk_loss, chunk_correct, chunk_steps, alive = train_steps(
+                    iterator, tf.constant(todo, tf.int32), alive)
+                loss_sum, correct = loss_sum + chunk_loss.numpy(), correct + chunk_correct.numpy()
+                seen += chunk_steps.numpy() * cfg0.batch_size
+                steps += todo
                 if bar is not None:
-                    bar.update(steps, [("loss", loss_sum / (steps * cfg.batch_size))])
-                if int(chunk_steps) < todo or not math.isfinite(float(chunk_loss)):
-                    break
-            seen = steps * cfg.batch_size
-            train_loss, train_accuracy = loss_sum / seen, correct / seen
-            test_loss, test_accuracy = evaluate() if math.isfinite(train_loss) else (math.nan, math.nan)
-            norm_sq = weight_norm_sq(tvars)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                   "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
-                   "effective_lr": cfg.lr / norm_sq if norm_sq > 0 else math.nan,
-                   "seconds": time.time() - start}
-            runfolder.append_jsonl(run_dir / runfolder.METRICS, row)
-            rows.append(row)
-            with tb.as_default(step=epoch + 1):
-                for key in runfolder.METRIC_KEYS[1:]:
-                    if _finite(row[key]):
-                        tf.summary.scalar(key, row[key])
-            print(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {train_accuracy:.4f}"
-                  f"  test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({row['seconds']:.1f}s)", flush=True)
-            if not all(_finite(row[k]) for k in ("train_loss", "test_loss", "weight_norm_sq")):
-                status, diverged_epoch = runfolder.STATUS_DIVERGED, epoch + 1
-                break
-            epochs_done.assign(epoch + 1)
-            manager.save(checkpoint_number=epoch + 1)
-            if cfg.stop_at_train_loss and train_loss <= cfg.stop_at_train_loss:
-                stopped_early = True
-                break
-        tb.flush()
-        _save_model(model, run_dir / runfolder.MODEL)
+                    bar.update(steps, [("loss", float(np.nanmin(loss_sum / np.maximum(seen, 1))))])
+            test_loss, test_accuracy = evaluate(eval_step)
+            seconds = time.time() - start
+            leaving = []
+            for k, member in enumerate(active):
+                row = _record(member, epoch + 1, loss_sum[k] / seen[k], correct[k] / seen[k], float(test_loss[k]),
+                              float(test_accuracy[k]), seconds, tb[member.cfg.run_name],
+                              label=f"[lr {member.cfg.lr:g}] " if len(members) > 1 else "")
+                if not all(_finite(row[key]) for key in ("train_loss", "test_loss", "weight_norm_sq")):
+                    member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch + 1
+                    leaving.append(member)
+                    continue
+                member.epochs_done.assign(epoch + 1)
+                member.manager.save(checkpoint_number=epoch + 1)
+                if member.cfg.stop_at_train_loss and row["train_loss"] <= member.cfg.stop_at_train_loss:
+                    member.status, member.stopped_early = runfolder.STATUS_DONE, True
+                    leaving.append(member)
+            for member in leaving:  # a member that ends leaves the column; the others go on
+                _finish(member)
+                active.remove(member)
+            if leaving and active:
+                train_steps, eval_step = make_functions(active)
+        for member in active:
+            member.status = runfolder.STATUS_DONE
+            _finish(member)
     except (KeyboardInterrupt, _Preempted):
-        print(f"interrupted; run the same command again to resume {run_dir} from its last checkpoint",
-              file=sys.stderr, flush=True)
+        print(f"interrupted; run the same command again to resume {', '.join(str(m.run_dir) for m in active)} "
+              "from the last checkpoint", file=sys.stderr, flush=True)
         raise KeyboardInterrupt from None
     except Exception as e:
-        runfolder.atomic_write_json(result_path, {**_summary(rows), "status": runfolder.STATUS_FAILED,
-                                                  "error": f"{type(e).__name__}: {e}",
-                                                  "traceback": traceback.format_exc()})
-        raise TrainingFailed(f"{run_dir} failed: {type(e).__name__}: {e}") from e
+        for member in active:
+            runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, {
+                **_summary(member.rows), "status": runfolder.STATUS_FAILED, "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()})
+        raise TrainingFailed(f"{', '.join(str(m.run_dir) for m in active)} failed: {type(e).__name__}: {e}") \
+            from e
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        for writer in tb.values():
+            writer.flush()
+    return [runfolder.read_result(m.run_dir) for m in members]
 
-    result = {**_summary(rows), "status": status}
-    if diverged_epoch is not None:
-        result["diverged_epoch"] = diverged_epoch
-    if stopped_early:
+
+def _record(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
+            test_accuracy: float, seconds: float, writer, label: str) -> dict:
+    """Appends one epoch's metrics line (and its TensorBoard scalars) for `member`."""
+    if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
+        test_loss, test_accuracy = math.nan, math.nan
+    norm_sq = weight_norm_sq(member.model.trainable_variables)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+           "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
+           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "seconds": seconds}
+    runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row)
+    member.rows.append(row)
+    with writer.as_default(step=epoch):
+        for key in runfolder.METRIC_KEYS[1:]:
+            if _finite(row[key]):
+                tf.summary.scalar(key, row[key])
+    print(f"{label}epoch {epoch}/{member.cfg.epochs}  train_loss {train_loss:.4f}  train_acc "
+          f"{train_accuracy:.4f}  test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({seconds:.1f}s)",
+          flush=True)
+    return row
+
+
+def _finish(member: Member) -> None:
+    """Writes the final model, then result.json (the run's 'finished' mark, so it comes last)."""
+    _save_model(member.model, member.run_dir / runfolder.MODEL)
+    result = {**_summary(member.rows), "status": member.status}
+    if member.diverged_epoch is not None:
+        result["diverged_epoch"] = member.diverged_epoch
+    if member.stopped_early:
         result["stopped_early"] = True
-    runfolder.atomic_write_json(result_path, result)
-    print(f"{run_dir}: {status} after {result['epochs']} epochs, best test accuracy "
+    runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, result)
+    print(f"{member.run_dir}: {member.status} after {result['epochs']} epochs, best test accuracy "
           f"{result['best_test_accuracy']} (epoch {result['best_epoch']})", flush=True)
-    return result
 
 
 def _summary(rows: list[dict]) -> dict:

@@ -56,8 +56,9 @@ class TrainConfig:
     inter_op_threads: int = 0
 
     @classmethod
-    def from_flags(cls, flag_values: Any) -> "TrainConfig":
-        return cls(**{f.name: getattr(flag_values, f.name) for f in dataclasses.fields(cls)})
+    def from_flags(cls, flag_values: Any, **overrides: Any) -> "TrainConfig":
+        values = {f.name: getattr(flag_values, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**values, **overrides})
 
     def resolved(self) -> "TrainConfig":
         """Fills the dataset-dependent defaults (augmentation, run name)."""
@@ -172,46 +173,81 @@ def dry_run(cfg: TrainConfig) -> None:
     print(f"trainable parameters: {models.count_trainable_params(model):,}")
 
 
-def run(cfg: TrainConfig) -> dict | None:
-    """Trains one run into `<workdir>/<run_name>/` (resuming it if it was interrupted).
+def run(cfg: TrainConfig) -> dict:
+    """Trains one run into `<workdir>/<run_name>/` (resuming it if it was interrupted); see run_column."""
+    return run_column(cfg, [cfg.lr])[0]
 
-    Returns result.json's content. A finished run is left as it is.
-    Raises UsageError for bad input (before anything is written) and TrainingFailed when training
-    itself fails (the run is then recorded as failed).
+
+def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
+    """Trains the runs `cfg` with each learning rate of `lrs`, as one vectorised column, into K run folders.
+
+    Each folder is the same run (to float tolerance) as training that learning rate alone with the same
+    seed. Finished runs are left as they are; unfinished ones resume from their checkpoints. Everything is
+    checked before anything is written. Returns each run's result.json content, in the order of `lrs`.
+    Raises UsageError for bad input and TrainingFailed when training itself fails (recorded as failed).
     """
-    validate(cfg)
-    cfg = cfg.resolved()
-    run_dir = cfg.run_dir
-    if (run_dir / runfolder.CONFIG).exists():
-        check_same_configuration(run_dir, cfg)
-        result = runfolder.read_result(run_dir)
-        if result and result.get("status") in runfolder.TERMINAL_STATUSES:
-            print(f"{run_dir} already finished (status {result['status']}, {result.get('epochs')} epochs); "
-                  "nothing to do", flush=True)
-            return result
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"{run_dir} exists and is not a run folder (no config.json); refusing to write into it")
-    quiet_import_tensorflow()
-    from lrbs_tf import loop
+    lrs = list(lrs)
+    if not lrs:
+        raise UsageError("lr: no learning rate given")
+    if len(set(lrs)) != len(lrs):
+        raise UsageError(f"lr={','.join(map(str, lrs))} repeats a learning rate (one run folder each)")
+    if len(lrs) > 1 and cfg.run_name:
+        raise UsageError(f"run_name={cfg.run_name!r} names one folder but lr lists {len(lrs)} learning rates")
+    cfgs = [dataclasses.replace(cfg, lr=lr) for lr in lrs]
+    for c in cfgs:
+        validate(c)
+    cfgs = [c.resolved() for c in cfgs]
+    results: list[dict | None] = [None] * len(cfgs)
+    for i, c in enumerate(cfgs):
+        run_dir = c.run_dir
+        if (run_dir / runfolder.CONFIG).exists():
+            check_same_configuration(run_dir, c)
+            result = runfolder.read_result(run_dir)
+            if result and result.get("status") in runfolder.TERMINAL_STATUSES:
+                print(f"{run_dir} already finished (status {result['status']}, {result.get('epochs')} epochs); "
+                      "nothing to do", flush=True)
+                results[i] = result
+        elif run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"{run_dir} exists and is not a run folder (no config.json); refusing to write "
+                             "into it")
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+        quiet_import_tensorflow()
+        from lrbs_tf import loop
 
-    return loop.train(cfg, settings(cfg), provenance)
+        trained = loop.train([cfgs[i] for i in todo], [settings(cfgs[i]) for i in todo], provenance)
+        for i, result in zip(todo, trained):
+            results[i] = result
+    return results
+
+
+def parse_lrs(values: Sequence[str]) -> list[float]:
+    """--lr=0.01,0.02 -> [0.01, 0.02], naming the entry that is not a number."""
+    lrs = []
+    for v in values:
+        try:
+            lrs.append(float(v))
+        except ValueError:
+            raise UsageError(f"lr={v!r} is not a number") from None
+    return lrs
 
 
 def _main(argv: Sequence[str]) -> int:
     from absl import flags
 
-    cfg = TrainConfig.from_flags(flags.FLAGS)
+    lrs = parse_lrs(flags.FLAGS.lr)
+    cfg = TrainConfig.from_flags(flags.FLAGS, lr=lrs[0] if lrs else 0.0)
     if flags.FLAGS.dry_run:
         validate(cfg)
         quiet_import_tensorflow()
         dry_run(cfg.resolved())
         return 0
     try:
-        result = run(cfg)
+        results = run_column(cfg, lrs)
     except TrainingFailed as e:
         print(f"train: error: {e}", file=sys.stderr, flush=True)
         return 1
-    return 0 if result is None or result.get("status") != runfolder.STATUS_FAILED else 1
+    return 1 if any(r.get("status") == runfolder.STATUS_FAILED for r in results) else 0
 
 
 def main() -> None:

@@ -1,0 +1,111 @@
+"""Vectorised learning-rate columns: each member is the same run as training its learning rate alone."""
+
+import numpy as np
+import pytest
+
+from lrbs_tf import runfolder
+from lrbs_tf.cli import UsageError
+from lrbs_tf.train import TrainConfig, run, run_column
+
+KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "effective_lr")
+
+
+def cfg_for(workdir, **kw) -> TrainConfig:
+    base = dict(arch="mlp", dataset="mnist1d", mlp_depth=2, mlp_width=32, batch_size=64, lr=0.1, epochs=2,
+                workdir=str(workdir), progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def assert_same_runs(column_dir, alone_dir, name, rtol=1e-6):
+    col = runfolder.read_metrics(column_dir / name)
+    alone = runfolder.read_metrics(alone_dir / name)
+    assert len(col) == len(alone) > 0
+    for a, b in zip(col, alone):
+        for key in KEYS:
+            if b[key] is None:
+                assert a[key] is None, key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=rtol, abs=1e-12), (name, a["epoch"], key)
+    ra, rb = runfolder.read_result(column_dir / name), runfolder.read_result(alone_dir / name)
+    assert ra["status"] == rb["status"] and ra.get("diverged_epoch") == rb.get("diverged_epoch")
+
+
+def test_column_members_equal_separate_runs_and_a_diverged_member_stops_alone(tmp_path):
+    lrs = [0.05, 0.2, 1e5]
+    results = run_column(cfg_for(tmp_path / "col", epochs=3), lrs)
+    assert [r["status"] for r in results] == ["done", "done", "diverged"]
+    assert results[2]["diverged_epoch"] == 1 and results[0]["epochs"] == results[1]["epochs"] == 3
+    for lr in lrs:
+        run(cfg_for(tmp_path / "alone", epochs=3, lr=lr))
+        assert_same_runs(tmp_path / "col", tmp_path / "alone", f"mlp-mnist1d-bs64-lr{lr:g}-s0")
+    config = runfolder.read_config(tmp_path / "col" / "mlp-mnist1d-bs64-lr0.2-s0")
+    assert config["lr"] == 0.2 and config["column_lrs"] == lrs
+
+
+def test_batch_norm_members_keep_their_own_statistics(tmp_path):
+    import keras
+
+    lrs = [0.02, 0.3]
+    run_column(cfg_for(tmp_path / "col", mlp_batch_norm=True), lrs)
+    moving = []
+    for lr in lrs:
+        run(cfg_for(tmp_path / "alone", mlp_batch_norm=True, lr=lr))
+        name = f"mlp-mnist1d-bs64-lr{lr:g}-s0"
+        assert_same_runs(tmp_path / "col", tmp_path / "alone", name)
+        col = keras.models.load_model(tmp_path / "col" / name / runfolder.MODEL, compile=False)
+        alone = keras.models.load_model(tmp_path / "alone" / name / runfolder.MODEL, compile=False)
+        stats = [v.numpy() for v in col.non_trainable_variables]
+        for a, b in zip(stats, [v.numpy() for v in alone.non_trainable_variables]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        moving.append(stats[0])
+    assert not np.allclose(moving[0], moving[1])  # different learning rates, different statistics
+
+
+def test_conv_bn_column_on_images(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 96)
+    x = (rng.normal(size=(96, 12, 12, 3)) * 30 + 100 + y[:, None, None, None] * 20).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "imgs.npz"
+    np.savez(path, x_train=x[:64], y_train=y[:64], x_test=x[64:], y_test=y[64:])
+    kw = dict(arch="resnet20", dataset="npz", data_path=str(path), batch_size=16, epochs=1)
+    run_column(cfg_for(tmp_path / "col", **kw), [0.01, 0.1])
+    for lr in (0.01, 0.1):
+        run(cfg_for(tmp_path / "alone", lr=lr, **kw))
+        assert_same_runs(tmp_path / "col", tmp_path / "alone", f"resnet20-npz-bs16-lr{lr:g}-s0", rtol=1e-5)
+
+
+def test_column_under_mirrored_strategy(tmp_path):
+    run_column(cfg_for(tmp_path / "col", cpu_devices=2), [0.05, 0.2])
+    for lr in (0.05, 0.2):
+        run(cfg_for(tmp_path / "alone", cpu_devices=2, lr=lr))
+        assert_same_runs(tmp_path / "col", tmp_path / "alone", f"mlp-mnist1d-bs64-lr{lr:g}-s0")
+
+
+def test_finished_members_are_skipped_and_early_stoppers_leave_alone(tmp_path, capsys):
+    run(cfg_for(tmp_path, lr=0.05))
+    capsys.readouterr()
+    results = run_column(cfg_for(tmp_path, epochs=2), [0.05, 0.1])
+    assert "mlp-mnist1d-bs64-lr0.05-s0 already finished" in capsys.readouterr().out
+    assert [r["status"] for r in results] == ["done", "done"]
+    stop = run_column(cfg_for(tmp_path / "stop", epochs=6, stop_at_train_loss=2.0), [0.02, 0.4])
+    assert stop[1].get("stopped_early") and stop[1]["epochs"] < 6
+    assert stop[0]["epochs"] == 6 and not stop[0].get("stopped_early")
+
+
+@pytest.mark.parametrize("kw,lrs,message", [
+    ({}, [0.1, 0.1], "repeats a learning rate"),
+    ({"run_name": "x"}, [0.1, 0.2], "names one folder but lr lists 2"),
+    ({}, [0.1, -0.2], "lr=-0.2 must be > 0"),
+])
+def test_bad_columns_write_nothing(tmp_path, kw, lrs, message):
+    with pytest.raises(UsageError, match=message):
+        run_column(cfg_for(tmp_path, **kw), lrs)
+    assert not any(tmp_path.iterdir())
+
+
+def test_one_mismatched_member_refuses_the_whole_column(tmp_path):
+    run(cfg_for(tmp_path, lr=0.2, epochs=1))
+    with pytest.raises(UsageError, match="epochs=1 in config.json but epochs=2 now"):
+        run_column(cfg_for(tmp_path), [0.1, 0.2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp-mnist1d-bs64-lr0.2-s0"]
