@@ -80,3 +80,21 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("intra_op_threads", 0, "CPU threads inside one op (0: TensorFlow's default, all "
                          "cores); bin/sweep sets it so parallel workers share the cores.")
     flags.DEFINE_integer("inter_op_threads", 0, "CPU threads running independent ops (0: TensorFlow's default).")
+
+
+@_once
+def define_correlate_flags() -> None:
+    """bin/correlate: correlation tests, tables and figures over a folder of run folders."""
+    flags.DEFINE_string("results", None, "Folder searched recursively for run folders (folders holding "
+                        "config.json), e.g. outputs/. Required.")
+    if "out" not in FLAGS:  # another binary may share the name; one definition serves both
+        flags.DEFINE_string("out", None, "Output folder (default for bin/correlate: <results>/correlate/).")
+    flags.DEFINE_float("min_train_accuracy", 0.99, "Premise check, fraction in [0, 1]: done runs whose final "
+                       "training accuracy is below it are flagged, and Table 3 is given with and without them.")
+    flags.DEFINE_float("alpha", 0.005, "Significance threshold on p-values (the paper's 0.005); adjusted "
+                       "p-values (Holm, Benjamini-Hochberg) are reported beside the raw ones.")
+    flags.DEFINE_list("group_by", ["momentum", "weight_decay", "epochs"], "config.json keys that split runs "
+                      "into separate groups besides arch and dataset (other keys that vary inside a group "
+                      "are reported, not split on).")
+    flags.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
+

@@ -1,0 +1,327 @@
+"""`bin/correlate`: He et al.'s Tables 1-3 and Figures 1-2, with Pearson, Kendall, Psi and corrections.
+
+Reads every run folder below `--results` (the run-folder contract of `lrbs_tf.runfolder`), builds one tidy
+table of runs, and tests, per group of runs (arch, dataset and the `group_by` settings), the correlation
+of the best test accuracy with batch size at each learning rate (Table 1), with the learning rate at each
+batch size (Table 2), and with BS/LR over the whole group (Table 3); and of each sharpness quantity with
+BS/LR and with test accuracy. See docs/correlate.md for every column and the premise checks.
+
+No TensorFlow here: 1,600 runs are analysed in seconds because only config.json, result.json and
+sharpness.json are read (metrics.jsonl only when result.json lacks a number it should hold).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lrbs_tf import runfolder as rf
+from lrbs_tf import stats
+from lrbs_tf.cli import UsageError
+from lrbs_tf.runtable import (CONFIG_COLUMN, HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED,
+                              STATUS_UNFINISHED, TARGET, collect_runs, uncontrolled_settings)
+
+DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs")
+SUBSETS = ("with_flagged", "without_flagged")  # Table 3 / sharpness / Psi: all done runs, or premise met
+# The paper's claims: accuracy falls with batch size, rises with the learning rate, falls with BS/LR.
+EXPECTED_SIGN = {"table1": -1, "table2": +1, "table3": -1}
+TABLE_FILES = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3.csv",
+               "sharpness": "sharpness.csv"}
+RUNS_FILE, PSI_FILE, REPORT_FILE = "runs.csv", "psi.csv", "report.md"
+
+
+@dataclass
+class Analysis:
+    """Everything the report, the CSV files and the figures are made from.
+
+    runs: the tidy table, one row per run folder found (runs.csv). tables: 'table1', 'table2', 'table3'
+    and (when any run has sharpness) 'sharpness', each one row per test with adjusted p-values.
+    psi: Jiang et al.'s Psi per group, subset and measure. group_cols: the columns that define a group.
+    labels: a readable name per group key. uncontrolled: per group label, config keys that vary inside it.
+    """
+
+    results: Path
+    runs: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+    psi: pd.DataFrame
+    group_cols: list[str]
+    labels: dict[tuple, str]
+    uncontrolled: dict[str, dict[str, list[str]]]
+    duplicates: pd.DataFrame
+    min_train_accuracy: float
+    alpha: float
+    sharpness_quantities: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == rf.STATUS_DONE]
+
+    def label(self, row: pd.Series | dict) -> str:
+        return self.labels[tuple(_key(row[c]) for c in self.group_cols)]
+
+
+def _key(value: Any) -> Any:
+    """A hashable, NaN-safe, plain-Python group-key component (NaN != NaN would split a group)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def group_keys(frame: pd.DataFrame, group_cols: Sequence[str]) -> pd.Series:
+    """Each row's group key: a tuple over `group_cols`, the same tuple that keys Analysis.labels."""
+    return pd.Series([tuple(_key(v) for v in row) for row in frame[list(group_cols)].itertuples(index=False)],
+                     index=frame.index, dtype=object)
+
+
+def group_columns(group_by: Sequence[str]) -> list[str]:
+    """The runs.csv columns that define a group: arch, dataset and the `group_by` config keys."""
+    cols = ["arch", "dataset"]
+    for key in group_by:
+        col = CONFIG_COLUMN.get(key, key)
+        if col not in cols:
+            cols.append(col)
+    return cols
+
+
+def iter_groups(frame: pd.DataFrame, group_cols: list[str]):
+    """Yields (key dict, sub-frame) per group, in a stable sorted order."""
+    if frame.empty:
+        return
+    keys = group_keys(frame, group_cols)
+    for key in sorted(set(keys), key=lambda k: tuple(str(v) for v in k)):
+        yield dict(zip(group_cols, key)), frame[keys == key]
+
+
+def _test(keys: dict, sub: pd.DataFrame, x: str, y: str, **extra: Any) -> dict:
+    c = stats.correlate(sub[x].to_numpy(float), sub[y].to_numpy(float), x, y)
+    return {**keys, **extra, **c.as_dict()}
+
+
+def correlation_tables(done: pd.DataFrame, group_cols: list[str],
+                       sharpness_quantities: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Tables 1-3 and the sharpness tests, unadjusted. `done` holds the analysed runs (status done)."""
+    rows: dict[str, list[dict]] = {"table1": [], "table2": [], "table3": [], "sharpness": []}
+    for keys, g in iter_groups(done, group_cols):
+        flagged = ~g["reached_min_train_accuracy"].astype(bool)
+        for fixed, varying, table in (("lr", "batch_size", "table1"), ("batch_size", "lr", "table2")):
+            for value, sub in g.groupby(fixed, sort=True):
+                rows[table].append(_test(keys, sub, varying, TARGET, **{fixed: value},
+                                         n_flagged=int(flagged[sub.index].sum())))
+        for subset, sub in zip(SUBSETS, (g, g[~flagged])):
+            rows["table3"].append(_test(keys, sub, "ratio", TARGET, subset=subset,
+                                        n_flagged=int(flagged[sub.index].sum())))
+            for q in sharpness_quantities:
+                for versus in ("ratio", TARGET):
+                    rows["sharpness"].append(_test(keys, sub, versus, q, quantity=q, versus=versus,
+                                                   subset=subset))
+    tables = {name: pd.DataFrame(r) for name, r in rows.items() if r or name != "sharpness"}
+    if not sharpness_quantities:
+        tables.pop("sharpness", None)
+    return tables
+
+
+def adjust(tables: dict[str, pd.DataFrame], alpha: float) -> None:
+    """Adds Holm and BH adjusted p-values, over ALL tests of the report, and significance marks, in place.
+
+    One family per statistic (Spearman, Pearson, Kendall): the three are alternative tests of the same
+    hypotheses, not further hypotheses, so each statistic's p-values are corrected over every test in every
+    table (Table 3 with and without flagged runs included). Untestable rows (NaN p) are not counted.
+    """
+    names = [n for n, t in tables.items() if len(t)]
+    for s in stats.STATISTICS:
+        pcol = stats.P_COLUMN[s]
+        p = np.concatenate([tables[n][pcol].to_numpy(float) for n in names]) if names else np.array([])
+        adjusted = {m: stats.adjust_pvalues(p, m) for m in stats.ADJUSTMENTS}
+        start = 0
+        for n in names:
+            t = tables[n]
+            stop = start + len(t)
+            for m, values in adjusted.items():
+                t.insert(t.columns.get_loc(pcol) + (1 if m == "holm" else 2), f"{pcol}_{m}",
+                         values[start:stop])
+            t.insert(t.columns.get_loc(pcol) + 3, f"{s}_significant", t[pcol].to_numpy(float) < alpha)
+            start = stop
+
+
+def psi_table(done: pd.DataFrame, group_cols: list[str], measures: Sequence[str]) -> pd.DataFrame:
+    """Jiang et al.'s granulated Kendall Psi of each measure against test accuracy, per group and subset."""
+    rows = []
+    for keys, g in iter_groups(done, group_cols):
+        flagged = ~g["reached_min_train_accuracy"].astype(bool)
+        for subset, sub in zip(SUBSETS, (g, g[~flagged])):
+            records = sub.to_dict("records")
+            for measure in measures:
+                r = stats.granulated_kendall(records, measure, TARGET, HYPERPARAMETERS)
+                rows.append({**keys, "subset": subset, "measure": measure, "target": TARGET,
+                             "n": int(sub[measure].notna().sum()), "psi": r.psi,
+                             **{f"psi_{hp}": r.per_hyperparameter.get(hp, math.nan) for hp in HYPERPARAMETERS},
+                             **{f"subgroups_{hp}": r.subgroups_used.get(hp, 0) for hp in HYPERPARAMETERS},
+                             "subgroups_skipped": sum(r.subgroups_skipped.values()), "reason": r.reason})
+    return pd.DataFrame(rows)
+
+
+def sign_summary(analysis: Analysis) -> pd.DataFrame:
+    """Per table and group: how many Spearman coefficients are positive/negative, significant or not.
+
+    The paper's own Table 2 changes sign (VGG-19 on CIFAR-100 at small batch sizes); this is where a change
+    of sign, or a sign against the paper's claim, becomes visible instead of being averaged away.
+    """
+    rows = []
+    for name in ("table1", "table2", "table3"):
+        t = analysis.tables.get(name)
+        if t is None or t.empty:
+            continue
+        for keys, g in iter_groups(t, analysis.group_cols):
+            rho, sig = g["spearman_rho"].to_numpy(float), g["spearman_significant"].to_numpy(bool)
+            tested = np.isfinite(rho)
+            expected = EXPECTED_SIGN[name]
+            rows.append({"table": name, "group": analysis.labels[tuple(keys.values())],
+                         "tests": int(tested.sum()), "untestable": int((~tested).sum()),
+                         "positive": int((rho > 0).sum()), "negative": int((rho < 0).sum()),
+                         "significant_positive": int(((rho > 0) & sig).sum()),
+                         "significant_negative": int(((rho < 0) & sig).sum()),
+                         "against_paper": int((np.sign(rho) == -expected).sum()),
+                         "significant_against_paper": int(((np.sign(rho) == -expected) & sig).sum())})
+    return pd.DataFrame(rows)
+
+
+def analyse(results: str | Path, min_train_accuracy: float = 0.99, alpha: float = 0.005,
+            group_by: Sequence[str] = DEFAULT_GROUP_BY) -> Analysis:
+    """Reads the runs below `results` and computes every test; writes nothing.
+
+    min_train_accuracy: fraction in [0, 1]; done runs whose final training accuracy is below it (or unknown)
+    are flagged as not meeting the paper's premise of ~zero training error.
+    alpha: significance threshold for the raw p-values (the paper's 0.005).
+    Raises UsageError on bad arguments or when there is no run with status done to analyse.
+    """
+    results = Path(results)
+    if not results.exists():
+        raise UsageError(f"--results={results} does not exist")
+    if not results.is_dir():
+        raise UsageError(f"--results={results} is not a folder")
+    if not 0.0 <= min_train_accuracy <= 1.0:
+        raise UsageError(f"--min_train_accuracy={min_train_accuracy} is not a fraction in [0, 1]")
+    if not 0.0 < alpha < 1.0:
+        raise UsageError(f"--alpha={alpha} is not in (0, 1)")
+    bad = [k for k in group_by if k in ("arch", "dataset") + HYPERPARAMETERS]
+    if bad:
+        raise UsageError(f"--group_by={','.join(group_by)}: {', '.join(bad)} cannot be a group key "
+                         "(arch and dataset always are; batch size and learning rate vary inside a group)")
+    runs, configs = collect_runs(results, group_by, min_train_accuracy)
+    if runs.empty:
+        raise UsageError(f"no run folders (folders holding {rf.CONFIG}) under --results={results}")
+    counts = runs["status"].value_counts()
+    if counts.get(rf.STATUS_DONE, 0) == 0:
+        summary = ", ".join(f"{counts[s]} {s}" for s in counts.index)
+        raise UsageError(f"no finished run with status done under --results={results} ({summary})")
+    group_cols = group_columns(group_by)
+    done = runs[runs["status"] == rf.STATUS_DONE]
+    quantities = [q for q in SHARPNESS_QUANTITIES if done[q].notna().any()]
+    tables = correlation_tables(done, group_cols, quantities)
+    adjust(tables, alpha)
+    labels = _labels(runs, group_cols)
+    uncontrolled = {}
+    for keys, g in iter_groups(done, group_cols):
+        varying = uncontrolled_settings(g, configs, ["arch", "dataset", *group_by])
+        if varying:
+            uncontrolled[labels[tuple(keys.values())]] = varying
+    dup_cols = group_cols + ["batch_size", "lr", "seed"]
+    dups = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
+    return Analysis(results=results, runs=runs, tables=tables,
+                    psi=psi_table(done, group_cols, ["ratio", *quantities]), group_cols=group_cols,
+                    labels=labels, uncontrolled=uncontrolled, duplicates=dups,
+                    min_train_accuracy=min_train_accuracy, alpha=alpha, sharpness_quantities=quantities)
+
+
+def _labels(runs: pd.DataFrame, group_cols: list[str]) -> dict[tuple, str]:
+    """'vgg19 on cifar10', plus the group_by settings that differ between groups (e.g. 'momentum=0.9')."""
+    known = runs[runs["arch"].notna() & runs["dataset"].notna()]
+    keys = sorted(set(group_keys(known, group_cols)), key=lambda k: tuple(str(v) for v in k))
+    varying = [i for i in range(2, len(group_cols)) if len({k[i] for k in keys}) > 1]
+    return {k: f"{k[0]} on {k[1]}" + "".join(f", {group_cols[i]}={k[i]}" for i in varying) for k in keys}
+
+
+def _output_names(figure_names: Sequence[str]) -> set[str]:
+    return {RUNS_FILE, PSI_FILE, REPORT_FILE, *TABLE_FILES.values(),
+            *(f"{f}.{ext}" for f in figure_names for ext in ("png", "pdf"))}
+
+
+def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: float = 0.99,
+        alpha: float = 0.005, group_by: Sequence[str] = DEFAULT_GROUP_BY, figures: bool = True) -> Analysis:
+    """Analyses the runs below `results` and writes the CSV files, figures and report.md to `out`.
+
+    out: default `<results>/correlate/`. Nothing in `out` changes unless the whole analysis (figures
+    included) succeeded: figures are rendered into a staging folder inside `out`, text is kept in memory,
+    then each file is moved into place with os.replace. Outputs of an earlier analysis that this one does
+    not produce (sharpness.csv when no run has sharpness any more, say) are removed, so the folder never
+    mixes two analyses. Skipped run folders are also listed on stderr.
+    """
+    from lrbs_tf import correlate_plots, report  # matplotlib is only needed once there is something to draw
+
+    analysis = analyse(results, min_train_accuracy, alpha, group_by)
+    out = Path(out) if out else analysis.results / "correlate"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out={out} exists and is not a folder")
+    for r in analysis.runs[analysis.runs["status"] == STATUS_SKIPPED].itertuples():
+        print(f"correlate: skipped {r.run_dir}: {r.problem}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        if figures:
+            analysis.figures = correlate_plots.write_figures(analysis, staging)
+        texts = {RUNS_FILE: analysis.runs.to_csv(index=False), PSI_FILE: analysis.psi.to_csv(index=False)}
+        for name, table in analysis.tables.items():
+            texts[TABLE_FILES[name]] = table.to_csv(index=False)
+        texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
+        for name, text in texts.items():
+            rf.atomic_write_text(out / name, text)
+        for f in analysis.figures:
+            for ext in ("png", "pdf"):
+                (staging / f"{f}.{ext}").replace(out / f"{f}.{ext}")
+        produced = set(texts) | {f"{f}.{ext}" for f in analysis.figures for ext in ("png", "pdf")}
+        for name in _output_names(correlate_plots.FIGURE_NAMES) - produced:
+            (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return analysis
+
+
+def _main(argv: Sequence[str]) -> int:
+    from lrbs_tf.flags import FLAGS
+
+    if not FLAGS.results:
+        raise UsageError("--results is required: the folder holding the run folders to analyse")
+    analysis = run(results=FLAGS.results, out=FLAGS.out, min_train_accuracy=FLAGS.min_train_accuracy,
+                   alpha=FLAGS.alpha, group_by=list(FLAGS.group_by), figures=FLAGS.figures)
+    counts = analysis.runs["status"].value_counts()
+    out = Path(FLAGS.out) if FLAGS.out else analysis.results / "correlate"
+    n_tests = sum(len(t) for t in analysis.tables.values())
+    print(f"correlate: {len(analysis.runs)} run folders ("
+          + ", ".join(f"{counts[s]} {s}" for s in counts.index)
+          + f"), {len(analysis.labels)} groups, {n_tests} tests; wrote {out / REPORT_FILE}")
+    return 0
+
+
+def main() -> None:
+    """Entry point of `bin/correlate` and the `lrbs-correlate` console script."""
+    from lrbs_tf.cli import run_app
+    from lrbs_tf.flags import define_correlate_flags
+
+    define_correlate_flags()
+    run_app(_main)
+
+
+__all__ = ["Analysis", "analyse", "run", "main", "STATUS_UNFINISHED", "STATUS_SKIPPED"]

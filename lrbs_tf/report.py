@@ -1,0 +1,276 @@
+"""report.md of bin/correlate: premise checks first, then the paper's tables in its layout, then the rest.
+
+Formatting only: every number comes from the Analysis (the same numbers as the CSV files).
+p-values in **bold** are below alpha (the paper bolds significant ones); a trailing `*` marks those still
+below alpha after Holm's correction over all tests of the report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import pandas as pd
+import scipy
+import statsmodels
+
+from lrbs_tf import runfolder as rf
+from lrbs_tf.correlate_plots import CAPTIONS
+from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
+
+if TYPE_CHECKING:
+    from lrbs_tf.correlate import Analysis
+
+LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every run
+TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
+          "table2": "Table 2: test accuracy vs learning rate, at each batch size",
+          "table3": "Table 3: test accuracy vs BS/LR, over all runs of a group"}
+EXPECTED = {"table1": "negative", "table2": "positive", "table3": "negative"}
+
+
+def fmt_p(p: float, alpha: float, p_holm: float = math.nan) -> str:
+    """'**2.6e-11***': bold when p < alpha, '*' when also Holm-adjusted p < alpha; '—' when untestable."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "—"
+    text = "< 1e-300" if p == 0 else f"{p:.1e}"  # scipy gives exactly 0 for |rho| = 1 and on underflow
+    if p < alpha:
+        text = f"**{text}**" + ("\\*" if p_holm < alpha else "")
+    return text
+
+
+def fmt_coef(value: float, reason: str = "") -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return f"n/a ({reason})" if reason else "—"
+    return f"{value:.2f}"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cut(items: list, what: str) -> tuple[list, str]:
+    if len(items) <= LIST_LIMIT:
+        return items, ""
+    return items[:LIST_LIMIT], f"\n\n… and {len(items) - LIST_LIMIT} more {what} (runs.csv lists every run)."
+
+
+def _value(v: object) -> object:
+    """A runs.csv value for a report table: NaN/None blank, floats short ('0.08', not '0.08000000000000002')."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _run_list(frame: pd.DataFrame, columns: Sequence[str], what: str) -> str:
+    if frame.empty:
+        return "None."
+    rows, more = _cut([[_value(r[c]) for c in columns] for r in frame.to_dict("records")], what)
+    return md_table(columns, rows) + more
+
+
+def premise_section(a: "Analysis") -> str:
+    runs, out = a.runs, ["## Premise checks"]
+    counts = runs["status"].value_counts()
+    out.append("Run folders found: " + ", ".join(f"{counts[s]} {s}" for s in counts.index) + ". Only runs "
+               "with status `done` are analysed; diverged and failed runs are excluded from every test.")
+    rows = []
+    from lrbs_tf.correlate import group_keys
+    known = runs[runs["arch"].notna()]
+    keys = group_keys(known, a.group_cols)
+    for key, label in a.labels.items():
+        g = known[keys == key]
+        done = g[g["status"] == rf.STATUS_DONE]
+        rows.append([label, len(done), int((~done["reached_min_train_accuracy"].astype(bool)).sum()),
+                     *(int((g["status"] == s).sum()) for s in (rf.STATUS_DIVERGED, rf.STATUS_FAILED,
+                                                                STATUS_UNFINISHED, STATUS_SKIPPED))])
+    out.append(md_table(["group", "done (analysed)", f"of which final train acc < {a.min_train_accuracy:g}",
+                         "diverged", "failed", "unfinished", "skipped"], rows))
+    out.append("### Diverged and failed runs (excluded)")
+    bad = runs[runs["status"].isin([rf.STATUS_DIVERGED, rf.STATUS_FAILED])]
+    out.append(_run_list(bad, ["run_dir", "status", "batch_size", "lr", "diverged_epoch", "error"],
+                         "diverged or failed runs"))
+    out.append("### Unfinished runs (no result.json; not analysed)")
+    out.append(_run_list(runs[runs["status"] == STATUS_UNFINISHED], ["run_dir", "batch_size", "lr"],
+                         "unfinished runs"))
+    out.append("### Skipped run folders (corrupt, partial or unreadable)")
+    out.append(_run_list(runs[runs["status"] == STATUS_SKIPPED], ["run_dir", "problem"], "skipped folders"))
+    out.append(f"### Runs below the training-accuracy premise (final train accuracy < {a.min_train_accuracy:g})")
+    out.append("The paper assumes every model reaches ~zero training error, so that test accuracy measures "
+               "generalisation. These done runs are analysed in Tables 1-2 and in Table 3 `with_flagged`, and "
+               "left out of Table 3 `without_flagged`. An unknown final training accuracy counts as below.")
+    flagged = a.done[~a.done["reached_min_train_accuracy"].astype(bool)].sort_values("final_train_accuracy")
+    out.append(_run_list(flagged, ["run_dir", "batch_size", "lr", "final_train_accuracy", TARGET],
+                         "flagged runs"))
+    out.append("### Settings that vary inside a group")
+    if a.uncontrolled:
+        out.append("Groups pool runs that should differ only in batch size, learning rate and seed. These "
+                   "config.json keys also vary (split on them with `--group_by` if they matter):")
+        out.append(md_table(["group", "key", "values"],
+                            [[g, k, ", ".join(v[:4]) + (f" … ({len(v)} values)" if len(v) > 4 else "")]
+                             for g, kv in a.uncontrolled.items() for k, v in kv.items()]))
+    else:
+        out.append("None: inside each group only batch size, learning rate and seed vary.")
+    out.append("### Replicates and duplicates")
+    rep = [[lab, int(c.min()), int(c.max()), g["seed"].nunique()] for lab, g, c in _cells(a)]
+    out.append(md_table(["group", "min runs per (BS, LR) cell", "max", "distinct seeds"], rep))
+    if not a.duplicates.empty:
+        out.append("Run folders with the same group, batch size, learning rate and seed (all are analysed; "
+                   "remove copies if they are not independent runs):")
+        out.append(_run_list(a.duplicates, ["run_dir", "batch_size", "lr", "seed", TARGET], "duplicates"))
+    notes = a.done[a.done["problem"].astype(str) != ""]
+    if not notes.empty:
+        out.append("### Notes on analysed runs")
+        out.append(_run_list(notes, ["run_dir", "problem", "source"], "notes"))
+    return "\n\n".join(out)
+
+
+
+def _cells(a: "Analysis"):
+    from lrbs_tf.correlate import iter_groups
+    for keys, g in iter_groups(a.done, a.group_cols):
+        yield a.label(keys), g, g.groupby(["batch_size", "lr"]).size()
+
+
+def paper_layout(a: "Analysis", table: pd.DataFrame, row_col: str | None) -> str:
+    """One row per fixed value (LR or BS; a single row for Table 3), a (rho, p) column pair per group."""
+    if table.empty:
+        return "No tests."
+    labels = [a.label(r) for r in table.to_dict("records")]
+    groups = list(dict.fromkeys(labels))
+    header = [row_col or "subset"] + [f"{g} {h}" for g in groups for h in ("rho", "p")]
+    table = table.assign(_label=labels)
+    index = sorted(table[row_col].unique()) if row_col else list(dict.fromkeys(table["subset"]))
+    rows = []
+    for value in index:
+        row = [f"{value:g}" if row_col else value]
+        for g in groups:
+            hit = table[(table["_label"] == g) & (table[row_col or "subset"] == value)]
+            if hit.empty:
+                row += ["", ""]
+                continue
+            r = hit.iloc[0]
+            row += [fmt_coef(r["spearman_rho"], r["reason"]), fmt_p(r["spearman_p"], a.alpha, r["spearman_p_holm"])]
+        rows.append(row)
+    return md_table(header, rows)
+
+
+def full_rows(a: "Analysis", table: pd.DataFrame, extra: Sequence[str]) -> str:
+    """Every statistic of every test of `table`, with n and adjusted p-values."""
+    header = ["group", *extra, "n", "rho", "p", "p Holm", "p BH", "r", "p", "tau", "p", "reason"]
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append([a.label(r), *(r[e] for e in extra), r["n"],
+                     fmt_coef(r["spearman_rho"]), fmt_p(r["spearman_p"], a.alpha, r["spearman_p_holm"]),
+                     fmt_p(r["spearman_p_holm"], a.alpha), fmt_p(r["spearman_p_bh"], a.alpha),
+                     fmt_coef(r["pearson_r"]), fmt_p(r["pearson_p"], a.alpha, r["pearson_p_holm"]),
+                     fmt_coef(r["kendall_tau"]), fmt_p(r["kendall_p"], a.alpha, r["kendall_p_holm"]),
+                     r["reason"]])
+    return md_table(header, rows)
+
+
+def signs_section(a: "Analysis", signs: pd.DataFrame) -> str:
+    out = ["## Signs of the Spearman coefficients",
+           "The paper claims negative coefficients in Tables 1 and 3 and positive ones in Table 2; its own "
+           "Table 2 changes sign for VGG-19 on CIFAR-100 at batch sizes 16-48. Counts per table and group:"]
+    out.append(md_table(["table", "group", "tests", "untestable", "positive", "negative",
+                         f"significant positive (p<{a.alpha:g})", "significant negative",
+                         "against the paper", "significant against the paper"],
+                        signs.itertuples(index=False)) if not signs.empty else "No tests.")
+    against = []
+    for name, col in (("table1", "lr"), ("table2", "batch_size"), ("table3", "subset")):
+        t = a.tables[name]
+        sign = -1 if EXPECTED[name] == "negative" else 1
+        for r in t[t["spearman_rho"] * sign < 0].to_dict("records"):
+            value = r[col] if col == "subset" else f"{r[col]:g}"
+            against.append([name, a.label(r), f"{col}={value}", r["n"], fmt_coef(r["spearman_rho"]),
+                            fmt_p(r["spearman_p"], a.alpha, r["spearman_p_holm"])])
+    out.append("Coefficients with the sign opposite to the paper's claim:")
+    out.append(md_table(["table", "group", "at", "n", "rho", "p"], against) if against else "None.")
+    return "\n\n".join(out)
+
+
+def multiple_testing_section(a: "Analysis") -> str:
+    from lrbs_tf.stats import STATISTICS, P_COLUMN
+    tables = [t for t in a.tables.values() if len(t)]
+    rows = []
+    for s in STATISTICS:
+        p = pd.concat([t[P_COLUMN[s]] for t in tables]).to_numpy(float)
+        holm = pd.concat([t[f"{P_COLUMN[s]}_holm"] for t in tables]).to_numpy(float)
+        bh = pd.concat([t[f"{P_COLUMN[s]}_bh"] for t in tables]).to_numpy(float)
+        tested = ~pd.isna(p)
+        rows.append([s, int(tested.sum()), int((~tested).sum()), int((p[tested] < a.alpha).sum()),
+                     int((holm[tested] < a.alpha).sum()), int((bh[tested] < a.alpha).sum())])
+    return "\n\n".join(["## Multiple testing",
+                        "Each statistic's p-values are adjusted over every test in this report (Tables 1-3, "
+                        "both Table 3 subsets, and the sharpness tests): Holm controls the family-wise "
+                        "error rate, Benjamini-Hochberg the false discovery rate (statsmodels multipletests). "
+                        "The CSV files hold the adjusted p-values of every test.",
+                        md_table(["statistic", "tests", "untestable", f"p < {a.alpha:g}",
+                                  f"Holm p < {a.alpha:g}", f"BH p < {a.alpha:g}"], rows)])
+
+
+def psi_section(a: "Analysis") -> str:
+    rows = [[a.label(r), r["subset"], r["measure"], r["n"], fmt_coef(r["psi"], r["reason"]),
+             fmt_coef(r["psi_batch_size"]), fmt_coef(r["psi_lr"]), r["subgroups_batch_size"],
+             r["subgroups_lr"], r["subgroups_skipped"]] for r in a.psi.to_dict("records")]
+    return "\n\n".join([
+        "## Granulated Kendall coefficient Psi (Jiang et al. 2019)",
+        "psi_batch_size: mean Kendall tau-b of (measure, test accuracy) over the fixed-LR subgroups (only "
+        "the batch size varies); psi_lr: over the fixed-batch-size subgroups; Psi: their mean. For the "
+        "measure BS/LR the paper's claim means Psi < 0.",
+        md_table(["group", "subset", "measure", "n", "Psi", "psi_batch_size", "psi_lr", "subgroups (BS)",
+                  "subgroups (LR)", "subgroups skipped"], rows)])
+
+
+def sharpness_section(a: "Analysis") -> str:
+    if "sharpness" not in a.tables:
+        return "## Sharpness\n\nNo run has a sharpness.json with a known quantity " \
+               "(run bin/sharpness on the run folders)."
+    done = a.done
+    have = md_table(["quantity", "done runs with a value", "missing"],
+                    [[q, int(done[q].notna().sum()), int(done[q].isna().sum())]
+                     for q in a.sharpness_quantities])
+    return "\n\n".join(["## Sharpness", "Runs without a value for a quantity are left out of its tests "
+                        "(`n_missing` in sharpness.csv).", have,
+                        full_rows(a, a.tables["sharpness"], ["quantity", "versus", "subset"])])
+
+
+def render(a: "Analysis", signs: pd.DataFrame) -> str:
+    """The whole report.md."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    n_tests = sum(len(t) for t in a.tables.values())
+    parts = [
+        "# Batch size, learning rate and generalisation: correlation report",
+        f"Results folder `{a.results}`; {len(a.done)} runs analysed in {len(a.labels)} group(s) "
+        f"({', '.join(a.labels.values())}); {n_tests} tests. Generated {now} by bin/correlate with "
+        f"scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
+        f"Measure of generalisation: the best test accuracy over all epochs (the paper's). Significance: "
+        f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction. Groups: "
+        f"{', '.join(a.group_cols)}. Columns and statistics: docs/correlate.md.",
+        premise_section(a),
+        "## " + TITLES["table3"], "Spearman rho and p, the paper's layout (`with_flagged`: all done runs; "
+        "`without_flagged`: only those that met the training-accuracy premise):",
+        paper_layout(a, a.tables["table3"], None),
+        "All statistics (rho: Spearman, r: Pearson on the raw ratio, tau: Kendall tau-b):",
+        full_rows(a, a.tables["table3"], ["subset"]),
+        psi_section(a),
+        "## " + TITLES["table1"], paper_layout(a, a.tables["table1"], "lr"),
+        "## " + TITLES["table2"], paper_layout(a, a.tables["table2"], "batch_size"),
+        signs_section(a, signs),
+        "## Pearson and Kendall, Tables 1 and 2",
+        full_rows(a, a.tables["table1"], ["lr"]), full_rows(a, a.tables["table2"], ["batch_size"]),
+        multiple_testing_section(a),
+        sharpness_section(a),
+        "## Figures",
+        *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
+    ]
+    if not a.figures:
+        parts.append("Not drawn (--nofigures).")
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,244 @@
+"""The tidy table of runs: one row per run folder, read through the run-folder contract (lrbs_tf.runfolder).
+
+A folder is never fatal: an unreadable or inconsistent folder becomes a row with status `skipped` and the
+reason in `problem`; a folder without result.json is `unfinished`. Only rows with status `done` are analysed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from lrbs_tf import runfolder as rf
+
+STATUS_UNFINISHED = "unfinished"  # no result.json: never started, still running, or killed
+STATUS_SKIPPED = "skipped"        # corrupt, partial or unreadable: see the `problem` column
+HYPERPARAMETERS = ("batch_size", "lr")
+TARGET = "best_test_accuracy"     # the paper's measure of generalisation: the best test accuracy of 200 epochs
+# Numeric keys of sharpness.json that are curvature quantities (tested); the others (num_hvps, seconds...)
+# describe the measurement. Any of them may be absent: NaN in runs.csv, counted as missing in the tests.
+SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
+                        "avg_sharpness")
+SHARPNESS_INFO = ("trace_stderr", "num_examples")
+# Keys every config.json holds by contract, with the type each must have.
+REQUIRED_CONFIG = {"arch": str, "dataset": str, "batch_size": int, "lr": float, "seed": int, "epochs": int,
+                   "momentum": float, "weight_decay": float}
+CONFIG_COLUMN = {"epochs": "epochs_budget"}  # config key -> runs.csv column, where result.json has the name
+# Config keys not reported when they vary inside a group: the varied hyperparameters and seed, the run's
+# name and place, and bin/train's execution settings that change neither the model nor the numbers
+# (jit_compile, tf32, deterministic and cpu_devices change float rounding, so they are reported).
+IDENTITY_KEYS = frozenset({"batch_size", "lr", "seed", "run_name", "workdir", "data_dir", "dry_run",
+                           "progress", "checkpoints_to_keep", "eval_batch_size", "steps_per_call"})
+RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
+                  "final_test_accuracy")
+ACCURACIES = ("best_test_accuracy", "final_train_accuracy", "final_test_accuracy")
+COLUMNS = ["run_dir", "status", "problem", "arch", "dataset", "batch_size", "lr", "ratio", "seed", "momentum",
+           "weight_decay", "epochs_budget", "epochs", "best_test_accuracy", "best_epoch",
+           "final_train_accuracy", "final_train_loss", "final_test_accuracy", "generalisation_gap",
+           "reached_min_train_accuracy", "diverged_epoch", "error", "source",
+           *SHARPNESS_QUANTITIES, *SHARPNESS_INFO]
+
+
+def ratio(batch_size: int, lr: float) -> float:
+    """BS/LR computed on the decimal the learning rate was written as, so equal ratios are equal floats.
+
+    Plain float division breaks ties: 48 / 0.03 = 1599.9999999999998 but 16 / 0.01 = 1600.0. On the
+    paper's 20 x 20 grid float division yields 258 distinct values; the exact ratios are 255.
+    """
+    return float(Fraction(batch_size) / Fraction(repr(float(lr))))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _check_config(config: Any, path: Path) -> None:
+    """Raises RunFolderError naming every missing or mistyped contract key."""
+    if not isinstance(config, dict):
+        raise rf.RunFolderError(f"{path / rf.CONFIG} is not a JSON object")
+    missing = [k for k in REQUIRED_CONFIG if k not in config]
+    if missing:
+        raise rf.RunFolderError(f"{path / rf.CONFIG} lacks {', '.join(missing)}")
+    check = {str: lambda v: isinstance(v, str) and bool(v), int: _is_int, float: _is_number}
+    wrong = [f"{k}={config[k]!r}" for k, kind in REQUIRED_CONFIG.items() if not check[kind](config[k])]
+    if not wrong:
+        wrong = [f"{k}={config[k]!r} (must be > 0)" for k in HYPERPARAMETERS if config[k] <= 0]
+    if wrong:
+        raise rf.RunFolderError(f"{path / rf.CONFIG} has invalid {', '.join(wrong)}")
+
+
+def _setting(value: Any) -> Any:
+    """A config value as a table cell: lists and dicts as sorted JSON so they compare and group."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _number(result: dict, key: str, path: Path) -> float:
+    """A result number; null (the contract's non-finite float) or absent is NaN, anything else an error."""
+    v = result.get(key)
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise rf.RunFolderError(f"{path} has {key}={v!r}, not a number")
+    return float(v)
+
+
+def _from_metrics(run_dir: Path, epochs: Any) -> dict[str, float]:
+    """Best and final numbers recomputed from metrics.jsonl, only if it covers exactly `epochs` epochs."""
+    records = rf.read_metrics(run_dir)
+    if not _is_int(epochs):
+        raise rf.RunFolderError(f"{run_dir / rf.RESULT} has epochs={epochs!r}, so metrics.jsonl cannot be "
+                                "checked against it")
+    seen = [r.get("epoch") if isinstance(r, dict) else None for r in records]
+    if seen != list(range(1, epochs + 1)):
+        raise rf.RunFolderError(f"{run_dir / rf.METRICS} holds {len(records)} epoch records, not epochs "
+                                f"1..{epochs} as {rf.RESULT} says")
+    test = [r.get("test_accuracy") for r in records]
+    finite = [(a, i) for i, a in enumerate(test) if _is_number(a)]
+    out = {k: math.nan for k in RESULT_NUMBERS}
+    if finite:
+        best = max(a for a, _ in finite)
+        out["best_test_accuracy"] = float(best)
+        out["best_epoch"] = float(next(i for a, i in finite if a == best) + 1)
+    last = records[-1] if records else {}
+    for key, metric in (("final_train_loss", "train_loss"), ("final_train_accuracy", "train_accuracy"),
+                        ("final_test_accuracy", "test_accuracy")):
+        if _is_number(last.get(metric)):
+            out[key] = float(last[metric])
+    return out
+
+
+def _outcome(run_dir: Path, result: Any) -> dict:
+    """The analysed numbers of a finished run; raises RunFolderError when they cannot be trusted."""
+    path = run_dir / rf.RESULT
+    if not isinstance(result, dict):
+        raise rf.RunFolderError(f"{path} is not a JSON object")
+    status = result.get("status")
+    if status not in (rf.STATUS_DONE, rf.STATUS_DIVERGED, rf.STATUS_FAILED):
+        raise rf.RunFolderError(f"{path} has status={status!r}; expected done, diverged or failed")
+    rec: dict[str, Any] = {"status": status, "epochs": result.get("epochs"), "source": rf.RESULT,
+                           "diverged_epoch": result.get("diverged_epoch"), "error": result.get("error")}
+    values = {k: _number(result, k, path) for k in RESULT_NUMBERS}
+    problem = ""
+    if status == rf.STATUS_DONE and any(math.isnan(v) for v in values.values()):
+        # result.json is the authority; metrics.jsonl only fills gaps, and only when it is the same run.
+        try:
+            fallback = _from_metrics(run_dir, result.get("epochs"))
+        except rf.RunFolderError as e:
+            if math.isnan(values[TARGET]):
+                raise rf.RunFolderError(f"{path} has no best_test_accuracy and {e}") from None
+            problem = f"result.json lacks {', '.join(k for k, v in values.items() if math.isnan(v))}; {e}"
+        else:
+            filled = [k for k, v in values.items() if math.isnan(v) and not math.isnan(fallback[k])]
+            values.update({k: fallback[k] for k in filled})
+            if filled:
+                rec["source"] = f"{rf.RESULT}+{rf.METRICS}"
+        if math.isnan(values[TARGET]):
+            raise rf.RunFolderError(f"{path} says done but no finite test accuracy was recorded")
+    for k in ACCURACIES:
+        if not math.isnan(values[k]) and not 0.0 <= values[k] <= 1.0:
+            raise rf.RunFolderError(f"{path} has {k}={values[k]} outside [0, 1] (accuracies are fractions)")
+    rec.update(values)
+    rec["generalisation_gap"] = values["final_train_accuracy"] - values["final_test_accuracy"]
+    rec["problem"] = problem
+    return rec
+
+
+def _sharpness(run_dir: Path) -> tuple[dict[str, float], str]:
+    """The sharpness quantities of a run (NaN where absent) and a note when sharpness.json is unusable."""
+    values = {k: math.nan for k in (*SHARPNESS_QUANTITIES, *SHARPNESS_INFO)}
+    path = run_dir / rf.SHARPNESS
+    if not path.exists():
+        return values, ""
+    try:
+        data = rf.read_json(path)
+    except rf.RunFolderError as e:
+        return values, f"sharpness ignored: {e}"
+    if not isinstance(data, dict):
+        return values, f"sharpness ignored: {path} is not a JSON object"
+    bad = []
+    for k in values:
+        v = data.get(k)
+        if _is_number(v):
+            values[k] = float(v)
+        elif v is not None:
+            bad.append(f"{k}={v!r}")
+    return values, (f"{path.name} has non-numeric {', '.join(bad)}" if bad else "")
+
+
+def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accuracy: float) -> tuple[dict, Any]:
+    """One runs.csv row for `run_dir`, and its config (None when unreadable). Never raises for bad data."""
+    rec: dict[str, Any] = {"run_dir": str(run_dir.relative_to(root)) if run_dir != root else ".",
+                           "status": "", "problem": ""}
+    config = None
+    try:
+        config = rf.read_config(run_dir)
+        _check_config(config, run_dir)
+        rec.update({k: _setting(config[k]) for k in REQUIRED_CONFIG if k != "epochs"})
+        rec["epochs_budget"] = config["epochs"]
+        rec.update({CONFIG_COLUMN.get(k, k): _setting(config.get(k)) for k in group_by})
+        rec["ratio"] = ratio(config["batch_size"], config["lr"])
+        result = rf.read_result(run_dir)
+        if result is None:
+            rec["status"] = STATUS_UNFINISHED
+            return rec, config
+        rec.update(_outcome(run_dir, result))
+    except rf.RunFolderError as e:
+        rec.update(status=STATUS_SKIPPED, problem=str(e))
+        return rec, config if isinstance(config, dict) else None
+    sharp, note = _sharpness(run_dir)
+    rec.update(sharp)
+    rec["problem"] = "; ".join(p for p in (rec["problem"], note) if p)
+    acc = rec.get("final_train_accuracy", math.nan)
+    # An unknown final training accuracy cannot show the premise holds, so it counts as not reached.
+    rec["reached_min_train_accuracy"] = bool(rec["status"] == rf.STATUS_DONE and not math.isnan(acc)
+                                             and acc >= min_train_accuracy)
+    return rec, config
+
+
+def collect_runs(results: Path, group_by: Sequence[str],
+                 min_train_accuracy: float) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The tidy table of every run folder below `results` (recursively), and each readable config by run_dir."""
+    rows, configs = [], {}
+    for run_dir in rf.iter_run_dirs(results):
+        rec, config = read_run(run_dir, results, group_by, min_train_accuracy)
+        rows.append(rec)
+        if config is not None:
+            configs[rec["run_dir"]] = config
+    extra = [CONFIG_COLUMN.get(k, k) for k in group_by if CONFIG_COLUMN.get(k, k) not in COLUMNS]
+    frame = pd.DataFrame(rows, columns=COLUMNS[:12] + extra + COLUMNS[12:])
+    frame["reached_min_train_accuracy"] = frame["reached_min_train_accuracy"].map(lambda v: v is True)
+    for col in ("batch_size", "seed", "epochs_budget", "epochs", "best_epoch", "diverged_epoch"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    for col in ("lr", "ratio", "momentum", "weight_decay", *RESULT_NUMBERS[:1], *RESULT_NUMBERS[2:],
+                "generalisation_gap", *SHARPNESS_QUANTITIES, *SHARPNESS_INFO):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    return frame, configs
+
+
+def uncontrolled_settings(group: pd.DataFrame, configs: dict[str, dict],
+                          group_keys: Sequence[str]) -> dict[str, list[str]]:
+    """The config keys of one group's runs (other than BS, LR, seed, names) that take more than one value.
+
+    A group pools runs that should differ only in batch size, learning rate and seed; anything else that
+    varies (augmentation, width, code version...) is reported so a reader can judge the comparison.
+    group_keys: the config keys that define the group (constant inside it by construction).
+    Returns {key: sorted JSON texts of its values}, '"<absent>"' standing for a key a config lacks.
+    """
+    cfgs = [configs[d] for d in group["run_dir"] if d in configs]
+    if not cfgs:
+        return {}
+    varying = {}
+    for k in sorted(set().union(*cfgs) - IDENTITY_KEYS - set(group_keys)):
+        values = sorted({json.dumps(c.get(k, "<absent>"), sort_keys=True) for c in cfgs})
+        if len(values) > 1:
+            varying[k] = values
+    return varying
