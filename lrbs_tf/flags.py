@@ -98,3 +98,84 @@ def define_correlate_flags() -> None:
                       "are reported, not split on).")
     flags.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
 
+
+@_once
+def define_sharpness_flags() -> None:
+    """bin/sharpness: curvature of a trained run (Hessian eigenvalues, trace, spectrum, sharpness), and the
+    loss along the line between two runs. Flags shared with other binaries are defined once (guarded)."""
+    define_data_flags()  # only read with --ckpt=FILE.keras; a run folder's config.json names its data
+    flags.DEFINE_string("ckpt", None, "A finished run folder (reads its config.json and model.keras), or a "
+                        "model.keras file (then --dataset, unless its folder holds a config.json).")
+    flags.DEFINE_integer("num_examples", 2048, "Examples of the measured loss: the first N of the training "
+                         "split in dataset order, no augmentation; 0 = the whole split.")
+    flags.DEFINE_integer("hvp_batch_size", 0, "Examples per forward/backward chunk (H is the size-weighted "
+                         "mean over chunks). Inference-mode BN: speed/memory only, 0 = 256. Batch-mode BN: the "
+                         "batch whose statistics normalise, 0 = the run's training batch_size.")
+    flags.DEFINE_integer("top_k", 5, "Number of top Hessian eigenvalues.")
+    flags.DEFINE_enum("eig_method", "lanczos", ["lanczos", "power"], "Top eigenvalues by Lanczos (scipy eigsh, "
+                      "which='LA') or power iteration with deflation (largest magnitude).")
+    flags.DEFINE_float("tol", 1e-4, "Eigenvalue tolerance, relative: residual ||Hv - lambda v|| / |lambda| "
+                       "(and, for power iteration, the relative change of lambda).")
+    flags.DEFINE_integer("max_hvps", 1000, "Budget of Hessian-vector products for the top eigenvalues.")
+    flags.DEFINE_float("hutchinson_rtol", 0.05, "Hutchinson stops when stderr(trace) <= this * |trace|.")
+    flags.DEFINE_integer("max_probes", 300, "Most Rademacher probes (one HVP each) for trace and Frobenius norm.")
+    flags.DEFINE_integer("slq_steps", 80, "Lanczos steps per SLQ run (memory: steps x num_params float64).")
+    flags.DEFINE_integer("slq_runs", 2, "Independent SLQ start vectors averaged in the spectral density.")
+    flags.DEFINE_float("eps", 1e-3, "Keskar epsilon: the box |delta_i| <= eps (|w_i| + 1).")
+    flags.DEFINE_integer("eps_steps", 20, "Projected sign-gradient ascent steps (gradients) for eps-sharpness.")
+    flags.DEFINE_float("noise_sigma", 1e-2, "Average sharpness: weight noise delta_i ~ N(0, (sigma (|w_i|+1))^2).")
+    flags.DEFINE_integer("noise_draws", 10, "Average sharpness: noise draws (losses) averaged.")
+    flags.DEFINE_enum("bn_mode", "inference", ["inference", "batch"], "Batch norm during measurements: moving "
+                      "statistics (the evaluated model) or each chunk's statistics (the model SGD sees). "
+                      "Moving statistics are never updated either way.")
+    flags.DEFINE_bool("include_weight_decay", False, "Add the run's (weight_decay/2) ||w||^2 to the measured "
+                      "loss (shifts every eigenvalue by weight_decay).")
+    flags.DEFINE_enum("hvp_mode", "forward_over_reverse", ["forward_over_reverse", "reverse_over_reverse"],
+                      "How Hessian-vector products are computed (same numbers; forward-over-reverse is faster).")
+    flags.DEFINE_list("quantities", ["eigenvalues", "trace", "spectrum", "eps_sharpness", "avg_sharpness",
+                                     "grad_cov"], "Which quantities to compute (comma-separated subset).")
+    flags.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
+                      "alpha theta_b instead of curvature; needs --out.")
+    flags.DEFINE_list("alpha_range", ["-0.5", "1.5", "21"], "START,STOP,NUM: the interpolation alphas "
+                      "(linspace; 0 and 1 are always added).")
+    flags.DEFINE_enum("interp_bn_stats", "interpolate", ["interpolate", "recompute"], "BN moving statistics "
+                      "along the line: blended (means linearly, variances geometrically) or re-estimated on "
+                      "the training examples at every alpha.")
+    if "out" not in FLAGS:  # shared with bin/correlate: one definition serves both
+        flags.DEFINE_string("out", None, "Output folder (bin/sharpness: required with --interpolate; with "
+                            "--ckpt, default the run folder / the model file's folder).")
+    if "seed" not in FLAGS:  # shared with bin/train; for bin/sharpness it seeds probes, starts and noise
+        # allow_override: define_train_flags, called later in the same process, may then redefine it.
+        flags.DEFINE_integer("seed", 0, "Random seed (bin/sharpness: probes, start vectors, weight noise).",
+                             allow_override=True)
+
+
+@_once
+def define_sweep_flags() -> None:
+    """bin/sweep: a grid of bin/train runs. Every bin/train flag may be given as well (flagfiles included):
+    it is forwarded to each run, except --lr, --batch_size, --seed and --run_name, which the grid sets."""
+    define_train_flags()
+    flags.DEFINE_list("batch_sizes", None, "The grid's batch sizes, e.g. 16,32,48. Required.")
+    flags.DEFINE_list("lrs", None, "The grid's learning rates, e.g. 0.01,0.02,0.03. Required.")
+    flags.DEFINE_list("seeds", ["0"], "The grid's seeds (each a full batch sizes x learning rates grid).")
+    flags.DEFINE_integer("workers", 0, "Parallel worker processes on this machine, each given an equal share "
+                         "of the CPU cores, or one GPU (round-robin); 0 = one per visible GPU, else one per core.")
+    flags.DEFINE_integer("shard_index", None, "This process's shard, 0-based (default: SLURM_ARRAY_TASK_ID - "
+                         "SLURM_ARRAY_TASK_MIN, or JOB_COMPLETION_INDEX, else 0).")
+    flags.DEFINE_integer("num_shards", None, "Number of shards the grid is cut into (default: "
+                         "SLURM_ARRAY_TASK_COUNT, else 1; a Kubernetes Indexed Job must give its completions).")
+    flags.DEFINE_bool("vectorize", False, "Train each (batch size, seed) column of learning rates in one "
+                      "bin/train process (--lr=a,b,c); --novectorize: one process per run.")
+    flags.DEFINE_bool("sharpness", False, "Run bin/sharpness on each done run without a sharpness.json.")
+    flags.DEFINE_string("sharpness_flags", "", "Extra flags for bin/sharpness, as on a shell line, e.g. "
+                        "'--quantities=eigenvalues,trace --num_examples=1000'.")
+    flags.DEFINE_bool("correlate", True, "Run bin/correlate --results=<workdir> once every run of the grid "
+                      "is finished (on a cluster: in the shard that finishes last).")
+    flags.DEFINE_bool("correlate_now", False, "Run bin/correlate on the runs finished so far and exit; trains "
+                      "nothing.")
+    flags.DEFINE_string("correlate_flags", "", "Extra flags for bin/correlate, as on a shell line.")
+    flags.DEFINE_bool("dry_list", False, "Print this shard's work units (and their bin/train commands) and exit.")
+    flags.DEFINE_string("train_command", None, "Command that runs bin/train, e.g. 'apptainer exec img.sif "
+                        "python bin/train' (default: this checkout's bin/train with this Python).")
+    flags.DEFINE_string("sharpness_command", None, "Command that runs bin/sharpness (default: like bin/train's).")
+    flags.DEFINE_string("correlate_command", None, "Command that runs bin/correlate (default: like bin/train's).")

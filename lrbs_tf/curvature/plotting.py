@@ -1,0 +1,86 @@
+"""Figures of bin/sharpness: the Hessian spectrum and the interpolation curve, each saved as PNG and PDF.
+
+Files are written to a temporary name in the target folder and renamed, like every finished file of a run
+folder, so a reader never sees half a figure.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on clusters
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, stem: str | os.PathLike) -> list[str]:
+    """Saves `fig` to stem.png and stem.pdf atomically; returns the two paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = stem.with_suffix(f".{ext}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        paths.append(str(path))
+    return paths
+
+
+def plot_spectrum(grid: np.ndarray, density: np.ndarray, sigma: float, stem: str | os.PathLike,
+                  top_eigenvalues: Sequence[float] = (), title: str = "") -> list[str]:
+    """Smoothed spectral density (log scale; it is dominated by the mass near 0) with the top eigenvalues."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    floor = max(float(np.max(density)) * 1e-12, 1e-300)
+    ax.semilogy(grid, np.maximum(density, floor), lw=1.2, label=f"SLQ density (sigma={sigma:.3g})")
+    for i, lam in enumerate(top_eigenvalues):
+        ax.axvline(lam, color="C3", lw=0.8, ls="--", alpha=0.7, label="top eigenvalues (Lanczos)" if i == 0 else None)
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel("spectral density (fraction of eigenvalues per unit)")
+    ax.set_ylim(bottom=max(floor, float(np.max(density)) * 1e-8))
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    try:
+        return save_figure(fig, stem)
+    finally:
+        plt.close(fig)
+
+
+def plot_interpolation(rows: Sequence[dict], stem: str | os.PathLike, label_a: str, label_b: str) -> list[str]:
+    """Loss (log) and accuracy against alpha, train and test; alpha=0 is model a, alpha=1 model b."""
+    plt = _figure()
+    alpha = np.array([r["alpha"] for r in rows])
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, ls in (("train", "-"), ("test", "--")):
+        ax_loss.plot(alpha, [r[f"{split}_loss"] for r in rows], ls, marker=".", label=split)
+        ax_acc.plot(alpha, [r[f"{split}_accuracy"] for r in rows], ls, marker=".", label=split)
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("cross-entropy (nats)")
+    ax_acc.set_ylabel("accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel(f"alpha  (0: {label_a},  1: {label_b})", fontsize=8)
+        for x in (0.0, 1.0):
+            ax.axvline(x, color="grey", lw=0.6, ls=":")
+        ax.legend(fontsize=8)
+    try:
+        return save_figure(fig, stem)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,430 @@
+"""bin/sharpness: the curvature of a trained run, and the loss along the line between two runs.
+
+    bin/sharpness --ckpt=outputs/<run>                       # -> outputs/<run>/sharpness.json + spectrum plot
+    bin/sharpness --ckpt=path/model.keras --dataset=cifar10  # a bare model file
+    bin/sharpness --interpolate=outputs/<a>,outputs/<b> --out=DIR   # -> DIR/interpolation.csv + plot
+
+The run folder's config.json says which model and data to use, so those flags are not repeated. Every
+input is checked before anything is computed, and files are written only at the end, atomically; bad input
+is one line on stderr and exit status 2 with nothing written. docs/curvature.md defines each quantity.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from lrbs_tf import runfolder
+from lrbs_tf.cli import UsageError, quiet_import_tensorflow, run_app
+from lrbs_tf.runfolder import RunFolderError
+
+if TYPE_CHECKING:
+    from lrbs_tf.curvature.slq import SpectrumResult
+
+QUANTITIES = ("eigenvalues", "trace", "spectrum", "eps_sharpness", "avg_sharpness", "grad_cov")
+SPECTRUM_STEM = "hessian_spectrum"      # + .png / .pdf, next to sharpness.json
+INTERPOLATION_CSV = "interpolation.csv"
+INTERPOLATION_JSON = "interpolation.json"
+INTERPOLATION_STEM = "interpolation"   # + .png / .pdf
+DEFAULT_HVP_BATCH = 256
+
+
+@dataclasses.dataclass
+class Settings:
+    """What bin/sharpness measures and how; recorded verbatim in sharpness.json."""
+    num_examples: int = 2048
+    hvp_batch_size: int = 0
+    top_k: int = 5
+    eig_method: str = "lanczos"
+    tol: float = 1e-4
+    max_hvps: int = 1000
+    hutchinson_rtol: float = 0.05
+    max_probes: int = 300
+    slq_steps: int = 80
+    slq_runs: int = 2
+    eps: float = 1e-3
+    eps_steps: int = 20
+    noise_sigma: float = 1e-2
+    noise_draws: int = 10
+    bn_mode: str = "inference"
+    include_weight_decay: bool = False
+    hvp_mode: str = "forward_over_reverse"
+    quantities: tuple[str, ...] = QUANTITIES
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raises UsageError naming the offending values."""
+        unknown = [q for q in self.quantities if q not in QUANTITIES]
+        if unknown or not self.quantities:
+            raise UsageError(f"--quantities={','.join(self.quantities)}: unknown {unknown or 'empty list'}; "
+                             f"valid: {','.join(QUANTITIES)}")
+        checks = [("num_examples", self.num_examples >= 0), ("hvp_batch_size", self.hvp_batch_size >= 0),
+                  ("top_k", self.top_k >= 1), ("tol", 0 < self.tol < 1), ("max_hvps", self.max_hvps >= 2),
+                  ("hutchinson_rtol", self.hutchinson_rtol > 0), ("max_probes", self.max_probes >= 2),
+                  ("slq_steps", self.slq_steps >= 1), ("slq_runs", self.slq_runs >= 1), ("eps", self.eps > 0),
+                  ("eps_steps", self.eps_steps >= 1), ("noise_sigma", self.noise_sigma > 0),
+                  ("noise_draws", self.noise_draws >= 2)]
+        bad = [f"--{name}={getattr(self, name)}" for name, ok in checks if not ok]
+        if bad:
+            raise UsageError(f"out of range: {', '.join(bad)} (counts >= 1, draws/probes >= 2, tolerances > 0)")
+        for name, value, valid in (("bn_mode", self.bn_mode, ("inference", "batch")),
+                                   ("eig_method", self.eig_method, ("lanczos", "power")),
+                                   ("hvp_mode", self.hvp_mode, ("forward_over_reverse", "reverse_over_reverse"))):
+            if value not in valid:
+                raise UsageError(f"--{name}={value}; valid: {', '.join(valid)}")
+
+    def seed_for(self, quantity: str) -> int:
+        """A seed per quantity, so choosing a subset of --quantities never changes another one's numbers."""
+        return int(np.random.SeedSequence([self.seed, QUANTITIES.index(quantity)]).generate_state(1)[0])
+
+
+@dataclasses.dataclass
+class Target:
+    """A resolved --ckpt: the model file, where results go, and which data and weight decay apply."""
+    model_path: Path
+    out_dir: Path
+    config: dict | None
+    dataset: str
+    data_dir: str | None
+    data_path: str | None
+
+
+def resolve_run_dir(run_dir: str | Path) -> dict:
+    """Checks that `run_dir` is a finished, non-diverged run folder with a model; returns its config.json."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: no such run folder")
+    if not (run_dir / runfolder.CONFIG).is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no {runfolder.CONFIG})")
+    config = runfolder.read_config(run_dir)
+    result = runfolder.read_result(run_dir)
+    if result is None:
+        raise RunFolderError(f"{run_dir} is unfinished (no {runfolder.RESULT}): nothing final to measure")
+    status = result.get("status")
+    if status == runfolder.STATUS_DIVERGED:
+        raise RunFolderError(f"{run_dir} diverged (epoch {result.get('diverged_epoch')}): its weights are not "
+                             "finite, so it has no curvature to measure")
+    if status != runfolder.STATUS_DONE:
+        raise RunFolderError(f"{run_dir} has status {status!r} ({result.get('error', 'no error recorded')}); "
+                             "only finished runs (status done) can be measured")
+    if not (run_dir / runfolder.MODEL).is_file():
+        raise RunFolderError(f"{run_dir} is finished but has no {runfolder.MODEL}")
+    return config
+
+
+def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None = None,
+                   data_path: str | None = None, out: str | None = None) -> Target:
+    """--ckpt as a run folder (dataset from its config.json) or a .keras file (dataset given, else from a
+    config.json beside it). `dataset` etc. are None when the user did not set them."""
+    if not ckpt:
+        raise UsageError("--ckpt is required: a run folder or a model.keras file (or use --interpolate)")
+    path = Path(ckpt)
+    if path.is_dir():
+        config = resolve_run_dir(path)
+        return Target(path / runfolder.MODEL, Path(out) if out else path, config, config["dataset"],
+                      config.get("data_dir"), config.get("data_path"))
+    if not path.exists():
+        raise RunFolderError(f"--ckpt={ckpt}: no such run folder or model file")
+    if path.suffix != ".keras":
+        raise UsageError(f"--ckpt={ckpt} is neither a run folder nor a .keras model file")
+    sibling = path.parent / runfolder.CONFIG
+    config = runfolder.read_config(path.parent) if sibling.is_file() else None
+    if dataset is None:
+        if config is None:
+            raise UsageError(f"--ckpt={ckpt} is a bare model file: say which data it was trained on with --dataset")
+        dataset, data_dir, data_path = config["dataset"], config.get("data_dir"), config.get("data_path")
+    return Target(path, Path(out) if out else path.parent, config, dataset, data_dir, data_path)
+
+
+def load_model(model_path: Path, config: dict | None):
+    """Loads model.keras (compile=False) and checks it against config.json and for finite weights."""
+    import keras
+
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as e:  # zip, h5 and deserialisation errors all mean the same thing to the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunFolderError(f"{model_path} is unreadable as a Keras model: {first}") from None
+    num_params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    if config is not None:
+        arch = str(config.get("arch", ""))
+        problems = []
+        if arch and not model.name.startswith(arch):
+            problems.append(f"arch={arch!r} but the model is {model.name!r}")
+        if "num_params" in config and int(config["num_params"]) != num_params:
+            problems.append(f"num_params={config['num_params']} but the model has {num_params}")
+        if "input_shape" in config and list(config["input_shape"]) != list(model.input_shape[1:]):
+            problems.append(f"input_shape={list(config['input_shape'])} but the model takes "
+                            f"{list(model.input_shape[1:])}")
+        if "num_classes" in config and int(config["num_classes"]) != int(model.output_shape[-1]):
+            problems.append(f"num_classes={config['num_classes']} but the model outputs {model.output_shape[-1]}")
+        if problems:
+            raise RunFolderError(f"{model_path} does not match its config.json: {'; '.join(problems)}")
+    bad = [v.path for v in model.variables if not np.all(np.isfinite(np.asarray(v.value)))]
+    if bad:
+        raise RunFolderError(f"{model_path} has non-finite weights ({len(bad)} variables, first {bad[0]}): "
+                             "a diverged model has no curvature to measure")
+    return model
+
+
+def load_checked_data(dataset: str, data_dir: str | None, data_path: str | None, model):
+    """Loads the dataset and checks that it fits the model (input shape, number of classes)."""
+    from lrbs_tf.data import DataError, load_data
+
+    try:
+        data = load_data(dataset, data_dir=data_dir, data_path=data_path)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    if tuple(model.input_shape[1:]) != data.input_shape:
+        raise UsageError(f"dataset {dataset} has inputs {data.input_shape} but the model takes "
+                         f"{tuple(model.input_shape[1:])}")
+    if int(model.output_shape[-1]) != data.num_classes:
+        raise UsageError(f"dataset {dataset} has {data.num_classes} classes but the model outputs "
+                         f"{model.output_shape[-1]}")
+    return data
+
+
+def first_examples(data, num_examples: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The first `num_examples` (0: all) examples of `split` in dataset order, normalised as training does,
+    unaugmented: inputs (N, ...) float32 and labels (N,) int32."""
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    if num_examples > len(x):
+        raise UsageError(f"--num_examples={num_examples} but the {split} split of {data.name} has "
+                         f"{len(x)} examples (0 = all)")
+    n = num_examples or len(x)
+    return data.normalize(x[:n]), y[:n].astype(np.int32)
+
+
+def _versions() -> dict:
+    import keras
+    import scipy
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__,
+            "device": (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+                       if gpus else f"CPU ({platform.processor() or platform.machine()})")}
+
+
+def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
+            batch_size: int = DEFAULT_HVP_BATCH, log=print) -> tuple[dict, SpectrumResult | None]:
+    """Computes `settings.quantities` for `model` on examples x (N, ...) float32, y (N,) int.
+
+    Returns (the sharpness.json fields, the SLQ result for plotting or None). Never changes the model.
+    """
+    from lrbs_tf.curvature import eigen, hvp, sharpness_measures, slq, trace
+    from lrbs_tf.curvature.interpolate import Evaluator
+
+    start = time.perf_counter()
+    wd = weight_decay if settings.include_weight_decay else 0.0
+    obj = hvp.keras_objective(model, x, y, batch_size, bn_mode=settings.bn_mode, hvp_mode=settings.hvp_mode,
+                              weight_decay=wd)
+    if settings.top_k > obj.dim:
+        raise UsageError(f"--top_k={settings.top_k} is more than the model's {obj.dim} parameters")
+    ev = Evaluator(model)
+    loss, accuracy = ev.evaluate([np.asarray(v.value) for v in model.trainable_variables],
+                                 [np.asarray(v.value) for v in model.non_trainable_variables], obj.batches)
+    out: dict = {key: None for key in (
+        "lambda_max", "top_eigenvalues", "eigen_converged", "trace", "trace_stderr", "trace_num_probes",
+        "trace_converged", "frobenius_norm", "frobenius_stderr", "spectrum", "eps_sharpness",
+        "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm")}
+    out.update(num_examples=obj.num_examples, num_params=obj.dim, train_loss=loss, train_accuracy=accuracy)
+    costs: dict = {}
+    spectrum = None
+    q = set(settings.quantities)
+
+    def timed(name: str, fn):
+        t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
+        result = fn()
+        costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
+                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0}
+        log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
+            f"{costs[name]['losses']} losses, {costs[name]['seconds']:.1f} s")
+        return result
+
+    if "eigenvalues" in q:
+        res = timed("eigenvalues", lambda: eigen.top_k(obj.hvp, obj.dim, settings.top_k, settings.eig_method,
+                                                       settings.tol, settings.max_hvps,
+                                                       settings.seed_for("eigenvalues")))
+        vals = [float(v) for v in res.eigenvalues]
+        out.update(lambda_max=vals[0] if vals else None, top_eigenvalues=vals, eigen_converged=res.converged,
+                   eigen_solver=res.method)
+    if "trace" in q:
+        res = timed("trace", lambda: trace.hutchinson(obj.hvp, obj.dim, settings.hutchinson_rtol,
+                                                      settings.max_probes, seed=settings.seed_for("trace")))
+        out.update(trace=res.trace, trace_stderr=res.trace_stderr, trace_num_probes=res.num_probes,
+                   trace_converged=res.converged, frobenius_norm=res.frobenius_norm,
+                   frobenius_stderr=res.frobenius_stderr)
+    if "spectrum" in q:
+        spectrum = timed("spectrum", lambda: slq.slq(obj.hvp, obj.dim, settings.slq_steps, settings.slq_runs,
+                                                     seed=settings.seed_for("spectrum")))
+        grid, sigma = spectrum.default_grid()
+        slq_trace, slq_trace_se = spectrum.trace_estimate()
+        out["spectrum"] = {"nodes": [t.tolist() for t in spectrum.nodes],
+                           "weights": [w.tolist() for w in spectrum.weights], "sigma": sigma,
+                           "slq_trace": slq_trace, "slq_trace_stderr": slq_trace_se}
+    if "eps_sharpness" in q:
+        res = timed("eps_sharpness", lambda: sharpness_measures.eps_sharpness(
+            obj, settings.eps, settings.eps_steps, seed=settings.seed_for("eps_sharpness")))
+        out.update(eps_sharpness=res.sharpness, eps_sharpness_perturbed_loss=res.perturbed_loss)
+    if "avg_sharpness" in q:
+        res = timed("avg_sharpness", lambda: sharpness_measures.average_sharpness(
+            obj, settings.noise_sigma, settings.noise_draws, seed=settings.seed_for("avg_sharpness")))
+        out.update(avg_sharpness=res.mean_increase, avg_sharpness_stderr=res.stderr)
+    if "grad_cov" in q:
+        # Per-example gradients need per-example losses that ignore the rest of the batch: inference BN.
+        res = timed("grad_cov", lambda: sharpness_measures.grad_cov_trace(
+            hvp.keras_losses_fn(model, "inference"), obj.params, obj.batches))
+        out.update(grad_cov_trace=res.trace, grad_norm=res.grad_norm)
+    out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
+               num_losses=obj.num_losses,
+               seconds=time.perf_counter() - start, costs=costs)
+    return out, spectrum
+
+
+def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str | None = None,
+        data_path: str | None = None, out: str | None = None, log=print) -> dict:
+    """Measures the run (or model file) `ckpt` and writes sharpness.json and the spectrum plot.
+
+    `dataset`, `data_dir`, `data_path` are only used for a .keras file (None: not given). Returns what
+    was written to sharpness.json.
+    """
+    from lrbs_tf.curvature.plotting import plot_spectrum
+
+    settings.validate()
+    target = resolve_target(ckpt, dataset, data_dir, data_path, out)
+    model = load_model(target.model_path, target.config)
+    num_params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    if settings.top_k > num_params:
+        raise UsageError(f"--top_k={settings.top_k} is more than the model's {num_params} parameters")
+    weight_decay = float((target.config or {}).get("weight_decay", 0.0))
+    if settings.include_weight_decay and target.config is None:
+        raise UsageError("--include_weight_decay needs the run's config.json (weight_decay); "
+                         f"{target.model_path} has none beside it")
+    batch_size = settings.hvp_batch_size or (
+        int((target.config or {}).get("batch_size", DEFAULT_HVP_BATCH)) if settings.bn_mode == "batch"
+        else DEFAULT_HVP_BATCH)
+    data = load_checked_data(target.dataset, target.data_dir, target.data_path, model)
+    x, y = first_examples(data, settings.num_examples)
+    fields, spectrum = measure(model, x, y, settings, weight_decay, batch_size, log=log)
+    record = {**fields,
+              "settings": {**dataclasses.asdict(settings), "quantities": list(settings.quantities),
+                           "hvp_batch_size": batch_size, "weight_decay": weight_decay if
+                           settings.include_weight_decay else 0.0},
+              "checkpoint": str(target.model_path), "dataset": target.dataset,
+              "run_config": {k: (target.config or {}).get(k) for k in
+                             ("arch", "dataset", "batch_size", "lr", "seed", "momentum", "weight_decay", "epochs")}
+              if target.config else None,
+              "versions": _versions()}
+    if spectrum is not None:
+        grid, sigma = spectrum.default_grid()
+        title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
+        plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / SPECTRUM_STEM,
+                      fields["top_eigenvalues"] or (), title=title)
+    runfolder.atomic_write_json(target.out_dir / runfolder.SHARPNESS, record)
+    log(f"wrote {target.out_dir / runfolder.SHARPNESS}: lambda_max={fields['lambda_max']}, "
+        f"trace={fields['trace']}, {fields['num_hvps']} HVPs, {fields['seconds']:.1f} s")
+    return record
+
+
+def parse_alphas(alpha_range: Sequence[str]) -> list[float]:
+    """START,STOP,NUM -> sorted linspace with 0 and 1 added (each model's own point is always measured)."""
+    try:
+        start, stop, num = float(alpha_range[0]), float(alpha_range[1]), int(alpha_range[2])
+    except (ValueError, IndexError, TypeError):
+        raise UsageError(f"--alpha_range={','.join(map(str, alpha_range))} is not START,STOP,NUM") from None
+    if len(alpha_range) != 3 or num < 2 or not stop > start:
+        raise UsageError(f"--alpha_range={','.join(map(str, alpha_range))}: need START < STOP and NUM >= 2")
+    grid = np.round(np.linspace(start, stop, num), 10)
+    return sorted(set(float(a) for a in grid) | {0.0, 1.0})
+
+
+def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float], num_examples: int = 2048,
+                batch_size: int = 1000, bn_stats: str = "interpolate", log=print) -> list[dict]:
+    """Loss and accuracy (train: the first num_examples training examples; test: the first
+    min(num_examples, test size) test examples; 0 = all) along (1 - alpha) theta_a + alpha theta_b; writes DIR/interpolation.csv, .json, plot."""
+    from lrbs_tf.curvature.hvp import make_batches
+    from lrbs_tf.curvature.interpolate import BN_STATS_MODES, check_same_architecture, interpolation_curve
+    from lrbs_tf.curvature.plotting import plot_interpolation
+
+    if not out:
+        raise UsageError("--interpolate needs --out=DIR for the curve")
+    if bn_stats not in BN_STATS_MODES:
+        raise UsageError(f"--interp_bn_stats={bn_stats}; valid: {', '.join(BN_STATS_MODES)}")
+    if num_examples < 0 or batch_size < 1:
+        raise UsageError(f"--num_examples={num_examples} must be >= 0 and the batch size {batch_size} >= 1")
+    configs = [resolve_run_dir(r) for r in (run_a, run_b)]
+    for key in ("arch", "dataset", "num_params"):
+        if configs[0].get(key) != configs[1].get(key):
+            raise UsageError(f"{run_a} and {run_b} differ in {key}: {configs[0].get(key)!r} vs "
+                             f"{configs[1].get(key)!r}; interpolation needs the same model on the same data")
+    models = [load_model(Path(r) / runfolder.MODEL, c) for r, c in zip((run_a, run_b), configs)]
+    try:
+        check_same_architecture(*models)
+    except ValueError as e:
+        raise UsageError(f"{run_a} and {run_b}: {e}") from None
+    c = configs[0]
+    data = load_checked_data(c["dataset"], c.get("data_dir"), c.get("data_path"), models[0])
+    train = first_examples(data, num_examples)
+    test = first_examples(data, min(num_examples, len(data.y_test)), split="test")
+    start = time.perf_counter()
+    rows = interpolation_curve(models[0], models[1], alphas, make_batches(*train, batch_size),
+                               make_batches(*test, batch_size), bn_stats=bn_stats)
+    out_dir = Path(out)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["alpha", "train_loss", "train_accuracy", "test_loss", "test_accuracy"],
+                            lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: repr(float(v)) for k, v in r.items()})
+    plot_interpolation(rows, out_dir / INTERPOLATION_STEM, Path(run_a).name, Path(run_b).name)
+    runfolder.atomic_write_json(out_dir / INTERPOLATION_JSON, {
+        "run_a": str(run_a), "run_b": str(run_b), "alphas": list(alphas), "num_train_examples": len(train[1]),
+        "num_test_examples": len(test[1]), "bn_stats": bn_stats, "seconds": time.perf_counter() - start,
+        "rows": rows, "versions": _versions()})
+    runfolder.atomic_write_text(out_dir / INTERPOLATION_CSV, buf.getvalue())
+    log(f"wrote {out_dir / INTERPOLATION_CSV}: {len(rows)} alphas from {alphas[0]} to {alphas[-1]}")
+    return rows
+
+
+def _main(argv: Sequence[str]) -> int:
+    quiet_import_tensorflow()
+    import tensorflow as tf
+
+    from lrbs_tf.flags import FLAGS
+
+    tf.get_logger().setLevel("ERROR")  # vectorized_map's per-op fallback notices are not for the user
+    if FLAGS.interpolate:
+        if len(FLAGS.interpolate) != 2:
+            raise UsageError(f"--interpolate={','.join(FLAGS.interpolate)}: give exactly two run folders, RUN_A,RUN_B")
+        interpolate(FLAGS.interpolate[0], FLAGS.interpolate[1], FLAGS.out, parse_alphas(FLAGS.alpha_range),
+                    num_examples=FLAGS.num_examples,
+                    batch_size=FLAGS.hvp_batch_size or 1000, bn_stats=FLAGS.interp_bn_stats)
+        return 0
+    settings = Settings(
+        num_examples=FLAGS.num_examples, hvp_batch_size=FLAGS.hvp_batch_size, top_k=FLAGS.top_k,
+        eig_method=FLAGS.eig_method, tol=FLAGS.tol, max_hvps=FLAGS.max_hvps,
+        hutchinson_rtol=FLAGS.hutchinson_rtol, max_probes=FLAGS.max_probes, slq_steps=FLAGS.slq_steps,
+        slq_runs=FLAGS.slq_runs, eps=FLAGS.eps, eps_steps=FLAGS.eps_steps, noise_sigma=FLAGS.noise_sigma,
+        noise_draws=FLAGS.noise_draws, bn_mode=FLAGS.bn_mode, include_weight_decay=FLAGS.include_weight_decay,
+        hvp_mode=FLAGS.hvp_mode, quantities=tuple(FLAGS.quantities), seed=FLAGS.seed)
+    given = {name: getattr(FLAGS, name) if FLAGS[name].present else None
+             for name in ("dataset", "data_dir", "data_path")}
+    run(FLAGS.ckpt, settings, out=FLAGS.out, **given)
+    return 0
+
+
+def main() -> None:
+    from lrbs_tf import flags
+
+    flags.define_sharpness_flags()
+    run_app(_main)
