@@ -179,3 +179,40 @@ def define_sweep_flags() -> None:
                         "python bin/train' (default: this checkout's bin/train with this Python).")
     flags.DEFINE_string("sharpness_command", None, "Command that runs bin/sharpness (default: like bin/train's).")
     flags.DEFINE_string("correlate_command", None, "Command that runs bin/correlate (default: like bin/train's).")
+
+
+@_once
+def define_nqm_flags() -> None:
+    """bin/nqm (Noisy Quadratic Model: tuned steps to a target loss vs batch size) and bin/bound (He et al.
+    PAC-Bayes bound for a run with a sharpness.json). Names shared with other binaries are defined once."""
+    if "batch_sizes" not in FLAGS:  # shared with bin/sweep (a comma-separated list of batch sizes there too)
+        flags.DEFINE_list("batch_sizes", None, "bin/nqm: batch sizes (examples per step), e.g. 4,32,256,2048; "
+                          "default the NQM paper's 2^2..2^21.")
+    flags.DEFINE_list("optimizers", ["sgd", "momentum", "precond"], "bin/nqm: optimizers among sgd, momentum "
+                      "(heavy ball), precond (P = H^-p), precond_momentum, ema (SGD with an exponential moving "
+                      "average of the iterates).")
+    flags.DEFINE_list("momenta", ["0", "0.5", "0.9", "0.95", "0.99", "0.995", "0.999"], "bin/nqm: momentum "
+                      "grid (dimensionless, in [0, 1)) searched with the learning rate for momentum optimizers.")
+    flags.DEFINE_list("ema_decays", ["0", "0.5", "0.9", "0.99", "0.999"], "bin/nqm: EMA decay grid "
+                      "(dimensionless, in [0, 1)) searched with the learning rate for ema.")
+    flags.DEFINE_float("precond_power", 0.5, "bin/nqm: p in the preconditioner P = H^-p, in [0, 1].")
+    flags.DEFINE_integer("nqm_dim", 10_000, "bin/nqm: number of coordinates d of the problem h_i = 1/i, C = H, "
+                         "E[theta_0^2] = 1.")
+    flags.DEFINE_float("target_loss", 0.01, "bin/nqm: target expected loss (units of 0.5 sum_i h_i theta_i^2; "
+                       "the initial loss is 0.5 sum_i h_i).")
+    flags.DEFINE_integer("lr_per_decade", 4, "bin/nqm: learning rates per decade of the search grid (it is "
+                         "then refined around the best).")
+    flags.DEFINE_integer("nqm_max_steps", 10 ** 9, "bin/nqm: settings needing more steps than this count as "
+                         "never reaching the target.")
+    flags.DEFINE_string("sharpness_json", None, "bin/bound: a run's sharpness.json, or the run folder holding "
+                        "it (keys num_params, top_eigenvalues, trace, grad_cov_trace). Required.")
+    flags.DEFINE_integer("num_train", None, "bin/bound: training-set size N (default: from the run's dataset "
+                         "when known).")
+    flags.DEFINE_float("delta", 0.05, "bin/bound: the bound holds with probability at least 1 - delta.")
+    flags.DEFINE_enum("noise_model", "proportional", ["proportional", "isotropic"], "bin/bound: surrogate "
+                      "gradient covariance from tr C: C = (tr C / tr A) A, or C = (tr C / d) I.")
+    flags.DEFINE_float("bound_lr", None, "bin/bound: learning rate eta (default: the run's lr).")
+    flags.DEFINE_integer("bound_batch_size", None, "bin/bound: batch size S (default: the run's batch_size).")
+    if "out" not in FLAGS:  # shared with bin/correlate and bin/sharpness: one definition serves all
+        flags.DEFINE_string("out", None, "Output folder (bin/nqm: required; bin/bound: optional, for "
+                            "bound.json, the eta/S sweep CSV and plot).")
