@@ -63,3 +63,40 @@ def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise StrategyError(f"batch_size={batch_size} is not divisible by {replicas} replicas")
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public accessor)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The worker that writes run folders: task 'chief', or worker 0 when the cluster names no chief."""
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and \
+        "chief" not in resolver.cluster_spec().as_dict()
+
+
+def distribute_train(strategy: tf.distribute.Strategy, make_global_batches, global_batch_size: int):
+    """Distributes a dataset of global batches so the replicas together see exactly each global batch.
+
+    One worker: tf.distribute splits each global batch over the local replicas. Several workers: every worker
+    builds the same (seeded) global batches and keeps only its replicas' contiguous slices, so training with
+    W workers is the same computation as with one worker and the same global batch (no auto-sharding, which
+    would regroup examples into different batches).
+    """
+    if not is_multi_worker(strategy):
+        return strategy.experimental_distribute_dataset(make_global_batches())
+
+    def per_worker(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        replicas, workers, worker = ctx.num_replicas_in_sync, ctx.num_input_pipelines, ctx.input_pipeline_id
+        local = replicas // workers
+        slices = make_global_batches().unbatch().batch(global_batch_size // replicas, drop_remainder=True)
+        mine = slices.enumerate().filter(lambda i, _: (i % replicas) // local == worker)
+        return mine.map(lambda _, batch: batch).prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(per_worker)

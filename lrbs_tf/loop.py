@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -28,7 +30,7 @@ from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError
 from lrbs_tf.data import Data, DataError, Pipelines, load_data
 from lrbs_tf.distribute import (StrategyError, check_batch_size, configure_numerics, configure_threads,
-                                make_strategy)
+                                distribute_train, is_chief, is_multi_worker, make_strategy)
 from lrbs_tf.models import build_model, count_trainable_params
 from lrbs_tf.train import TrainConfig, TrainingFailed
 
@@ -113,23 +115,32 @@ def train(cfgs: list[TrainConfig], settings: list[dict], provenance: Callable[[]
 
     Members can share batches only from a common epoch, so they are grouped by the epoch their latest
     checkpoint reached (after an interrupted column, all share one) and the groups are trained in turn.
+    Under MultiWorkerMirroredStrategy only the chief writes run folders; the other workers restore from the
+    chief's checkpoints (a shared file system) and write their copies to a scratch folder, deleted after.
     """
     strategy = _setup_devices(cfgs[0])
     data = _load(cfgs[0])
+    scratch = None if is_chief(strategy) else tempfile.mkdtemp(prefix="lrbs_worker_")
     groups: dict[int, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         groups.setdefault(_latest_epoch(cfg.run_dir), []).append(i)
     results: list[dict | None] = [None] * len(cfgs)
-    for _, indices in sorted(groups.items()):
-        group = _train_column(strategy, data, [cfgs[i] for i in indices], [settings[i] for i in indices],
-                              provenance)
-        for i, result in zip(indices, group):
-            results[i] = result
+    try:
+        for _, indices in sorted(groups.items()):
+            group = [cfgs[i] for i in indices]
+            writes = [dataclasses.replace(c, workdir=scratch) for c in group] if scratch else group
+            trained = _train_column(strategy, data, writes, [settings[i] for i in indices], provenance,
+                                    restore_dirs=[c.run_dir for c in group])
+            for i, result in zip(indices, trained):
+                results[i] = result
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
 def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[TrainConfig],
-                  settings: list[dict], provenance: Callable[[], dict]) -> list[dict]:
+                  settings: list[dict], provenance: Callable[[], dict], restore_dirs: list[Path]) -> list[dict]:
     cfg0 = cfgs[0]
     pipes = Pipelines(data, augment=cfg0.augment, eval_batch_size=cfg0.eval_batch_size)
     steps_per_epoch = data.num_train // cfg0.batch_size
@@ -138,7 +149,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
     # --- Members: model, optimizer, run folder, checkpoint -----------------------------------------------
     keras.backend.clear_session()
     members: list[Member] = []
-    for cfg, flag_settings in zip(cfgs, settings):
+    for cfg, flag_settings, restore_dir in zip(cfgs, settings, restore_dirs):
         keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
         with strategy.scope():
             model = build_model(cfg.arch, data.num_classes, data.input_shape, mlp_depth=cfg.mlp_depth,
@@ -160,9 +171,10 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
         ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
         manager = tf.train.CheckpointManager(ckpt, str(run_dir / runfolder.CKPT_DIR),
                                              max_to_keep=cfg.checkpoints_to_keep)
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            print(f"resuming {run_dir} after epoch {int(epochs_done.numpy())}", flush=True)
+        latest = tf.train.latest_checkpoint(str(restore_dir / runfolder.CKPT_DIR))
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
+            print(f"resuming {restore_dir} after epoch {int(epochs_done.numpy())}", flush=True)
         rows = runfolder.trim_metrics(run_dir, int(epochs_done.numpy()))
         members.append(Member(cfg, model, optimizer, epochs_done, manager, rows))
     start_epoch = int(members[0].epochs_done.numpy())
@@ -172,6 +184,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
     # --- Step functions over the active members ----------------------------------------------------------
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     replicas = strategy.num_replicas_in_sync
+    multi_worker = is_multi_worker(strategy)
 
     def reduce_sum(value):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
@@ -223,24 +236,28 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 alive = tf.logical_and(alive, tf.math.is_finite(batch_loss))
             return loss_sum, correct, steps, alive
 
+        def eval_members(x, y):
+            losses, hits = [], []
+            for member in active:
+                logits = member.model(x, training=False)
+                losses.append(tf.reduce_sum(tf.cast(loss_fn(y, logits), tf.float64)))
+                hits.append(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y),
+                                                  tf.int64)))
+            return tf.stack(losses), tf.stack(hits)
+
         @tf.function
         def eval_step(x, y):
-            def fn(x, y):
-                losses, hits = [], []
-                for member in active:
-                    logits = member.model(x, training=False)
-                    losses.append(tf.reduce_sum(tf.cast(loss_fn(y, logits), tf.float64)))
-                    hits.append(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y),
-                                                      tf.int64)))
-                return tf.stack(losses), tf.stack(hits)
-            loss_sum, correct = strategy.run(fn, args=(x, y))
+            if multi_worker:  # every worker evaluates the whole test set on its own copy: no collectives
+                return eval_members(x, y)
+            loss_sum, correct = strategy.run(eval_members, args=(x, y))
             return reduce_sum(loss_sum), reduce_sum(correct)
 
         return train_steps, eval_step
 
     def evaluate(eval_step) -> tuple[np.ndarray, np.ndarray]:
         loss_sum, correct = 0.0, 0
-        for x, y in strategy.experimental_distribute_dataset(pipes.test()):
+        test = pipes.test() if multi_worker else strategy.experimental_distribute_dataset(pipes.test())
+        for x, y in test:
             batch_loss, batch_correct = eval_step(x, y)
             loss_sum, correct = loss_sum + batch_loss.numpy(), correct + batch_correct.numpy()
         n = len(data.y_test)
@@ -258,8 +275,8 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
             if not active:
                 break
             start = time.time()
-            iterator = iter(strategy.experimental_distribute_dataset(
-                pipes.train(cfg0.batch_size, cfg0.seed, epoch)))
+            iterator = iter(distribute_train(
+                strategy, lambda: pipes.train(cfg0.batch_size, cfg0.seed, epoch), cfg0.batch_size))
             bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
             loss_sum, correct = np.zeros(len(active)), np.zeros(len(active), np.int64)
             seen, alive, steps = np.zeros(len(active), np.int64), tf.ones([len(active)], tf.bool), 0
