@@ -223,6 +223,10 @@ def analyse(results: str | Path, min_train_accuracy: float = 0.99, alpha: float 
     runs, configs = collect_runs(results, group_by, min_train_accuracy)
     if runs.empty:
         raise UsageError(f"no run folders (folders holding {rf.CONFIG}) under --results={results}")
+    unknown = [k for k in group_by if not any(k in c for c in configs.values())]
+    if unknown:
+        raise UsageError(f"--group_by={','.join(group_by)}: no run's {rf.CONFIG} has the key(s) "
+                         f"{', '.join(unknown)}")
     counts = runs["status"].value_counts()
     if counts.get(rf.STATUS_DONE, 0) == 0:
         summary = ", ".join(f"{counts[s]} {s}" for s in counts.index)

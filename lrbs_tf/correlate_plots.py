@@ -159,7 +159,8 @@ def figure_heatmap(analysis: "Analysis", folder: Path) -> str:
         image = ax.imshow(100 * grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis")
         fig.colorbar(image, ax=ax).set_label("best test accuracy (%)")
         # A cell without a done run is marked by what its runs did, when they all did the same.
-        statuses = everything.groupby(["batch_size", "lr"])["status"].agg(lambda s: s.iloc[0] if s.nunique() == 1 else "")
+        statuses = everything.groupby(["batch_size", "lr"])["status"].agg(
+            lambda s: s.iloc[0] if s.nunique() == 1 else "")
         for (bs, lr), status in statuses.items():
             mark = {rf.STATUS_DIVERGED: "D", rf.STATUS_FAILED: "F"}.get(status)
             if mark:

@@ -88,6 +88,11 @@ def test_paper_grid_ratio_ties_and_every_p_value_against_scipy_and_statsmodels(t
     row = t1[t1["lr"] == 0.07].iloc[0]
     assert row["n"] == 20 and row["spearman_rho"] == pytest.approx(ref.statistic, abs=1e-14)
     assert row["spearman_p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    # Psi of BS/LR: at fixed LR the ratio orders runs as BS does, at fixed BS in reverse of LR.
+    psi = a.psi[(a.psi["measure"] == "ratio") & (a.psi["subset"] == "with_flagged")].iloc[0]
+    assert psi["psi_batch_size"] == pytest.approx(t1["kendall_tau"].mean(), abs=1e-12)
+    t2 = pd.read_csv(tmp_path / "out" / "table2.csv")
+    assert psi["psi_lr"] == pytest.approx(-t2["kendall_tau"].mean(), abs=1e-12)
     # Holm and BH over all 20 + 20 + 2 tests of the report, per statistic.
     tables = [pd.read_csv(tmp_path / "out" / f) for f in ("table1.csv", "table2.csv", "table3.csv")]
     assert sum(len(t) for t in tables) == 42
@@ -295,19 +300,29 @@ def test_bad_results_folder_is_a_usage_error(tmp_path, make, message):
 def test_bad_arguments_are_usage_errors(tmp_path):
     write_grid(tmp_path / "runs", monotone)
     for kw, message in (({"min_train_accuracy": 99.0}, "not a fraction"), ({"alpha": 0.0}, "alpha=0.0"),
-                        ({"group_by": ["lr"]}, "cannot be a group key")):
+                        ({"group_by": ["lr"]}, "cannot be a group key"),
+                        ({"group_by": ["momentum", "momentun"]}, "has the key\\(s\\) momentun$")):
         with pytest.raises(UsageError, match=message):
             run_tables(tmp_path, **kw)
 
 
-def test_bin_correlate_command_line(tmp_path):
+def test_bin_correlate_command_line_bad_input_and_no_tensorflow(tmp_path):
+    # One fresh interpreter runs bin/correlate as a script on an empty folder, then reports whether
+    # TensorFlow or Keras were imported on the way (the analysis must stay fast to start).
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, str(REPO / "bin" / "correlate"), f"--results={empty}"],
-                          capture_output=True, text=True, timeout=120)
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['correlate', '--results={empty}']\n"
+            "try:\n"
+            f"    runpy.run_path({str(REPO / 'bin' / 'correlate')!r}, run_name='__main__')\n"
+            "finally:\n"
+            "    print(sorted({'tensorflow', 'keras'} & set(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"correlate: error: no run folders (folders holding "
                                                 f"config.json) under --results={empty}"]
+    assert proc.stdout.strip() == "[]"
+    assert (REPO / "bin" / "correlate").stat().st_mode & 0o111  # executable
 
 
 def test_main_in_process(tmp_path, monkeypatch, capsys):
