@@ -273,7 +273,7 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     not produce (sharpness.csv when no run has sharpness any more, say) are removed, so the folder never
     mixes two analyses. Skipped run folders are also listed on stderr.
     """
-    from lrbs_tf import correlate_plots, report  # matplotlib is only needed once there is something to draw
+    from lrbs_tf import report
 
     analysis = analyse(results, min_train_accuracy, alpha, group_by)
     out = Path(out) if out else analysis.results / "correlate"
@@ -285,6 +285,8 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         if figures:
+            from lrbs_tf import correlate_plots  # matplotlib: imported only when drawing
+
             analysis.figures = correlate_plots.write_figures(analysis, staging)
         texts = {RUNS_FILE: analysis.runs.to_csv(index=False), PSI_FILE: analysis.psi.to_csv(index=False)}
         for name, table in analysis.tables.items():
@@ -296,7 +298,7 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
             for ext in ("png", "pdf"):
                 (staging / f"{f}.{ext}").replace(out / f"{f}.{ext}")
         produced = set(texts) | {f"{f}.{ext}" for f in analysis.figures for ext in ("png", "pdf")}
-        for name in _output_names(correlate_plots.FIGURE_NAMES) - produced:
+        for name in _output_names(report.FIGURE_NAMES) - produced:
             (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -21,26 +21,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from lrbs_tf import runfolder as rf
+from lrbs_tf.report import CAPTIONS, FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIGURE_NAMES  # noqa: F401
 from lrbs_tf.runtable import TARGET
 
 if TYPE_CHECKING:
     from lrbs_tf.correlate import Analysis
 
-FIG_RATIO = "fig1_accuracy_vs_ratio"
-FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
-FIG_HEATMAP = "fig3_accuracy_heatmap"
-FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
-FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS)
-CAPTIONS = {
-    FIG_RATIO: "Figure 1: best test accuracy vs BS/LR (log scale), one point per run (hollow: final training "
-               "accuracy below the premise threshold).",
-    FIG_CURVES: "Figure 2: best test accuracy vs batch size (left, one line per learning rate) and vs learning "
-                "rate (right, one line per batch size); mean over seeds where a cell has several.",
-    FIG_HEATMAP: "Heatmap of best test accuracy over the batch size x learning rate grid (mean over seeds); "
-                 "D: only diverged runs, F: only failed runs, blank: no run.",
-    FIG_SHARPNESS: "Sharpness quantities vs BS/LR (log scales where all values are positive), one point per run, "
-                   "a colour per group (hollow: below the training-accuracy premise).",
-}
 DPI = 110
 
 

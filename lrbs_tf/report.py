@@ -16,11 +16,28 @@ import scipy
 import statsmodels
 
 from lrbs_tf import runfolder as rf
-from lrbs_tf.correlate_plots import CAPTIONS
+from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N
 from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
 
 if TYPE_CHECKING:
     from lrbs_tf.correlate import Analysis
+
+# Figure names and captions live here, not in correlate_plots, so that --nofigures never imports matplotlib.
+FIG_RATIO = "fig1_accuracy_vs_ratio"
+FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
+FIG_HEATMAP = "fig3_accuracy_heatmap"
+FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
+FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS)
+CAPTIONS = {
+    FIG_RATIO: "Figure 1: best test accuracy vs BS/LR (log scale), one point per run (hollow: final training "
+               "accuracy below the premise threshold).",
+    FIG_CURVES: "Figure 2: best test accuracy vs batch size (left, one line per learning rate) and vs learning "
+                "rate (right, one line per batch size); mean over seeds where a cell has several.",
+    FIG_HEATMAP: "Heatmap of best test accuracy over the batch size x learning rate grid (mean over seeds); "
+                 "D: only diverged runs, F: only failed runs, blank: no run.",
+    FIG_SHARPNESS: "Sharpness quantities vs BS/LR (log scales where all values are positive), one point per run, "
+                   "a colour per group (hollow: below the training-accuracy premise).",
+}
 
 LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every run
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
@@ -252,7 +269,9 @@ def render(a: "Analysis", signs: pd.DataFrame) -> str:
         f"({', '.join(a.labels.values())}); {n_tests} tests. Generated {now} by bin/correlate with "
         f"scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
         f"Measure of generalisation: the best test accuracy over all epochs (the paper's). Significance: "
-        f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction. Groups: "
+        f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction. Spearman "
+        f"p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact permutation p-values, larger n use "
+        "scipy's t approximation (column spearman_p_method). Groups: "
         f"{', '.join(a.group_cols)}. Columns and statistics: docs/correlate.md.",
         premise_section(a),
         "## " + TITLES["table3"], "Spearman rho and p, the paper's layout (`with_flagged`: all done runs; "
