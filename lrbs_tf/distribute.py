@@ -52,7 +52,11 @@ def make_strategy(cpu_devices: int = 0) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cpu_devices > 1:
         split_cpu(cpu_devices)
-        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
+        # Reduce through one device rather than CPU collective ops: collective instance keys restart with
+        # every strategy object, so a second strategy in the same process (tests, notebooks) collides with
+        # the first ("Shape mismatch in the collective instance").
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([g.name for g in gpus])
