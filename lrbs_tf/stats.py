@@ -79,8 +79,7 @@ def _fmt(value: float) -> str:
 
 def finite_pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray, int]:
     """The pairs where both x and y are finite, and how many were dropped."""
-    x = np.asarray(list(x) if not isinstance(x, np.ndarray) else x, dtype=float)
-    y = np.asarray(list(y) if not isinstance(y, np.ndarray) else y, dtype=float)
+    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D of equal length, got shapes {x.shape} and {y.shape}")
     keep = np.isfinite(x) & np.isfinite(y)
