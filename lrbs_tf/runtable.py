@@ -29,11 +29,13 @@ SHARPNESS_INFO = ("trace_stderr", "num_examples")
 REQUIRED_CONFIG = {"arch": str, "dataset": str, "batch_size": int, "lr": float, "seed": int, "epochs": int,
                    "momentum": float, "weight_decay": float}
 CONFIG_COLUMN = {"epochs": "epochs_budget"}  # config key -> runs.csv column, where result.json has the name
-# Config keys not reported when they vary inside a group: the varied hyperparameters and seed, the run's
-# name and place, and bin/train's execution settings that change neither the model nor the numbers
-# (jit_compile, tf32, deterministic and cpu_devices change float rounding, so they are reported).
-IDENTITY_KEYS = frozenset({"batch_size", "lr", "seed", "run_name", "workdir", "data_dir", "dry_run",
-                           "progress", "checkpoints_to_keep", "eval_batch_size", "steps_per_call"})
+# Config keys not reported when they vary inside a group: the varied hyperparameters and seed, what follows
+# from them (steps_per_epoch, the command line, the vectorised LR column), the run's name, place and time,
+# and bin/train's execution settings that change neither the model nor the numbers (jit_compile, tf32,
+# deterministic, cpu_devices and replicas can change float rounding, so they are reported).
+IDENTITY_KEYS = frozenset({"batch_size", "lr", "seed", "run_name", "workdir", "data_dir", "command", "created",
+                           "steps_per_epoch", "column_lrs", "dry_run", "progress", "checkpoints_to_keep",
+                           "eval_batch_size", "steps_per_call", "intra_op_threads", "inter_op_threads"})
 RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
                   "final_test_accuracy")
 ACCURACIES = ("best_test_accuracy", "final_train_accuracy", "final_test_accuracy")

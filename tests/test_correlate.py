@@ -191,7 +191,8 @@ def test_groups_split_on_group_by_and_report_other_varying_settings(tmp_path):
     write_grid(root, monotone, momentum=0.0)
     write_grid(root, monotone, momentum=0.9)
     write_run(root, 0.9, name="dup", batch_size=16, lr=0.01, momentum=0.9)  # same cell and seed twice
-    write_run(root, 0.9, name="aug", batch_size=16, lr=0.01, seed=5, momentum=0.9, augment=False)
+    write_run(root, 0.9, name="aug", batch_size=16, lr=0.01, seed=5, momentum=0.9, augment=False,
+              command="bin/train --seed=5", created="2026-01-01T00:00:00", steps_per_epoch=7)
     a = run_tables(tmp_path)
     assert sorted(a.labels.values()) == ["vgg19 on cifar10, momentum=0.0", "vgg19 on cifar10, momentum=0.9"]
     t3 = a.tables["table3"]
