@@ -24,13 +24,14 @@ from typing import Sequence
 
 import numpy as np
 
-from lrbs_tf.theory.nqm_dynamics import PairDynamics, ScalarDynamics, first_crossing
+from lrbs_tf.theory.nqm_dynamics import PairDynamics, ScalarDynamics, dense_first_crossing, first_crossing
 from lrbs_tf.theory.nqm_tune import Tuned, tune_grid, tune_local
 
 OPTIMIZERS = ("sgd", "momentum", "precond", "precond_momentum", "ema")
 DEFAULT_BATCH_SIZES = tuple(2 ** k for k in range(2, 22))
 DEFAULT_MOMENTA = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
-DEFAULT_EMA_DECAYS = (0.0, 0.5, 0.9, 0.99, 0.999)
+DEFAULT_EMA_DECAYS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999)
+VERIFY_BELOW = 20_000  # crossings up to this many steps are checked step by step when the loss may oscillate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +150,30 @@ def expected_loss(problem: NQMProblem, optimizer: str, lr: float, batch_size: fl
 
 def steps_to_target(problem: NQMProblem, optimizer: str, lr: float, batch_size: float,
                     momentum: float = 0.0, ema_decay: float = 0.0, precond_power: float = 0.5,
-                    max_steps: int = 10 ** 9) -> float:
-    """Steps until the expected loss first reaches problem.target_loss (inf if never within max_steps)."""
+                    max_steps: int = 10 ** 9, verify_below: int = VERIFY_BELOW) -> float:
+    """Steps until the expected loss first reaches problem.target_loss (inf if never within max_steps).
+
+    Exact when the loss is non-increasing (checked) or the crossing is at most verify_below steps (every
+    earlier step is then checked); otherwise the crossing found by bisection (see `first_crossing`).
+    """
     spec = optimizer_spec(optimizer, precond_power)
     second = momentum if spec.second == "momentum" else ema_decay
     dyn = build_dynamics(problem, spec, np.array([lr]), batch_size, np.array([second]))
-    return float(first_crossing(dyn, problem.target_loss, None, max_steps)[0][0])
+    return float(first_crossing(dyn, problem.target_loss, None, max_steps, verify_below)[0][0])
+
+
+def _verified(problem: NQMProblem, spec: OptimizerSpec, r: Tuned, verify_below: int) -> Tuned:
+    """r with its steps made the exact first crossing where they are at most verify_below, and flagged."""
+    if not np.isfinite(r.steps):
+        return r
+    second = r.momentum if spec.second == "momentum" else r.ema_decay
+    dyn = build_dynamics(problem, spec, np.array([r.lr]), r.batch_size, np.array([second]))
+    if dyn.monotone[0]:
+        return r
+    if r.steps > verify_below:
+        return dataclasses.replace(r, exact=False)
+    first = dense_first_crossing(dyn, problem.target_loss, np.array([0]), np.array([int(r.steps) - 1]))[0]
+    return dataclasses.replace(r, steps=float(min(r.steps, first)))
 
 
 def _builder(problem: NQMProblem, spec: OptimizerSpec, batch_size: float):
@@ -176,7 +195,7 @@ def base_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
 
 def sweep(problem: NQMProblem, spec: OptimizerSpec, batch_sizes: Sequence[float],
           seconds: Sequence[float] = (), base: Sequence[Tuned] | None = None, lr_per_decade: int = 4,
-          max_steps: int = 10 ** 9) -> list[Tuned]:
+          max_steps: int = 10 ** 9, verify_below: int = VERIFY_BELOW) -> list[Tuned]:
     """The tuned steps to target for every batch size (ascending) and then for B = inf (no noise).
 
     seconds: the momentum or EMA-decay grid (ignored for sgd and precond). A larger batch only lowers the
@@ -184,7 +203,8 @@ def sweep(problem: NQMProblem, spec: OptimizerSpec, batch_sizes: Sequence[float]
     the next one's: that bound prunes the search, and the best setting seeds it. Momentum and EMA are
     seeded by their base optimizer (sgd or precond, `base`: its sweep over the same batch sizes, computed
     when None) at equal effective learning rate a / (1 - beta); with 0 in `seconds` the base optimizer's
-    steps are reachable, so they bound the search too.
+    steps are reachable, so they bound the search too. The search ranks settings by the crossing its
+    bisection finds; the winner's steps are then made exact (`_verified`) when at most verify_below.
     """
     sizes = [float(b) for b in sorted(set(float(b) for b in batch_sizes))] + [math.inf]
     if spec.second is None:
@@ -195,7 +215,7 @@ def sweep(problem: NQMProblem, spec: OptimizerSpec, batch_sizes: Sequence[float]
             raise ValueError(f"{spec.second} values {seconds} must lie in [0, 1)")
         if base is None:
             base = sweep(problem, base_optimizer(spec), batch_sizes, lr_per_decade=lr_per_decade,
-                         max_steps=max_steps)
+                         max_steps=max_steps, verify_below=verify_below)
         if len(base) != len(sizes):
             raise ValueError(f"base has {len(base)} results for {len(sizes)} batch sizes (with B = inf)")
     limits = {s: lr_stability_limit(problem, spec, s) for s in seconds}
@@ -219,14 +239,18 @@ def sweep(problem: NQMProblem, spec: OptimizerSpec, batch_sizes: Sequence[float]
             seeds += [(p_sec, prev.lr)] + [(s, eff * (1.0 - s) * grow if momentum else eff * grow) for s in seconds]
             bounds.append(prev.steps)
         build = _builder(problem, spec, b)
-        if not seeds:  # nothing to start from: search the whole grid
+        if not seeds or spec.second == "ema_decay":
+            # Nothing to start from; or EMA, whose steps-vs-lr curve has two basins (a small lr, or one at
+            # the stability edge whose noise the average removes) that a local search can miss.
             search = tune_grid(build, problem.target_loss, limits, problem.dim, lr_per_decade=lr_per_decade,
-                               max_steps=max_steps)
+                               max_steps=max_steps, upper=min(bounds) if bounds else None,
+                               hint=seeds[0] if seeds else None)
         else:
             search = tune_local(build, problem.target_loss, limits, problem.dim, seeds,
                                 ratio=10.0 ** (1.0 / lr_per_decade), upper=min(bounds) if bounds else None,
                                 max_steps=max_steps)
-        prev = search.result(spec.name, b, spec.second, _stationary(problem, spec, b))
+        prev = _verified(problem, spec, search.result(spec.name, b, spec.second, _stationary(problem, spec, b)),
+                         verify_below)
         out.append(prev)
     return out
 

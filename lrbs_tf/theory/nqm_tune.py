@@ -28,7 +28,8 @@ _CHUNK_ELEMENTS = 600_000  # candidates x coordinates held at once (about 5 MB p
 @dataclasses.dataclass(frozen=True)
 class Tuned:
     """The best setting found for one (optimizer, batch size). steps is inf when no setting reached the
-    target within max_steps (then lr, momentum, ema_decay and stationary_loss are nan)."""
+    target within max_steps (then lr, momentum, ema_decay and stationary_loss are nan). exact: steps is
+    certainly the first crossing for this setting (a non-increasing loss, or every earlier step checked)."""
     optimizer: str
     batch_size: float
     steps: float
@@ -37,6 +38,7 @@ class Tuned:
     ema_decay: float
     stationary_loss: float
     evaluated: int = 0  # settings whose steps (or pruning) were computed
+    exact: bool = True
 
 
 class _Search:
