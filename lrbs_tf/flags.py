@@ -164,8 +164,11 @@ def define_sweep_flags() -> None:
                          "SLURM_ARRAY_TASK_MIN, or JOB_COMPLETION_INDEX, else 0).")
     flags.DEFINE_integer("num_shards", None, "Number of shards the grid is cut into (default: "
                          "SLURM_ARRAY_TASK_COUNT, else 1; a Kubernetes Indexed Job must give its completions).")
-    flags.DEFINE_bool("vectorize", False, "Train each (batch size, seed) column of learning rates in one "
-                      "bin/train process (--lr=a,b,c); --novectorize: one process per run.")
+    flags.DEFINE_bool("vectorize", True, "Train each (batch size, seed) column of learning rates in one "
+                      "bin/train process (--lr=a,b,c: shared batches, K run folders); --novectorize: one "
+                      "process per run.")
+    flags.DEFINE_integer("column_size", 0, "With --vectorize: at most this many learning rates per bin/train "
+                         "process (a column holds its K models in memory at once); 0 = the whole column.")
     flags.DEFINE_bool("sharpness", False, "Run bin/sharpness on each done run without a sharpness.json.")
     flags.DEFINE_string("sharpness_flags", "", "Extra flags for bin/sharpness, as on a shell line, e.g. "
                         "'--quantities=eigenvalues,trace --num_examples=1000'.")

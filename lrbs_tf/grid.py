@@ -1,0 +1,185 @@
+"""A sweep's grid: batch sizes x learning rates x seeds, its work units, and its partition into shards.
+
+Pure Python (no TensorFlow, no disk): `bin/sweep` and the tests reason about the grid without starting a
+training process.
+
+Terms:
+- a *run* is one grid point (batch size, learning rate, seed) = one `bin/train` run folder;
+- a *column* is the runs of one (batch size, seed): `bin/train --lr=a,b,c` trains them in one process;
+- a *work unit* is what one worker process does: a column (vectorised) or a single run.
+
+Sharding partitions *runs*, never folders twice: every run belongs to exactly one shard, computed from the
+grid alone, so shards started with the same flags never write the same run folder, whether or not they
+vectorise, and a resumed shard gets the same runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Mapping, Sequence
+
+from lrbs_tf import runfolder
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One grid point and its run folder name."""
+    batch_size: int
+    lr: float
+    seed: int
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkUnit:
+    """The runs one `bin/train` process trains: one column (same batch size and seed) or one run."""
+    batch_size: int
+    seed: int
+    runs: tuple[Run, ...]
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return tuple(r.lr for r in self.runs)
+
+    @property
+    def label(self) -> str:
+        """A file-name-safe name: the run's name for one run, else the column's, e.g. 'bs64-s0-lr0.01..0.2x20'."""
+        if len(self.runs) == 1:
+            return self.runs[0].name
+        lrs = self.lrs
+        return (f"bs{self.batch_size}-s{self.seed}-lr{runfolder.format_lr(lrs[0])}.."
+                f"{runfolder.format_lr(lrs[-1])}x{len(lrs)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The axes of a sweep, plus what names its run folders (arch, dataset, momentum, weight decay)."""
+    batch_sizes: tuple[int, ...]
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    arch: str
+    dataset: str
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.batch_sizes) * len(self.lrs) * len(self.seeds)
+
+    def run(self, batch_size: int, lr: float, seed: int) -> Run:
+        return Run(batch_size, lr, seed, runfolder.run_name(self.arch, self.dataset, batch_size, lr, seed,
+                                                             self.momentum, self.weight_decay))
+
+    def runs(self) -> list[Run]:
+        """Every run in the canonical order of `column_order` (the order shards are cut from)."""
+        return [self.run(bs, lr, seed) for seed, bs in self.column_order() for lr in self.lrs]
+
+    def column_order(self) -> list[tuple[int, int]]:
+        """(seed, batch size) pairs, batch sizes interleaved smallest, largest, 2nd smallest, 2nd largest, ...
+
+        A small-batch epoch takes many more steps than a large-batch one, so cutting contiguous blocks from
+        this order gives shards a similar mix of slow and fast columns (not shard 0 = all the small batches).
+        """
+        ordered = sorted(self.batch_sizes)
+        interleaved = []
+        lo, hi = 0, len(ordered) - 1
+        while lo <= hi:
+            interleaved.append(ordered[lo])
+            if hi != lo:
+                interleaved.append(ordered[hi])
+            lo, hi = lo + 1, hi - 1
+        return [(seed, bs) for seed in self.seeds for bs in interleaved]
+
+
+def check_axes(batch_sizes: Sequence[int], lrs: Sequence[float], seeds: Sequence[int]) -> None:
+    """Raises ValueError naming the bad value: an empty axis, a repeated value, or one out of range."""
+    for name, values in (("batch_sizes", batch_sizes), ("lrs", lrs), ("seeds", seeds)):
+        if not values:
+            raise ValueError(f"--{name} is empty: the grid has no runs")
+        if len(set(values)) != len(values):
+            repeated = sorted({v for v in values if list(values).count(v) > 1})
+            raise ValueError(f"--{name} repeats {', '.join(map(str, repeated))}: each run would be trained once "
+                             "under one folder anyway")
+    for bs in batch_sizes:
+        if bs <= 0:
+            raise ValueError(f"--batch_sizes holds {bs}; batch sizes must be > 0")
+    for lr in lrs:
+        if not (lr > 0 and math.isfinite(lr)):  # also rejects NaN
+            raise ValueError(f"--lrs holds {lr}; learning rates must be finite and > 0")
+    for seed in seeds:
+        if seed < 0:
+            raise ValueError(f"--seeds holds {seed}; seeds must be >= 0")
+
+
+def shard_runs(grid: Grid, shard_index: int, num_shards: int) -> list[Run]:
+    """The runs of shard `shard_index` of `num_shards`: a contiguous block of `grid.runs()`.
+
+    Block k is runs[floor(k n / N) : floor((k + 1) n / N)], so blocks differ in size by at most one, cover
+    the grid exactly once, and keep a column together whenever N divides the number of columns (e.g. 20
+    shards of the paper's 20 x 20 grid: one batch size each). Shards beyond the number of runs are empty.
+    """
+    if num_shards < 1:
+        raise ValueError(f"--num_shards={num_shards} must be >= 1")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard_index={shard_index} is out of range for --num_shards={num_shards} "
+                         f"(valid: 0..{num_shards - 1})")
+    runs = grid.runs()
+    n = len(runs)
+    return runs[shard_index * n // num_shards:(shard_index + 1) * n // num_shards]
+
+
+def work_units(runs: Iterable[Run], vectorize: bool, column_size: int = 0) -> list[WorkUnit]:
+    """Groups runs into work units: one per (batch size, seed) column when `vectorize`, else one per run.
+
+    `column_size` > 0 cuts a column into pieces of at most that many learning rates (consecutive in
+    ascending order): a column trains its K models at once, so K bounds its memory. Order is kept (first
+    appearance), learning rates ascending inside a column.
+    """
+    if not vectorize:
+        return [WorkUnit(r.batch_size, r.seed, (r,)) for r in runs]
+    columns: dict[tuple[int, int], list[Run]] = {}
+    for r in runs:
+        columns.setdefault((r.batch_size, r.seed), []).append(r)
+    units = []
+    for (bs, seed), rs in columns.items():
+        rs = sorted(rs, key=lambda r: r.lr)
+        size = column_size if column_size > 0 else len(rs)
+        units += [WorkUnit(bs, seed, tuple(rs[i:i + size])) for i in range(0, len(rs), size)]
+    return units
+
+
+def resolve_shard(shard_index: int | None, num_shards: int | None,
+                  env: Mapping[str, str]) -> tuple[int, int]:
+    """(shard index, number of shards) from the flags, else from the cluster's environment, else (0, 1).
+
+    SLURM job arrays: index = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN (so `--array=1-20` works too) and
+    count = SLURM_ARRAY_TASK_COUNT; the array must be contiguous. Kubernetes Indexed Jobs set only
+    JOB_COMPLETION_INDEX, so the number of shards (the Job's `completions`) must be given as a flag.
+    Raises ValueError naming the variable when a value is not an integer or a count is missing.
+    """
+    def integer(name: str) -> int:
+        try:
+            return int(env[name])
+        except ValueError:
+            raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+    if shard_index is None:
+        if "SLURM_ARRAY_TASK_ID" in env:
+            shard_index = integer("SLURM_ARRAY_TASK_ID") - (
+                integer("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0)
+            if num_shards is None:
+                if "SLURM_ARRAY_TASK_COUNT" not in env:
+                    raise ValueError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; "
+                                     "give --num_shards")
+                num_shards = integer("SLURM_ARRAY_TASK_COUNT")
+        elif "JOB_COMPLETION_INDEX" in env:
+            shard_index = integer("JOB_COMPLETION_INDEX")
+            if num_shards is None:
+                raise ValueError(f"JOB_COMPLETION_INDEX={env['JOB_COMPLETION_INDEX']} (a Kubernetes Indexed "
+                                 "Job) needs --num_shards=<the Job's completions>")
+        else:
+            shard_index = 0
+    if num_shards is None:
+        num_shards = integer("SLURM_ARRAY_TASK_COUNT") if "SLURM_ARRAY_TASK_COUNT" in env else 1
+    return shard_index, num_shards

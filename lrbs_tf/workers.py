@@ -1,0 +1,258 @@
+"""Local parallelism for bin/sweep: a queue of subprocess tasks run by N worker slots, and a progress line.
+
+Each slot has its own environment: a share of the CPU threads, or one GPU (CUDA_VISIBLE_DEVICES). Children
+stay in the sweep's process group, so a Ctrl-C or a kill of the group reaches them too; SIGTERM to the
+sweep alone (SLURM's `--signal=B:TERM@...`) is forwarded to them, and bin/train treats it as an
+interruption that the next start resumes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a SLURM allocation), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs workers may use, as CUDA_VISIBLE_DEVICES entries.
+
+    A CUDA_VISIBLE_DEVICES already set (by SLURM, Kubernetes or the user) is respected, "" or -1 meaning
+    none; otherwise `nvidia-smi -L` lists the machine's GPUs (none when it is absent or fails).
+    """
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        entries = [e.strip() for e in env["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+        return [] if entries[:1] == ["-1"] else entries
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    # Lines read "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"; MIG slices are indented lines below them.
+    return [line.split(":", 1)[0].split()[1] for line in out.splitlines() if line.startswith("GPU ")]
+
+
+def slot_environments(workers: int, cores: int, gpus: Sequence[str]) -> list[dict[str, str]]:
+    """Environment overrides for each of `workers` slots.
+
+    CPU threads: max(1, cores // workers) per slot, so N workers do not oversubscribe the cores; TF reads
+    TF_NUM_INTRAOP/INTEROP_THREADS (bin/sharpness has no thread flags), bin/train also gets flags.
+    GPUs: slot i sees GPU i mod len(gpus) only (more workers than GPUs share them round-robin).
+    """
+    threads = str(max(1, cores // workers))
+    envs = []
+    for i in range(workers):
+        env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": threads}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        envs.append(env)
+    return envs
+
+
+@dataclasses.dataclass
+class Task:
+    """One subprocess: `argv`, its log file, and whatever the caller needs back when it ends (`payload`)."""
+    kind: str                  # "train" or "sharpness": counted separately in the progress line
+    label: str                 # what the progress line calls it
+    argv: list[str]
+    log_path: Path
+    payload: Any = None
+
+
+@dataclasses.dataclass
+class Finished:
+    """A task's end: exit status (negative: killed by that signal) and the last lines of its log."""
+    task: Task
+    returncode: int
+    seconds: float
+    log_tail: list[str]
+
+
+def _tail(path: Path, offset: int, lines: int = 15) -> list[str]:
+    """The last `lines` lines written to `path` after byte `offset` (this attempt's output only)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+class Interrupted(Exception):
+    """The sweep got SIGTERM or SIGINT; running children were told to stop and have exited."""
+
+
+class Pool:
+    """Runs tasks from a FIFO queue in `len(slot_envs)` parallel subprocesses.
+
+    `on_start(task)` is called as a task leaves the queue and may return False to drop it instead (e.g.
+    measurements after bin/sharpness refused its flags). `on_finish(finished)` is called in the main thread
+    as each task ends and may return new tasks to queue (e.g. a sharpness measurement for a run that just
+    finished). Nothing is retried here: the caller decides.
+    """
+
+    def __init__(self, slot_envs: Sequence[Mapping[str, str]], poll_seconds: float = 0.2) -> None:
+        self.slot_envs = [dict(e) for e in slot_envs]
+        self.poll_seconds = poll_seconds
+        self._stop_signal: int | None = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def run(self, tasks: Sequence[Task], on_start: Callable[[Task], bool],
+            on_finish: Callable[[Finished], Sequence[Task]]) -> None:
+        queue = collections.deque(tasks)
+        running: dict[int, tuple[subprocess.Popen, Task, float, int, TextIO]] = {}  # slot -> process
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while queue or running:
+                if self._stop_signal is None:
+                    for slot in range(len(self.slot_envs)):
+                        while slot not in running and queue:
+                            task = queue.popleft()
+                            if on_start(task):
+                                running[slot] = self._start(task, slot)
+                if self._stop_signal is not None:
+                    self._stop(running)
+                    raise Interrupted(signal.Signals(self._stop_signal).name)
+                time.sleep(self.poll_seconds)
+                for slot, (proc, task, t0, offset, log) in list(running.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    log.close()
+                    del running[slot]
+                    done = Finished(task, code, time.monotonic() - t0, _tail(task.log_path, offset))
+                    queue.extend(on_finish(done))
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _start(self, task: Task, slot: int) -> tuple[subprocess.Popen, Task, float, int, TextIO]:
+        task.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(task.log_path, "a")
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        log.write(f"=== {stamp} slot {slot}: {' '.join(shlex.quote(a) for a in task.argv)}\n")
+        log.flush()
+        offset = log.tell()
+        env = {**os.environ, **self.slot_envs[slot]}
+        proc = subprocess.Popen(task.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
+        return proc, task, time.monotonic(), offset, log
+
+    def _stop(self, running: dict) -> None:
+        """Forwards SIGTERM to every child and waits for them: bin/train leaves its runs resumable."""
+        for proc, *_ in running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _, _, _, log in running.values():
+            proc.wait()
+            log.close()
+        running.clear()
+
+
+def try_lock(path: Path) -> bool:
+    """Takes an exclusive lock file (host:pid inside); a lock left by a dead process on this host is taken over."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().strip().rsplit(":", 1)
+                if host != socket.gethostname():
+                    return False
+                os.kill(int(pid), 0)
+                return False
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)  # its holder died (e.g. kill -9): stale
+                continue
+            except (OSError, ValueError):
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def format_duration(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+class Progress:
+    """Counts and the status line: one line per change, or a line refreshed in place on a terminal.
+
+    Work items are runs trained and sharpness measurements. The ETA is (elapsed this session / items ended
+    this session) x items left: it assumes the items left cost what the ended ones did on average, which is
+    all a sweep knows before they run.
+    """
+
+    def __init__(self, total_runs: int, finished: Mapping[str, int], stream: TextIO | None = None,
+                 tty: bool | None = None) -> None:
+        self.stream = sys.stdout if stream is None else stream
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.total_runs = total_runs
+        self.counts = collections.Counter({"done": 0, "diverged": 0, "failed": 0, **finished})
+        self.running = collections.Counter()
+        self.sharpness_done = 0
+        self.sharpness_todo = 0
+        self.ended_items = 0
+        self.start = time.monotonic()
+
+    @property
+    def remaining(self) -> int:
+        return self.total_runs - self.counts["done"] - self.counts["diverged"] - self.counts["failed"]
+
+    def status_line(self) -> str:
+        parts = [f"runs {self.counts['done'] + self.counts['diverged']}/{self.total_runs} finished "
+                 f"(done {self.counts['done']}, diverged {self.counts['diverged']})",
+                 f"failed {self.counts['failed']}", f"running {self.running['train']}",
+                 f"remaining {self.remaining}"]
+        if self.sharpness_todo or self.sharpness_done:
+            parts.append(f"sharpness {self.sharpness_done}/{self.sharpness_done + self.sharpness_todo}")
+        elapsed = time.monotonic() - self.start
+        left = self.remaining + self.sharpness_todo
+        if left == 0:
+            eta = "0s"
+        elif self.ended_items:
+            eta = format_duration(elapsed / self.ended_items * left)
+        else:
+            eta = "?"
+        return " | ".join(parts) + f" | elapsed {format_duration(elapsed)}, ETA {eta}"
+
+    def event(self, message: str) -> None:
+        """Prints `message` and the status line after it."""
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        if self.tty:
+            self.stream.write(f"\r\033[K[{stamp}] {message}\n{self.status_line()}")
+        else:
+            self.stream.write(f"[{stamp}] {message}\n[{stamp}] {self.status_line()}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
