@@ -1,0 +1,197 @@
+"""bin/sweep's pure parts: grid expansion, shard partition, cluster environment, worker slots, sweep.json.
+
+No subprocess and no TensorFlow here: these run in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from lrbs_tf import grid as gridlib
+from lrbs_tf import runfolder, sweep, workers
+
+PAPER_BS = tuple(range(16, 321, 16))
+PAPER_LR = tuple(round(0.01 * i, 2) for i in range(1, 21))
+
+
+def make_grid(bs=(16, 32, 48), lrs=(0.1, 0.2), seeds=(0, 1), **kw) -> gridlib.Grid:
+    return gridlib.Grid(tuple(bs), tuple(lrs), tuple(seeds), kw.pop("arch", "mlp"), kw.pop("dataset", "mnist1d"),
+                        **kw)
+
+
+def test_grid_expands_to_every_point_once_with_the_train_run_names():
+    g = make_grid(momentum=0.9)
+    runs = g.runs()
+    assert g.size == len(runs) == 12
+    assert {(r.batch_size, r.lr, r.seed) for r in runs} == set(itertools.product((16, 32, 48), (0.1, 0.2), (0, 1)))
+    # The names are bin/train's default names, so the sweep finds the folders bin/train writes.
+    assert {r.name for r in runs} == {runfolder.run_name("mlp", "mnist1d", bs, lr, s, 0.9)
+                                      for bs, lr, s in itertools.product((16, 32, 48), (0.1, 0.2), (0, 1))}
+    assert "mlp-mnist1d-bs48-lr0.2-s1-m0.9" in {r.name for r in runs}
+
+
+def test_columns_interleave_small_and_large_batches():
+    g = make_grid(bs=(16, 32, 48, 64, 80), seeds=(0,))
+    assert g.column_order() == [(0, 16), (0, 80), (0, 32), (0, 64), (0, 48)]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 7, 12, 13])
+def test_shards_cover_the_grid_exactly_once_and_are_deterministic(num_shards):
+    g = make_grid()  # 12 runs: 13 shards leaves one empty
+    shards = [gridlib.shard_runs(g, k, num_shards) for k in range(num_shards)]
+    names = [r.name for s in shards for r in s]
+    assert sorted(names) == sorted(r.name for r in g.runs())  # every run, none twice
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+    again = [gridlib.shard_runs(make_grid(), k, num_shards) for k in range(num_shards)]
+    assert again == shards
+
+
+def test_paper_grid_in_20_shards_is_one_column_per_shard_with_or_without_vectorizing():
+    g = make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10")
+    assert g.size == 400
+    for k in range(20):
+        shard = gridlib.shard_runs(g, k, 20)
+        columns = gridlib.work_units(shard, vectorize=True)
+        assert len(columns) == 1 and columns[0].lrs == PAPER_LR
+        singles = gridlib.work_units(shard, vectorize=False)
+        assert [u.runs[0] for u in singles] == list(columns[0].runs)  # vectorising never moves a run
+    # Shard 0 is the smallest and largest batch sizes' neighbours, not the 20 slowest columns at once.
+    assert {r.batch_size for r in gridlib.shard_runs(g, 0, 2)} == set(PAPER_BS[:5] + PAPER_BS[-5:])
+
+
+def test_column_labels_name_batch_seed_and_learning_rates():
+    g = make_grid(bs=(64,), lrs=(0.01, 0.2, 0.05), seeds=(3,))
+    (unit,) = gridlib.work_units(g.runs(), vectorize=True)
+    assert unit.lrs == (0.01, 0.05, 0.2)  # ascending inside a column
+    assert unit.label == "bs64-s3-lr0.01..0.2x3"
+    assert gridlib.work_units(g.runs()[:1], vectorize=True)[0].label == g.runs()[0].name
+
+
+@pytest.mark.parametrize("bs, lrs, seeds, message", [
+    ((), (0.1,), (0,), "--batch_sizes is empty"),
+    ((16,), (), (0,), "--lrs is empty"),
+    ((16, 16), (0.1,), (0,), "--batch_sizes repeats 16"),
+    ((0,), (0.1,), (0,), "batch sizes must be > 0"),
+    ((16,), (0.1, float("nan")), (0,), "learning rates must be finite"),
+    ((16,), (0.1,), (-1,), "seeds must be >= 0"),
+])
+def test_bad_axes_are_refused_with_the_value(bs, lrs, seeds, message):
+    with pytest.raises(ValueError, match=message):
+        gridlib.check_axes(bs, lrs, seeds)
+
+
+@pytest.mark.parametrize("flags_, env, expected", [
+    ((None, None), {}, (0, 1)),
+    ((None, None), {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "8"}, (3, 8)),
+    ((None, None), {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "20"}, (0, 20)),
+    ((None, 4), {"JOB_COMPLETION_INDEX": "2"}, (2, 4)),
+    ((1, 2), {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}, (1, 2)),  # flags win
+    ((None, 3), {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "8"}, (2, 3)),
+])
+def test_shard_defaults_come_from_the_cluster_environment(flags_, env, expected):
+    assert gridlib.resolve_shard(*flags_, env) == expected
+
+
+@pytest.mark.parametrize("flags_, env, message", [
+    ((None, None), {"JOB_COMPLETION_INDEX": "2"}, "needs --num_shards"),
+    ((None, None), {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID='x'"),
+    ((None, None), {"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not"),
+])
+def test_incomplete_cluster_environment_is_refused(flags_, env, message):
+    with pytest.raises(ValueError, match=message):
+        gridlib.resolve_shard(*flags_, env)
+
+
+@pytest.mark.parametrize("index, num", [(3, 3), (-1, 2), (0, 0)])
+def test_shard_index_out_of_range_is_refused(index, num):
+    with pytest.raises(ValueError, match="out of range|must be >= 1"):
+        gridlib.shard_runs(make_grid(), index, num)
+
+
+def test_worker_slots_share_cores_and_take_gpus_round_robin():
+    envs = workers.slot_environments(3, cores=8, gpus=["0", "1"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
+    assert {e["TF_NUM_INTRAOP_THREADS"] for e in envs} == {"2"}  # 8 // 3
+    cpu = workers.slot_environments(4, cores=2, gpus=[])
+    assert all(e["TF_NUM_INTRAOP_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in e for e in cpu)
+
+
+@pytest.mark.parametrize("value, expected", [("", []), ("-1", []), ("2,3", ["2", "3"]), ("GPU-ab12", ["GPU-ab12"])])
+def test_visible_gpus_respects_an_allocation(value, expected):
+    assert workers.visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == expected
+
+
+def test_progress_counts_and_eta():
+    import io
+
+    out = io.StringIO()
+    p = workers.Progress(10, {"done": 2, "diverged": 1}, stream=out, tty=False)
+    assert p.remaining == 7 and "ETA ?" in p.status_line()
+    p.counts["failed"] += 1
+    p.ended_items = 2
+    p.start -= 60  # two items in 60 s: 30 s each, 6 left
+    line = p.status_line()
+    assert "runs 3/10 finished (done 2, diverged 1)" in line and "failed 1" in line and "remaining 6" in line
+    assert "ETA 3m00s" in line
+    p.event("end train x")
+    assert out.getvalue().count("\n") == 2  # a log (not a terminal): the event and the status, one line each
+
+
+def test_sweep_record_is_written_once_and_a_different_grid_refused(tmp_path):
+    record = {"batch_sizes": [16, 32], "lrs": [0.1], "seeds": [0], "arch": "mlp", "epochs": 2}
+    sweep.check_sweep_record(tmp_path, record)
+    path = tmp_path / sweep.SWEEP_RECORD
+    before = path.read_bytes()
+    assert json.loads(before)["grid"] == record
+    sweep.check_sweep_record(tmp_path, dict(record))  # the same grid again: accepted, file untouched
+    assert path.read_bytes() == before
+    with pytest.raises(sweep.UsageError, match=r"another sweep \(epochs: 2 there, 3 now\)"):
+        sweep.check_sweep_record(tmp_path, {**record, "epochs": 3})
+    with pytest.raises(sweep.UsageError, match="lrs"):
+        sweep.check_sweep_record(tmp_path, {**record, "lrs": [0.1, 0.2]})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sweep.SWEEP_RECORD]  # no temp file left
+
+
+def test_only_done_runs_without_sharpness_are_measured(tmp_path):
+    def folder(name, status, files=()):
+        d = tmp_path / name
+        d.mkdir()
+        (d / runfolder.CONFIG).write_text("{}")
+        if status:
+            runfolder.atomic_write_json(d / runfolder.RESULT, {"status": status})
+        for f in files:
+            (d / f).write_text("{}")
+        return d
+
+    assert sweep._needs_sharpness(folder("a", "done", [runfolder.MODEL]))
+    assert not sweep._needs_sharpness(folder("b", "done", [runfolder.MODEL, runfolder.SHARPNESS]))
+    assert not sweep._needs_sharpness(folder("c", "diverged", [runfolder.MODEL]))  # no minimum to measure
+    assert not sweep._needs_sharpness(folder("d", "failed", [runfolder.MODEL]))
+    assert not sweep._needs_sharpness(folder("e", None))  # unfinished
+
+
+def test_column_size_cuts_columns_into_consecutive_pieces():
+    g = make_grid(bs=(32,), lrs=PAPER_LR[:7], seeds=(0,))
+    units = gridlib.work_units(g.runs(), vectorize=True, column_size=3)
+    assert [u.lrs for u in units] == [PAPER_LR[0:3], PAPER_LR[3:6], PAPER_LR[6:7]]
+    assert len({u.label for u in units}) == 3  # one log file each
+
+
+def test_correlate_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    lock = tmp_path / "correlate.lock"
+    assert workers.try_lock(lock)
+    assert not workers.try_lock(lock)  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{socket.gethostname()}:{dead.stdout.strip()}")  # left by a process that has exited
+    assert workers.try_lock(lock)
+    lock.write_text("another-host:1")  # another host's holder cannot be checked: never taken over
+    assert not workers.try_lock(lock)
