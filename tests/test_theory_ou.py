@@ -103,9 +103,13 @@ def test_continuous_stationary_loss_is_lr_over_4s_trace_c_even_without_commuting
 def test_stability_limit_and_divergence():
     a, c = _problem()
     assert ou.stability_limit(4.0) == 0.5
-    ou.discrete_stationary_covariance(a, c, 0.499, 1.0)  # just stable: solvable
+    sigma = ou.discrete_stationary_covariance(a, c, 0.499, 1.0)  # just stable: solvable, with the top
+    # mode's variance 1/(1 - 0.499 * 4 / 2) = 500x its continuous value
+    top = np.linalg.eigh(a)[1][:, -1]
+    cont = ou.continuous_stationary_covariance(a, c, 0.499, 1.0)
+    assert top @ sigma @ top > 100 * (top @ cont @ top)
     with pytest.raises(ValueError, match=">= 2"):
-        ou.discrete_stationary_covariance(a, c, 0.5, 1.0)
+        ou.discrete_stationary_covariance(a, c, 0.5001, 1.0)
     with pytest.raises(ValueError, match=">= 2"):
         ou.stationary_variances(np.array([1.0, 4.0]), np.ones(2), 0.5, 1.0)
     with pytest.raises(ValueError, match="positive definite"):
