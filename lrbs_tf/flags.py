@@ -80,6 +80,10 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("intra_op_threads", 0, "CPU threads inside one op (0: TensorFlow's default, all "
                          "cores); bin/sweep sets it so parallel workers share the cores.")
     flags.DEFINE_integer("inter_op_threads", 0, "CPU threads running independent ops (0: TensorFlow's default).")
+    flags.DEFINE_enum("column_engine", "auto", ["auto", "graph", "stacked"], "How a column of several --lr "
+                      "runs: 'stacked' holds the K MLPs as (K, ...) weights (one batched matmul per layer; mlp "
+                      "on one device); 'graph' runs K models in one graph (every arch, any strategy); 'auto' "
+                      "stacks where it can.")
 
 
 @_once

@@ -12,6 +12,7 @@ functions -> epochs -> results. Many steps run inside one tf.function call, so P
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import signal
@@ -31,6 +32,7 @@ from lrbs_tf.cli import UsageError
 from lrbs_tf.data import Data, DataError, Pipelines, load_data
 from lrbs_tf.distribute import (StrategyError, check_batch_size, configure_numerics, configure_threads,
                                 distribute_train, is_chief, is_multi_worker, make_strategy)
+from lrbs_tf import stacked
 from lrbs_tf.models import build_model, count_trainable_params
 from lrbs_tf.train import TrainConfig, TrainingFailed
 
@@ -189,8 +191,21 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
     def reduce_sum(value):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
+    def stacked_engine(active: list[Member]) -> stacked.StackedColumn | None:
+        """The stacked engine when it applies (K > 1 MLPs on one device), else None (the graph column)."""
+        usable = len(active) > 1 and replicas == 1 and stacked.supports(active[0].model)
+        if cfg0.column_engine == "stacked" and not usable and len(active) > 1:
+            raise UsageError("column_engine=stacked needs an mlp (Dense/BN/ReLU layers) on one device; "
+                             f"arch={cfg0.arch} with {replicas} replica(s)")
+        if cfg0.column_engine == "graph" or not usable:
+            return None
+        return stacked.StackedColumn([m.model for m in active], [m.optimizer for m in active],
+                                     [m.cfg.lr for m in active], cfg0.momentum, cfg0.weight_decay,
+                                     cfg0.batch_size)
+
     def make_functions(active: list[Member]):
         """tf.functions stepping/evaluating exactly `active` (rebuilt when a member leaves the column)."""
+        engine = stacked_engine(active)
 
         def forward_backward(member: Member, x, y):
             tvars = member.model.trainable_variables
@@ -206,13 +221,19 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
             hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y)
             return grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
 
+        # XLA compiles what is pure computation: each member's forward/backward, or the stacked engine's step.
+        member_steps = [functools.partial(forward_backward, m) for m in active]
+        engine_step = engine.train_step if engine is not None else None
         if cfg0.jit_compile:
-            forward_backward = tf.function(forward_backward, jit_compile=True)
+            member_steps = [tf.function(f, jit_compile=True) for f in member_steps]
+            engine_step = tf.function(engine_step, jit_compile=True) if engine is not None else None
 
         def replica_step(x, y):
+            if engine is not None:
+                return engine_step(x, y)
             losses, hits = [], []
-            for member in active:
-                grads, loss_sum, correct = forward_backward(member, x, y)
+            for member, step in zip(active, member_steps):
+                grads, loss_sum, correct = step(x, y)
                 member.optimizer.apply_gradients(zip(grads, member.model.trainable_variables))
                 losses.append(loss_sum)
                 hits.append(correct)
@@ -237,6 +258,8 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
             return loss_sum, correct, steps, alive
 
         def eval_members(x, y):
+            if engine is not None:
+                return engine.evaluate(x, y)
             losses, hits = [], []
             for member in active:
                 logits = member.model(x, training=False)
@@ -252,7 +275,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
             loss_sum, correct = strategy.run(eval_members, args=(x, y))
             return reduce_sum(loss_sum), reduce_sum(correct)
 
-        return train_steps, eval_step
+        return train_steps, eval_step, engine
 
     def evaluate(eval_step) -> tuple[np.ndarray, np.ndarray]:
         loss_sum, correct = 0.0, 0
@@ -268,7 +291,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
 
     # --- Epochs ------------------------------------------------------------------------------------------
     active = list(members)
-    train_steps, eval_step = make_functions(active)
+    train_steps, eval_step, engine = make_functions(active)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
     try:
         for epoch in range(start_epoch, cfg0.epochs):  # 0-based here, 1-based in metrics.jsonl
@@ -290,6 +313,8 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 if bar is not None:
                     bar.update(steps, [("loss", float(np.nanmin(loss_sum / np.maximum(seen, 1))))])
             test_loss, test_accuracy = evaluate(eval_step)
+            if engine is not None:
+                engine.unstack()  # the member models hold the state that is recorded, checkpointed, saved
             seconds = time.time() - start
             leaving = []
             for k, member in enumerate(active):
@@ -309,7 +334,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 _finish(member)
                 active.remove(member)
             if leaving and active:
-                train_steps, eval_step = make_functions(active)
+                train_steps, eval_step, engine = make_functions(active)
         for member in active:
             member.status = runfolder.STATUS_DONE
             _finish(member)

@@ -54,6 +54,7 @@ class TrainConfig:
     progress: bool | None = None
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    column_engine: str = "auto"
 
     @classmethod
     def from_flags(cls, flag_values: Any, **overrides: Any) -> "TrainConfig":
@@ -76,7 +77,7 @@ class TrainConfig:
 # run is resumed. Everything else must match the run folder's config.json.
 EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
-                                "progress", "intra_op_threads", "inter_op_threads"})
+                                "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 
 
 def validate(cfg: TrainConfig) -> None:
