@@ -165,13 +165,22 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     return bool(result) and result.get("status") in TERMINAL_STATUSES
 
 
-def iter_run_dirs(root: str | os.PathLike) -> Iterator[Path]:
-    """Yields every folder below `root` (recursively, sorted) that holds a config.json."""
+def iter_run_dirs(root: str | os.PathLike, unreadable: list[str] | None = None) -> Iterator[Path]:
+    """Yields every folder below `root` (recursively, sorted) that holds a config.json.
+
+    Folders that cannot be listed are appended to `unreadable` (when given) as "path: reason", so a reader
+    can report them instead of silently missing the runs inside.
+    """
     root = Path(root)
     if (root / CONFIG).is_file():
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def onerror(error: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(f"{error.filename}: {error.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames.sort()
         if CONFIG in filenames:
             dirnames[:] = []  # a run folder's subfolders (ckpt/, tb/) hold no runs

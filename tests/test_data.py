@@ -128,3 +128,25 @@ def test_tfds_path_through_mock_data():
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(data_lib.DataError, match="valid: cifar10"):
         data_lib.load_data("imagenet")
+
+
+def test_iter_run_dirs_reports_folders_it_cannot_list(tmp_path):
+    import os
+
+    from lrbs_tf import runfolder
+
+    (tmp_path / "a" / "run1").mkdir(parents=True)
+    (tmp_path / "a" / "run1" / "config.json").write_text("{}")
+    (tmp_path / "a" / "run1" / "ckpt").mkdir()  # a run's subfolders are not searched
+    (tmp_path / "a" / "run1" / "ckpt" / "config.json").write_text("{}")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0)
+    try:
+        problems = []
+        found = list(runfolder.iter_run_dirs(tmp_path, problems))
+        assert found == [tmp_path / "a" / "run1"]
+        if os.geteuid() != 0:  # root can list anything, so only others can see the report
+            assert problems and str(locked) in problems[0]
+    finally:
+        os.chmod(locked, 0o755)
