@@ -150,3 +150,6 @@ def test_iter_run_dirs_reports_folders_it_cannot_list(tmp_path):
             assert problems and str(locked) in problems[0]
     finally:
         os.chmod(locked, 0o755)
+    gone = []  # the same error path, reachable as root too: a root that cannot be listed at all
+    assert list(runfolder.iter_run_dirs(tmp_path / "missing", gone)) == []
+    assert len(gone) == 1 and "missing" in gone[0] and "No such file" in gone[0]
