@@ -28,10 +28,12 @@ from lrbs_tf.cli import UsageError, run_app
 from lrbs_tf.theory import bounds, nqm
 
 CSV_COLUMNS = ("batch_size", "optimizer", "steps_to_target", "best_lr", "best_momentum", "best_ema_decay",
-               "stationary_loss", "steps_infinite_batch")
+               "stationary_loss", "steps_infinite_batch", "exact_first_crossing")
 STEPS_DEFINITION = ("steps_to_target: the first step t at which the exact expected loss 0.5 sum_i h_i "
                     "E[theta_i(t)^2] is <= target_loss, minimised over the learning rate (and momentum or EMA "
-                    "decay on its grid); inf when no setting gets there within nqm_max_steps.")
+                    "decay on its grid); inf when no setting gets there within nqm_max_steps. "
+                    "exact_first_crossing is false where the loss may oscillate and the crossing lies beyond "
+                    f"{nqm.VERIFY_BELOW} steps: there it is the crossing found by bisection.")
 CRITICAL_DEFINITION = ("critical_batch_size: the batch size at which steps_to_target falls to twice its "
                        "infinite-batch (noise-free) value, interpolated log-log between sweep points; in the "
                        "model steps = S_min (1 + B_crit/B) it is B_crit, where doubling B stops halving the "
@@ -169,7 +171,8 @@ def run_nqm(req: NQMRequest, log: Callable[[str], None] = print) -> dict:
     for name, rows in results.items():
         for r in rows[:-1]:
             writer.writerow([int(r.batch_size), name, _fmt(r.steps), _fmt(r.lr), _fmt(r.momentum),
-                             _fmt(r.ema_decay), _fmt(r.stationary_loss), _fmt(rows[-1].steps)])
+                             _fmt(r.ema_decay), _fmt(r.stationary_loss), _fmt(rows[-1].steps),
+                             "true" if r.exact else "false"])
     summary = {
         "problem": {"curvatures": "h_i = 1/i", "noise": "C = H (c_i = h_i)", "init_second_moment": 1.0,
                     "dim": req.dim, "target_loss": req.target_loss,
@@ -290,8 +293,9 @@ def run_bound(req: BoundRequest, log: Callable[[str], None] = print) -> dict:
     log(f"He et al. Theorem 2 at eta={req.lr:g}, S={req.batch_size}, N={req.num_train}, d={report['num_params']}: "
         f"gap bound {report['gap_bound']:.4g}" + (" (vacuous: >= 1)" if report["vacuous"] else "")
         + (f"; measured 0-1 gap {req.measured_gap:.4g}" if req.measured_gap is not None else ""))
-    log(f"tr Sigma = {report['trace_sigma']:.4g} vs d = {report['num_params']}: Assumption 2 "
-        + ("holds (the bound grows with S/eta here)" if report["assumption2"] else "fails (the bound shrinks with S/eta here)")
+    trend = ("holds (the bound grows with S/eta here)" if report["assumption2"]
+             else "fails (the bound shrinks with S/eta here)")
+    log(f"tr Sigma = {report['trace_sigma']:.4g} vs d = {report['num_params']}: Assumption 2 {trend}"
         + f"; slope flips at eta/S = {report['flip_lr_over_batch_size']:.4g}, where the bound is "
         f"{report['gap_bound_at_flip']:.4g}; eta * lambda_max = {report['lr_times_lambda_max']:.4g}")
     if req.out is not None:

@@ -58,7 +58,7 @@ class _PowerSum:
             self.inv_radius = 1.0 / np.maximum(radius, 1e-300)
 
     def _ratio(self, t: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """f_t / (sign(m)^(t-1) radius^(t-1)) for integer t (k,) >= 0; shape (k, d)."""
+        """f_t / (sign(m)^(t-1) radius^(t-1)) for integer t (k,) >= 1; shape (k, d)."""
         tf = np.asarray(t, dtype=np.float64)[:, None]
         odd = (np.asarray(t) % 2 == 1)[:, None]
         cplx, real = self.cplx[rows], self.real[rows]
