@@ -158,7 +158,8 @@ class _Session:
         argv = (_binary("sharpness", self.cfg.sharpness_command) + [f"--ckpt={self.cfg.workdir / run.name}"]
                 + list(self.cfg.sharpness_args))
         self.progress.sharpness_todo += 1
-        return workers.Task("sharpness", run.name, argv, self.log_dir / f"{run.name}.sharpness.log", run)
+        # Measurements wait behind training (priority 1): a retried run must not be the last thing left.
+        return workers.Task("sharpness", run.name, argv, self.log_dir / f"{run.name}.sharpness.log", run, 1)
 
     def record_failure(self, run: str, done: workers.Finished, **extra) -> None:
         runfolder.append_jsonl(self.failures_path, {

@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import heapq
+import itertools
 import os
 import shlex
 import signal
@@ -73,6 +75,7 @@ class Task:
     argv: list[str]
     log_path: Path
     payload: Any = None
+    priority: int = 0          # lower first; equal priorities run in the order queued
 
 
 @dataclasses.dataclass
@@ -100,7 +103,7 @@ class Interrupted(Exception):
 
 
 class Pool:
-    """Runs tasks from a FIFO queue in `len(slot_envs)` parallel subprocesses.
+    """Runs tasks from a priority queue (FIFO within a priority) in `len(slot_envs)` parallel subprocesses.
 
     `on_start(task)` is called as a task leaves the queue and may return False to drop it instead (e.g.
     measurements after bin/sharpness refused its flags). `on_finish(finished)` is called in the main thread
@@ -118,7 +121,14 @@ class Pool:
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task], bool],
             on_finish: Callable[[Finished], Sequence[Task]]) -> None:
-        queue = collections.deque(tasks)
+        queue: list[tuple[int, int, Task]] = []
+        order = itertools.count()
+
+        def push(new: Sequence[Task]) -> None:
+            for t in new:
+                heapq.heappush(queue, (t.priority, next(order), t))
+
+        push(tasks)
         running: dict[int, tuple[subprocess.Popen, Task, float, int, TextIO]] = {}  # slot -> process
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -126,7 +136,7 @@ class Pool:
                 if self._stop_signal is None:
                     for slot in range(len(self.slot_envs)):
                         while slot not in running and queue:
-                            task = queue.popleft()
+                            task = heapq.heappop(queue)[2]
                             if on_start(task):
                                 running[slot] = self._start(task, slot)
                 if self._stop_signal is not None:
@@ -140,7 +150,7 @@ class Pool:
                     log.close()
                     del running[slot]
                     done = Finished(task, code, time.monotonic() - t0, _tail(task.log_path, offset))
-                    queue.extend(on_finish(done))
+                    push(on_finish(done))
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -195,3 +195,26 @@ def test_correlate_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_p
     assert workers.try_lock(lock)
     lock.write_text("another-host:1")  # another host's holder cannot be checked: never taken over
     assert not workers.try_lock(lock)
+
+
+def test_pool_runs_training_before_measurements_and_can_drop_tasks(tmp_path):
+    def task(kind, label, priority=0):
+        return workers.Task(kind, label, ["true"], tmp_path / f"{label}.log", priority=priority)
+
+    started, ended = [], []
+
+    def on_start(t):
+        started.append(t.label)
+        return t.label != "dropped"
+
+    def on_finish(done):
+        ended.append((done.task.label, done.returncode))
+        # A column that failed comes back as single runs: they must run before the queued measurements.
+        return [task("train", "retry")] if done.task.label == "column" else []
+
+    pool = workers.Pool([{}], poll_seconds=0.01)
+    pool.run([task("sharpness", "measure", 1), task("train", "column"), task("sharpness", "dropped", 1)],
+             on_start, on_finish)
+    assert started == ["column", "retry", "measure", "dropped"]
+    assert ended == [("column", 0), ("retry", 0), ("measure", 0)]  # the dropped task never ran
+    assert (tmp_path / "column.log").read_text().startswith("=== ")  # each attempt's header
