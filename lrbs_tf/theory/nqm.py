@@ -29,8 +29,8 @@ from lrbs_tf.theory.nqm_tune import Tuned, tune_grid, tune_local
 
 OPTIMIZERS = ("sgd", "momentum", "precond", "precond_momentum", "ema")
 DEFAULT_BATCH_SIZES = tuple(2 ** k for k in range(2, 22))
-DEFAULT_MOMENTA = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
-DEFAULT_EMA_DECAYS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999)
+DEFAULT_MOMENTA = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999)  # as bin/nqm's --momenta default
+DEFAULT_EMA_DECAYS = (0.0, 0.5, 0.9, 0.99, 0.999)  # as bin/nqm's --ema_decays default
 VERIFY_BELOW = 20_000  # crossings up to this many steps are checked step by step when the loss may oscillate
 
 

@@ -3,11 +3,11 @@
 Two searches over candidate settings (lr, second), where `second` is the momentum or EMA decay:
 
 - `tune_grid`: a log grid of learning rates below the stability limit, extended downwards while the best
-  is the smallest tried, then refined between the best lr's neighbours. Used for SGD and preconditioned
-  SGD, whose closed form is cheapest.
-- `tune_local`: a local search per `second` value from seed learning rates (the scalar optimizer's best lr
-  at equal effective lr a / (1 - beta), and the previous batch size's best): step outwards until the best
-  is bracketed, then halve the bracket (in log lr) a few times for the most promising second values.
+  is the smallest tried, then refined between the best lr's neighbours. Used where there is nothing to
+  start from (the first batch size) and for EMA, whose steps-vs-lr curve has two basins.
+- `tune_local`: a local search per `second` value from seed learning rates (the previous batch size's best,
+  and for momentum the SGD optimum at equal effective lr a / (1 - beta)): step outwards until the best is
+  bracketed, then halve the bracket (in log lr) a few times for the most promising second values.
 
 Both prune with an upper bound: a setting still above target at `upper` steps cannot win and costs one
 loss evaluation, ranked by its loss there. Pruning is exact for a non-increasing expected loss.
