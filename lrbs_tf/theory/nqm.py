@@ -249,8 +249,17 @@ def sweep(problem: NQMProblem, spec: OptimizerSpec, batch_sizes: Sequence[float]
             search = tune_local(build, problem.target_loss, limits, problem.dim, seeds,
                                 ratio=10.0 ** (1.0 / lr_per_decade), upper=min(bounds) if bounds else None,
                                 max_steps=max_steps)
-        prev = _verified(problem, spec, search.result(spec.name, b, spec.second, _stationary(problem, spec, b)),
-                         verify_below)
+        result = search.result(spec.name, b, spec.second, _stationary(problem, spec, b))
+        if math.isinf(b) and not (not seeds or spec.second == "ema_decay"):
+            # The noise-free floor sets the critical batch size: search the whole grid as well, pruned by
+            # (and seeded with) the local optimum, so the floor does not depend on where the sweep came from.
+            hint = (result.momentum if momentum else result.ema_decay if spec.second else 0.0, result.lr)
+            found = np.isfinite(result.steps)
+            wide = tune_grid(build, problem.target_loss, limits, problem.dim, lr_per_decade=lr_per_decade,
+                             max_steps=max_steps, upper=result.steps if found else min(bounds, default=None),
+                             hint=hint if found else None)
+            result = wide.result(spec.name, b, spec.second, _stationary(problem, spec, b))
+        prev = _verified(problem, spec, result, verify_below)
         out.append(prev)
     return out
 
