@@ -149,3 +149,17 @@ def test_bound_cli_bad_inputs(tmp_path):
         theory_cli.bound_request(str(run), None, 0.05, "proportional", None, None, None)
     with pytest.raises(UsageError, match="pass --bound_lr"):
         theory_cli.bound_request(str(run), 100, 0.05, "proportional", -1.0, None, None)
+
+
+def test_bound_reads_the_training_set_size_the_run_recorded(tmp_path):
+    """An npz run has no known size; its config.json's num_train is what N must be."""
+    import json
+
+    from lrbs_tf.theory.cli import bound_request
+
+    (tmp_path / "config.json").write_text(json.dumps({"dataset": "npz", "lr": 0.1, "batch_size": 32,
+                                                      "num_train": 1234}))
+    (tmp_path / "sharpness.json").write_text(json.dumps({"lambda_max": 1.0, "top_eigenvalues": [1.0],
+                                                         "trace": 2.0, "grad_cov_trace": 3.0}))
+    req = bound_request(str(tmp_path), None, 0.05, "isotropic", None, None, None)
+    assert req.num_train == 1234 and req.lr == 0.1 and req.batch_size == 32

@@ -256,8 +256,8 @@ def bound_request(sharpness_json: str | None, num_train: int | None, delta: floa
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise UsageError(f"batch size {batch_size!r} is not a positive integer (pass --bound_batch_size)")
     dataset = record.get("dataset") or config.get("dataset")
-    if num_train is None:
-        num_train = bounds.KNOWN_TRAIN_SIZES.get(dataset)
+    if num_train is None:  # the run's own count (config.json records it), else the dataset's known size
+        num_train = config.get("num_train") or bounds.KNOWN_TRAIN_SIZES.get(dataset)
         if num_train is None:
             raise UsageError(f"training-set size of dataset {dataset!r} is unknown: pass --num_train")
     if num_train < 1:
