@@ -18,72 +18,19 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError, quiet_import_tensorflow, run_app
+from lrbs_tf.curvature.measure import DEFAULT_HVP_BATCH, Settings, measure  # TF-free until measure() runs
 from lrbs_tf.runfolder import RunFolderError
 
-if TYPE_CHECKING:
-    from lrbs_tf.curvature.slq import SpectrumResult
-
-QUANTITIES = ("eigenvalues", "trace", "spectrum", "eps_sharpness", "avg_sharpness", "grad_cov")
 SPECTRUM_STEM = "hessian_spectrum"      # + .png / .pdf, next to sharpness.json
 INTERPOLATION_CSV = "interpolation.csv"
 INTERPOLATION_JSON = "interpolation.json"
 INTERPOLATION_STEM = "interpolation"   # + .png / .pdf
-DEFAULT_HVP_BATCH = 256
-
-
-@dataclasses.dataclass
-class Settings:
-    """What bin/sharpness measures and how; recorded verbatim in sharpness.json."""
-    num_examples: int = 2048
-    hvp_batch_size: int = 0
-    top_k: int = 5
-    eig_method: str = "lanczos"
-    tol: float = 1e-4
-    max_hvps: int = 1000
-    hutchinson_rtol: float = 0.05
-    max_probes: int = 300
-    slq_steps: int = 80
-    slq_runs: int = 2
-    eps: float = 1e-3
-    eps_steps: int = 20
-    noise_sigma: float = 1e-2
-    noise_draws: int = 10
-    bn_mode: str = "inference"
-    include_weight_decay: bool = False
-    hvp_mode: str = "forward_over_reverse"
-    quantities: tuple[str, ...] = QUANTITIES
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raises UsageError naming the offending values."""
-        unknown = [q for q in self.quantities if q not in QUANTITIES]
-        if unknown or not self.quantities:
-            raise UsageError(f"--quantities={','.join(self.quantities)}: unknown {unknown or 'empty list'}; "
-                             f"valid: {','.join(QUANTITIES)}")
-        checks = [("num_examples", self.num_examples >= 0), ("hvp_batch_size", self.hvp_batch_size >= 0),
-                  ("top_k", self.top_k >= 1), ("tol", 0 < self.tol < 1), ("max_hvps", self.max_hvps >= 2),
-                  ("hutchinson_rtol", self.hutchinson_rtol > 0), ("max_probes", self.max_probes >= 2),
-                  ("slq_steps", self.slq_steps >= 1), ("slq_runs", self.slq_runs >= 1), ("eps", self.eps > 0),
-                  ("eps_steps", self.eps_steps >= 1), ("noise_sigma", self.noise_sigma > 0),
-                  ("noise_draws", self.noise_draws >= 2)]
-        bad = [f"--{name}={getattr(self, name)}" for name, ok in checks if not ok]
-        if bad:
-            raise UsageError(f"out of range: {', '.join(bad)} (counts >= 1, draws/probes >= 2, tolerances > 0)")
-        for name, value, valid in (("bn_mode", self.bn_mode, ("inference", "batch")),
-                                   ("eig_method", self.eig_method, ("lanczos", "power")),
-                                   ("hvp_mode", self.hvp_mode, ("forward_over_reverse", "reverse_over_reverse"))):
-            if value not in valid:
-                raise UsageError(f"--{name}={value}; valid: {', '.join(valid)}")
-
-    def seed_for(self, quantity: str) -> int:
-        """A seed per quantity, so choosing a subset of --quantities never changes another one's numbers."""
-        return int(np.random.SeedSequence([self.seed, QUANTITIES.index(quantity)]).generate_state(1)[0])
 
 
 @dataclasses.dataclass
@@ -215,82 +162,6 @@ def _versions() -> dict:
                        if gpus else f"CPU ({platform.processor() or platform.machine()})")}
 
 
-def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
-            batch_size: int = DEFAULT_HVP_BATCH, log=print) -> tuple[dict, SpectrumResult | None]:
-    """Computes `settings.quantities` for `model` on examples x (N, ...) float32, y (N,) int.
-
-    Returns (the sharpness.json fields, the SLQ result for plotting or None). Never changes the model.
-    """
-    from lrbs_tf.curvature import eigen, hvp, sharpness_measures, slq, trace
-    from lrbs_tf.curvature.interpolate import Evaluator
-
-    start = time.perf_counter()
-    wd = weight_decay if settings.include_weight_decay else 0.0
-    obj = hvp.keras_objective(model, x, y, batch_size, bn_mode=settings.bn_mode, hvp_mode=settings.hvp_mode,
-                              weight_decay=wd)
-    if settings.top_k > obj.dim:
-        raise UsageError(f"--top_k={settings.top_k} is more than the model's {obj.dim} parameters")
-    ev = Evaluator(model)
-    loss, accuracy = ev.evaluate([np.asarray(v.value) for v in model.trainable_variables],
-                                 [np.asarray(v.value) for v in model.non_trainable_variables], obj.batches)
-    out: dict = {key: None for key in (
-        "lambda_max", "top_eigenvalues", "eigen_converged", "trace", "trace_stderr", "trace_num_probes",
-        "trace_converged", "frobenius_norm", "frobenius_stderr", "spectrum", "eps_sharpness",
-        "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm")}
-    out.update(num_examples=obj.num_examples, num_params=obj.dim, train_loss=loss, train_accuracy=accuracy)
-    costs: dict = {}
-    spectrum = None
-    q = set(settings.quantities)
-
-    def timed(name: str, fn):
-        t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
-        result = fn()
-        costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
-                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0}
-        log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
-            f"{costs[name]['losses']} losses, {costs[name]['seconds']:.1f} s")
-        return result
-
-    if "eigenvalues" in q:
-        res = timed("eigenvalues", lambda: eigen.top_k(obj.hvp, obj.dim, settings.top_k, settings.eig_method,
-                                                       settings.tol, settings.max_hvps,
-                                                       settings.seed_for("eigenvalues")))
-        vals = [float(v) for v in res.eigenvalues]
-        out.update(lambda_max=vals[0] if vals else None, top_eigenvalues=vals, eigen_converged=res.converged,
-                   eigen_solver=res.method)
-    if "trace" in q:
-        res = timed("trace", lambda: trace.hutchinson(obj.hvp, obj.dim, settings.hutchinson_rtol,
-                                                      settings.max_probes, seed=settings.seed_for("trace")))
-        out.update(trace=res.trace, trace_stderr=res.trace_stderr, trace_num_probes=res.num_probes,
-                   trace_converged=res.converged, frobenius_norm=res.frobenius_norm,
-                   frobenius_stderr=res.frobenius_stderr)
-    if "spectrum" in q:
-        spectrum = timed("spectrum", lambda: slq.slq(obj.hvp, obj.dim, settings.slq_steps, settings.slq_runs,
-                                                     seed=settings.seed_for("spectrum")))
-        grid, sigma = spectrum.default_grid()
-        slq_trace, slq_trace_se = spectrum.trace_estimate()
-        out["spectrum"] = {"nodes": [t.tolist() for t in spectrum.nodes],
-                           "weights": [w.tolist() for w in spectrum.weights], "sigma": sigma,
-                           "slq_trace": slq_trace, "slq_trace_stderr": slq_trace_se}
-    if "eps_sharpness" in q:
-        res = timed("eps_sharpness", lambda: sharpness_measures.eps_sharpness(
-            obj, settings.eps, settings.eps_steps, seed=settings.seed_for("eps_sharpness")))
-        out.update(eps_sharpness=res.sharpness, eps_sharpness_perturbed_loss=res.perturbed_loss)
-    if "avg_sharpness" in q:
-        res = timed("avg_sharpness", lambda: sharpness_measures.average_sharpness(
-            obj, settings.noise_sigma, settings.noise_draws, seed=settings.seed_for("avg_sharpness")))
-        out.update(avg_sharpness=res.mean_increase, avg_sharpness_stderr=res.stderr)
-    if "grad_cov" in q:
-        # Per-example gradients need per-example losses that ignore the rest of the batch: inference BN.
-        res = timed("grad_cov", lambda: sharpness_measures.grad_cov_trace(
-            hvp.keras_losses_fn(model, "inference"), obj.params, obj.batches))
-        out.update(grad_cov_trace=res.trace, grad_norm=res.grad_norm)
-    out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
-               num_losses=obj.num_losses,
-               seconds=time.perf_counter() - start, costs=costs)
-    return out, spectrum
-
-
 def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str | None = None,
         data_path: str | None = None, out: str | None = None, log=print) -> dict:
     """Measures the run (or model file) `ckpt` and writes sharpness.json and the spectrum plot.
@@ -350,8 +221,9 @@ def parse_alphas(alpha_range: Sequence[str]) -> list[float]:
 
 def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float], num_examples: int = 2048,
                 batch_size: int = 1000, bn_stats: str = "interpolate", log=print) -> list[dict]:
-    """Loss and accuracy (train: the first num_examples training examples; test: the first
-    min(num_examples, test size) test examples; 0 = all) along (1 - alpha) theta_a + alpha theta_b; writes DIR/interpolation.csv, .json, plot."""
+    """Loss and accuracy along (1 - alpha) theta_a + alpha theta_b, on the first num_examples training
+    examples and the first min(num_examples, test size) test examples (0 = all), in chunks of batch_size.
+    Writes out/interpolation.csv, out/interpolation.json and the plot; returns the rows."""
     from lrbs_tf.curvature.hvp import make_batches
     from lrbs_tf.curvature.interpolate import BN_STATS_MODES, check_same_architecture, interpolation_curve
     from lrbs_tf.curvature.plotting import plot_interpolation
@@ -404,6 +276,9 @@ def _main(argv: Sequence[str]) -> int:
 
     tf.get_logger().setLevel("ERROR")  # vectorized_map's per-op fallback notices are not for the user
     if FLAGS.interpolate:
+        if FLAGS.ckpt:
+            raise UsageError(f"--ckpt={FLAGS.ckpt} and --interpolate: give one (curvature of a run, or the line "
+                             "between two runs)")
         if len(FLAGS.interpolate) != 2:
             raise UsageError(f"--interpolate={','.join(FLAGS.interpolate)}: give exactly two run folders, RUN_A,RUN_B")
         interpolate(FLAGS.interpolate[0], FLAGS.interpolate[1], FLAGS.out, parse_alphas(FLAGS.alpha_range),

@@ -132,6 +132,7 @@ def _bad_cases(runs, tmp_path):
         ("too many", [f"--ckpt={ok}", "--num_examples=5000"], ok, "--num_examples=5000"),
         ("interp", [f"--interpolate={ok}"], ok, "exactly two"),
         ("interp out", [f"--interpolate={ok},{runs[1]}"], ok, "--out"),
+        ("both", [f"--ckpt={ok}", f"--interpolate={ok},{runs[1]}", f"--out={ok}"], ok, "give one"),
     ]
 
 

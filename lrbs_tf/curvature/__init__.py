@@ -6,7 +6,8 @@
 - `slq`: spectral density by stochastic Lanczos quadrature.
 - `sharpness_measures`: Keskar's eps-sharpness, average sharpness, trace of the gradient covariance.
 - `interpolate`: loss and accuracy along the line between two models.
+- `measure`: the settings of bin/sharpness and `measure`, which computes the asked-for quantities of one model.
 - `plotting`: the figures.
 
-Importing a submodule imports TensorFlow; this package file does not.
+Importing this package, `measure` or `plotting` does not import TensorFlow; the other submodules do.
 """
