@@ -87,6 +87,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def atomic_write_figure(fig: Any, stem: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"),
+                        dpi: int = 150) -> list[Path]:
+    """Saves a matplotlib figure as stem.png and stem.pdf, each through a temporary file and os.replace."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in formats:
+        path = stem.with_suffix(f".{ext}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        paths.append(path)
+    return paths
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps(obj) + "\n")
 

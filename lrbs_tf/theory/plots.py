@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -13,24 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
+from lrbs_tf import runfolder  # noqa: E402
 from lrbs_tf.theory.nqm_tune import Tuned  # noqa: E402
 
 
 def _save(fig, stem: Path) -> list[Path]:
-    """Saves fig as stem.png and stem.pdf, each via a temporary file in the same folder and os.replace."""
-    paths = []
-    for ext in ("png", "pdf"):
-        path = stem.with_suffix("." + ext)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        paths.append(path)
+    """Saves fig as stem.png and stem.pdf atomically, then closes it."""
+    paths = runfolder.atomic_write_figure(fig, stem)
     plt.close(fig)
     return paths
 
