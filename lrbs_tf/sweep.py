@@ -276,6 +276,11 @@ def run(cfg: SweepConfig) -> int:
     check_sweep_record(workdir, grid_record(cfg))
     if cfg.correlate_now:
         return correlate(cfg)
+    grid_dirs = {workdir / r.name for r in cfg.grid.runs()}
+    foreign = [d for d in runfolder.iter_run_dirs(workdir) if d not in grid_dirs]
+    if foreign:  # bin/correlate --results=<workdir> reads every run folder below it
+        print(f"sweep: note: {len(foreign)} run folder(s) under {workdir} are not of this grid (e.g. "
+              f"{foreign[0]}); bin/correlate will include them", flush=True)
     session = _Session(cfg, shard, threads)
     tasks = [session.train_task(u) for u in units]
     if cfg.sharpness:

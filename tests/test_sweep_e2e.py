@@ -206,6 +206,8 @@ def test_sharpness_on_each_done_run_once_then_correlate(reference, tmp_path):
 def test_correlate_waits_for_the_whole_grid_and_sharpness_stops_on_bad_input(reference, tmp_path):
     workdir = copy_runs(reference, tmp_path / "w")
     (workdir / "sweep.json").unlink()  # this test's grid is larger than the reference's
+    (workdir / "elsewhere" / "other-run").mkdir(parents=True)  # a run folder that is not of the grid
+    (workdir / "elsewhere" / "other-run" / runfolder.CONFIG).write_text("{}")
     sharp, sharp_calls = fake_tool(tmp_path, "sharpness", refuse=True)
     corr, corr_calls = fake_tool(tmp_path, "correlate")
     args = [a for a in TINY if not a.startswith(("--lrs", "--nocorrelate"))]
@@ -217,6 +219,7 @@ def test_correlate_waits_for_the_whole_grid_and_sharpness_stops_on_bad_input(ref
     assert len(calls_of(sharp_calls)) == 1, "after bin/sharpness refused its input, no other run was tried"
     assert calls_of(corr_calls) == [], "correlate ran on an unfinished grid"
     assert "2 run(s) of the grid are not finished" in proc.stdout
+    assert f"1 run folder(s) under {workdir} are not of this grid (e.g. {workdir / 'elsewhere' / 'other-run'})" in proc.stdout
     failures = [json.loads(line) for line in (workdir / "sweep_failures.jsonl").read_text().splitlines()]
     assert {(f["run"], f["exit_code"]) for f in failures if f["kind"] == "train" and not f.get("retry")} == {
         ("mlp-mnist1d-bs64-lr0.2-s0", 3), ("mlp-mnist1d-bs128-lr0.2-s0", 3)}
