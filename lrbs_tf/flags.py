@@ -135,7 +135,8 @@ def define_sharpness_flags() -> None:
     flags.DEFINE_bool("include_weight_decay", False, "Add the run's (weight_decay/2) ||w||^2 to the measured "
                       "loss (shifts every eigenvalue by weight_decay).")
     flags.DEFINE_enum("hvp_mode", "forward_over_reverse", ["forward_over_reverse", "reverse_over_reverse"],
-                      "How Hessian-vector products are computed (same numbers; forward-over-reverse is faster).")
+                      "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
+                      "depends on model and device, see benchmarks/curvature.md).")
     flags.DEFINE_list("quantities", ["eigenvalues", "trace", "spectrum", "eps_sharpness", "avg_sharpness",
                                      "grad_cov"], "Which quantities to compute (comma-separated subset).")
     flags.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
