@@ -248,7 +248,8 @@ def correlate(cfg: SweepConfig) -> int:
               "(remove the file if no sweep is running)", flush=True)
         return 0
     try:
-        argv = _binary("correlate", cfg.correlate_command) + [f"--results={cfg.workdir}"] + list(cfg.correlate_args)
+        argv = (_binary("correlate", cfg.correlate_command) + [f"--results={cfg.workdir}"]
+                + list(cfg.correlate_args))
         print(f"sweep: {' '.join(shlex.quote(a) for a in argv)}", flush=True)
         return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
     finally:
@@ -291,7 +292,7 @@ def run(cfg: SweepConfig) -> int:
           f"{num_workers} worker(s) on {where}", flush=True)
     pool = workers.Pool(workers.slot_environments(num_workers, workers.available_cores(), gpus))
     try:
-        pool.run(tasks, session.on_start, session.on_finish)
+        pool.run(tasks, session.on_start, session.on_finish, session.progress.tick)
     except workers.Interrupted as e:
         session.progress.close()
         print(f"sweep: interrupted ({e}); running runs were stopped and resume when the sweep is started "
@@ -320,7 +321,8 @@ def _numbers(name: str, values: Sequence[str] | None, kind: type) -> tuple:
         try:
             out.append(kind(v))
         except ValueError:
-            raise UsageError(f"--{name} holds {v!r}, which is not {'an integer' if kind is int else 'a number'}") from None
+            what = "an integer" if kind is int else "a number"
+            raise UsageError(f"--{name} holds {v!r}, which is not {what}") from None
     return tuple(out)
 
 

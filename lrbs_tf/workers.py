@@ -120,7 +120,7 @@ class Pool:
         self._stop_signal = signum
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task], bool],
-            on_finish: Callable[[Finished], Sequence[Task]]) -> None:
+            on_finish: Callable[[Finished], Sequence[Task]], on_poll: Callable[[], None] | None = None) -> None:
         queue: list[tuple[int, int, Task]] = []
         order = itertools.count()
 
@@ -143,6 +143,8 @@ class Pool:
                     self._stop(running)
                     raise Interrupted(signal.Signals(self._stop_signal).name)
                 time.sleep(self.poll_seconds)
+                if on_poll is not None:
+                    on_poll()
                 for slot, (proc, task, t0, offset, log) in list(running.items()):
                     code = proc.poll()
                     if code is None:
@@ -213,7 +215,7 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts and the status line: one line per change, or a line refreshed in place on a terminal.
+    """Counts and the status line: one line per change, or on a terminal a line redrawn in place each second.
 
     Work items are runs trained and sharpness measurements. The ETA is (elapsed this session / items ended
     this session) x items left: it assumes the items left cost what the ended ones did on average, which is
@@ -231,6 +233,7 @@ class Progress:
         self.sharpness_todo = 0
         self.ended_items = 0
         self.start = time.monotonic()
+        self._drawn = self.start
 
     @property
     def remaining(self) -> int:
@@ -261,6 +264,14 @@ class Progress:
         else:
             self.stream.write(f"[{stamp}] {message}\n[{stamp}] {self.status_line()}\n")
         self.stream.flush()
+
+    def tick(self) -> None:
+        """On a terminal, redraws the counts line about once a second, so elapsed time and ETA move."""
+        now = time.monotonic()
+        if self.tty and now - self._drawn >= 1.0:
+            self._drawn = now
+            self.stream.write(f"\r\033[K{self.status_line()}")
+            self.stream.flush()
 
     def close(self) -> None:
         if self.tty:

@@ -86,8 +86,10 @@ def test_bad_axes_are_refused_with_the_value(bs, lrs, seeds, message):
 
 @pytest.mark.parametrize("flags_, env, expected", [
     ((None, None), {}, (0, 1)),
-    ((None, None), {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "8"}, (3, 8)),
-    ((None, None), {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "20"}, (0, 20)),
+    ((None, None), {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "8"},
+     (3, 8)),
+    ((None, None), {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "20"},
+     (0, 20)),  # --array=1-20
     ((None, 4), {"JOB_COMPLETION_INDEX": "2"}, (2, 4)),
     ((1, 2), {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}, (1, 2)),  # flags win
     ((None, 3), {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "8"}, (2, 3)),
@@ -120,7 +122,8 @@ def test_worker_slots_share_cores_and_take_gpus_round_robin():
     assert all(e["TF_NUM_INTRAOP_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in e for e in cpu)
 
 
-@pytest.mark.parametrize("value, expected", [("", []), ("-1", []), ("2,3", ["2", "3"]), ("GPU-ab12", ["GPU-ab12"])])
+@pytest.mark.parametrize("value, expected", [("", []), ("-1", []), ("2,3", ["2", "3"]),
+                                             ("GPU-ab12", ["GPU-ab12"])])
 def test_visible_gpus_respects_an_allocation(value, expected):
     assert workers.visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == expected
 
@@ -139,6 +142,16 @@ def test_progress_counts_and_eta():
     assert "ETA 3m00s" in line
     p.event("end train x")
     assert out.getvalue().count("\n") == 2  # a log (not a terminal): the event and the status, one line each
+    p.tick()
+    assert out.getvalue().count("\n") == 2  # no clock ticks in a log
+
+    term = io.StringIO()
+    t = workers.Progress(4, {}, stream=term, tty=True)
+    t.event("start train y")
+    assert term.getvalue().endswith(t.status_line()) and "\n" in term.getvalue()  # counts line left open
+    t._drawn -= 2  # a second and more since the last drawing: redrawn in place, no new line
+    t.tick()
+    assert term.getvalue().count("\n") == 1 and term.getvalue().endswith("\r\033[K" + t.status_line())
 
 
 def test_sweep_record_is_written_once_and_a_different_grid_refused(tmp_path):
