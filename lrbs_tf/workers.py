@@ -55,7 +55,8 @@ def slot_environments(workers: int, cores: int, gpus: Sequence[str]) -> list[dic
 
     CPU threads: max(1, cores // workers) per slot, so N workers do not oversubscribe the cores; TF reads
     TF_NUM_INTRAOP/INTEROP_THREADS (bin/sharpness has no thread flags), bin/train also gets flags.
-    GPUs: slot i sees GPU i mod len(gpus) only (more workers than GPUs share them round-robin).
+    GPUs: slot i sees GPU i mod len(gpus) only (more workers than GPUs share them round-robin; then
+    TF_FORCE_GPU_ALLOW_GROWTH, since by default each TensorFlow process takes all of a GPU's memory).
     """
     threads = str(max(1, cores // workers))
     envs = []
@@ -63,6 +64,8 @@ def slot_environments(workers: int, cores: int, gpus: Sequence[str]) -> list[dic
         env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": threads}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            if workers > len(gpus):
+                env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         envs.append(env)
     return envs
 

@@ -118,6 +118,8 @@ def test_worker_slots_share_cores_and_take_gpus_round_robin():
     envs = workers.slot_environments(3, cores=8, gpus=["0", "1"])
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
     assert {e["TF_NUM_INTRAOP_THREADS"] for e in envs} == {"2"}  # 8 // 3
+    assert all(e["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" for e in envs)  # two processes on GPU 0
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" not in workers.slot_environments(2, cores=8, gpus=["0", "1"])[0]
     cpu = workers.slot_environments(4, cores=2, gpus=[])
     assert all(e["TF_NUM_INTRAOP_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in e for e in cpu)
 
