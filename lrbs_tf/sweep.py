@@ -126,6 +126,8 @@ def _status(run_dir: Path) -> str | None:
         result = runfolder.read_result(run_dir)
     except runfolder.RunFolderError:
         return "unreadable"
+    if result is None:
+        return None
     return result.get("status") if isinstance(result, dict) else "unreadable"
 
 

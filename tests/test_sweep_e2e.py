@@ -147,6 +147,8 @@ def test_failed_runs_are_recorded_and_the_others_finish(tmp_path):
     assert set(final) == {"mlp-mnist1d-bs128-lr0.1-s0", "mlp-mnist1d-bs128-lr0.2-s0"}
     assert final["mlp-mnist1d-bs128-lr0.2-s0"]["exit_code"] == -signal.SIGKILL
     assert final["mlp-mnist1d-bs128-lr0.1-s0"]["exit_code"] == 2
+    # Neither wrote a result.json: the sweep's record is the only trace of these failures.
+    assert {r["result_status"] for r in final.values()} == {None}
     assert any("holds another configuration" in line for line in final["mlp-mnist1d-bs128-lr0.1-s0"]["log_tail"])
     assert "2 failed" in proc.stdout
     # The sweep never writes a run folder: no result.json invented, the foreign folder untouched.

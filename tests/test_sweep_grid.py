@@ -188,6 +188,9 @@ def test_only_done_runs_without_sharpness_are_measured(tmp_path):
     assert not sweep._needs_sharpness(folder("c", "diverged", [runfolder.MODEL]))  # no minimum to measure
     assert not sweep._needs_sharpness(folder("d", "failed", [runfolder.MODEL]))
     assert not sweep._needs_sharpness(folder("e", None))  # unfinished
+    assert sweep._status(tmp_path / "e") is None and sweep._status(tmp_path / "c") == "diverged"
+    (tmp_path / "e" / runfolder.RESULT).write_text("{not json")
+    assert sweep._status(tmp_path / "e") == "unreadable"
 
 
 def test_column_size_cuts_columns_into_consecutive_pieces():
