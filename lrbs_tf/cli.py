@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 
 from lrbs_tf.runfolder import RunFolderError
 
@@ -55,6 +55,8 @@ def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
     """
     argv = list(sys.argv if argv is None else argv)
     prog = os.path.basename(argv[0]) if argv else "lrbs_tf"
+    if "helpfull" not in flags.FLAGS:
+        app.define_help_flags()  # --help, --helpshort, --helpfull: print the flags and exit, as absl.app does
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:

@@ -160,7 +160,8 @@ def define_sweep_flags() -> None:
     """bin/sweep: a grid of bin/train runs. Every bin/train flag may be given as well (flagfiles included):
     it is forwarded to each run, except --lr, --batch_size, --seed and --run_name, which the grid sets."""
     define_train_flags()
-    flags.DEFINE_list("batch_sizes", None, "The grid's batch sizes, e.g. 16,32,48. Required.")
+    if "batch_sizes" not in FLAGS:  # shared with bin/nqm, whose definition may come first in one process
+        flags.DEFINE_list("batch_sizes", None, "The grid's batch sizes, e.g. 16,32,48. Required.")
     flags.DEFINE_list("lrs", None, "The grid's learning rates, e.g. 0.01,0.02,0.03. Required.")
     flags.DEFINE_list("seeds", ["0"], "The grid's seeds (each a full batch sizes x learning rates grid).")
     flags.DEFINE_integer("workers", 0, "Parallel worker processes on this machine, each given an equal share "
