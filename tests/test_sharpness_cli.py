@@ -3,6 +3,7 @@ float64 Hessian, the model-file form, interpolation endpoints, and bad input (on
 written). Two subprocess runs (one success, one bad input); everything else in-process."""
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -89,6 +90,11 @@ def test_sharpness_json_agrees_with_a_dense_hessian(runs, tmp_path):
     assert again["top_eigenvalues"] == record["top_eigenvalues"]  # same seed, same start vector
     assert again["trace"] is None and again["run_config"] is None
     assert (bare / runfolder.SHARPNESS).exists() and not (bare / "hessian_spectrum.png").exists()
+
+    # Batch-statistics BN: chunks default to the run's training batch size, and H is a different matrix.
+    batch = sharpness_bin.run(str(run_dir), dataclasses.replace(one, bn_mode="batch"), log=lambda *_: None)
+    assert batch["settings"]["hvp_batch_size"] == 64 and batch["settings"]["bn_mode"] == "batch"
+    assert abs(batch["lambda_max"] - record["lambda_max"]) > 1e-3 * record["lambda_max"]
 
 
 def _bad_cases(runs, tmp_path):
