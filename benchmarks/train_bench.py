@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,13 +70,14 @@ def dataset_for(arch: str, tmp: Path, n_train: int) -> dict:
 
 def lrbs_epoch_seconds(arch: str, batch_size: int, lrs: list[float], tmp: Path, data_kw: dict,
                        jit: bool = False) -> float:
-    """Seconds of the second epoch of a column (K = len(lrs)) trained by lrbs_tf (test evaluation included)."""
+    """Training seconds (`train_seconds`: steps only, like Model.fit's epoch without validation) of the
+    second epoch of a column (K = len(lrs)) trained by lrbs_tf."""
     workdir = Path(tempfile.mkdtemp(dir=tmp))
     cfg = TrainConfig(arch=arch, batch_size=batch_size, lr=lrs[0], epochs=2, workdir=str(workdir), progress=False,
                       mlp_depth=4, mlp_width=256, jit_compile=jit, **data_kw)
     run_column(cfg, lrs)
     name = runfolder.run_name(arch, cfg.dataset, batch_size, lrs[0], 0)
-    return runfolder.read_metrics(workdir / name)[1]["seconds"]
+    return runfolder.read_metrics(workdir / name)[1]["train_seconds"]
 
 
 def keras_fit_epoch_seconds(arch: str, batch_size: int, data_kw: dict) -> float:
@@ -102,10 +104,33 @@ def keras_fit_epoch_seconds(arch: str, batch_size: int, data_kw: dict) -> float:
     return timer.seconds
 
 
+def end_to_end(batch_size: int, lrs: list[float], epochs: int, tmp: Path) -> dict:
+    """Wall seconds of whole bin/train processes: one column process vs one process per learning rate.
+
+    This is what a sweep pays: each process also imports TensorFlow, loads the data and traces its step.
+    """
+    common = ["--arch=mlp", "--dataset=mnist1d", f"--batch_size={batch_size}", f"--epochs={epochs}",
+              "--progress=false"]
+    binary = [sys.executable, str(Path(__file__).resolve().parents[1] / "bin" / "train")]
+
+    def timed(args: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(binary + common + args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    column = timed([f"--lr={','.join(map(str, lrs))}", f"--workdir={tmp / 'e2e_column'}"])
+    separate = sum(timed([f"--lr={lr}", f"--workdir={tmp / 'e2e_separate'}"]) for lr in lrs)
+    return {"batch_size": batch_size, "k": len(lrs), "epochs": epochs, "column_process_s": column,
+            "separate_processes_s": separate, "speedup": separate / column}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller cases (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("train_results.json")))
+    parser.add_argument("--cases", default="mlp,resnet20", help="architectures to time (mlp, resnet20)")
+    parser.add_argument("--end_to_end_epochs", type=int, default=5,
+                        help="epochs of the whole-process comparison (mlp, batch 16; 0 skips it)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lrbs_bench_"))
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -118,9 +143,12 @@ def main() -> None:
     k = 5 if args.quick else 20
     lrs = [round(0.01 * (i + 1), 2) for i in range(k)]
     rows = []
-    cases = [("mlp", 16), ("mlp", 128)] + ([] if args.quick else [("resnet20", 16), ("resnet20", 128)])
+    archs = args.cases.split(",")
+    cases = [(a, bs) for a in ("mlp", "resnet20") if a in archs for bs in (16, 128)]
+    if args.quick:
+        cases = [c for c in cases if c[0] == "mlp"]
     for arch, bs in cases:
-        data_kw = dataset_for(arch, tmp, 2048)
+        data_kw = dataset_for(arch, tmp, 1024)
         n_train = load_data(data_kw["dataset"], data_path=data_kw.get("data_path")).num_train
         images = (n_train // bs) * bs
         keras.utils.set_random_seed(0)
@@ -144,6 +172,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     results["cases"] = rows
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.end_to_end_epochs and "mlp" in archs:
+        results["end_to_end"] = end_to_end(16, lrs, args.end_to_end_epochs, tmp)
+        print(json.dumps(results["end_to_end"]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
     print("\n| model | batch | lrbs img/s | lrbs+XLA img/s | fit img/s | lrbs/fit | column of "
@@ -156,6 +187,11 @@ def main() -> None:
               f"| {r['fit_images_per_s']:.0f} | {r['lrbs_vs_fit']:.2f} | {r['column_epoch_s']:.2f} | {sep} | {speed} "
               f"| {r['column_gflops']:.1f} ({100 * r['column_gflops'] / peak:.0f}%) |")
     print(f"\npeak RSS: {results['peak_rss_mb']:.0f} MB")
+    if "end_to_end" in results:
+        e = results["end_to_end"]
+        print(f"whole processes, mlp batch {e['batch_size']}, {e['epochs']} epochs: one column of {e['k']} "
+              f"{e['column_process_s']:.1f} s, {e['k']} separate {e['separate_processes_s']:.1f} s "
+              f"({e['speedup']:.1f}x)")
 
 
 if __name__ == "__main__":

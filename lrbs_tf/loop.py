@@ -221,16 +221,14 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
             hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y)
             return grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
 
-        # XLA compiles what is pure computation: each member's forward/backward, or the stacked engine's step.
         member_steps = [functools.partial(forward_backward, m) for m in active]
-        engine_step = engine.train_step if engine is not None else None
-        if cfg0.jit_compile:
+        if cfg0.jit_compile and replicas > 1:
+            # Across replicas the optimizer's all-reduce stays outside XLA: compile each forward/backward.
             member_steps = [tf.function(f, jit_compile=True) for f in member_steps]
-            engine_step = tf.function(engine_step, jit_compile=True) if engine is not None else None
 
         def replica_step(x, y):
             if engine is not None:
-                return engine_step(x, y)
+                return engine.train_step(x, y)
             losses, hits = [], []
             for member, step in zip(active, member_steps):
                 grads, loss_sum, correct = step(x, y)
@@ -238,6 +236,10 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 losses.append(loss_sum)
                 hits.append(correct)
             return tf.stack(losses), tf.stack(hits)
+
+        if cfg0.jit_compile and replicas == 1:
+            # One device: XLA compiles the whole step (forward, backward and the SGD update), as Model.fit does.
+            replica_step = tf.function(replica_step, jit_compile=True)
 
         @tf.function
         def train_steps(iterator, num_steps, alive):
@@ -312,6 +314,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 steps += todo
                 if bar is not None:
                     bar.update(steps, [("loss", float(np.nanmin(loss_sum / np.maximum(seen, 1))))])
+            train_seconds = time.time() - start
             test_loss, test_accuracy = evaluate(eval_step)
             if engine is not None:
                 engine.unstack()  # the member models hold the state that is recorded, checkpointed, saved
@@ -319,7 +322,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
             leaving = []
             for k, member in enumerate(active):
                 row = _record(member, epoch + 1, loss_sum[k] / seen[k], correct[k] / seen[k], float(test_loss[k]),
-                              float(test_accuracy[k]), seconds, tb[member.cfg.run_name],
+                              float(test_accuracy[k]), seconds, train_seconds, tb[member.cfg.run_name],
                               label=f"[lr {member.cfg.lr:g}] " if len(members) > 1 else "")
                 if not all(_finite(row[key]) for key in ("train_loss", "test_loss", "weight_norm_sq")):
                     member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch + 1
@@ -357,14 +360,15 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
 
 
 def _record(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
-            test_accuracy: float, seconds: float, writer, label: str) -> dict:
+            test_accuracy: float, seconds: float, train_seconds: float, writer, label: str) -> dict:
     """Appends one epoch's metrics line (and its TensorBoard scalars) for `member`."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
     row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
-           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "seconds": seconds}
+           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "seconds": seconds,
+           "train_seconds": train_seconds}
     runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row)
     member.rows.append(row)
     with writer.as_default(step=epoch):

@@ -5,7 +5,8 @@ A run folder `<workdir>/<run_name>/` holds (see README, "The run folder"):
 - `config.json`   every resolved setting, keyed by flag name, plus `num_params`, `versions`, `git_commit`.
                   Written once, atomically, before the first step.
 - `metrics.jsonl` one JSON object per finished epoch: `epoch` (1-based), `train_loss`, `train_accuracy`,
-                  `test_loss`, `test_accuracy`, `weight_norm_sq`, `effective_lr`, `seconds`. Appended and
+                  `test_loss`, `test_accuracy`, `weight_norm_sq`, `effective_lr`, `seconds` (the whole
+                  epoch), `train_seconds` (its training steps alone). Appended and
                   flushed; a line is only trusted once its epoch's checkpoint exists (see `trim_metrics`).
 - `result.json`   written atomically when the run ends: `status` in {done, diverged, failed}, `epochs`,
                   `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`,
@@ -41,7 +42,7 @@ STATUS_FAILED = "failed"
 TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)  # a failed run is retried when started again
 
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-               "weight_norm_sq", "effective_lr", "seconds")
+               "weight_norm_sq", "effective_lr", "seconds", "train_seconds")
 RESULT_KEYS = ("status", "epochs", "best_test_accuracy", "best_epoch", "final_train_loss",
                "final_train_accuracy", "final_test_accuracy")
 

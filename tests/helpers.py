@@ -19,4 +19,4 @@ def run_bin(name: str, *args: str, cwd: str | os.PathLike | None = None, timeout
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]

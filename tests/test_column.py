@@ -213,3 +213,12 @@ def test_interrupted_stacked_column_resumes_to_the_same_metrics(tmp_path):
         a = runfolder.read_metrics(tmp_path / "cut" / name)
         b = runfolder.read_metrics(tmp_path / "full" / name)
         assert [{k: r[k] for k in KEYS} for r in a] == [{k: r[k] for k in KEYS} for r in b]
+
+
+def test_xla_compiled_column_equals_the_plain_one(tmp_path):
+    """--jit_compile fuses the whole step (forward, backward, update) on one device; same runs to rounding."""
+    lrs = [0.05, 0.1]
+    run_column(cfg_for(tmp_path / "plain", column_engine="graph"), lrs)
+    run_column(cfg_for(tmp_path / "xla", column_engine="graph", jit_compile=True), lrs)
+    for lr in lrs:
+        assert_same_runs(tmp_path / "xla", tmp_path / "plain", f"mlp-mnist1d-bs64-lr{lr:g}-s0", rtol=1e-4)
