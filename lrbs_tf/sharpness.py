@@ -18,7 +18,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError, quiet_import_tensorflow, run_app
 from lrbs_tf.curvature.measure import DEFAULT_HVP_BATCH, Settings, measure  # TF-free until measure() runs
 from lrbs_tf.runfolder import RunFolderError
+
+if TYPE_CHECKING:
+    import keras
+
+    from lrbs_tf.data import Data
 
 SPECTRUM_STEM = "hessian_spectrum"      # + .png / .pdf, next to sharpness.json
 INTERPOLATION_CSV = "interpolation.csv"
@@ -91,7 +96,7 @@ def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None =
     return Target(path, Path(out) if out else path.parent, config, dataset, data_dir, data_path)
 
 
-def load_model(model_path: Path, config: dict | None):
+def load_model(model_path: Path, config: dict | None) -> keras.Model:
     """Loads model.keras (compile=False) and checks it against config.json and for finite weights."""
     import keras
 
@@ -122,7 +127,7 @@ def load_model(model_path: Path, config: dict | None):
     return model
 
 
-def load_checked_data(dataset: str, data_dir: str | None, data_path: str | None, model):
+def load_checked_data(dataset: str, data_dir: str | None, data_path: str | None, model: keras.Model) -> Data:
     """Loads the dataset and checks that it fits the model (input shape, number of classes)."""
     from lrbs_tf.data import DataError, load_data
 

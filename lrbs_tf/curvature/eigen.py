@@ -44,7 +44,7 @@ def rademacher(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 
 class _Counted:
-    def __init__(self, matvec: MatVec):
+    def __init__(self, matvec: MatVec) -> None:
         self.matvec, self.count = matvec, 0
 
     def __call__(self, v: np.ndarray) -> np.ndarray:

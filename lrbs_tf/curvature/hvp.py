@@ -105,7 +105,7 @@ class Objective:
     """
 
     def __init__(self, losses_fn: LossesFn, params: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
-                 hvp_mode: str = "forward_over_reverse", weight_decay: float = 0.0):
+                 hvp_mode: str = "forward_over_reverse", weight_decay: float = 0.0) -> None:
         if hvp_mode not in HVP_MODES:
             raise ValueError(f"hvp_mode={hvp_mode!r}; valid: {', '.join(HVP_MODES)}")
         if not batches:

@@ -66,7 +66,7 @@ def check_same_architecture(model_a, model_b) -> None:
 class Evaluator:
     """Mean cross-entropy (nats) and accuracy of `model`'s architecture at any given weights."""
 
-    def __init__(self, model):
+    def __init__(self, model) -> None:
         self.model = model
         self.bn = bn_statistics_indices(model)
 

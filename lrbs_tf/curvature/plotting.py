@@ -65,14 +65,18 @@ def plot_spectrum(grid: np.ndarray, density: np.ndarray, sigma: float, stem: str
 
 
 def plot_interpolation(rows: Sequence[dict], stem: str | os.PathLike, label_a: str, label_b: str) -> list[str]:
-    """Loss (log) and accuracy against alpha, train and test; alpha=0 is model a, alpha=1 model b."""
+    """Loss (log scale when it spans more than 10x) and accuracy against alpha, train and test; alpha=0 is
+    model a, alpha=1 model b."""
     plt = _figure()
     alpha = np.array([r["alpha"] for r in rows])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split, ls in (("train", "-"), ("test", "--")):
         ax_loss.plot(alpha, [r[f"{split}_loss"] for r in rows], ls, marker=".", label=split)
         ax_acc.plot(alpha, [r[f"{split}_accuracy"] for r in rows], ls, marker=".", label=split)
-    ax_loss.set_yscale("log")
+    losses = [r[f"{split}_loss"] for r in rows for split in ("train", "test")]
+    finite = [v for v in losses if np.isfinite(v) and v > 0]
+    if finite and max(finite) > 10 * min(finite):  # far from the two minima the loss spans decades
+        ax_loss.set_yscale("log")
     ax_loss.set_ylabel("cross-entropy (nats)")
     ax_acc.set_ylabel("accuracy")
     for ax in (ax_loss, ax_acc):
