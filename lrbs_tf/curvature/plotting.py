@@ -7,11 +7,11 @@ folder, so a reader never sees half a figure.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from lrbs_tf import runfolder
 
 
 def _figure():
@@ -25,22 +25,7 @@ def _figure():
 
 def save_figure(fig, stem: str | os.PathLike) -> list[str]:
     """Saves `fig` to stem.png and stem.pdf atomically; returns the two paths."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = stem.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        paths.append(str(path))
-    return paths
+    return [str(p) for p in runfolder.atomic_write_figure(fig, stem)]
 
 
 def plot_spectrum(grid: np.ndarray, density: np.ndarray, sigma: float, stem: str | os.PathLike,
