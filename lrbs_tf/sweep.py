@@ -42,7 +42,7 @@ WORKER_FLAGS = ("intra_op_threads", "inter_op_threads", "progress", "workdir")
 class SweepConfig:
     """Everything one `bin/sweep` invocation does, as plain values (built from flags by `_main`)."""
     grid: gridlib.Grid
-    train: TrainConfig                 # the settings shared by every run (lr/batch_size/seed are placeholders)
+    train: TrainConfig                 # the settings shared by every run (its lr/batch_size/seed go unused: the grid sets them)
     train_args: tuple[str, ...]        # the bin/train flags the user set, forwarded to every run
     workdir: Path
     workers: int = 0                   # 0: one per GPU, else one per CPU core
