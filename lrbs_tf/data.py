@@ -272,12 +272,3 @@ class Pipelines:
         return self._test.batch(self.eval_batch_size).map(
             lambda x, y: (self._normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True).prefetch(tf.data.AUTOTUNE)
-
-    def train_eval(self, num_examples: int = 0):
-        """The first `num_examples` training examples (0: all) in dataset order, normalised, not augmented."""
-        import tensorflow as tf
-
-        ds = self._train.take(num_examples) if num_examples else self._train
-        return ds.batch(self.eval_batch_size).map(
-            lambda x, y: (self._normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True).prefetch(tf.data.AUTOTUNE)

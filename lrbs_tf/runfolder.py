@@ -178,15 +178,6 @@ def read_result(run_dir: str | os.PathLike) -> dict | None:
     return read_json(path)
 
 
-def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when the run ended with a terminal status (done or diverged)."""
-    try:
-        result = read_result(run_dir)
-    except RunFolderError:
-        return False
-    return bool(result) and result.get("status") in TERMINAL_STATUSES
-
-
 def iter_run_dirs(root: str | os.PathLike, unreadable: list[str] | None = None) -> Iterator[Path]:
     """Yields every folder below `root` (recursively, sorted) that holds a config.json.
 

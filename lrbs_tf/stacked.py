@@ -35,8 +35,8 @@ def supports(model: keras.Model) -> bool:
             return False
         if isinstance(layer, keras.layers.Dense) and layer.activation is not keras.activations.linear:
             return False
-        if isinstance(layer, keras.layers.BatchNormalization) and (layer.axis not in (-1, [-1])
-                                                                    and layer.axis != len(layer.input.shape) - 1):
+        # The engine normalises the channel (last) axis; Keras 3 stores BatchNormalization.axis as an int.
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.axis not in (-1, len(layer.input.shape) - 1):
             return False
     previous = model.inputs[0]
     for layer in model.layers[1:]:  # a chain: every layer consumes the previous layer's output
