@@ -82,6 +82,20 @@ def test_train_pipeline_is_a_seeded_per_epoch_permutation_without_remainder(tmp_
     assert not np.array_equal(x0, x1) and not np.array_equal(x0, other_seed)
 
 
+def test_normalising_once_gives_the_batches_normalising_per_batch_gives(tmp_path, monkeypatch):
+    d = data_lib.load_npz(_npz(tmp_path / "img.npz", n_train=50, shape=(8, 8, 3)))  # uint8 images
+    once = data_lib.Pipelines(d, augment=False)
+    monkeypatch.setattr(data_lib, "PRENORMALIZE_BYTES", 0)
+    per_batch = data_lib.Pipelines(d, augment=False)
+    assert once.prenormalized and not per_batch.prenormalized
+    for epoch in (0, 1):
+        x_once, y_once = _epoch(once, 16, seed=5, epoch=epoch)
+        x_batch, y_batch = _epoch(per_batch, 16, seed=5, epoch=epoch)
+        np.testing.assert_array_equal(x_once, x_batch)  # same order, bit-identical values
+        np.testing.assert_array_equal(y_once, y_batch)
+    assert not data_lib.Pipelines(d, augment=True).prenormalized  # augmentation pads raw pixels per batch
+
+
 def test_test_pipeline_keeps_every_example_in_order(tmp_path):
     d = data_lib.load_npz(_npz(tmp_path / "t.npz", n_test=23))
     pipes = data_lib.Pipelines(d, augment=False, eval_batch_size=10)
