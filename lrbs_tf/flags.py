@@ -81,9 +81,10 @@ def define_train_flags() -> None:
                          "cores); bin/sweep sets it so parallel workers share the cores.")
     flags.DEFINE_integer("inter_op_threads", 0, "CPU threads running independent ops (0: TensorFlow's default).")
     flags.DEFINE_enum("column_engine", "auto", ["auto", "graph", "stacked"], "How a column of several --lr "
-                      "runs: 'stacked' holds the K MLPs as (K, ...) weights (one batched matmul per layer; mlp "
-                      "on one device); 'graph' runs K models in one graph (every arch, any strategy); 'auto' "
-                      "stacks where it can.")
+                      "runs: 'graph' runs K models side by side in one graph (every arch, any strategy; the "
+                      "faster one on CPU, measured); 'stacked' holds the K MLPs as (K, ...) weights (one "
+                      "batched matmul per layer; mlp on one device); 'auto' stacks MLPs on a GPU (not "
+                      "measured there) and uses 'graph' otherwise.")
 
 
 @_once

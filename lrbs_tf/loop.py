@@ -192,12 +192,16 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
     def stacked_engine(active: list[Member]) -> stacked.StackedColumn | None:
-        """The stacked engine when it applies (K > 1 MLPs on one device), else None (the graph column)."""
+        """The stacked engine when asked for, or under 'auto' on a GPU (K > 1 MLPs on one device); else None
+        (the graph column). On CPU the graph column is the faster one: TensorFlow runs the K members' 2-D
+        matmuls side by side, and its CPU batched matmul reaches well under half their FLOP rate
+        (BENCHMARKS.md: 2x per epoch at K = 20)."""
         usable = len(active) > 1 and replicas == 1 and stacked.supports(active[0].model)
         if cfg0.column_engine == "stacked" and not usable and len(active) > 1:
             raise UsageError("column_engine=stacked needs an mlp (Dense/BN/ReLU layers) on one device; "
                              f"arch={cfg0.arch} with {replicas} replica(s)")
-        if cfg0.column_engine == "graph" or not usable:
+        on_gpu = bool(tf.config.list_logical_devices("GPU"))
+        if not usable or cfg0.column_engine == "graph" or (cfg0.column_engine == "auto" and not on_gpu):
             return None
         return stacked.StackedColumn([m.model for m in active], [m.optimizer for m in active],
                                      [m.cfg.lr for m in active], cfg0.momentum, cfg0.weight_decay,

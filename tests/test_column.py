@@ -31,9 +31,10 @@ def assert_same_runs(column_dir, alone_dir, name, rtol=1e-6):
     assert ra["status"] == rb["status"] and ra.get("diverged_epoch") == rb.get("diverged_epoch")
 
 
-def test_column_members_equal_separate_runs_and_a_diverged_member_stops_alone(tmp_path):
+@pytest.mark.parametrize("engine", ["graph", "stacked"])
+def test_column_members_equal_separate_runs_and_a_diverged_member_stops_alone(tmp_path, engine):
     lrs = [0.05, 0.2, 1e5]
-    results = run_column(cfg_for(tmp_path / "col", epochs=3), lrs)
+    results = run_column(cfg_for(tmp_path / "col", epochs=3, column_engine=engine), lrs)
     assert [r["status"] for r in results] == ["done", "done", "diverged"]
     assert results[2]["diverged_epoch"] == 1 and results[0]["epochs"] == results[1]["epochs"] == 3
     for lr in lrs:
