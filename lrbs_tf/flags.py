@@ -60,6 +60,10 @@ def define_train_flags() -> None:
                       "Default: on for cifar10/cifar100, off otherwise.")
     flags.DEFINE_float("stop_at_train_loss", 0.0, "Stop once an epoch's mean training loss is at most this "
                        "(e.g. 0.01, Jiang et al.); 0 = train all --epochs.")
+    flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
+                      "Compute in float16 (with dynamic loss scaling) or bfloat16, keeping float32 weights "
+                      "(Keras mixed precision). Off by default: it changes the numerics under study, so it is "
+                      "part of the run's configuration, not an execution setting.")
     # Where results go.
     flags.DEFINE_string("workdir", "outputs", "Results root; the run folder is <workdir>/<run_name>.")
     flags.DEFINE_string("run_name", None, "Run folder name (default: e.g. vgg19-cifar10-bs64-lr0.05-s0).")

@@ -34,7 +34,7 @@ from lrbs_tf.distribute import (StrategyError, check_batch_size, configure_numer
                                 distribute_train, is_chief, is_multi_worker, make_strategy)
 from lrbs_tf import stacked
 from lrbs_tf.models import build_model, count_trainable_params
-from lrbs_tf.train import TrainConfig, TrainingFailed
+from lrbs_tf.train import MIXED_PRECISION, TrainConfig, TrainingFailed
 
 
 class _Preempted(BaseException):
@@ -49,6 +49,23 @@ def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
     """Keras SGD. With a constant LR its momentum form (v = m v - lr g; w += v) equals PyTorch's
     (b = m b + g; w -= lr b) with v = -lr b, so runs match the paper's PyTorch recipe."""
     return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+
+
+def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optimizers.Optimizer]:
+    """The model under the run's dtype policy (float32 unless --mixed_precision), and its SGD; float16 adds
+    Keras' dynamic loss scaling (a step whose scaled gradients overflow is skipped and the scale halved).
+    The global policy is restored at once: it only matters while layers are created."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_PRECISION[cfg.mixed_precision])
+    try:
+        model = build_model(cfg.arch, data.num_classes, data.input_shape, mlp_depth=cfg.mlp_depth,
+                            mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    optimizer = sgd(cfg.lr, cfg.momentum)
+    if cfg.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return model, optimizer
 
 
 def weight_norm_sq(variables) -> float:
@@ -154,9 +171,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
     for cfg, flag_settings, restore_dir in zip(cfgs, settings, restore_dirs):
         keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
         with strategy.scope():
-            model = build_model(cfg.arch, data.num_classes, data.input_shape, mlp_depth=cfg.mlp_depth,
-                                mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
-            optimizer = sgd(cfg.lr, cfg.momentum)
+            model, optimizer = build_member(cfg, data)
             optimizer.build(model.trainable_variables)
             epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
         run_dir = cfg.run_dir
@@ -196,10 +211,11 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
         (the graph column). On CPU the graph column is the faster one: TensorFlow runs the K members' 2-D
         matmuls side by side, and its CPU batched matmul reaches well under half their FLOP rate
         (BENCHMARKS.md: 2x per epoch at K = 20)."""
-        usable = len(active) > 1 and replicas == 1 and stacked.supports(active[0].model)
+        usable = (len(active) > 1 and replicas == 1 and cfg0.mixed_precision == "off"
+                  and stacked.supports(active[0].model))
         if cfg0.column_engine == "stacked" and not usable and len(active) > 1:
-            raise UsageError("column_engine=stacked needs an mlp (Dense/BN/ReLU layers) on one device; "
-                             f"arch={cfg0.arch} with {replicas} replica(s)")
+            raise UsageError("column_engine=stacked needs an mlp (Dense/BN/ReLU layers) in float32 on one device; "
+                             f"arch={cfg0.arch}, mixed_precision={cfg0.mixed_precision}, {replicas} replica(s)")
         on_gpu = bool(tf.config.list_logical_devices("GPU"))
         if not usable or cfg0.column_engine == "graph" or (cfg0.column_engine == "auto" and not on_gpu):
             return None
@@ -213,15 +229,22 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
 
         def forward_backward(member: Member, x, y):
             tvars = member.model.trainable_variables
+            scaled = isinstance(member.optimizer, keras.optimizers.LossScaleOptimizer)
             with tf.GradientTape() as tape:
-                logits = member.model(x, training=True)
+                logits = tf.cast(member.model(x, training=True), tf.float32)  # mixed precision: loss in float32
                 per_example = loss_fn(y, logits)
                 # Sum over the replica's examples / global batch: the optimizer's all-reduce sums replicas.
                 loss = tf.reduce_sum(per_example) / member.cfg.batch_size
+                if scaled:
+                    loss = member.optimizer.scale_loss(loss)
             grads = tape.gradient(loss, tvars)
             if member.cfg.weight_decay:
-                # PyTorch's coupled L2: grad += wd * w (split over replicas, whose gradients are summed).
-                grads = [g + (member.cfg.weight_decay / replicas) * v for g, v in zip(grads, tvars)]
+                # PyTorch's coupled L2: grad += wd * w (split over replicas, whose gradients are summed), in the
+                # loss-scaled units of the gradients when float16 scales them.
+                decay = member.cfg.weight_decay / replicas
+                if scaled:
+                    decay = decay * member.optimizer.dynamic_scale
+                grads = [g + decay * v for g, v in zip(grads, tvars)]
             hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y)
             return grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
 
@@ -268,7 +291,7 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 return engine.evaluate(x, y)
             losses, hits = [], []
             for member in active:
-                logits = member.model(x, training=False)
+                logits = tf.cast(member.model(x, training=False), tf.float32)
                 losses.append(tf.reduce_sum(tf.cast(loss_fn(y, logits), tf.float64)))
                 hits.append(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y),
                                                   tf.int64)))
@@ -386,8 +409,19 @@ def _record(member: Member, epoch: int, train_loss: float, train_accuracy: float
 
 
 def _finish(member: Member) -> None:
-    """Writes the final model, then result.json (the run's 'finished' mark, so it comes last)."""
-    _save_model(member.model, member.run_dir / runfolder.MODEL)
+    """Writes the final model, then result.json (the run's 'finished' mark, so it comes last).
+
+    model.keras is always a float32 model: after mixed-precision training it holds the trained (float32)
+    weights in the float32 twin of the architecture, so readers such as bin/sharpness measure the float32
+    function at the minimum found; config.json's mixed_precision says how it was trained."""
+    model = member.model
+    if member.cfg.mixed_precision != "off":
+        twin = build_model(member.cfg.arch, int(model.output_shape[-1]), tuple(model.input_shape[1:]),
+                           mlp_depth=member.cfg.mlp_depth, mlp_width=member.cfg.mlp_width,
+                           mlp_batch_norm=member.cfg.mlp_batch_norm)
+        twin.set_weights(model.get_weights())
+        model = twin
+    _save_model(model, member.run_dir / runfolder.MODEL)
     result = {**_summary(member.rows), "status": member.status}
     if member.diverged_epoch is not None:
         result["diverged_epoch"] = member.diverged_epoch

@@ -40,6 +40,7 @@ class TrainConfig:
     mlp_depth: int = 4
     mlp_width: int = 256
     mlp_batch_norm: bool = False
+    mixed_precision: str = "off"
     data_dir: str | None = None
     data_path: str | None = None
     workdir: str = "outputs"
@@ -79,6 +80,9 @@ EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_s
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
                                 "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 
+# --mixed_precision -> the Keras dtype policy the models are built under.
+MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
 
 def validate(cfg: TrainConfig) -> None:
     """Checks what can be checked without data or TensorFlow; raises UsageError naming the bad value."""
@@ -106,6 +110,11 @@ def validate(cfg: TrainConfig) -> None:
         if cfg.arch != "mlp" and len(shape) != 3:
             raise UsageError(f"arch {cfg.arch!r} needs image inputs; dataset {cfg.dataset!r} has examples of "
                              f"shape {shape} (use --arch=mlp)")
+    if cfg.mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"mixed_precision={cfg.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
+    if cfg.column_engine == "stacked" and (cfg.arch != "mlp" or cfg.mixed_precision != "off" or cfg.cpu_devices > 1):
+        raise UsageError(f"column_engine=stacked needs an mlp in float32 on one device; arch={cfg.arch}, "
+                         f"mixed_precision={cfg.mixed_precision}, cpu_devices={cfg.cpu_devices}")
     if cfg.dataset == "npz" and not cfg.data_path:
         raise UsageError("--dataset=npz needs --data_path=FILE.npz")
     if cfg.run_name is not None and (not cfg.run_name or "/" in cfg.run_name or cfg.run_name in (".", "..")):
@@ -121,8 +130,10 @@ def check_same_configuration(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuses to mix two configurations in one run folder."""
     old = runfolder.read_config(run_dir)
     new = settings(cfg)
-    diffs = [f"{k}={old.get(k)!r} in config.json but {k}={v!r} now" for k, v in new.items()
-             if k not in EXECUTION_SETTINGS and old.get(k) != v]
+    # A key written by an older lrbs_tf that did not have the setting yet holds the setting's default.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    diffs = [f"{k}={old.get(k, defaults[k])!r} in config.json but {k}={v!r} now" for k, v in new.items()
+             if k not in EXECUTION_SETTINGS and old.get(k, defaults[k]) != v]
     if diffs:
         raise UsageError(f"{run_dir} holds another configuration ({'; '.join(diffs)}); "
                          "choose another --run_name or --workdir")
