@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""Training throughput: lrbs_tf's loop vs Keras Model.fit, a K-member LR column vs K separate runs, GFLOP/s.
+"""Training throughput: lrbs_tf's loop vs Keras Model.fit, LR columns vs separate runs, GFLOP/s vs the
+machine's matmul peak, the input pipeline alone, and peak memory.
 
-    .venv/bin/python benchmarks/train_bench.py [--quick] [--out benchmarks/train_results.json]
+    .venv/bin/python benchmarks/train_bench.py                 # everything BENCHMARKS.md records (~30 min, 2 cores)
+    .venv/bin/python benchmarks/train_bench.py --cases=mlp     # the MLP cases only (~8 min)
+    .venv/bin/python benchmarks/train_bench.py --quick         # a smoke run (~2 min)
 
-Every number is a steady-state epoch (the first epoch, which traces and compiles, is excluded), measured
-in this process on random data of the stated shapes (MNIST-1D itself for the MLP). Results are printed as
-a markdown table and written as JSON; BENCHMARKS.md records them with the machine they came from.
+How it measures, so that a shared, noisy machine still gives comparable numbers:
+- every number is a steady-state epoch: each measurement trains 1 + E epochs and drops the first (it traces
+  and compiles); lrbs_tf's epochs are its `train_seconds` (steps only), Model.fit's the callback-timed epoch
+  (no validation), both including the epoch's iterator set-up;
+- the single-run variants (lrbs_tf, lrbs_tf --jit_compile, Model.fit with and without XLA) are measured in
+  R interleaved rounds, so drift in the machine's speed hits all of them alike; each reports the median epoch;
+- K separate runs cost K x the single run's median epoch (the runs differ only in their learning rate);
+  the whole-process comparison (--end_to_end_epochs) times K real bin/train processes against one column.
+Results are printed as markdown and written as JSON; BENCHMARKS.md records them with the machine.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,30 +32,47 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lrbs_tf import models, runfolder  # noqa: E402
-from lrbs_tf.data import load_data  # noqa: E402
+from lrbs_tf.data import Pipelines, load_data  # noqa: E402
 from lrbs_tf.train import TrainConfig, run_column  # noqa: E402
 
 RESNET20_FWD_FLOPS = 2 * 40.55e6  # multiply-adds of resnet20 on 32x32 (He et al. 2016: 41M) x 2
+# Per architecture: images per epoch (None: the dataset's), rounds, measured epochs per measurement, column K.
+PLAN = {"mlp": dict(n_train=None, rounds=3, epochs=4, k=20),
+        "resnet20": dict(n_train=1024, rounds=2, epochs=2, k=4)}
+QUICK = {"mlp": dict(n_train=None, rounds=1, epochs=2, k=5), "resnet20": dict(n_train=256, rounds=1, epochs=1, k=2)}
 
 
-def matmul_peak(n: int = 2048, reps: int = 20) -> float:
-    """float32 GFLOP/s of a large matmul: the machine's practical arithmetic ceiling."""
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def matmul_peak(n: int = 2048, reps: int = 20, tries: int = 3) -> float:
+    """float32 GFLOP/s of a large matmul (best of `tries`): the machine's practical arithmetic ceiling."""
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
     f = tf.function(lambda a, b: tf.matmul(a, b))
     f(a, b).numpy()
-    start = time.perf_counter()
-    for _ in range(reps):
-        c = f(a, b)
-    c.numpy()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        for _ in range(reps):
+            c = f(a, b)
+        c.numpy()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def flops_per_example(arch: str, model: keras.Model) -> float:
@@ -55,7 +82,7 @@ def flops_per_example(arch: str, model: keras.Model) -> float:
     return 3 * RESNET20_FWD_FLOPS
 
 
-def dataset_for(arch: str, tmp: Path, n_train: int) -> dict:
+def dataset_for(arch: str, tmp: Path, n_train: int | None) -> dict:
     """MNIST-1D for the MLP; a random 32x32x3 npz (n_train examples) for conv nets."""
     if arch == "mlp":
         return {"dataset": "mnist1d"}
@@ -68,60 +95,164 @@ def dataset_for(arch: str, tmp: Path, n_train: int) -> dict:
     return {"dataset": "npz", "data_path": str(path)}
 
 
-def lrbs_epoch_seconds(arch: str, batch_size: int, lrs: list[float], tmp: Path, data_kw: dict,
-                       jit: bool = False) -> float:
-    """Training seconds (`train_seconds`: steps only, like Model.fit's epoch without validation) of the
-    second epoch of a column (K = len(lrs)) trained by lrbs_tf."""
+def lrbs_epochs(arch: str, batch_size: int, lrs: list[float], epochs: int, tmp: Path, data_kw: dict,
+                **kw) -> list[float]:
+    """`train_seconds` of epochs 2..1+epochs of a column (K = len(lrs); K = 1 is a single run)."""
     workdir = Path(tempfile.mkdtemp(dir=tmp))
-    cfg = TrainConfig(arch=arch, batch_size=batch_size, lr=lrs[0], epochs=2, workdir=str(workdir), progress=False,
-                      mlp_depth=4, mlp_width=256, jit_compile=jit, **data_kw)
+    cfg = TrainConfig(arch=arch, batch_size=batch_size, lr=lrs[0], epochs=1 + epochs, workdir=str(workdir),
+                      progress=False, mlp_depth=4, mlp_width=256, augment=False, **data_kw, **kw)
     run_column(cfg, lrs)
     name = runfolder.run_name(arch, cfg.dataset, batch_size, lrs[0], 0)
-    return runfolder.read_metrics(workdir / name)[1]["train_seconds"]
+    return [r["train_seconds"] for r in runfolder.read_metrics(workdir / name)[1:]]
 
 
-def keras_fit_epoch_seconds(arch: str, batch_size: int, data_kw: dict) -> float:
-    """Seconds of the second epoch of Model.fit(jit_compile=True, steps_per_execution=steps per epoch)."""
+def fit_epochs(arch: str, batch_size: int, epochs: int, data_kw: dict, jit: bool) -> list[float]:
+    """Epochs 2..1+epochs of Model.fit(jit_compile=jit, steps_per_execution=steps per epoch), same model,
+    loss and plain SGD, fed the equivalent shuffled, batched in-memory pipeline."""
     data = load_data(data_kw["dataset"], data_path=data_kw.get("data_path"))
     x, y = data.normalize(data.x_train), data.y_train
+    # bin/train enables TF op determinism (process-wide) and Keras then silently compiles without XLA
+    # ("Model doesn't support jit_compile=True"): Model.fit runs with determinism off, as Keras' default.
+    tf.config.experimental.disable_op_determinism()
     keras.utils.set_random_seed(0)
     model = models.build_model(arch, data.num_classes, data.input_shape)
     steps = len(y) // batch_size
-    model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True, steps_per_execution=steps,
+    model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=jit, steps_per_execution=steps,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    if model.jit_compile != jit:
+        raise SystemExit(f"Model.fit(jit_compile={jit}) compiled with jit_compile={model.jit_compile}")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=0).batch(
         batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    times: list[float] = []
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.start
+            times.append(time.perf_counter() - self.start)
 
-    timer = Timer()
-    model.fit(ds, epochs=2, verbose=0, callbacks=[timer])
-    return timer.seconds
+    model.fit(ds, epochs=1 + epochs, verbose=0, callbacks=[Timer()])
+    return times[1:]
+
+
+def pipeline_images_per_s(data_kw: dict, batch_size: int, augment: bool, epochs: int = 4) -> float:
+    """The training pipeline alone (Pipelines.train, as bin/train builds it), drained inside a tf.function:
+    images/s of its median epoch after the first."""
+    data = load_data(data_kw["dataset"], data_path=data_kw.get("data_path"))
+    pipes = Pipelines(data, augment=augment)
+    steps = data.num_train // batch_size
+
+    @tf.function
+    def drain(iterator, n):
+        total = tf.zeros([], tf.float32)
+        for _ in tf.range(n):
+            x, _ = next(iterator)
+            total += x[0, 0] if x.shape.rank == 2 else x[0, 0, 0, 0]
+        return total
+
+    times = []
+    for epoch in range(1 + epochs):
+        start = time.perf_counter()
+        drain(iter(pipes.train(batch_size, 0, epoch)), tf.constant(steps)).numpy()
+        times.append(time.perf_counter() - start)
+    return steps * batch_size / statistics.median(times[1:])
+
+
+def run_process(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(argv)} exited with {proc.returncode}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def end_to_end(batch_size: int, lrs: list[float], epochs: int, tmp: Path) -> dict:
-    """Wall seconds of whole bin/train processes: one column process vs one process per learning rate.
+    """Whole bin/train processes, MLP on MNIST-1D: one column process vs one process per learning rate.
 
-    This is what a sweep pays: each process also imports TensorFlow, loads the data and traces its step.
-    """
+    This is what a sweep pays: each process also imports TensorFlow, loads the data, traces its step,
+    evaluates and writes its run folders."""
     common = ["--arch=mlp", "--dataset=mnist1d", f"--batch_size={batch_size}", f"--epochs={epochs}",
               "--progress=false"]
-    binary = [sys.executable, str(Path(__file__).resolve().parents[1] / "bin" / "train")]
+    binary = [sys.executable, str(REPO / "bin" / "train")]
+    column_s, column_mb = run_process(binary + common + [f"--lr={','.join(map(str, lrs))}",
+                                                         f"--workdir={tmp / 'e2e_column'}"])
+    separate = [run_process(binary + common + [f"--lr={lr}", f"--workdir={tmp / 'e2e_separate'}"]) for lr in lrs]
+    separate_s = sum(s for s, _ in separate)
+    return {"batch_size": batch_size, "k": len(lrs), "epochs": epochs, "column_process_s": column_s,
+            "separate_processes_s": separate_s, "speedup": separate_s / column_s,
+            "column_process_peak_rss_mb": column_mb,
+            "separate_process_peak_rss_mb": max(mb for _, mb in separate)}
 
-    def timed(args: list[str]) -> float:
-        start = time.perf_counter()
-        subprocess.run(binary + common + args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - start
 
-    column = timed([f"--lr={','.join(map(str, lrs))}", f"--workdir={tmp / 'e2e_column'}"])
-    separate = sum(timed([f"--lr={lr}", f"--workdir={tmp / 'e2e_separate'}"]) for lr in lrs)
-    return {"batch_size": batch_size, "k": len(lrs), "epochs": epochs, "column_process_s": column,
-            "separate_processes_s": separate, "speedup": separate / column}
+def measure_case(arch: str, bs: int, plan: dict, tmp: Path, peak: float) -> dict:
+    data_kw = dataset_for(arch, tmp, plan["n_train"])
+    data = load_data(data_kw["dataset"], data_path=data_kw.get("data_path"))
+    images = (data.num_train // bs) * bs
+    keras.utils.set_random_seed(0)
+    fpe = flops_per_example(arch, models.build_model(arch, 10, data.input_shape))
+    k, epochs = plan["k"], plan["epochs"]
+    lrs = [round(0.01 * (i + 1), 2) for i in range(k)]
+    variants = {"lrbs": lambda: lrbs_epochs(arch, bs, lrs[:1], epochs, tmp, data_kw),
+                "lrbs_xla": lambda: lrbs_epochs(arch, bs, lrs[:1], epochs, tmp, data_kw, jit_compile=True),
+                "fit_xla": lambda: fit_epochs(arch, bs, epochs, data_kw, jit=True),
+                "fit": lambda: fit_epochs(arch, bs, epochs, data_kw, jit=False)}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(plan["rounds"]):
+        for name, measure in variants.items():
+            times[name] += measure()
+    med = {v: statistics.median(t) for v, t in times.items()}
+    column = statistics.median(lrbs_epochs(arch, bs, lrs, epochs, tmp, data_kw))
+    stacked = statistics.median(lrbs_epochs(arch, bs, lrs, epochs, tmp, data_kw, column_engine="stacked")) \
+        if arch == "mlp" else None
+    separate = k * med["lrbs"]
+    row = {"arch": arch, "batch_size": bs, "images_per_epoch": images, "train_flops_per_image": fpe,
+           "epochs_per_measurement": epochs, "rounds": plan["rounds"],
+           **{f"{v}_images_per_s": images / med[v] for v in variants},
+           **{f"{v}_epoch_s": t for v, t in times.items()},
+           "lrbs_vs_fit_xla": med["fit_xla"] / med["lrbs"], "lrbs_vs_fit": med["fit"] / med["lrbs"],
+           "k": k, "column_epoch_s": column, "stacked_column_epoch_s": stacked,
+           "separate_epochs_s": separate, "column_speedup": separate / column,
+           "column_gflops": k * images * fpe / column / 1e9, "single_gflops": images * fpe / med["lrbs"] / 1e9,
+           "pipeline_images_per_s": pipeline_images_per_s(data_kw, bs, augment=False)}
+    if data.x_train.ndim == 4:
+        row["pipeline_augmented_images_per_s"] = pipeline_images_per_s(data_kw, bs, augment=True)
+    row["column_pct_of_peak"] = 100 * row["column_gflops"] / peak
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def print_tables(results: dict) -> None:
+    peak = results["matmul_peak_gflops"]
+    print(f"\nmatmul peak {peak:.1f} GFLOP/s\n")
+    print("| model | batch | lrbs_tf img/s | lrbs_tf `--jit_compile` | Model.fit (XLA) | Model.fit (no XLA) | "
+          "lrbs_tf / fit (XLA) | lrbs_tf / fit (no XLA) | lrbs_tf GFLOP/s | input pipeline alone img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["cases"]:
+        pipe = f"{r['pipeline_images_per_s']:,.0f}"
+        if "pipeline_augmented_images_per_s" in r:
+            pipe += f" ({r['pipeline_augmented_images_per_s']:,.0f} augmented)"
+        print(f"| {r['arch']} | {r['batch_size']} | {r['lrbs_images_per_s']:,.0f} | {r['lrbs_xla_images_per_s']:,.0f} "
+              f"| {r['fit_xla_images_per_s']:,.0f} | {r['fit_images_per_s']:,.0f} | **{r['lrbs_vs_fit_xla']:.2f}** "
+              f"| {r['lrbs_vs_fit']:.2f} | {r['single_gflops']:.1f} | {pipe} |")
+    print("\n| model | batch | K | column s/epoch (graph) | column s/epoch (stacked) | K separate runs s/epoch "
+          "| column speed-up | column GFLOP/s (% of peak) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["cases"]:
+        stacked = f"{r['stacked_column_epoch_s']:.2f}" if r["stacked_column_epoch_s"] else "-"
+        print(f"| {r['arch']} | {r['batch_size']} | {r['k']} | {r['column_epoch_s']:.2f} | {stacked} | "
+              f"{r['separate_epochs_s']:.2f} | **{r['column_speedup']:.1f}x** | {r['column_gflops']:.1f} "
+              f"({r['column_pct_of_peak']:.0f}%) |")
+    if "end_to_end" in results:
+        e = results["end_to_end"]
+        print(f"\nwhole processes, mlp batch {e['batch_size']}, {e['epochs']} epochs: one column of {e['k']} "
+              f"{e['column_process_s']:.1f} s (peak RSS {e['column_process_peak_rss_mb']:.0f} MB), {e['k']} "
+              f"separate {e['separate_processes_s']:.1f} s (peak RSS {e['separate_process_peak_rss_mb']:.0f} MB "
+              f"each): {e['speedup']:.1f}x")
+    print(f"peak RSS of this benchmark process: {results['peak_rss_mb']:.0f} MB")
 
 
 def main() -> None:
@@ -129,69 +260,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, smaller cases (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("train_results.json")))
     parser.add_argument("--cases", default="mlp,resnet20", help="architectures to time (mlp, resnet20)")
+    parser.add_argument("--batch_sizes", default="16,128")
     parser.add_argument("--end_to_end_epochs", type=int, default=5,
-                        help="epochs of the whole-process comparison (mlp, batch 16; 0 skips it)")
+                        help="epochs of the whole-process comparison (mlp, batch 16, K=20; 0 skips it)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lrbs_bench_"))
-    results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                 "cpus": os.cpu_count(), "tensorflow": tf.__version__,
-                                 "gpus": [d.name for d in tf.config.list_logical_devices("GPU")]}}
+    load = os.getloadavg()[0]
+    results: dict = {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+                                 "python": platform.python_version(), "tensorflow": tf.__version__,
+                                 "keras": keras.__version__,
+                                 "gpus": [d.name for d in tf.config.list_logical_devices("GPU")]},
+                     "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_start": load}
     peak = matmul_peak()
     results["matmul_peak_gflops"] = peak
-    print(f"matmul peak: {peak:.1f} GFLOP/s", flush=True)
-
-    k = 5 if args.quick else 20
-    lrs = [round(0.01 * (i + 1), 2) for i in range(k)]
+    print(f"matmul peak: {peak:.1f} GFLOP/s (load average {load:.2f})", flush=True)
+    plans = QUICK if args.quick else PLAN
     rows = []
-    archs = args.cases.split(",")
-    cases = [(a, bs) for a in ("mlp", "resnet20") if a in archs for bs in (16, 128)]
-    if args.quick:
-        cases = [c for c in cases if c[0] == "mlp"]
-    for arch, bs in cases:
-        data_kw = dataset_for(arch, tmp, 1024)
-        n_train = load_data(data_kw["dataset"], data_path=data_kw.get("data_path")).num_train
-        images = (n_train // bs) * bs
-        keras.utils.set_random_seed(0)
-        probe = models.build_model(arch, 10, (40,) if arch == "mlp" else (32, 32, 3))
-        fpe = flops_per_example(arch, probe)
-        one = lrbs_epoch_seconds(arch, bs, lrs[:1], tmp, data_kw)
-        one_xla = lrbs_epoch_seconds(arch, bs, lrs[:1], tmp, data_kw, jit=True)
-        fit = keras_fit_epoch_seconds(arch, bs, data_kw)
-        column = lrbs_epoch_seconds(arch, bs, lrs, tmp, data_kw)
-        # K separate runs, each trained alone (each its own epoch; summed).
-        separate = sum(lrbs_epoch_seconds(arch, bs, [lr], tmp, data_kw) for lr in lrs) \
-            if (arch == "mlp" or bs == 128) else None
-        row = {"arch": arch, "batch_size": bs, "images_per_epoch": images, "train_flops_per_image": fpe,
-               "lrbs_images_per_s": images / one, "lrbs_xla_images_per_s": images / one_xla,
-               "fit_images_per_s": images / fit, "lrbs_vs_fit": fit / one, "k": k,
-               "column_epoch_s": column, "separate_epochs_s": separate,
-               "column_speedup": (separate / column) if separate else None,
-               "column_gflops": k * images * fpe / column / 1e9,
-               "single_gflops": images * fpe / one / 1e9}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for arch in [a for a in args.cases.split(",") if a]:
+        if arch not in plans:
+            raise SystemExit(f"--cases: unknown architecture {arch!r}; valid: {', '.join(plans)}")
+        for bs in (int(b) for b in args.batch_sizes.split(",")):
+            rows.append(measure_case(arch, bs, plans[arch], tmp, peak))
     results["cases"] = rows
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.end_to_end_epochs and "mlp" in archs:
+    if args.end_to_end_epochs and not args.quick:
+        lrs = [round(0.01 * (i + 1), 2) for i in range(20)]
         results["end_to_end"] = end_to_end(16, lrs, args.end_to_end_epochs, tmp)
         print(json.dumps(results["end_to_end"]), flush=True)
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["load_average_end"] = os.getloadavg()[0]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-
-    print("\n| model | batch | lrbs img/s | lrbs+XLA img/s | fit img/s | lrbs/fit | column of "
-          f"{k} s/epoch | {k} separate s/epoch | speed-up | column GFLOP/s (% of peak) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        sep = f"{r['separate_epochs_s']:.2f}" if r["separate_epochs_s"] else "not run"
-        speed = f"{r['column_speedup']:.1f}x" if r["column_speedup"] else "-"
-        print(f"| {r['arch']} | {r['batch_size']} | {r['lrbs_images_per_s']:.0f} | {r['lrbs_xla_images_per_s']:.0f} "
-              f"| {r['fit_images_per_s']:.0f} | {r['lrbs_vs_fit']:.2f} | {r['column_epoch_s']:.2f} | {sep} | {speed} "
-              f"| {r['column_gflops']:.1f} ({100 * r['column_gflops'] / peak:.0f}%) |")
-    print(f"\npeak RSS: {results['peak_rss_mb']:.0f} MB")
-    if "end_to_end" in results:
-        e = results["end_to_end"]
-        print(f"whole processes, mlp batch {e['batch_size']}, {e['epochs']} epochs: one column of {e['k']} "
-              f"{e['column_process_s']:.1f} s, {e['k']} separate {e['separate_processes_s']:.1f} s "
-              f"({e['speedup']:.1f}x)")
+    print_tables(results)
 
 
 if __name__ == "__main__":
