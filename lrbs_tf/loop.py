@@ -120,6 +120,9 @@ def _load(cfg: TrainConfig) -> Data:
     if cfg.arch != "mlp" and len(data.input_shape) != 3:
         raise UsageError(f"arch {cfg.arch!r} needs image inputs; {cfg.dataset} examples have shape "
                          f"{data.input_shape}")
+    if cfg.augment and len(data.input_shape) != 3:
+        raise UsageError(f"--augment crops and flips images; {cfg.dataset} examples have shape "
+                         f"{data.input_shape} (use --noaugment)")
     return data
 
 
@@ -341,6 +344,10 @@ def _train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: list[Train
                 steps += todo
                 if bar is not None:
                     bar.update(steps, [("loss", float(np.nanmin(loss_sum / np.maximum(seen, 1))))])
+            # Release the epoch's iterator (and its prefetch thread) now: left for the next epoch's iter() to
+            # replace, its teardown overlapped that iter() and made it take ~90 ms instead of ~4 ms in about
+            # half the epochs (measured; MLP at batch 128, 150 ms epochs).
+            del iterator
             train_seconds = time.time() - start
             test_loss, test_accuracy = evaluate(eval_step)
             if engine is not None:
