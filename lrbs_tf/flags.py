@@ -56,8 +56,8 @@ def define_train_flags() -> None:
     flags.DEFINE_float("weight_decay", 0.0, "L2 coefficient wd: gradient += wd * w, i.e. loss += wd/2 ||w||^2 "
                        "(PyTorch convention), over all trainable weights.")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation, the data order and the augmentation.")
-    flags.DEFINE_bool("augment", None, "Data augmentation (CIFAR: pad 4 + random crop + flip). "
-                      "Default: on for cifar10/cifar100, off otherwise.")
+    flags.DEFINE_bool("augment", None, "Data augmentation of images (CIFAR: pad 4 + random crop + flip; "
+                      "refused for vector data). Default: on for cifar10/cifar100, off otherwise.")
     flags.DEFINE_float("stop_at_train_loss", 0.0, "Stop once an epoch's mean training loss is at most this "
                        "(e.g. 0.01, Jiang et al.); 0 = train all --epochs.")
     flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
@@ -112,7 +112,7 @@ def define_correlate_flags() -> None:
 def define_sharpness_flags() -> None:
     """bin/sharpness: curvature of a trained run (Hessian eigenvalues, trace, spectrum, sharpness), and the
     loss along the line between two runs. Flags shared with other binaries are defined once (guarded)."""
-    define_data_flags()  # only read with --ckpt=FILE.keras; a run folder's config.json names its data
+    define_data_flags()  # a run folder's config.json names its data; --data_dir/--data_path replace its paths
     flags.DEFINE_string("ckpt", None, "A finished run folder (reads its config.json and model.keras), or a "
                         "model.keras file (then --dataset, unless its folder holds a config.json).")
     flags.DEFINE_integer("num_examples", 2048, "Examples of the measured loss: the first N of the training "

@@ -110,6 +110,9 @@ def validate(cfg: TrainConfig) -> None:
         if cfg.arch != "mlp" and len(shape) != 3:
             raise UsageError(f"arch {cfg.arch!r} needs image inputs; dataset {cfg.dataset!r} has examples of "
                              f"shape {shape} (use --arch=mlp)")
+        if cfg.augment and len(shape) != 3:
+            raise UsageError(f"--augment crops and flips images; dataset {cfg.dataset!r} has examples of shape "
+                             f"{shape} (use --noaugment)")
     if cfg.mixed_precision not in MIXED_PRECISION:
         raise UsageError(f"mixed_precision={cfg.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
     if cfg.column_engine == "stacked" and (cfg.arch != "mlp" or cfg.mixed_precision != "off" or cfg.cpu_devices > 1):

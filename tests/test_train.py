@@ -115,6 +115,7 @@ def _snapshot(root):
     (dict(batch_size=5000), "batch_size=5000 is larger than the training set (4000"),
     (dict(batch_size=33, cpu_devices=2), "batch_size=33 is not divisible by 2 replicas"),
     (dict(arch="resnet20"), "needs image inputs"),
+    (dict(augment=True), "--augment crops and flips images; dataset 'mnist1d' has examples of shape (40,)"),
     (dict(arch="nope"), "unknown arch 'nope'; valid: resnet20"),
     (dict(dataset="nope"), "unknown dataset 'nope'; valid: cifar10"),
     (dict(dataset="npz", data_path=None), "needs --data_path"),
@@ -137,6 +138,10 @@ def test_npz_with_missing_keys_or_mismatched_lengths(tmp_path):
     np.savez(bad, x_train=np.zeros((10, 4)), y_train=np.zeros(10, int))
     with pytest.raises(UsageError, match="lacks x_test, y_test"):
         run(small(out, dataset="npz", data_path=str(bad)))
+    np.savez(bad, x_train=np.zeros((10, 4)), y_train=np.zeros(10, int), x_test=np.zeros((2, 4)),
+             y_test=np.zeros(2, int))
+    with pytest.raises(UsageError, match=r"--augment crops and flips images; npz examples have shape \(4,\)"):
+        run(small(out, dataset="npz", data_path=str(bad), batch_size=5, augment=True))
     assert not out.exists()
 
 
