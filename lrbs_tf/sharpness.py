@@ -75,14 +75,19 @@ def resolve_run_dir(run_dir: str | Path) -> dict:
 def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None = None,
                    data_path: str | None = None, out: str | None = None) -> Target:
     """--ckpt as a run folder (dataset from its config.json) or a .keras file (dataset given, else from a
-    config.json beside it). `dataset` etc. are None when the user did not set them."""
+    config.json beside it). `dataset` etc. are None when the user did not set them; for a run folder, a given
+    --data_dir / --data_path replaces the recorded one (the data moved, or the run came from another machine),
+    and a given --dataset must be the recorded one."""
     if not ckpt:
         raise UsageError("--ckpt is required: a run folder or a model.keras file (or use --interpolate)")
     path = Path(ckpt)
     if path.is_dir():
         config = resolve_run_dir(path)
+        if dataset is not None and dataset != config["dataset"]:
+            raise UsageError(f"--dataset={dataset} but {path} was trained on {config['dataset']} (its config.json)")
         return Target(path / runfolder.MODEL, Path(out) if out else path, config, config["dataset"],
-                      config.get("data_dir"), config.get("data_path"))
+                      data_dir if data_dir is not None else config.get("data_dir"),
+                      data_path if data_path is not None else config.get("data_path"))
     if not path.exists():
         raise RunFolderError(f"--ckpt={ckpt}: no such run folder or model file")
     if path.suffix != ".keras":

@@ -157,6 +157,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys)
     absl_flags.FLAGS.unparse_flags()
 
 
+def test_a_run_folders_recorded_data_location_can_be_overridden(runs):
+    recorded = sharpness_bin.resolve_target(str(runs[0]))
+    assert (recorded.dataset, recorded.data_dir, recorded.data_path) == ("mnist1d", None, None)
+    moved = sharpness_bin.resolve_target(str(runs[0]), dataset="mnist1d", data_dir="/elsewhere/tfds",
+                                         data_path="/elsewhere/x.npz")
+    assert (moved.dataset, moved.data_dir, moved.data_path) == ("mnist1d", "/elsewhere/tfds", "/elsewhere/x.npz")
+    with pytest.raises(sharpness_bin.UsageError, match="--dataset=cifar10 but .* was trained on mnist1d"):
+        sharpness_bin.resolve_target(str(runs[0]), dataset="cifar10")
+
+
 def test_interpolation_endpoints_reproduce_each_run(runs, tmp_path, capsys):
     define_sharpness_flags()
     absl_flags.FLAGS.unparse_flags()
