@@ -113,7 +113,9 @@ def fit_epochs(arch: str, batch_size: int, epochs: int, data_kw: dict, jit: bool
     x, y = data.normalize(data.x_train), data.y_train
     # bin/train enables TF op determinism (process-wide) and Keras then silently compiles without XLA
     # ("Model doesn't support jit_compile=True"): Model.fit runs with determinism off, as Keras' default.
-    tf.config.experimental.disable_op_determinism()
+    from tensorflow.python.framework import config as tf_config  # no public switch back; Keras reads this one
+
+    tf_config.disable_op_determinism()
     keras.utils.set_random_seed(0)
     model = models.build_model(arch, data.num_classes, data.input_shape)
     steps = len(y) // batch_size
@@ -137,8 +139,8 @@ def fit_epochs(arch: str, batch_size: int, epochs: int, data_kw: dict, jit: bool
 
 
 def pipeline_images_per_s(data_kw: dict, batch_size: int, augment: bool, epochs: int = 4) -> float:
-    """The training pipeline alone (Pipelines.train, as bin/train builds it), drained inside a tf.function:
-    images/s of its median epoch after the first."""
+    """The training pipeline alone (Pipelines.train, as bin/train builds it each epoch), drained inside a
+    tf.function: images/s of its median epoch after the first."""
     data = load_data(data_kw["dataset"], data_path=data_kw.get("data_path"))
     pipes = Pipelines(data, augment=augment)
     steps = data.num_train // batch_size
