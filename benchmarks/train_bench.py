@@ -10,6 +10,8 @@ How it measures, so that a shared, noisy machine still gives comparable numbers:
 - every number is a steady-state epoch: each measurement trains 1 + E epochs and drops the first (it traces
   and compiles); lrbs_tf's epochs are its `train_seconds` (steps only), Model.fit's the callback-timed epoch
   (no validation), both including the epoch's iterator set-up;
+- every measurement runs in a fresh process, as a bin/train run would (in one long process, the tf.data
+  threads and functions left by earlier measurements stalled later epochs by up to 150 ms: measured);
 - the single-run variants (lrbs_tf, lrbs_tf --jit_compile, Model.fit with and without XLA) are measured in
   R interleaved rounds, so drift in the machine's speed hits all of them alike; each reports the median epoch;
 - K separate runs cost K x the single run's median epoch (the runs differ only in their learning rate);
@@ -60,8 +62,10 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def matmul_peak(n: int = 2048, reps: int = 20, tries: int = 3) -> float:
-    """float32 GFLOP/s of a large matmul (best of `tries`): the machine's practical arithmetic ceiling."""
+def matmul_peak(n: int = 2048, reps: int = 20, tries: int = 5) -> float:
+    """float32 GFLOP/s of a large matmul (best of `tries`): the machine's practical arithmetic ceiling.
+    Measured at the start and at the end of the benchmark; the higher is the peak (a busy neighbour only
+    ever lowers it)."""
     a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
     f = tf.function(lambda a, b: tf.matmul(a, b))
     f(a, b).numpy()
@@ -138,6 +142,21 @@ def fit_epochs(arch: str, batch_size: int, epochs: int, data_kw: dict, jit: bool
     return times[1:]
 
 
+def in_child(function: str, *args, **kwargs):
+    """Runs `function(*args, **kwargs)` of this module in a fresh interpreter; returns its JSON result."""
+    spec = json.dumps({"function": function, "args": [str(a) if isinstance(a, Path) else a for a in args],
+                       "kwargs": kwargs})
+    proc = subprocess.run([sys.executable, __file__, f"--child={spec}"], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"measurement {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child(spec: str) -> None:
+    spec = json.loads(spec)  # paths arrive as strings, which the measuring functions accept
+    print(json.dumps(globals()[spec["function"]](*spec["args"], **spec["kwargs"])), flush=True)
+
+
 def pipeline_images_per_s(data_kw: dict, batch_size: int, augment: bool, epochs: int = 4) -> float:
     """The training pipeline alone (Pipelines.train, as bin/train builds it each epoch), drained inside a
     tf.function: images/s of its median epoch after the first."""
@@ -198,7 +217,7 @@ def end_to_end(batch_size: int, lrs: list[float], epochs: int, tmp: Path) -> dic
             "separate_process_peak_rss_mb": max(mb for _, mb in separate)}
 
 
-def measure_case(arch: str, bs: int, plan: dict, tmp: Path, peak: float) -> dict:
+def measure_case(arch: str, bs: int, plan: dict, tmp: Path) -> dict:
     data_kw = dataset_for(arch, tmp, plan["n_train"])
     data = load_data(data_kw["dataset"], data_path=data_kw.get("data_path"))
     images = (data.num_train // bs) * bs
@@ -206,18 +225,19 @@ def measure_case(arch: str, bs: int, plan: dict, tmp: Path, peak: float) -> dict
     fpe = flops_per_example(arch, models.build_model(arch, 10, data.input_shape))
     k, epochs = plan["k"], plan["epochs"]
     lrs = [round(0.01 * (i + 1), 2) for i in range(k)]
-    variants = {"lrbs": lambda: lrbs_epochs(arch, bs, lrs[:1], epochs, tmp, data_kw),
-                "lrbs_xla": lambda: lrbs_epochs(arch, bs, lrs[:1], epochs, tmp, data_kw, jit_compile=True),
-                "fit_xla": lambda: fit_epochs(arch, bs, epochs, data_kw, jit=True),
-                "fit": lambda: fit_epochs(arch, bs, epochs, data_kw, jit=False)}
+    variants = {"lrbs": lambda: in_child("lrbs_epochs", arch, bs, lrs[:1], epochs, tmp, data_kw),
+                "lrbs_xla": lambda: in_child("lrbs_epochs", arch, bs, lrs[:1], epochs, tmp, data_kw,
+                                             jit_compile=True),
+                "fit_xla": lambda: in_child("fit_epochs", arch, bs, epochs, data_kw, jit=True),
+                "fit": lambda: in_child("fit_epochs", arch, bs, epochs, data_kw, jit=False)}
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(plan["rounds"]):
         for name, measure in variants.items():
             times[name] += measure()
     med = {v: statistics.median(t) for v, t in times.items()}
-    column = statistics.median(lrbs_epochs(arch, bs, lrs, epochs, tmp, data_kw))
-    stacked = statistics.median(lrbs_epochs(arch, bs, lrs, epochs, tmp, data_kw, column_engine="stacked")) \
-        if arch == "mlp" else None
+    column = statistics.median(in_child("lrbs_epochs", arch, bs, lrs, epochs, tmp, data_kw))
+    stacked = statistics.median(in_child("lrbs_epochs", arch, bs, lrs, epochs, tmp, data_kw,
+                                         column_engine="stacked")) if arch == "mlp" else None
     separate = k * med["lrbs"]
     row = {"arch": arch, "batch_size": bs, "images_per_epoch": images, "train_flops_per_image": fpe,
            "epochs_per_measurement": epochs, "rounds": plan["rounds"],
@@ -227,10 +247,9 @@ def measure_case(arch: str, bs: int, plan: dict, tmp: Path, peak: float) -> dict
            "k": k, "column_epoch_s": column, "stacked_column_epoch_s": stacked,
            "separate_epochs_s": separate, "column_speedup": separate / column,
            "column_gflops": k * images * fpe / column / 1e9, "single_gflops": images * fpe / med["lrbs"] / 1e9,
-           "pipeline_images_per_s": pipeline_images_per_s(data_kw, bs, augment=False)}
+           "pipeline_images_per_s": in_child("pipeline_images_per_s", data_kw, bs, augment=False)}
     if data.x_train.ndim == 4:
-        row["pipeline_augmented_images_per_s"] = pipeline_images_per_s(data_kw, bs, augment=True)
-    row["column_pct_of_peak"] = 100 * row["column_gflops"] / peak
+        row["pipeline_augmented_images_per_s"] = in_child("pipeline_images_per_s", data_kw, bs, augment=True)
     print(json.dumps(row), flush=True)
     return row
 
@@ -239,7 +258,7 @@ def print_tables(results: dict) -> None:
     peak = results["matmul_peak_gflops"]
     print(f"\nmatmul peak {peak:.1f} GFLOP/s\n")
     print("| model | batch | lrbs_tf img/s | lrbs_tf `--jit_compile` | Model.fit (XLA) | Model.fit (no XLA) | "
-          "lrbs_tf / fit (XLA) | lrbs_tf / fit (no XLA) | lrbs_tf GFLOP/s | input pipeline alone img/s |")
+          "lrbs_tf / fit (XLA) | lrbs_tf / fit (no XLA) | lrbs_tf GFLOP/s (% of peak) | input pipeline alone img/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results["cases"]:
         pipe = f"{r['pipeline_images_per_s']:,.0f}"
@@ -247,7 +266,7 @@ def print_tables(results: dict) -> None:
             pipe += f" ({r['pipeline_augmented_images_per_s']:,.0f} augmented)"
         print(f"| {r['arch']} | {r['batch_size']} | {r['lrbs_images_per_s']:,.0f} | {r['lrbs_xla_images_per_s']:,.0f} "
               f"| {r['fit_xla_images_per_s']:,.0f} | {r['fit_images_per_s']:,.0f} | **{r['lrbs_vs_fit_xla']:.2f}** "
-              f"| {r['lrbs_vs_fit']:.2f} | {r['single_gflops']:.1f} | {pipe} |")
+              f"| {r['lrbs_vs_fit']:.2f} | {r['single_gflops']:.1f} ({r['single_pct_of_peak']:.0f}%) | {pipe} |")
     print("\n| model | batch | K | column s/epoch (graph) | column s/epoch (stacked) | K separate runs s/epoch "
           "| column speed-up | column GFLOP/s (% of peak) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -273,7 +292,10 @@ def main() -> None:
     parser.add_argument("--batch_sizes", default="16,128")
     parser.add_argument("--end_to_end_epochs", type=int, default=5,
                         help="epochs of the whole-process comparison (mlp, batch 16, K=20; 0 skips it)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, in a fresh process
     args = parser.parse_args()
+    if args.child:
+        return _child(args.child)
     tmp = Path(tempfile.mkdtemp(prefix="lrbs_bench_"))
     load = os.getloadavg()[0]
     results: dict = {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
@@ -282,7 +304,7 @@ def main() -> None:
                                  "gpus": [d.name for d in tf.config.list_logical_devices("GPU")]},
                      "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_start": load}
     peak = matmul_peak()
-    results["matmul_peak_gflops"] = peak
+    results["matmul_peak_gflops_start"] = peak
     print(f"matmul peak: {peak:.1f} GFLOP/s (load average {load:.2f})", flush=True)
     plans = QUICK if args.quick else PLAN
     rows = []
@@ -290,12 +312,17 @@ def main() -> None:
         if arch not in plans:
             raise SystemExit(f"--cases: unknown architecture {arch!r}; valid: {', '.join(plans)}")
         for bs in (int(b) for b in args.batch_sizes.split(",")):
-            rows.append(measure_case(arch, bs, plans[arch], tmp, peak))
+            rows.append(measure_case(arch, bs, plans[arch], tmp))
     results["cases"] = rows
     if args.end_to_end_epochs and not args.quick:
         lrs = [round(0.01 * (i + 1), 2) for i in range(20)]
         results["end_to_end"] = end_to_end(16, lrs, args.end_to_end_epochs, tmp)
         print(json.dumps(results["end_to_end"]), flush=True)
+    results["matmul_peak_gflops_end"] = matmul_peak()
+    results["matmul_peak_gflops"] = peak = max(peak, results["matmul_peak_gflops_end"])
+    for row in rows:
+        row["column_pct_of_peak"] = 100 * row["column_gflops"] / peak
+        row["single_pct_of_peak"] = 100 * row["single_gflops"] / peak
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["load_average_end"] = os.getloadavg()[0]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
