@@ -12,8 +12,9 @@ How it measures, so that a shared, noisy machine still gives comparable numbers:
   (no validation), both including the epoch's iterator set-up;
 - every measurement runs in a fresh process, as a bin/train run would (in one long process, the tf.data
   threads and functions left by earlier measurements stalled later epochs by up to 150 ms: measured);
-- the single-run variants (lrbs_tf, lrbs_tf --jit_compile, Model.fit with and without XLA) are measured in
-  R interleaved rounds, so drift in the machine's speed hits all of them alike; each reports the median epoch;
+- the single-run variants (lrbs_tf, lrbs_tf --jit_compile, Model.fit with and without XLA) and, for the MLP,
+  the K-member column are measured in R interleaved rounds, so drift in the machine's speed hits all of them
+  alike; each reports the median epoch;
 - K separate runs cost K x the single run's median epoch (the runs differ only in their learning rate);
   the whole-process comparison (--end_to_end_epochs) times K real bin/train processes against one column.
 Results are printed as markdown and written as JSON; BENCHMARKS.md records them with the machine.
@@ -46,10 +47,12 @@ from lrbs_tf.data import Pipelines, load_data  # noqa: E402
 from lrbs_tf.train import TrainConfig, run_column  # noqa: E402
 
 RESNET20_FWD_FLOPS = 2 * 40.55e6  # multiply-adds of resnet20 on 32x32 (He et al. 2016: 41M) x 2
-# Per architecture: images per epoch (None: the dataset's), rounds, measured epochs per measurement, column K.
-PLAN = {"mlp": dict(n_train=None, rounds=3, epochs=4, k=20),
-        "resnet20": dict(n_train=1024, rounds=2, epochs=2, k=4)}
-QUICK = {"mlp": dict(n_train=None, rounds=1, epochs=2, k=5), "resnet20": dict(n_train=256, rounds=1, epochs=1, k=2)}
+# Per architecture: images per epoch (None: the dataset's), rounds, measured epochs per measurement, column K,
+# and whether the column joins the rounds (else it is measured once, after them: a ResNet-20 column is long).
+PLAN = {"mlp": dict(n_train=None, rounds=3, epochs=4, k=20, column_in_rounds=True),
+        "resnet20": dict(n_train=1024, rounds=2, epochs=2, k=4, column_in_rounds=False)}
+QUICK = {"mlp": dict(n_train=None, rounds=1, epochs=2, k=5, column_in_rounds=True),
+         "resnet20": dict(n_train=256, rounds=1, epochs=1, k=2, column_in_rounds=False)}
 
 
 def cpu_model() -> str:
@@ -230,18 +233,23 @@ def measure_case(arch: str, bs: int, plan: dict, tmp: Path) -> dict:
                                              jit_compile=True),
                 "fit_xla": lambda: in_child("fit_epochs", arch, bs, epochs, data_kw, jit=True),
                 "fit": lambda: in_child("fit_epochs", arch, bs, epochs, data_kw, jit=False)}
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    column_variant = {"column": lambda: in_child("lrbs_epochs", arch, bs, lrs, epochs, tmp, data_kw)}
+    if plan["column_in_rounds"]:
+        variants.update(column_variant)
+    times: dict[str, list[float]] = {v: [] for v in (*variants, "column")}
     for _ in range(plan["rounds"]):
         for name, measure in variants.items():
             times[name] += measure()
+    if not plan["column_in_rounds"]:
+        times["column"] += column_variant["column"]()
     med = {v: statistics.median(t) for v, t in times.items()}
-    column = statistics.median(in_child("lrbs_epochs", arch, bs, lrs, epochs, tmp, data_kw))
+    column = med["column"]
     stacked = statistics.median(in_child("lrbs_epochs", arch, bs, lrs, epochs, tmp, data_kw,
                                          column_engine="stacked")) if arch == "mlp" else None
     separate = k * med["lrbs"]
     row = {"arch": arch, "batch_size": bs, "images_per_epoch": images, "train_flops_per_image": fpe,
            "epochs_per_measurement": epochs, "rounds": plan["rounds"],
-           **{f"{v}_images_per_s": images / med[v] for v in variants},
+           **{f"{v}_images_per_s": images / med[v] for v in variants if v != "column"},
            **{f"{v}_epoch_s": t for v, t in times.items()},
            "lrbs_vs_fit_xla": med["fit_xla"] / med["lrbs"], "lrbs_vs_fit": med["fit"] / med["lrbs"],
            "k": k, "column_epoch_s": column, "stacked_column_epoch_s": stacked,
