@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 from lrbs_tf import grid as gridlib
 from lrbs_tf import runfolder, workers
 from lrbs_tf.cli import UsageError, run_app
-from lrbs_tf.train import EXECUTION_SETTINGS, TrainConfig, validate
+from lrbs_tf.train import DEFAULTS, EXECUTION_SETTINGS, TrainConfig, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_RECORD = "sweep.json"
@@ -104,7 +104,8 @@ def check_sweep_record(workdir: Path, record: dict) -> None:
         old = runfolder.read_json(path)["grid"]
     except (runfolder.RunFolderError, KeyError, TypeError):
         raise UsageError(f"{path} is not a sweep record; is {workdir} another tool's folder?") from None
-    diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in record.items() if old.get(k) != v]
+    diffs = [f"{k}: {old.get(k, DEFAULTS.get(k))!r} there, {v!r} now" for k, v in record.items()
+             if old.get(k, DEFAULTS.get(k)) != v]
     diffs += [f"{k}: {old[k]!r} there, absent now" for k in old if k not in record]
     if diffs:
         raise UsageError(f"{workdir} holds another sweep ({'; '.join(diffs)}); use another --workdir or "

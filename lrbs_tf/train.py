@@ -80,6 +80,10 @@ EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_s
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
                                 "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 
+# Every setting's default. A config.json or sweep.json written by an older lrbs_tf, before a setting existed,
+# lacks its key; the run was made with the default, so readers compare against this.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
 # --mixed_precision -> the Keras dtype policy the models are built under.
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -133,10 +137,8 @@ def check_same_configuration(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuses to mix two configurations in one run folder."""
     old = runfolder.read_config(run_dir)
     new = settings(cfg)
-    # A key written by an older lrbs_tf that did not have the setting yet holds the setting's default.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    diffs = [f"{k}={old.get(k, defaults[k])!r} in config.json but {k}={v!r} now" for k, v in new.items()
-             if k not in EXECUTION_SETTINGS and old.get(k, defaults[k]) != v]
+    diffs = [f"{k}={old.get(k, DEFAULTS[k])!r} in config.json but {k}={v!r} now" for k, v in new.items()
+             if k not in EXECUTION_SETTINGS and old.get(k, DEFAULTS[k]) != v]
     if diffs:
         raise UsageError(f"{run_dir} holds another configuration ({'; '.join(diffs)}); "
                          "choose another --run_name or --workdir")

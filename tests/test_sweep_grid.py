@@ -170,6 +170,10 @@ def test_sweep_record_is_written_once_and_a_different_grid_refused(tmp_path):
         sweep.check_sweep_record(tmp_path, {**record, "lrs": [0.1, 0.2]})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [sweep.SWEEP_RECORD]  # no temp file left
+    # A setting added to bin/train after the record was written is absent from it: the default is recorded.
+    sweep.check_sweep_record(tmp_path, {**record, "mixed_precision": "off"})
+    with pytest.raises(sweep.UsageError, match="mixed_precision: 'off' there, 'bfloat16' now"):
+        sweep.check_sweep_record(tmp_path, {**record, "mixed_precision": "bfloat16"})
 
 
 def test_only_done_runs_without_sharpness_are_measured(tmp_path):
