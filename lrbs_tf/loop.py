@@ -51,6 +51,12 @@ def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
 
 
+def _architecture(cfg: TrainConfig, num_classes: int, input_shape: tuple) -> keras.Model:
+    """The run's model, under whatever Keras dtype policy is current."""
+    return build_model(cfg.arch, num_classes, input_shape, mlp_depth=cfg.mlp_depth, mlp_width=cfg.mlp_width,
+                       mlp_batch_norm=cfg.mlp_batch_norm)
+
+
 def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optimizers.Optimizer]:
     """The model under the run's dtype policy (float32 unless --mixed_precision), and its SGD; float16 adds
     Keras' dynamic loss scaling (a step whose scaled gradients overflow is skipped and the scale halved).
@@ -58,8 +64,7 @@ def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optim
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION[cfg.mixed_precision])
     try:
-        model = build_model(cfg.arch, data.num_classes, data.input_shape, mlp_depth=cfg.mlp_depth,
-                            mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
+        model = _architecture(cfg, data.num_classes, data.input_shape)
     finally:
         keras.config.set_dtype_policy(previous)
     optimizer = sgd(cfg.lr, cfg.momentum)
@@ -423,9 +428,7 @@ def _finish(member: Member) -> None:
     function at the minimum found; config.json's mixed_precision says how it was trained."""
     model = member.model
     if member.cfg.mixed_precision != "off":
-        twin = build_model(member.cfg.arch, int(model.output_shape[-1]), tuple(model.input_shape[1:]),
-                           mlp_depth=member.cfg.mlp_depth, mlp_width=member.cfg.mlp_width,
-                           mlp_batch_norm=member.cfg.mlp_batch_norm)
+        twin = _architecture(member.cfg, int(model.output_shape[-1]), tuple(model.input_shape[1:]))
         twin.set_weights(model.get_weights())
         model = twin
     _save_model(model, member.run_dir / runfolder.MODEL)
