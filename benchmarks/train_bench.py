@@ -102,7 +102,7 @@ def dataset_for(arch: str, tmp: Path, n_train: int | None) -> dict:
     return {"dataset": "npz", "data_path": str(path)}
 
 
-def lrbs_epochs(arch: str, batch_size: int, lrs: list[float], epochs: int, tmp: Path, data_kw: dict,
+def lrbs_epochs(arch: str, batch_size: int, lrs: list[float], epochs: int, tmp: str | Path, data_kw: dict,
                 **kw) -> list[float]:
     """`train_seconds` of epochs 2..1+epochs of a column (K = len(lrs); K = 1 is a single run)."""
     workdir = Path(tempfile.mkdtemp(dir=tmp))
@@ -118,16 +118,13 @@ def fit_epochs(arch: str, batch_size: int, epochs: int, data_kw: dict, jit: bool
     loss and plain SGD, fed the equivalent shuffled, batched in-memory pipeline."""
     data = load_data(data_kw["dataset"], data_path=data_kw.get("data_path"))
     x, y = data.normalize(data.x_train), data.y_train
-    # bin/train enables TF op determinism (process-wide) and Keras then silently compiles without XLA
-    # ("Model doesn't support jit_compile=True"): Model.fit runs with determinism off, as Keras' default.
-    from tensorflow.python.framework import config as tf_config  # no public switch back; Keras reads this one
-
-    tf_config.disable_op_determinism()
     keras.utils.set_random_seed(0)
     model = models.build_model(arch, data.num_classes, data.input_shape)
     steps = len(y) // batch_size
     model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=jit, steps_per_execution=steps,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    # Keras silently drops XLA ("Model doesn't support jit_compile=True") when TF op determinism is on, as
+    # bin/train turns it on for its whole process: Model.fit therefore runs in a process of its own.
     if model.jit_compile != jit:
         raise SystemExit(f"Model.fit(jit_compile={jit}) compiled with jit_compile={model.jit_compile}")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=0).batch(
