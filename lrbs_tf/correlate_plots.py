@@ -19,6 +19,7 @@ from matplotlib import cm, colormaps, colors
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+from lrbs_tf import figures
 from lrbs_tf import runfolder as rf
 from lrbs_tf.analysis import (FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIGURE_FORMATS, Analysis,
                               group_keys)
@@ -28,8 +29,8 @@ DPI = 110
 
 
 def _save(fig: Figure, folder: Path, name: str) -> str:
-    for ext in FIGURE_FORMATS:
-        fig.savefig(folder / f"{name}.{ext}", dpi=DPI)
+    # Fixed margins (_figure) already fit the labels: a tight bounding box would draw every figure twice.
+    figures.save(fig, folder / name, formats=FIGURE_FORMATS, dpi=DPI, tight=False)
     return name
 
 
