@@ -16,93 +16,25 @@ import math
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from lrbs_tf import report
 from lrbs_tf import runfolder as rf
 from lrbs_tf import stats
+from lrbs_tf.analysis import (EXPECTED_SIGN, FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns,
+                              group_labels, iter_groups)
 from lrbs_tf.cli import UsageError
-from lrbs_tf.runtable import (CONFIG_COLUMN, HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED,
-                              STATUS_UNFINISHED, TARGET, collect_runs, uncontrolled_settings)
+from lrbs_tf.runtable import (HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED, STATUS_UNFINISHED, TARGET,
+                              collect_runs, uncontrolled_settings)
 
 DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs")
-SUBSETS = ("with_flagged", "without_flagged")  # Table 3 / sharpness / Psi: all done runs, or premise met
-# The paper's claims: accuracy falls with batch size, rises with the learning rate, falls with BS/LR.
-EXPECTED_SIGN = {"table1": -1, "table2": +1, "table3": -1}
 TABLE_FILES = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3.csv",
                "sharpness": "sharpness.csv"}
 RUNS_FILE, PSI_FILE, REPORT_FILE = "runs.csv", "psi.csv", "report.md"
-
-
-@dataclass
-class Analysis:
-    """Everything the report, the CSV files and the figures are made from.
-
-    runs: the tidy table, one row per run folder found (runs.csv). tables: 'table1', 'table2', 'table3'
-    and (when any run has sharpness) 'sharpness', each one row per test with adjusted p-values.
-    psi: Jiang et al.'s Psi per group, subset and measure. group_cols: the columns that define a group.
-    labels: a readable name per group key. uncontrolled: per group label, config keys that vary inside it.
-    """
-
-    results: Path
-    runs: pd.DataFrame
-    tables: dict[str, pd.DataFrame]
-    psi: pd.DataFrame
-    group_cols: list[str]
-    labels: dict[tuple, str]
-    uncontrolled: dict[str, dict[str, list[str]]]
-    duplicates: pd.DataFrame
-    min_train_accuracy: float
-    alpha: float
-    sharpness_quantities: list[str] = field(default_factory=list)
-    figures: list[str] = field(default_factory=list)
-
-    @property
-    def done(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == rf.STATUS_DONE]
-
-    def label(self, row: pd.Series | dict) -> str:
-        return self.labels[tuple(_key(row[c]) for c in self.group_cols)]
-
-
-def _key(value: Any) -> Any:
-    """A hashable, NaN-safe, plain-Python group-key component (NaN != NaN would split a group)."""
-    if value is None or value is pd.NA:
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def group_keys(frame: pd.DataFrame, group_cols: Sequence[str]) -> pd.Series:
-    """Each row's group key: a tuple over `group_cols`, the same tuple that keys Analysis.labels."""
-    return pd.Series([tuple(_key(v) for v in row) for row in frame[list(group_cols)].itertuples(index=False)],
-                     index=frame.index, dtype=object)
-
-
-def group_columns(group_by: Sequence[str]) -> list[str]:
-    """The runs.csv columns that define a group: arch, dataset and the `group_by` config keys."""
-    cols = ["arch", "dataset"]
-    for key in group_by:
-        col = CONFIG_COLUMN.get(key, key)
-        if col not in cols:
-            cols.append(col)
-    return cols
-
-
-def iter_groups(frame: pd.DataFrame, group_cols: list[str]):
-    """Yields (key dict, sub-frame) per group, in a stable sorted order."""
-    if frame.empty:
-        return
-    keys = group_keys(frame, group_cols)
-    for key in sorted(set(keys), key=lambda k: tuple(str(v) for v in k)):
-        yield dict(zip(group_cols, key)), frame[keys == key]
 
 
 def _test(keys: dict, sub: pd.DataFrame, x: str, y: str, **extra: Any) -> dict:
@@ -110,11 +42,11 @@ def _test(keys: dict, sub: pd.DataFrame, x: str, y: str, **extra: Any) -> dict:
     return {**keys, **extra, **c.as_dict()}
 
 
-def correlation_tables(done: pd.DataFrame, group_cols: list[str],
+def correlation_tables(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
                        sharpness_quantities: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Tables 1-3 and the sharpness tests, unadjusted. `done` holds the analysed runs (status done)."""
     rows: dict[str, list[dict]] = {"table1": [], "table2": [], "table3": [], "sharpness": []}
-    for keys, g in iter_groups(done, group_cols):
+    for keys, _, g in iter_groups(done, group_cols, labels):
         flagged = ~g["reached_min_train_accuracy"].astype(bool)
         for fixed, varying, table in (("lr", "batch_size", "table1"), ("batch_size", "lr", "table2")):
             for value, sub in g.groupby(fixed, sort=True):
@@ -156,10 +88,11 @@ def adjust(tables: dict[str, pd.DataFrame], alpha: float) -> None:
             start = stop
 
 
-def psi_table(done: pd.DataFrame, group_cols: list[str], measures: Sequence[str]) -> pd.DataFrame:
+def psi_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
+              measures: Sequence[str]) -> pd.DataFrame:
     """Jiang et al.'s granulated Kendall Psi of each measure against test accuracy, per group and subset."""
     rows = []
-    for keys, g in iter_groups(done, group_cols):
+    for keys, _, g in iter_groups(done, group_cols, labels):
         flagged = ~g["reached_min_train_accuracy"].astype(bool)
         for subset, sub in zip(SUBSETS, (g, g[~flagged])):
             records = sub.to_dict("records")
@@ -184,11 +117,11 @@ def sign_summary(analysis: Analysis) -> pd.DataFrame:
         t = analysis.tables.get(name)
         if t is None or t.empty:
             continue
-        for keys, g in iter_groups(t, analysis.group_cols):
+        for _, label, g in analysis.groups(t):
             rho, sig = g["spearman_rho"].to_numpy(float), g["spearman_significant"].to_numpy(bool)
             tested = np.isfinite(rho)
             expected = EXPECTED_SIGN[name]
-            rows.append({"table": name, "group": analysis.labels[tuple(keys.values())],
+            rows.append({"table": name, "group": label,
                          "tests": int(tested.sum()), "untestable": int((~tested).sum()),
                          "positive": int((rho > 0).sum()), "negative": int((rho < 0).sum()),
                          "significant_positive": int(((rho > 0) & sig).sum()),
@@ -234,33 +167,28 @@ def analyse(results: str | Path, min_train_accuracy: float = 0.99, alpha: float 
     group_cols = group_columns(group_by)
     done = runs[runs["status"] == rf.STATUS_DONE]
     quantities = [q for q in SHARPNESS_QUANTITIES if done[q].notna().any()]
-    tables = correlation_tables(done, group_cols, quantities)
+    labels = group_labels(runs, group_cols)
+    tables = correlation_tables(done, group_cols, labels, quantities)
     adjust(tables, alpha)
-    labels = _labels(runs, group_cols)
     uncontrolled = {}
-    for keys, g in iter_groups(done, group_cols):
+    for _, label, g in iter_groups(done, group_cols, labels):
         varying = uncontrolled_settings(g, configs, ["arch", "dataset", *group_by])
         if varying:
-            uncontrolled[labels[tuple(keys.values())]] = varying
+            uncontrolled[label] = varying
     dup_cols = group_cols + ["batch_size", "lr", "seed"]
     dups = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
     return Analysis(results=results, runs=runs, tables=tables,
-                    psi=psi_table(done, group_cols, ["ratio", *quantities]), group_cols=group_cols,
+                    psi=psi_table(done, group_cols, labels, ["ratio", *quantities]), group_cols=group_cols,
                     labels=labels, uncontrolled=uncontrolled, duplicates=dups,
                     min_train_accuracy=min_train_accuracy, alpha=alpha, sharpness_quantities=quantities)
 
 
-def _labels(runs: pd.DataFrame, group_cols: list[str]) -> dict[tuple, str]:
-    """'vgg19 on cifar10', plus the group_by settings that differ between groups (e.g. 'momentum=0.9')."""
-    known = runs[runs["arch"].notna() & runs["dataset"].notna()]
-    keys = sorted(set(group_keys(known, group_cols)), key=lambda k: tuple(str(v) for v in k))
-    varying = [i for i in range(2, len(group_cols)) if len({k[i] for k in keys}) > 1]
-    return {k: f"{k[0]} on {k[1]}" + "".join(f", {group_cols[i]}={k[i]}" for i in varying) for k in keys}
+def _figure_files(names: Sequence[str]) -> set[str]:
+    return {f"{f}.{ext}" for f in names for ext in FIGURE_FORMATS}
 
 
-def _output_names(figure_names: Sequence[str]) -> set[str]:
-    return {RUNS_FILE, PSI_FILE, REPORT_FILE, *TABLE_FILES.values(),
-            *(f"{f}.{ext}" for f in figure_names for ext in ("png", "pdf"))}
+def _output_names() -> set[str]:
+    return {RUNS_FILE, PSI_FILE, REPORT_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES)}
 
 
 def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: float = 0.99,
@@ -273,8 +201,6 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     not produce (sharpness.csv when no run has sharpness any more, say) are removed, so the folder never
     mixes two analyses. Skipped run folders are also listed on stderr.
     """
-    from lrbs_tf import report
-
     analysis = analyse(results, min_train_accuracy, alpha, group_by)
     out = Path(out) if out else analysis.results / "correlate"
     if out.exists() and not out.is_dir():
@@ -294,11 +220,10 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
         texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
         for name, text in texts.items():
             rf.atomic_write_text(out / name, text)
-        for f in analysis.figures:
-            for ext in ("png", "pdf"):
-                (staging / f"{f}.{ext}").replace(out / f"{f}.{ext}")
-        produced = set(texts) | {f"{f}.{ext}" for f in analysis.figures for ext in ("png", "pdf")}
-        for name in _output_names(report.FIGURE_NAMES) - produced:
+        for name in _figure_files(analysis.figures):
+            (staging / name).replace(out / name)
+        produced = set(texts) | _figure_files(analysis.figures)
+        for name in _output_names() - produced:
             (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,19 +19,18 @@ from matplotlib import cm, colormaps, colors
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+from lrbs_tf import figures
 from lrbs_tf import runfolder as rf
-from lrbs_tf.report import CAPTIONS, FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIGURE_NAMES  # noqa: F401
+from lrbs_tf.analysis import (FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIGURE_FORMATS, Analysis,
+                              group_keys)
 from lrbs_tf.runtable import TARGET
-
-if TYPE_CHECKING:
-    from lrbs_tf.correlate import Analysis
 
 DPI = 110
 
 
 def _save(fig: Figure, folder: Path, name: str) -> str:
-    for ext in ("png", "pdf"):
-        fig.savefig(folder / f"{name}.{ext}", dpi=DPI)
+    # Fixed margins (_figure) already fit the labels: a tight bounding box would draw every figure twice.
+    figures.save(fig, folder / name, formats=FIGURE_FORMATS, dpi=DPI, tight=False)
     return name
 
 
@@ -61,13 +59,7 @@ def _grid(n: int, ncols_max: int = 4) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def _groups(analysis: "Analysis") -> list[tuple[str, pd.DataFrame]]:
-    from lrbs_tf.correlate import iter_groups
-
-    return [(analysis.label(keys), g) for keys, g in iter_groups(analysis.done, analysis.group_cols)]
-
-
-def _ratio_title(analysis: "Analysis", label: str) -> str:
+def _ratio_title(analysis: Analysis, label: str) -> str:
     t3 = analysis.tables["table3"]
     rows = [r for r in t3.to_dict("records") if analysis.label(r) == label and r["subset"] == "with_flagged"]
     if not rows or rows[0]["reason"]:
@@ -76,12 +68,12 @@ def _ratio_title(analysis: "Analysis", label: str) -> str:
     return f"{label}\nSpearman rho={r['spearman_rho']:.2f}, p={r['spearman_p']:.1e}, n={r['n']}"
 
 
-def figure_ratio(analysis: "Analysis", folder: Path) -> str:
+def figure_ratio(analysis: Analysis, folder: Path) -> str:
     """Figure 1: accuracy vs BS/LR per group."""
-    groups = _groups(analysis)
+    groups = list(analysis.groups())
     nrows, ncols = _grid(len(groups))
     fig = _figure(nrows, ncols, 4.2, 3.6)
-    for i, (label, g) in enumerate(groups):
+    for i, (_, label, g) in enumerate(groups):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ok = g["reached_min_train_accuracy"].to_numpy(bool)
         ax.scatter(g["ratio"][ok], 100 * g[TARGET][ok], s=10, color="C0", label="premise met")
@@ -112,11 +104,11 @@ def _lines(ax, g: pd.DataFrame, x: str, line: str, cmap_name: str, fig: Figure) 
     ax.set_ylabel("best test accuracy (%)")
 
 
-def figure_curves(analysis: "Analysis", folder: Path) -> str:
+def figure_curves(analysis: Analysis, folder: Path) -> str:
     """Figure 2: accuracy vs batch size (a line per LR) and vs LR (a line per batch size), a row per group."""
-    groups = _groups(analysis)
+    groups = list(analysis.groups())
     fig = _figure(len(groups), 2, 5.4, 3.4)
-    for i, (label, g) in enumerate(groups):
+    for i, (_, label, g) in enumerate(groups):
         ax = fig.add_subplot(len(groups), 2, 2 * i + 1)
         _lines(ax, g, "batch_size", "lr", "viridis", fig)
         ax.set_title(f"{label}: vs batch size", fontsize=9)
@@ -126,19 +118,16 @@ def figure_curves(analysis: "Analysis", folder: Path) -> str:
     return _save(fig, folder, FIG_CURVES)
 
 
-def figure_heatmap(analysis: "Analysis", folder: Path) -> str:
+def figure_heatmap(analysis: Analysis, folder: Path) -> str:
     """Mean best test accuracy over the BS x LR grid per group; cells with only diverged/failed runs marked."""
-    from lrbs_tf.correlate import group_keys
-
-    groups = _groups(analysis)
+    groups = list(analysis.groups())
     runs = analysis.runs[analysis.runs["batch_size"].notna() & analysis.runs["arch"].notna()]
     run_keys = group_keys(runs, analysis.group_cols)
     nrows, ncols = _grid(len(groups), 2)
     fig = _figure(nrows, ncols, 5.6, 4.6)
-    for i, (label, g) in enumerate(groups):
+    for i, (keys, label, g) in enumerate(groups):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        key = next(k for k, lab in analysis.labels.items() if lab == label)
-        everything = runs[run_keys == key]
+        everything = runs[run_keys == tuple(keys.values())]
         bss = sorted(everything["batch_size"].dropna().unique())
         lrs = sorted(everything["lr"].dropna().unique())
         grid = g.groupby(["batch_size", "lr"])[TARGET].mean().unstack("lr").reindex(index=bss, columns=lrs)
@@ -160,16 +149,16 @@ def figure_heatmap(analysis: "Analysis", folder: Path) -> str:
     return _save(fig, folder, FIG_HEATMAP)
 
 
-def figure_sharpness(analysis: "Analysis", folder: Path) -> str:
+def figure_sharpness(analysis: Analysis, folder: Path) -> str:
     """Each sharpness quantity vs BS/LR: a panel per quantity, a colour per group."""
-    groups = _groups(analysis)
+    groups = list(analysis.groups())
     qs = analysis.sharpness_quantities
     nrows, ncols = _grid(len(qs), 2)
     fig = _figure(nrows, ncols, 5.0, 3.8)
     for i, q in enumerate(qs):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         positive, drawn = True, 0
-        for c, (label, g) in enumerate(groups):
+        for c, (_, label, g) in enumerate(groups):
             have = g[np.isfinite(g[q].to_numpy(float))]
             ok = have["reached_min_train_accuracy"].to_numpy(bool)
             ax.scatter(have["ratio"][ok], have[q][ok], s=8, color=f"C{c}", label=f"{label} (n={len(have)})")
@@ -184,7 +173,7 @@ def figure_sharpness(analysis: "Analysis", folder: Path) -> str:
     return _save(fig, folder, FIG_SHARPNESS)
 
 
-def write_figures(analysis: "Analysis", folder: Path) -> list[str]:
+def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     """Draws every figure into `folder` as <name>.png and <name>.pdf; returns the names drawn."""
     names = [figure_ratio(analysis, folder), figure_curves(analysis, folder),
              figure_heatmap(analysis, folder)]

@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 import scipy
 import statsmodels
 
 from lrbs_tf import runfolder as rf
-from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N
+from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, Analysis,
+                              iter_groups)
 from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
+from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N, P_COLUMN, STATISTICS
 
-if TYPE_CHECKING:
-    from lrbs_tf.correlate import Analysis
-
-# Figure names and captions live here, not in correlate_plots, so that --nofigures never imports matplotlib.
-FIG_RATIO = "fig1_accuracy_vs_ratio"
-FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
-FIG_HEATMAP = "fig3_accuracy_heatmap"
-FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
-FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS)
 CAPTIONS = {
     FIG_RATIO: "Figure 1: best test accuracy vs BS/LR (log scale), one point per run (hollow: final training "
                "accuracy below the premise threshold).",
@@ -43,7 +36,6 @@ LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
           "table2": "Table 2: test accuracy vs learning rate, at each batch size",
           "table3": "Table 3: test accuracy vs BS/LR, over all runs of a group"}
-EXPECTED = {"table1": "negative", "table2": "positive", "table3": "negative"}
 
 
 def fmt_p(p: float, alpha: float, p_holm: float = math.nan) -> str:
@@ -92,17 +84,15 @@ def _run_list(frame: pd.DataFrame, columns: Sequence[str], what: str) -> str:
     return md_table(columns, rows) + more
 
 
-def premise_section(a: "Analysis") -> str:
+def premise_section(a: Analysis) -> str:
     runs, out = a.runs, ["## Premise checks"]
     counts = runs["status"].value_counts()
     out.append("Run folders found: " + ", ".join(f"{counts[s]} {s}" for s in counts.index) + ". Only runs "
                "with status `done` are analysed; diverged and failed runs are excluded from every test.")
     rows = []
-    from lrbs_tf.correlate import group_keys
-    known = runs[runs["arch"].notna()]
-    keys = group_keys(known, a.group_cols)
-    for key, label in a.labels.items():
-        g = known[keys == key]
+    # Every status counts here, so the groups are those of all runs whose arch and dataset are known.
+    known = runs[runs["arch"].notna() & runs["dataset"].notna()]
+    for _, label, g in iter_groups(known, a.group_cols, a.labels):
         done = g[g["status"] == rf.STATUS_DONE]
         rows.append([label, len(done), int((~done["reached_min_train_accuracy"].astype(bool)).sum()),
                      *(int((g["status"] == s).sum()) for s in (rf.STATUS_DIVERGED, rf.STATUS_FAILED,
@@ -148,14 +138,12 @@ def premise_section(a: "Analysis") -> str:
     return "\n\n".join(out)
 
 
-
-def _cells(a: "Analysis"):
-    from lrbs_tf.correlate import iter_groups
-    for keys, g in iter_groups(a.done, a.group_cols):
-        yield a.label(keys), g, g.groupby(["batch_size", "lr"]).size()
+def _cells(a: Analysis) -> Iterator[tuple[str, pd.DataFrame, pd.Series]]:
+    for _, label, g in a.groups():
+        yield label, g, g.groupby(["batch_size", "lr"]).size()
 
 
-def paper_layout(a: "Analysis", table: pd.DataFrame, row_col: str | None) -> str:
+def paper_layout(a: Analysis, table: pd.DataFrame, row_col: str | None) -> str:
     """One row per fixed value (LR or BS; a single row for Table 3), a (rho, p) column pair per group."""
     if table.empty:
         return "No tests."
@@ -178,7 +166,7 @@ def paper_layout(a: "Analysis", table: pd.DataFrame, row_col: str | None) -> str
     return md_table(header, rows)
 
 
-def full_rows(a: "Analysis", table: pd.DataFrame, extra: Sequence[str]) -> str:
+def full_rows(a: Analysis, table: pd.DataFrame, extra: Sequence[str]) -> str:
     """Every statistic of every test of `table`, with n and adjusted p-values."""
     header = ["group", *extra, "n", "rho", "p", "p Holm", "p BH", "r", "p", "tau", "p", "reason"]
     rows = []
@@ -192,7 +180,7 @@ def full_rows(a: "Analysis", table: pd.DataFrame, extra: Sequence[str]) -> str:
     return md_table(header, rows)
 
 
-def signs_section(a: "Analysis", signs: pd.DataFrame) -> str:
+def signs_section(a: Analysis, signs: pd.DataFrame) -> str:
     out = ["## Signs of the Spearman coefficients",
            "The paper claims negative coefficients in Tables 1 and 3 and positive ones in Table 2; its own "
            "Table 2 changes sign for VGG-19 on CIFAR-100 at batch sizes 16-48. Counts per table and group:"]
@@ -203,7 +191,7 @@ def signs_section(a: "Analysis", signs: pd.DataFrame) -> str:
     against = []
     for name, col in (("table1", "lr"), ("table2", "batch_size"), ("table3", "subset")):
         t = a.tables[name]
-        sign = -1 if EXPECTED[name] == "negative" else 1
+        sign = EXPECTED_SIGN[name]
         for r in t[t["spearman_rho"] * sign < 0].to_dict("records"):
             value = r[col] if col == "subset" else f"{r[col]:g}"
             against.append([name, a.label(r), f"{col}={value}", r["n"], fmt_coef(r["spearman_rho"]),
@@ -213,8 +201,7 @@ def signs_section(a: "Analysis", signs: pd.DataFrame) -> str:
     return "\n\n".join(out)
 
 
-def multiple_testing_section(a: "Analysis") -> str:
-    from lrbs_tf.stats import STATISTICS, P_COLUMN
+def multiple_testing_section(a: Analysis) -> str:
     tables = [t for t in a.tables.values() if len(t)]
     rows = []
     for s in STATISTICS:
@@ -233,7 +220,7 @@ def multiple_testing_section(a: "Analysis") -> str:
                                   f"Holm p < {a.alpha:g}", f"BH p < {a.alpha:g}"], rows)])
 
 
-def psi_section(a: "Analysis") -> str:
+def psi_section(a: Analysis) -> str:
     rows = [[a.label(r), r["subset"], r["measure"], r["n"], fmt_coef(r["psi"], r["reason"]),
              fmt_coef(r["psi_batch_size"]), fmt_coef(r["psi_lr"]), r["subgroups_batch_size"],
              r["subgroups_lr"], r["subgroups_skipped"]] for r in a.psi.to_dict("records")]
@@ -246,7 +233,7 @@ def psi_section(a: "Analysis") -> str:
                   "subgroups (LR)", "subgroups skipped"], rows)])
 
 
-def sharpness_section(a: "Analysis") -> str:
+def sharpness_section(a: Analysis) -> str:
     if "sharpness" not in a.tables:
         return "## Sharpness\n\nNo run has a sharpness.json with a known quantity " \
                "(run bin/sharpness on the run folders)."
@@ -259,7 +246,7 @@ def sharpness_section(a: "Analysis") -> str:
                         full_rows(a, a.tables["sharpness"], ["quantity", "versus", "subset"])])
 
 
-def render(a: "Analysis", signs: pd.DataFrame) -> str:
+def render(a: Analysis, signs: pd.DataFrame) -> str:
     """The whole report.md."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_tests = sum(len(t) for t in a.tables.values())

@@ -13,7 +13,7 @@ from absl import flags
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from lrbs_tf import correlate, correlate_plots, runfolder as rf
+from lrbs_tf import analysis, correlate, correlate_plots, runfolder as rf
 from lrbs_tf.cli import UsageError
 from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS, write_grid, write_run
 
@@ -245,7 +245,7 @@ def test_outputs_layout_and_figures(tmp_path):
     correlate.run(tmp_path / "runs")  # default out: <results>/correlate
     out = tmp_path / "runs" / "correlate"
     names = {p.name for p in out.iterdir()}
-    figs = {f"{f}.{e}" for f in correlate_plots.FIGURE_NAMES for e in ("png", "pdf")}
+    figs = {f"{f}.{e}" for f in analysis.FIGURE_NAMES for e in ("png", "pdf")}
     assert names == {"runs.csv", "table1.csv", "table2.csv", "table3.csv", "sharpness.csv", "psi.csv",
                      "report.md"} | figs
     for f in figs:

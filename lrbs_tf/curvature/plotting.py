@@ -1,38 +1,27 @@
 """Figures of bin/sharpness: the Hessian spectrum and the interpolation curve, each saved as PNG and PDF.
 
-Files are written to a temporary name in the target folder and renamed, like every finished file of a run
-folder, so a reader never sees half a figure.
+Drawn on `matplotlib.figure.Figure` objects (no pyplot, no backend to choose) and written by
+`lrbs_tf.figures.save`: a temporary name in the target folder, then os.replace, like every finished file
+of a run folder, so a reader never sees half a figure.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from lrbs_tf import runfolder
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on clusters
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, stem: str | os.PathLike) -> list[str]:
-    """Saves `fig` to stem.png and stem.pdf atomically; returns the two paths."""
-    return [str(p) for p in runfolder.atomic_write_figure(fig, stem)]
+from lrbs_tf import figures
 
 
 def plot_spectrum(grid: np.ndarray, density: np.ndarray, sigma: float, stem: str | os.PathLike,
-                  top_eigenvalues: Sequence[float] = (), title: str = "") -> list[str]:
+                  top_eigenvalues: Sequence[float] = (), title: str = "") -> list[Path]:
     """Smoothed spectral density (log scale; it is dominated by the mass near 0) with the top eigenvalues."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     floor = max(float(np.max(density)) * 1e-12, 1e-300)
     ax.semilogy(grid, np.maximum(density, floor), lw=1.2, label=f"SLQ density (sigma={sigma:.3g})")
     for i, lam in enumerate(top_eigenvalues):
@@ -43,18 +32,15 @@ def plot_spectrum(grid: np.ndarray, density: np.ndarray, sigma: float, stem: str
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    try:
-        return save_figure(fig, stem)
-    finally:
-        plt.close(fig)
+    return figures.save(fig, stem)
 
 
-def plot_interpolation(rows: Sequence[dict], stem: str | os.PathLike, label_a: str, label_b: str) -> list[str]:
+def plot_interpolation(rows: Sequence[dict], stem: str | os.PathLike, label_a: str, label_b: str) -> list[Path]:
     """Loss (log scale when it spans more than 10x) and accuracy against alpha, train and test; alpha=0 is
     model a, alpha=1 model b."""
-    plt = _figure()
     alpha = np.array([r["alpha"] for r in rows])
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for split, ls in (("train", "-"), ("test", "--")):
         ax_loss.plot(alpha, [r[f"{split}_loss"] for r in rows], ls, marker=".", label=split)
         ax_acc.plot(alpha, [r[f"{split}_accuracy"] for r in rows], ls, marker=".", label=split)
@@ -69,7 +55,4 @@ def plot_interpolation(rows: Sequence[dict], stem: str | os.PathLike, label_a: s
         for x in (0.0, 1.0):
             ax.axvline(x, color="grey", lw=0.6, ls=":")
         ax.legend(fontsize=8)
-    try:
-        return save_figure(fig, stem)
-    finally:
-        plt.close(fig)
+    return figures.save(fig, stem)

@@ -1,32 +1,24 @@
-"""Figures of the theory binaries (matplotlib, Agg backend), written atomically as PNG and PDF."""
+"""Figures of the theory binaries, drawn on `matplotlib.figure.Figure` objects (no pyplot, no backend to
+choose) and written atomically as PNG and PDF by `lrbs_tf.figures.save`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
-import numpy as np  # noqa: E402
-
-from lrbs_tf import runfolder  # noqa: E402
-from lrbs_tf.theory.nqm_tune import Tuned  # noqa: E402
-
-
-def _save(fig, stem: Path) -> list[Path]:
-    """Saves fig as stem.png and stem.pdf atomically, then closes it."""
-    paths = runfolder.atomic_write_figure(fig, stem)
-    plt.close(fig)
-    return paths
+from lrbs_tf import figures
+from lrbs_tf.theory.nqm_tune import Tuned
 
 
 def plot_nqm(results: dict[str, list[Tuned]], critical: dict[str, float | None], stem: Path,
              title: str) -> list[Path]:
     """Steps to target vs batch size (log-log) per optimizer; dashed: perfect scaling from the smallest
     batch size; dotted: the infinite-batch floor; a marker at the critical batch size."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
     shown = [r.steps for rows in results.values() for r in rows if np.isfinite(r.steps) and r.steps > 0]
     for i, (name, rows) in enumerate(results.items()):
         color = f"C{i}"
@@ -55,13 +47,14 @@ def plot_nqm(results: dict[str, list[Tuned]], critical: dict[str, float | None],
     ax.plot([], [], "kD", mfc="none", label="critical B (2x floor)")
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, stem)
+    return figures.save(fig, stem)
 
 
 def plot_bound_sweep(ratios: Sequence[float], gaps: Sequence[float], run_ratio: float, flip_ratio: float,
                      measured_gap: float | None, stem: Path, title: str) -> list[Path]:
     """He et al. Theorem 2 bound vs eta/S (log-log), the run's eta/S, the slope flip and the measured gap."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     ax.plot(ratios, gaps, "-", color="C0", label="Theorem 2 gap bound")
     ax.axvline(run_ratio, color="C1", ls="--", lw=1, label=f"this run: eta/S = {run_ratio:.3g}")
     ax.axvline(flip_ratio, color="C2", ls=":", lw=1, label=f"slope flips (tr Sigma = d): {flip_ratio:.3g}")
@@ -75,4 +68,4 @@ def plot_bound_sweep(ratios: Sequence[float], gaps: Sequence[float], run_ratio: 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, stem)
+    return figures.save(fig, stem)

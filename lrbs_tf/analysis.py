@@ -1,0 +1,133 @@
+"""The data model bin/correlate's tables, report and figures share: groups of runs, their labels, the claims.
+
+A leaf module (pandas, numpy, the run-folder and run-table constants; nothing that draws or writes) so that
+`correlate` (which computes), `report` (which formats) and `correlate_plots` (which draws) all import it at
+the top and none of them has to import another for a helper.
+
+A group is the runs that share arch, dataset and the `--group_by` settings; its key is the tuple of those
+values in `group_cols` order, with NaN, None and pd.NA all turned into None so a missing value forms one
+group instead of one group per row (NaN != NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lrbs_tf import runfolder as rf
+from lrbs_tf.runtable import CONFIG_COLUMN
+
+SUBSETS = ("with_flagged", "without_flagged")  # Table 3 / sharpness / Psi: all done runs, or premise met
+# The paper's claims: accuracy falls with batch size, rises with the learning rate, falls with BS/LR.
+EXPECTED_SIGN = {"table1": -1, "table2": +1, "table3": -1}
+
+# Figure names (file stems): the report links them and correlate cleans up stale ones even under
+# --nofigures, so they live here rather than in correlate_plots, which imports matplotlib.
+FIG_RATIO = "fig1_accuracy_vs_ratio"
+FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
+FIG_HEATMAP = "fig3_accuracy_heatmap"
+FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
+FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS)
+FIGURE_FORMATS = ("png", "pdf")
+
+
+@dataclass
+class Analysis:
+    """Everything the report, the CSV files and the figures are made from.
+
+    runs: the tidy table, one row per run folder found (runs.csv). tables: 'table1', 'table2', 'table3'
+    and (when any run has sharpness) 'sharpness', each one row per test with adjusted p-values.
+    psi: Jiang et al.'s Psi per group, subset and measure. group_cols: the columns that define a group.
+    labels: a readable name per group key. uncontrolled: per group label, config keys that vary inside it.
+    """
+
+    results: Path
+    runs: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+    psi: pd.DataFrame
+    group_cols: list[str]
+    labels: dict[tuple, str]
+    uncontrolled: dict[str, dict[str, list[str]]]
+    duplicates: pd.DataFrame
+    min_train_accuracy: float
+    alpha: float
+    sharpness_quantities: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == rf.STATUS_DONE]
+
+    def label(self, row: pd.Series | dict) -> str:
+        """The label of the group a run or a test row (anything holding the group columns) belongs to."""
+        return self.labels[tuple(key_value(row[c]) for c in self.group_cols)]
+
+    def groups(self, frame: pd.DataFrame | None = None) -> Iterator[tuple[dict, str, pd.DataFrame]]:
+        """iter_groups over `frame` (default: the done runs) with this analysis's columns and labels."""
+        return iter_groups(self.done if frame is None else frame, self.group_cols, self.labels)
+
+
+def key_value(value: Any) -> Any:
+    """A hashable, NaN-safe, plain-Python group-key component: NaN, None and pd.NA all become None."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def group_keys(frame: pd.DataFrame, group_cols: Sequence[str]) -> pd.Series:
+    """Each row's group key: a tuple over `group_cols`, the same tuple that keys Analysis.labels."""
+    return pd.Series([tuple(key_value(v) for v in row)
+                      for row in frame[list(group_cols)].itertuples(index=False)],
+                     index=frame.index, dtype=object)
+
+
+def group_columns(group_by: Sequence[str]) -> list[str]:
+    """The runs.csv columns that define a group: arch, dataset and the `group_by` config keys."""
+    cols = ["arch", "dataset"]
+    for key in group_by:
+        col = CONFIG_COLUMN.get(key, key)
+        if col not in cols:
+            cols.append(col)
+    return cols
+
+
+def _order(key: tuple) -> tuple[str, ...]:
+    # Keys mix None with numbers and strings, which do not compare; their text always does.
+    return tuple(str(v) for v in key)
+
+
+def group_labels(runs: pd.DataFrame, group_cols: list[str]) -> dict[tuple, str]:
+    """'vgg19 on cifar10', plus the group_by settings that differ between groups (e.g. 'momentum=0.9').
+
+    One entry per group of the runs whose arch and dataset are known, in iter_groups' order.
+    """
+    known = runs[runs["arch"].notna() & runs["dataset"].notna()]
+    keys = sorted(set(group_keys(known, group_cols)), key=_order)
+    varying = [i for i in range(2, len(group_cols)) if len({k[i] for k in keys}) > 1]
+    return {k: f"{k[0]} on {k[1]}" + "".join(f", {group_cols[i]}={k[i]}" for i in varying) for k in keys}
+
+
+def iter_groups(frame: pd.DataFrame, group_cols: list[str],
+                labels: dict[tuple, str]) -> Iterator[tuple[dict, str, pd.DataFrame]]:
+    """Yields (key dict, label, rows) per group present in `frame`, in a stable sorted order.
+
+    Raises KeyError when a group of `frame` has no label (its arch or dataset is unknown, or `labels`
+    was built from other runs).
+    """
+    if frame.empty:
+        return
+    keys = group_keys(frame, group_cols)
+    for key in sorted(set(keys), key=_order):
+        if key not in labels:
+            raise KeyError(f"group {dict(zip(group_cols, key))} has no label; labelled groups: "
+                           f"{', '.join(labels.values()) or 'none'}")
+        yield dict(zip(group_cols, key)), labels[key], frame[keys == key]
