@@ -13,11 +13,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
-from lrbs_tf.runfolder import RunFolderError
-
-
-class UsageError(ValueError):
-    """Bad input from the user: reported as one line and exit status 2."""
+from lrbs_tf.errors import RunFolderError, UsageError
 
 
 def quiet_import_tensorflow() -> None:

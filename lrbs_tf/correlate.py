@@ -27,7 +27,7 @@ from lrbs_tf import runfolder as rf
 from lrbs_tf import stats
 from lrbs_tf.analysis import (EXPECTED_SIGN, FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns,
                               group_labels, iter_groups)
-from lrbs_tf.cli import UsageError
+from lrbs_tf.errors import UsageError
 from lrbs_tf.runtable import (HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED, STATUS_UNFINISHED, TARGET,
                               collect_runs, uncontrolled_settings)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
+from lrbs_tf.errors import DataError
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -36,10 +36,6 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist1d": DatasetSpec((40,), 10, False),
     "npz": DatasetSpec(None, None, False),
 }
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded as asked; the message names the file or dataset."""
 
 
 @dataclasses.dataclass

@@ -63,12 +63,6 @@ def make_strategy(cpu_devices: int = 0) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
-    replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise StrategyError(f"batch_size={batch_size} is not divisible by {replicas} replicas")
-
-
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
         strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public accessor)

@@ -2,11 +2,19 @@
 
 Each binary calls the `define_*` function(s) it needs before parsing. Library code never reads FLAGS: the
 binary's `main` turns flag values into plain arguments. Flag names are also the keys of `config.json`.
+Defaults and allowed values are read from where they are defined (lrbs_tf.config for bin/train,
+lrbs_tf.curvature.settings for bin/sharpness), so a flag and the library never disagree.
 """
 
 from __future__ import annotations
 
 from absl import flags
+
+from lrbs_tf.config import COLUMN_ENGINES, MIXED_PRECISION
+from lrbs_tf.config import DEFAULTS as TRAIN_DEFAULTS
+from lrbs_tf.curvature.settings import BN_MODES, EIG_METHODS, HVP_MODES, INTERP_BN_STATS
+from lrbs_tf.curvature.settings import DEFAULTS as SHARPNESS_DEFAULTS
+from lrbs_tf.model_names import ARCH_NAMES
 
 FLAGS = flags.FLAGS
 
@@ -29,66 +37,65 @@ def define_data_flags() -> None:
     """Which data a model sees; shared by bin/train and bin/sharpness."""
     from lrbs_tf.data import DATASETS  # TF-free: names only
 
-    flags.DEFINE_enum("dataset", "mnist1d", list(DATASETS),
+    flags.DEFINE_enum("dataset", TRAIN_DEFAULTS["dataset"], list(DATASETS),
                       "Dataset. mnist1d is generated offline; cifar10/cifar100/mnist/fashion_mnist come from "
                       "tensorflow_datasets (downloaded on first use); npz reads --data_path.")
-    flags.DEFINE_string("data_dir", None, "tensorflow_datasets data folder (default: TFDS's, ~/tensorflow_datasets).")
-    flags.DEFINE_string("data_path", None, "For --dataset=npz: a .npz file with x_train, y_train, x_test, y_test.")
+    flags.DEFINE_string("data_dir", TRAIN_DEFAULTS["data_dir"], "tensorflow_datasets data folder (default: TFDS's, ~/tensorflow_datasets).")
+    flags.DEFINE_string("data_path", TRAIN_DEFAULTS["data_path"], "For --dataset=npz: a .npz file with x_train, y_train, x_test, y_test.")
 
 
 @_once
 def define_train_flags() -> None:
     """bin/train. The names are the keys of config.json."""
-    from lrbs_tf.model_names import ARCH_NAMES  # TF-free list of the registry's keys
-
+    D = TRAIN_DEFAULTS
     define_data_flags()
     # What is trained.
-    flags.DEFINE_enum("arch", "mlp", list(ARCH_NAMES), "Model architecture (registry name).")
-    flags.DEFINE_integer("mlp_depth", 4, "mlp: number of hidden layers.")
-    flags.DEFINE_integer("mlp_width", 256, "mlp: units per hidden layer.")
-    flags.DEFINE_bool("mlp_batch_norm", False, "mlp: batch norm after each hidden Dense layer.")
+    flags.DEFINE_enum("arch", D["arch"], list(ARCH_NAMES), "Model architecture (registry name).")
+    flags.DEFINE_integer("mlp_depth", D["mlp_depth"], "mlp: number of hidden layers.")
+    flags.DEFINE_integer("mlp_width", D["mlp_width"], "mlp: units per hidden layer.")
+    flags.DEFINE_bool("mlp_batch_norm", D["mlp_batch_norm"], "mlp: batch norm after each hidden Dense layer.")
     # How it is trained: plain constant-LR SGD by default (He et al. 2019).
-    flags.DEFINE_list("lr", ["0.05"], "Learning rate, constant for the whole run. Several (0.01,0.02,...) "
+    flags.DEFINE_list("lr", [str(D["lr"])], "Learning rate, constant for the whole run. Several (0.01,0.02,...) "
                       "train a vectorised column: one process, shared batches, one run folder per rate.")
-    flags.DEFINE_integer("batch_size", 64, "Global batch size (examples per step, over all replicas).")
-    flags.DEFINE_integer("epochs", 200, "Number of epochs (passes over the training set); the paper uses 200.")
-    flags.DEFINE_float("momentum", 0.0, "Heavy-ball momentum (PyTorch convention); 0 = plain SGD.")
-    flags.DEFINE_float("weight_decay", 0.0, "L2 coefficient wd: gradient += wd * w, i.e. loss += wd/2 ||w||^2 "
+    flags.DEFINE_integer("batch_size", D["batch_size"], "Global batch size (examples per step, over all replicas).")
+    flags.DEFINE_integer("epochs", D["epochs"], "Number of epochs (passes over the training set); the paper uses 200.")
+    flags.DEFINE_float("momentum", D["momentum"], "Heavy-ball momentum (PyTorch convention); 0 = plain SGD.")
+    flags.DEFINE_float("weight_decay", D["weight_decay"], "L2 coefficient wd: gradient += wd * w, i.e. loss += wd/2 ||w||^2 "
                        "(PyTorch convention), over all trainable weights.")
-    flags.DEFINE_integer("seed", 0, "Seed of the initialisation, the data order and the augmentation.")
-    flags.DEFINE_bool("augment", None, "Data augmentation of images (CIFAR: pad 4 + random crop + flip; "
+    flags.DEFINE_integer("seed", D["seed"], "Seed of the initialisation, the data order and the augmentation.")
+    flags.DEFINE_bool("augment", D["augment"], "Data augmentation of images (CIFAR: pad 4 + random crop + flip; "
                       "refused for vector data). Default: on for cifar10/cifar100, off otherwise.")
-    flags.DEFINE_float("stop_at_train_loss", 0.0, "Stop once an epoch's mean training loss is at most this "
+    flags.DEFINE_float("stop_at_train_loss", D["stop_at_train_loss"], "Stop once an epoch's mean training loss is at most this "
                        "(e.g. 0.01, Jiang et al.); 0 = train all --epochs.")
-    flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
+    flags.DEFINE_enum("mixed_precision", D["mixed_precision"], list(MIXED_PRECISION),
                       "Compute in float16 (with dynamic loss scaling) or bfloat16, keeping float32 weights "
                       "(Keras mixed precision). Off by default: it changes the numerics under study, so it is "
                       "part of the run's configuration, not an execution setting.")
     # Where results go.
-    flags.DEFINE_string("workdir", "outputs", "Results root; the run folder is <workdir>/<run_name>.")
-    flags.DEFINE_string("run_name", None, "Run folder name (default: e.g. vgg19-cifar10-bs64-lr0.05-s0).")
+    flags.DEFINE_string("workdir", D["workdir"], "Results root; the run folder is <workdir>/<run_name>.")
+    flags.DEFINE_string("run_name", D["run_name"], "Run folder name (default: e.g. vgg19-cifar10-bs64-lr0.05-s0).")
     flags.DEFINE_bool("dry_run", False, "Print the model summary and parameter count, then exit "
                       "without touching data or disk.")
     # Execution: these never change what is computed beyond float rounding, so they may differ on resume.
-    flags.DEFINE_integer("eval_batch_size", 1000, "Examples per evaluation batch.")
-    flags.DEFINE_integer("steps_per_call", 0, "Training steps run inside one tf.function call "
+    flags.DEFINE_integer("eval_batch_size", D["eval_batch_size"], "Examples per evaluation batch.")
+    flags.DEFINE_integer("steps_per_call", D["steps_per_call"], "Training steps run inside one tf.function call "
                          "(0: a whole epoch, or about 2% of one when a progress bar is shown).")
-    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
-    flags.DEFINE_bool("deterministic", True, "TF op determinism: reruns on CPU give identical metrics.")
-    flags.DEFINE_bool("tf32", False, "Allow TensorFloat-32 matmuls/convs on Ampere+ GPUs (changes numerics; "
+    flags.DEFINE_bool("jit_compile", D["jit_compile"], "Compile the training step with XLA.")
+    flags.DEFINE_bool("deterministic", D["deterministic"], "TF op determinism: reruns on CPU give identical metrics.")
+    flags.DEFINE_bool("tf32", D["tf32"], "Allow TensorFloat-32 matmuls/convs on Ampere+ GPUs (changes numerics; "
                       "TF enables it by default, lrbs_tf does not).")
-    flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices and mirror the model "
+    flags.DEFINE_integer("cpu_devices", D["cpu_devices"], "Split the CPU into this many logical devices and mirror the model "
                          "over them (tests MirroredStrategy without GPUs); 0 = off.")
-    flags.DEFINE_integer("checkpoints_to_keep", 2, "Epoch checkpoints kept in <run>/ckpt.")
-    flags.DEFINE_bool("progress", None, "Per-epoch progress bar (default: when stdout is a terminal).")
-    flags.DEFINE_integer("intra_op_threads", 0, "CPU threads inside one op (0: TensorFlow's default, all "
+    flags.DEFINE_integer("checkpoints_to_keep", D["checkpoints_to_keep"], "Epoch checkpoints kept in <run>/ckpt.")
+    flags.DEFINE_bool("progress", D["progress"], "Per-epoch progress bar (default: when stdout is a terminal).")
+    flags.DEFINE_integer("intra_op_threads", D["intra_op_threads"], "CPU threads inside one op (0: TensorFlow's default, all "
                          "cores); bin/sweep sets it so parallel workers share the cores.")
-    flags.DEFINE_integer("inter_op_threads", 0, "CPU threads running independent ops (0: TensorFlow's default).")
-    flags.DEFINE_enum("column_engine", "auto", ["auto", "graph", "stacked"], "How a column of several --lr "
+    flags.DEFINE_integer("inter_op_threads", D["inter_op_threads"], "CPU threads running independent ops (0: TensorFlow's default).")
+    flags.DEFINE_enum("column_engine", D["column_engine"], list(COLUMN_ENGINES), "How a column of several --lr "
                       "runs: 'graph' runs K models side by side in one graph (every arch, any strategy; the "
                       "faster one on CPU, measured); 'stacked' holds the K MLPs as (K, ...) weights (one "
-                      "batched matmul per layer; mlp on one device); 'auto' stacks MLPs on a GPU (not "
-                      "measured there) and uses 'graph' otherwise.")
+                      "batched matmul per layer; mlp in float32 on one device); 'auto' = 'graph' until a GPU "
+                      "measurement says otherwise (BENCHMARKS.md).")
 
 
 @_once
@@ -112,43 +119,43 @@ def define_correlate_flags() -> None:
 def define_sharpness_flags() -> None:
     """bin/sharpness: curvature of a trained run (Hessian eigenvalues, trace, spectrum, sharpness), and the
     loss along the line between two runs. Flags shared with other binaries are defined once (guarded)."""
+    S = SHARPNESS_DEFAULTS
     define_data_flags()  # a run folder's config.json names its data; --data_dir/--data_path replace its paths
     flags.DEFINE_string("ckpt", None, "A finished run folder (reads its config.json and model.keras), or a "
                         "model.keras file (then --dataset, unless its folder holds a config.json).")
-    flags.DEFINE_integer("num_examples", 2048, "Examples of the measured loss: the first N of the training "
+    flags.DEFINE_integer("num_examples", S["num_examples"], "Examples of the measured loss: the first N of the training "
                          "split in dataset order, no augmentation; 0 = the whole split.")
-    flags.DEFINE_integer("hvp_batch_size", 0, "Examples per forward/backward chunk (H is the size-weighted "
+    flags.DEFINE_integer("hvp_batch_size", S["hvp_batch_size"], "Examples per forward/backward chunk (H is the size-weighted "
                          "mean over chunks). Inference-mode BN: speed/memory only, 0 = 256. Batch-mode BN: the "
                          "batch whose statistics normalise, 0 = the run's training batch_size.")
-    flags.DEFINE_integer("top_k", 5, "Number of top Hessian eigenvalues.")
-    flags.DEFINE_enum("eig_method", "lanczos", ["lanczos", "power"], "Top eigenvalues by Lanczos (scipy eigsh, "
+    flags.DEFINE_integer("top_k", S["top_k"], "Number of top Hessian eigenvalues.")
+    flags.DEFINE_enum("eig_method", S["eig_method"], list(EIG_METHODS), "Top eigenvalues by Lanczos (scipy eigsh, "
                       "which='LA') or power iteration with deflation (largest magnitude).")
-    flags.DEFINE_float("tol", 1e-4, "Eigenvalue tolerance, relative: residual ||Hv - lambda v|| / |lambda| "
+    flags.DEFINE_float("tol", S["tol"], "Eigenvalue tolerance, relative: residual ||Hv - lambda v|| / |lambda| "
                        "(and, for power iteration, the relative change of lambda).")
-    flags.DEFINE_integer("max_hvps", 1000, "Budget of Hessian-vector products for the top eigenvalues.")
-    flags.DEFINE_float("hutchinson_rtol", 0.05, "Hutchinson stops when stderr(trace) <= this * |trace|.")
-    flags.DEFINE_integer("max_probes", 300, "Most Rademacher probes (one HVP each) for trace and Frobenius norm.")
-    flags.DEFINE_integer("slq_steps", 80, "Lanczos steps per SLQ run (memory: steps x num_params float64).")
-    flags.DEFINE_integer("slq_runs", 2, "Independent SLQ start vectors averaged in the spectral density.")
-    flags.DEFINE_float("eps", 1e-3, "Keskar epsilon: the box |delta_i| <= eps (|w_i| + 1).")
-    flags.DEFINE_integer("eps_steps", 20, "Projected sign-gradient ascent steps (gradients) for eps-sharpness.")
-    flags.DEFINE_float("noise_sigma", 1e-2, "Average sharpness: weight noise delta_i ~ N(0, (sigma (|w_i|+1))^2).")
-    flags.DEFINE_integer("noise_draws", 10, "Average sharpness: noise draws (losses) averaged.")
-    flags.DEFINE_enum("bn_mode", "inference", ["inference", "batch"], "Batch norm during measurements: moving "
+    flags.DEFINE_integer("max_hvps", S["max_hvps"], "Budget of Hessian-vector products for the top eigenvalues.")
+    flags.DEFINE_float("hutchinson_rtol", S["hutchinson_rtol"], "Hutchinson stops when stderr(trace) <= this * |trace|.")
+    flags.DEFINE_integer("max_probes", S["max_probes"], "Most Rademacher probes (one HVP each) for trace and Frobenius norm.")
+    flags.DEFINE_integer("slq_steps", S["slq_steps"], "Lanczos steps per SLQ run (memory: steps x num_params float64).")
+    flags.DEFINE_integer("slq_runs", S["slq_runs"], "Independent SLQ start vectors averaged in the spectral density.")
+    flags.DEFINE_float("eps", S["eps"], "Keskar epsilon: the box |delta_i| <= eps (|w_i| + 1).")
+    flags.DEFINE_integer("eps_steps", S["eps_steps"], "Projected sign-gradient ascent steps (gradients) for eps-sharpness.")
+    flags.DEFINE_float("noise_sigma", S["noise_sigma"], "Average sharpness: weight noise delta_i ~ N(0, (sigma (|w_i|+1))^2).")
+    flags.DEFINE_integer("noise_draws", S["noise_draws"], "Average sharpness: noise draws (losses) averaged.")
+    flags.DEFINE_enum("bn_mode", S["bn_mode"], list(BN_MODES), "Batch norm during measurements: moving "
                       "statistics (the evaluated model) or each chunk's statistics (the model SGD sees). "
                       "Moving statistics are never updated either way.")
-    flags.DEFINE_bool("include_weight_decay", False, "Add the run's (weight_decay/2) ||w||^2 to the measured "
+    flags.DEFINE_bool("include_weight_decay", S["include_weight_decay"], "Add the run's (weight_decay/2) ||w||^2 to the measured "
                       "loss (shifts every eigenvalue by weight_decay).")
-    flags.DEFINE_enum("hvp_mode", "forward_over_reverse", ["forward_over_reverse", "reverse_over_reverse"],
+    flags.DEFINE_enum("hvp_mode", S["hvp_mode"], list(HVP_MODES),
                       "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
                       "depends on model and device, see benchmarks/curvature.md).")
-    flags.DEFINE_list("quantities", ["eigenvalues", "trace", "spectrum", "eps_sharpness", "avg_sharpness",
-                                     "grad_cov"], "Which quantities to compute (comma-separated subset).")
+    flags.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset).")
     flags.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
                       "alpha theta_b instead of curvature; needs --out.")
     flags.DEFINE_list("alpha_range", ["-0.5", "1.5", "21"], "START,STOP,NUM: the interpolation alphas "
                       "(linspace; 0 and 1 are always added).")
-    flags.DEFINE_enum("interp_bn_stats", "interpolate", ["interpolate", "recompute"], "BN moving statistics "
+    flags.DEFINE_enum("interp_bn_stats", INTERP_BN_STATS[0], list(INTERP_BN_STATS), "BN moving statistics "
                       "along the line: blended (means linearly, variances geometrically) or re-estimated on "
                       "the training examples at every alpha.")
     if "out" not in FLAGS:  # shared with bin/correlate: one definition serves both
@@ -156,7 +163,7 @@ def define_sharpness_flags() -> None:
                             "--ckpt, default the run folder / the model file's folder).")
     if "seed" not in FLAGS:  # shared with bin/train; for bin/sharpness it seeds probes, starts and noise
         # allow_override: define_train_flags, called later in the same process, may then redefine it.
-        flags.DEFINE_integer("seed", 0, "Random seed (bin/sharpness: probes, start vectors, weight noise).",
+        flags.DEFINE_integer("seed", S["seed"], "Random seed (bin/sharpness: probes, start vectors, weight noise).",
                              allow_override=True)
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
 
-from lrbs_tf import runfolder
+from lrbs_tf.config import format_lr, run_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +48,8 @@ class WorkUnit:
         if len(self.runs) == 1:
             return self.runs[0].name
         lrs = self.lrs
-        return (f"bs{self.batch_size}-s{self.seed}-lr{runfolder.format_lr(lrs[0])}.."
-                f"{runfolder.format_lr(lrs[-1])}x{len(lrs)}")
+        return (f"bs{self.batch_size}-s{self.seed}-lr{format_lr(lrs[0])}.."
+                f"{format_lr(lrs[-1])}x{len(lrs)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Grid:
         return len(self.batch_sizes) * len(self.lrs) * len(self.seeds)
 
     def run(self, batch_size: int, lr: float, seed: int) -> Run:
-        return Run(batch_size, lr, seed, runfolder.run_name(self.arch, self.dataset, batch_size, lr, seed,
+        return Run(batch_size, lr, seed, run_name(self.arch, self.dataset, batch_size, lr, seed,
                                                              self.momentum, self.weight_decay))
 
     def runs(self) -> list[Run]:

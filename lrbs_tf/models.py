@@ -21,6 +21,8 @@ from typing import Callable
 import keras
 from keras import layers
 
+from lrbs_tf.config import check_arch_input
+
 BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum=0.1 (new-statistics weight) == Keras momentum 0.9
 BN_EPSILON = 1e-5  # PyTorch default
 
@@ -178,7 +180,6 @@ ARCHS: dict[str, Callable[..., keras.Model]] = {
     "alexnet": alexnet,
     "mlp": mlp,
 }
-CONV_ARCHS = tuple(a for a in ARCHS if a != "mlp")  # need image inputs (H, W, C)
 
 
 def build_model(arch: str, num_classes: int, input_shape: tuple, *, mlp_depth: int = 4,
@@ -189,19 +190,11 @@ def build_model(arch: str, num_classes: int, input_shape: tuple, *, mlp_depth: i
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-    if arch in CONV_ARCHS and len(input_shape) != 3:
-        raise ValueError(f"arch {arch!r} needs image inputs (H, W, C), got input shape {tuple(input_shape)}")
+    check_arch_input(arch, tuple(input_shape))
     if arch == "mlp":
         return mlp(num_classes, tuple(input_shape), depth=mlp_depth, width=mlp_width,
                    batch_norm_layers=mlp_batch_norm)
     return ARCHS[arch](num_classes, tuple(input_shape))
-
-
-def build_from_config(config: dict, num_classes: int, input_shape: tuple) -> keras.Model:
-    """Builds the model a run's config.json describes (keys `arch`, `mlp_depth`, `mlp_width`, `mlp_batch_norm`)."""
-    return build_model(config["arch"], num_classes, tuple(input_shape),
-                       mlp_depth=config.get("mlp_depth", 4), mlp_width=config.get("mlp_width", 256),
-                       mlp_batch_norm=config.get("mlp_batch_norm", False))
 
 
 def count_trainable_params(model: keras.Model) -> int:

@@ -15,7 +15,6 @@ nothing and trains nothing twice: finished runs are skipped, unfinished ones res
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import shlex
 import shutil
@@ -25,15 +24,15 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from lrbs_tf import grid as gridlib
-from lrbs_tf import runfolder, workers
-from lrbs_tf.cli import UsageError, run_app
-from lrbs_tf.train import DEFAULTS, EXECUTION_SETTINGS, TrainConfig, validate
+from lrbs_tf import provenance, runfolder, workers
+from lrbs_tf.cli import run_app
+from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, TrainConfig, UsageError, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_RECORD = "sweep.json"
 LOG_DIR = "sweep_logs"
 CORRELATE_LOCK = "correlate.lock"
-GRID_FLAGS = ("lr", "batch_size", "seed", "run_name")  # set per run by the grid, never by a flagfile
+GRID_FLAGS = (*GRID_SETTINGS, "run_name")  # set per run by the grid, never by a flagfile
 # bin/train flags the sweep sets itself per worker (threads) or always (no progress bar in a log file).
 WORKER_FLAGS = ("intra_op_threads", "inter_op_threads", "progress", "workdir")
 
@@ -92,8 +91,7 @@ def check_sweep_record(workdir: Path, record: dict) -> None:
     if not path.exists():
         workdir.mkdir(parents=True, exist_ok=True)
         tmp = workdir / f".{SWEEP_RECORD}.{os.getpid()}.tmp"
-        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        runfolder.atomic_write_json(tmp, {"grid": record, "created": stamp, "command": " ".join(sys.argv)})
+        runfolder.atomic_write_json(tmp, {"grid": record, "created": provenance.now(), "command": " ".join(sys.argv)})
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -121,21 +119,10 @@ def _train_argv(cfg: SweepConfig, unit: gridlib.WorkUnit, threads: int) -> list[
     return argv
 
 
-def _status(run_dir: Path) -> str | None:
-    """result.json's status, "unreadable" for a corrupt one, None when the run is unfinished."""
-    try:
-        result = runfolder.read_result(run_dir)
-    except runfolder.RunFolderError:
-        return "unreadable"
-    if result is None:
-        return None
-    return result.get("status") if isinstance(result, dict) else "unreadable"
-
-
 def _needs_sharpness(run_dir: Path) -> bool:
     """A done run without sharpness.json (diverged runs have no minimum to measure)."""
-    return (_status(run_dir) == runfolder.STATUS_DONE and not (run_dir / runfolder.SHARPNESS).exists()
-            and (run_dir / runfolder.MODEL).exists())
+    return (runfolder.run_status(run_dir) == runfolder.STATUS_DONE
+            and not (run_dir / runfolder.SHARPNESS).exists() and (run_dir / runfolder.MODEL).exists())
 
 
 class _Session:
@@ -146,7 +133,7 @@ class _Session:
         self.log_dir = cfg.workdir / LOG_DIR
         suffix = "" if cfg.num_shards == 1 else f"-shard{cfg.shard_index}of{cfg.num_shards}"
         self.failures_path = cfg.workdir / f"sweep_failures{suffix}.jsonl"  # one writer: this shard
-        finished = {s: sum(_status(cfg.workdir / r.name) == s for r in runs)
+        finished = {s: sum(runfolder.run_status(cfg.workdir / r.name) == s for r in runs)
                     for s in runfolder.TERMINAL_STATUSES}
         self.progress = workers.Progress(len(runs), finished)
         self.failed_runs: list[str] = []
@@ -166,7 +153,7 @@ class _Session:
 
     def record_failure(self, run: str, done: workers.Finished, **extra) -> None:
         runfolder.append_jsonl(self.failures_path, {
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "time": provenance.now(),
             "run": run, "kind": done.task.kind, "exit_code": done.returncode, **extra,
             "log": str(done.task.log_path), "log_tail": done.log_tail,
             "command": " ".join(shlex.quote(a) for a in done.task.argv)})
@@ -189,7 +176,7 @@ class _Session:
         unit: gridlib.WorkUnit = done.task.payload
         follow, unfinished, words = [], [], []
         for run in unit.runs:
-            status = _status(self.cfg.workdir / run.name)
+            status = runfolder.run_status(self.cfg.workdir / run.name)
             if status in runfolder.TERMINAL_STATUSES:
                 self.progress.counts[status] += 1
                 words.append(f"{run.name} {status}")
@@ -211,7 +198,7 @@ class _Session:
             for run, status in unfinished:
                 error = None
                 if status == runfolder.STATUS_FAILED:
-                    error = (runfolder.read_result(self.cfg.workdir / run.name) or {}).get("error")
+                    error = runfolder.read_result(self.cfg.workdir / run.name).error
                 self.record_failure(run.name, done, result_status=status, error=error)
                 self.progress.counts["failed"] += 1
                 self.failed_runs.append(run.name)
@@ -266,7 +253,7 @@ def run(cfg: SweepConfig) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     workdir = cfg.workdir
-    todo = [r for r in shard if _status(workdir / r.name) not in runfolder.TERMINAL_STATUSES]
+    todo = [r for r in shard if runfolder.run_status(workdir / r.name) not in runfolder.TERMINAL_STATUSES]
     units = gridlib.work_units(todo, cfg.vectorize, cfg.column_size)
     gpus = workers.visible_gpus()
     num_workers = cfg.workers or len(gpus) or workers.available_cores()
@@ -308,7 +295,8 @@ def run(cfg: SweepConfig) -> int:
               "starting the sweep again retries them", flush=True)
     code = 1 if failed else 0
     if cfg.correlate:
-        unfinished = sum(_status(workdir / r.name) not in runfolder.TERMINAL_STATUSES for r in cfg.grid.runs())
+        unfinished = sum(runfolder.run_status(workdir / r.name) not in runfolder.TERMINAL_STATUSES
+                         for r in cfg.grid.runs())
         if unfinished:
             print(f"sweep: {unfinished} run(s) of the grid are not finished (failed, or other shards'); "
                   "bin/correlate runs once all are, or now with --correlate_now", flush=True)

@@ -7,7 +7,17 @@ import pathlib
 import subprocess
 import sys
 
+from lrbs_tf.config import TrainConfig
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def small_config(workdir: str | os.PathLike, **kw) -> TrainConfig:
+    """A run that trains in seconds: an MNIST-1D MLP of 2 hidden layers x 32 units, batch 64, lr 0.1,
+    2 epochs, no progress bar, under `workdir`; `kw` overrides any setting."""
+    base = dict(arch="mlp", dataset="mnist1d", mlp_depth=2, mlp_width=32, batch_size=64, lr=0.1, epochs=2,
+                workdir=str(workdir), progress=False)
+    return TrainConfig(**{**base, **kw})
 
 
 def run_bin(name: str, *args: str, cwd: str | os.PathLike | None = None, timeout: int = 300,

@@ -1,0 +1,207 @@
+"""The training configuration: every setting of a run, its default, its allowed values and its validation.
+
+This module is the one source of these facts. `lrbs_tf.flags` defines bin/train's flags from `DEFAULTS` and
+the allowed-value lists here; `lrbs_tf.train` (the command line), `lrbs_tf.loop` (the training loop) and
+`lrbs_tf.sweep` (grids) all build and check a `TrainConfig` through it. It imports neither TensorFlow nor
+absl, so bad flags are refused in a fraction of a second, and a notebook can build configurations cheaply.
+
+A setting is either part of the run's *identity* (what the run is: it must match the run folder's
+config.json when a run is resumed) or an *execution setting* (how or where it is computed: it may differ on
+resume). Some execution settings can still change float rounding; bin/correlate reports them when they vary
+inside a group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from lrbs_tf.data import DATASETS
+from lrbs_tf.errors import TrainingFailed, UsageError  # noqa: F401  (the error types of a configuration)
+from lrbs_tf.model_names import ARCH_NAMES
+
+# --mixed_precision -> the Keras dtype policy the models are built under.
+MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+# --column_engine. 'auto' picks 'graph' everywhere: it measured 2x faster than 'stacked' on CPU
+# (BENCHMARKS.md), and nothing has been measured on a GPU yet (BENCHMARKS.md says what must be first).
+COLUMN_ENGINES = ("auto", "graph", "stacked")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of one run; field names are the flag names and the keys of config.json."""
+    arch: str = "mlp"
+    dataset: str = "mnist1d"
+    batch_size: int = 64
+    lr: float = 0.05
+    epochs: int = 200
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    augment: bool | None = None           # None: the dataset's default (DATASETS[...].augment_by_default)
+    stop_at_train_loss: float = 0.0
+    mlp_depth: int = 4
+    mlp_width: int = 256
+    mlp_batch_norm: bool = False
+    mixed_precision: str = "off"
+    data_dir: str | None = None
+    data_path: str | None = None
+    workdir: str = "outputs"
+    run_name: str | None = None           # None: run_name(...) of the identity settings
+    eval_batch_size: int = 1000
+    steps_per_call: int = 0
+    jit_compile: bool = False
+    deterministic: bool = True
+    tf32: bool = False
+    cpu_devices: int = 0
+    checkpoints_to_keep: int = 2
+    progress: bool | None = None          # None: when stdout is a terminal
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    column_engine: str = "auto"
+
+    @classmethod
+    def from_flags(cls, flag_values: Any, **overrides: Any) -> "TrainConfig":
+        """The configuration held by parsed flags (any object with one attribute per field)."""
+        values = {f.name: getattr(flag_values, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**values, **overrides})
+
+    def resolved(self) -> "TrainConfig":
+        """Fills the dataset-dependent defaults (augmentation, run name)."""
+        augment = DATASETS[self.dataset].augment_by_default if self.augment is None else self.augment
+        name = self.run_name or run_name(self.arch, self.dataset, self.batch_size, self.lr, self.seed,
+                                         self.momentum, self.weight_decay)
+        return dataclasses.replace(self, augment=augment, run_name=name)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.workdir) / self.run_name
+
+
+# Every setting's default. A config.json or sweep.json written by an older lrbs_tf, before a setting existed,
+# lacks its key; the run was made with the default, so readers compare against this.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+# Settings that only change how the computation runs (or where), not what a run is: they may differ when a
+# run is resumed. Everything else must match the run folder's config.json.
+EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
+                                "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
+                                "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
+# Execution settings that can change float rounding (XLA fusion, TF32, op determinism, the reduction over
+# replicas, the column engine's kernels): a study that mixes them should say so, so bin/correlate reports them.
+ROUNDING_SETTINGS = frozenset({"jit_compile", "deterministic", "tf32", "cpu_devices", "column_engine"})
+# The settings a grid varies (bin/sweep sets them per run).
+GRID_SETTINGS = ("batch_size", "lr", "seed")
+IDENTITY_SETTINGS = tuple(k for k in DEFAULTS if k not in EXECUTION_SETTINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeFacts:
+    """What only loading the data or discovering the devices reveals; None where not known yet."""
+    input_shape: tuple | None = None      # per example, channels last
+    num_train: int | None = None
+    replicas: int | None = None
+
+
+def check_arch_input(arch: str, input_shape: tuple, source: str = "the input") -> None:
+    """Refuses a convolutional arch on vector inputs (every arch but mlp needs (H, W, C) images); `source`
+    names where the examples come from in the message, e.g. "dataset 'mnist1d'"."""
+    if arch != "mlp" and len(input_shape) != 3:
+        raise UsageError(f"arch {arch!r} needs image inputs; {source} has examples of shape "
+                         f"{tuple(input_shape)} (use --arch=mlp)")
+
+
+def _check_shape(cfg: TrainConfig, shape: tuple) -> None:
+    check_arch_input(cfg.arch, shape, f"dataset {cfg.dataset!r}")
+    if cfg.augment and len(shape) != 3:
+        raise UsageError(f"--augment crops and flips images; dataset {cfg.dataset!r} has examples of shape "
+                         f"{tuple(shape)} (use --noaugment)")
+
+
+def _check_names_and_ranges(cfg: TrainConfig) -> None:
+    if cfg.arch not in ARCH_NAMES:
+        raise UsageError(f"unknown arch {cfg.arch!r}; valid: {', '.join(ARCH_NAMES)}")
+    if cfg.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+    positive = {"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                "eval_batch_size": cfg.eval_batch_size, "mlp_depth": cfg.mlp_depth, "mlp_width": cfg.mlp_width,
+                "checkpoints_to_keep": cfg.checkpoints_to_keep}
+    for name, value in positive.items():
+        if not value > 0:  # also rejects NaN
+            raise UsageError(f"{name}={value} must be > 0")
+    if not math.isfinite(cfg.lr):
+        raise UsageError(f"lr={cfg.lr} must be finite")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise UsageError(f"momentum={cfg.momentum} must be in [0, 1)")
+    if not cfg.weight_decay >= 0.0:
+        raise UsageError(f"weight_decay={cfg.weight_decay} must be >= 0")
+    if not cfg.stop_at_train_loss >= 0.0:
+        raise UsageError(f"stop_at_train_loss={cfg.stop_at_train_loss} must be >= 0")
+    for name in ("steps_per_call", "cpu_devices", "intra_op_threads", "inter_op_threads"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"mixed_precision={cfg.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
+    if cfg.column_engine not in COLUMN_ENGINES:
+        raise UsageError(f"column_engine={cfg.column_engine!r}; valid: {', '.join(COLUMN_ENGINES)}")
+    if cfg.dataset == "npz" and not cfg.data_path:
+        raise UsageError("--dataset=npz needs --data_path=FILE.npz")
+    if cfg.run_name is not None and (not cfg.run_name or "/" in cfg.run_name or cfg.run_name in (".", "..")):
+        raise UsageError(f"run_name={cfg.run_name!r} must be a plain folder name")
+
+
+def _check_stacked(cfg: TrainConfig, replicas: int) -> None:
+    if cfg.column_engine == "stacked" and (cfg.arch != "mlp" or cfg.mixed_precision != "off" or replicas > 1):
+        raise UsageError(f"column_engine=stacked needs an mlp in float32 on one device; arch={cfg.arch}, "
+                         f"mixed_precision={cfg.mixed_precision}, {replicas} replica(s)")
+
+
+def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
+    """Checks `cfg`, raising UsageError naming the bad value. Nothing is read or written.
+
+    Called twice by bin/train: before anything else with `facts` None (names, ranges, and whatever the
+    dataset's spec already tells), and again once the data is loaded and the devices are known, with the
+    facts only those reveal (an npz file's shape, the training-set size, the number of replicas).
+    """
+    facts = facts or RuntimeFacts()
+    _check_names_and_ranges(cfg)
+    shape = facts.input_shape if facts.input_shape is not None else DATASETS[cfg.dataset].input_shape
+    if shape is not None:
+        _check_shape(cfg, shape)
+    _check_stacked(cfg, facts.replicas if facts.replicas is not None else max(cfg.cpu_devices, 1))
+    if facts.num_train is not None and cfg.batch_size > facts.num_train:
+        raise UsageError(f"batch_size={cfg.batch_size} is larger than the training set ({facts.num_train} "
+                         f"examples of {cfg.dataset})")
+    if facts.replicas is not None and cfg.batch_size % facts.replicas:
+        raise UsageError(f"batch_size={cfg.batch_size} is not divisible by {facts.replicas} replicas")
+
+
+def settings(cfg: TrainConfig) -> dict:
+    """The flag-keyed settings recorded in config.json."""
+    return dataclasses.asdict(cfg)
+
+
+def identity_differences(recorded: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The identity settings in which `cfg` differs from a config.json's `recorded` settings, as text; a key
+    an older config.json lacks counts as its default."""
+    new = settings(cfg)
+    return [f"{k}={recorded.get(k, DEFAULTS[k])!r} in config.json but {k}={new[k]!r} now"
+            for k in IDENTITY_SETTINGS if recorded.get(k, DEFAULTS[k]) != new[k]]
+
+
+def format_lr(lr: float) -> str:
+    """A short, exact-enough text for a learning rate in run names: 0.05 -> '0.05', 1e-4 -> '0.0001'."""
+    return f"{lr:.10g}"
+
+
+def run_name(arch: str, dataset: str, batch_size: int, lr: float, seed: int,
+             momentum: float = 0.0, weight_decay: float = 0.0) -> str:
+    """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero)."""
+    name = f"{arch}-{dataset}-bs{batch_size}-lr{format_lr(lr)}-s{seed}"
+    if momentum:
+        name += f"-m{format_lr(momentum)}"
+    if weight_decay:
+        name += f"-wd{format_lr(weight_decay)}"
+    return name

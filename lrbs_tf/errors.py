@@ -1,0 +1,23 @@
+"""The error types every lrbs_tf module raises, in one leaf module (no imports), so any module can raise them
+without depending on the command-line layer or on TensorFlow.
+
+How each is reported (lrbs_tf.cli): bad input (`UsageError`, `RunFolderError`, and `DataError` once a binary
+has turned it into a UsageError) is one line on stderr and exit status 2; `TrainingFailed` is one line and
+exit status 1, with the run folder recording status `failed`.
+"""
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a flag, a file, a folder): reported as one line and exit status 2."""
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (missing, unfinished, corrupt, or another configuration)."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded as asked; the message names the file or dataset."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training itself failed (not bad input); the run folder records status `failed` and the error."""
