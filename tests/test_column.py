@@ -5,16 +5,10 @@ import pytest
 
 from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError
-from lrbs_tf.train import TrainConfig, run, run_column
+from lrbs_tf.train import run, run_column
+from tests.helpers import small_config as cfg_for
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "effective_lr")
-
-
-def cfg_for(workdir, **kw) -> TrainConfig:
-    base = dict(arch="mlp", dataset="mnist1d", mlp_depth=2, mlp_width=32, batch_size=64, lr=0.1, epochs=2,
-                workdir=str(workdir), progress=False)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def assert_same_runs(column_dir, alone_dir, name, rtol=1e-6):
@@ -28,7 +22,7 @@ def assert_same_runs(column_dir, alone_dir, name, rtol=1e-6):
             else:
                 assert a[key] == pytest.approx(b[key], rel=rtol, abs=1e-12), (name, a["epoch"], key)
     ra, rb = runfolder.read_result(column_dir / name), runfolder.read_result(alone_dir / name)
-    assert ra["status"] == rb["status"] and ra.get("diverged_epoch") == rb.get("diverged_epoch")
+    assert ra.status == rb.status and ra.diverged_epoch == rb.diverged_epoch
 
 
 @pytest.mark.parametrize("engine", ["graph", "stacked"])
@@ -40,7 +34,7 @@ def test_column_members_equal_separate_runs_and_a_diverged_member_stops_alone(tm
     for lr in lrs:
         run(cfg_for(tmp_path / "alone", epochs=3, lr=lr))
         assert_same_runs(tmp_path / "col", tmp_path / "alone", f"mlp-mnist1d-bs64-lr{lr:g}-s0")
-    config = runfolder.read_config(tmp_path / "col" / "mlp-mnist1d-bs64-lr0.2-s0")
+    config = runfolder.read_config(tmp_path / "col" / "mlp-mnist1d-bs64-lr0.2-s0").raw
     assert config["lr"] == 0.2 and config["column_lrs"] == lrs
 
 
@@ -188,12 +182,14 @@ def test_stacked_engine_refuses_what_it_cannot_stack(tmp_path):
 
 def test_interrupted_stacked_column_resumes_to_the_same_metrics(tmp_path):
     """SIGTERM (a cluster's preemption) mid-column, then the same call again: identical metrics, and the
-    resumed momentum state (copied back from the stacked engine into each member's checkpoint) is right."""
+    resumed momentum state (copied back from the stacked engine into each member's checkpoint) is right.
+    The stacked engine is asked for explicitly ('auto' picks the graph engine), so a wrong stacked.unstack
+    (the state checkpointed) makes the resumed members differ from the uninterrupted ones."""
     import os
     import signal
     import threading
 
-    kw = dict(batch_size=16, epochs=4, momentum=0.9)
+    kw = dict(batch_size=16, epochs=4, momentum=0.9, column_engine="stacked")
     lrs = [0.01, 0.03, 0.05]
     run_column(cfg_for(tmp_path / "full", **kw), lrs)
     cfg = cfg_for(tmp_path / "cut", **kw)

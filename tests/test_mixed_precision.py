@@ -12,16 +12,12 @@ import tensorflow as tf
 
 from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError
-from lrbs_tf.train import TrainConfig, run, run_column
+from lrbs_tf.train import run, run_column
+from tests.helpers import small_config as cfg_for
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq")
 
 
-def cfg_for(workdir, **kw) -> TrainConfig:
-    base = dict(arch="mlp", dataset="mnist1d", mlp_depth=2, mlp_width=32, batch_size=64, lr=0.1, epochs=2,
-                workdir=str(workdir), progress=False)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 NAME = "mlp-mnist1d-bs64-lr0.1-s0"
@@ -34,8 +30,8 @@ def _policies(model):
 def test_default_is_float32_and_bfloat16_changes_the_numbers_but_not_the_saved_model(tmp_path):
     run(cfg_for(tmp_path / "f32"))
     run(cfg_for(tmp_path / "bf16", mixed_precision="bfloat16"))
-    assert runfolder.read_config(tmp_path / "f32" / NAME)["mixed_precision"] == "off"
-    assert runfolder.read_config(tmp_path / "bf16" / NAME)["mixed_precision"] == "bfloat16"
+    assert runfolder.read_config(tmp_path / "f32" / NAME).raw["mixed_precision"] == "off"
+    assert runfolder.read_config(tmp_path / "bf16" / NAME).raw["mixed_precision"] == "bfloat16"
     f32 = runfolder.read_metrics(tmp_path / "f32" / NAME)
     bf16 = runfolder.read_metrics(tmp_path / "bf16" / NAME)
     assert all(np.isfinite(r[k]) for r in bf16 for k in KEYS)
@@ -85,7 +81,7 @@ def test_float16_with_loss_scaling_resumes_to_the_same_metrics(tmp_path):
 
 def test_members_are_built_under_the_runs_policy():
     from lrbs_tf.data import load_data
-    from lrbs_tf.loop import build_member
+    from lrbs_tf.members import build_member
 
     data = load_data("mnist1d")
     for setting, policy, compute in (("off", "float32", tf.float32), ("bfloat16", "mixed_bfloat16", tf.bfloat16),

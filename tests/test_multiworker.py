@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from lrbs_tf import runfolder
-from lrbs_tf.train import TrainConfig, run
-from tests.helpers import REPO
+from lrbs_tf.train import run
+from tests.helpers import REPO, small_config
 
 
 def _free_ports(n):
@@ -38,15 +38,14 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path):
 
     name = "mlp-mnist1d-bs64-lr0.1-s0"
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == [name]  # only the chief wrote
-    config = runfolder.read_config(tmp_path / "multi" / name)
+    config = runfolder.read_config(tmp_path / "multi" / name).raw
     assert config["replicas"] == 2
 
-    run(TrainConfig(arch="mlp", mlp_depth=2, mlp_width=32, dataset="mnist1d", batch_size=64, lr=0.1, epochs=2,
-                    progress=False, workdir=str(tmp_path / "single")))
+    run(small_config(tmp_path / "single"))
     multi = runfolder.read_metrics(tmp_path / "multi" / name)
     single = runfolder.read_metrics(tmp_path / "single" / name)
     assert len(multi) == len(single) == 2
     for a, b in zip(multi, single):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), (a["epoch"], key)
-    assert runfolder.read_result(tmp_path / "multi" / name)["status"] == "done"
+    assert runfolder.read_result(tmp_path / "multi" / name).status == "done"

@@ -11,15 +11,13 @@ import pytest
 from lrbs_tf import runfolder
 from lrbs_tf.cli import UsageError
 from lrbs_tf.data import load_data
-from lrbs_tf.train import TrainConfig, run
-from tests.helpers import without_seconds
+from lrbs_tf.config import TrainConfig
+from lrbs_tf.train import run
+from tests.helpers import small_config, without_seconds
 
 
 def small(tmp_path, **kw) -> TrainConfig:
-    base = dict(arch="mlp", dataset="mnist1d", mlp_depth=2, mlp_width=64, batch_size=64, lr=0.1, epochs=3,
-                workdir=str(tmp_path), progress=False)
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_config(tmp_path, **{"mlp_width": 64, "epochs": 3, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,7 @@ def test_run_folder_contract(reference):
     cfg, result = reference
     run_dir = cfg.run_dir
     assert run_dir.name == "mlp-mnist1d-bs64-lr0.1-s0"
-    config = runfolder.read_config(run_dir)
+    config = runfolder.read_config(run_dir).raw
     for key in ("arch", "dataset", "batch_size", "lr", "seed", "epochs", "momentum", "weight_decay"):
         assert config[key] == getattr(cfg, key)
     assert config["num_params"] == 40 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
@@ -95,12 +93,59 @@ def test_stop_at_train_loss(tmp_path):
     assert 1 < result["epochs"] < 50 and result["final_train_loss"] <= 1.9
 
 
-def test_momentum_and_weight_decay_change_the_run_and_its_name(tmp_path):
-    cfg = small(tmp_path, momentum=0.9, weight_decay=5e-4, epochs=1)
+def _numpy_sgd(weights, batches, lr, momentum, weight_decay):
+    """PyTorch's SGD (b = m b + g + wd w; w -= lr b) on a 1-hidden-layer ReLU MLP with mean softmax
+    cross-entropy, written out in float64: an independent reference for the training step.
+    Returns the weights after every batch and each batch's loss (taken before its update)."""
+    w = [np.asarray(v, np.float64) for v in weights]  # kernel1, bias1, kernel2, bias2 (Keras' order)
+    buf = [np.zeros_like(v) for v in w]
+    losses = []
+    for x, y in batches:
+        x = np.asarray(x, np.float64)
+        h = np.maximum(x @ w[0] + w[1], 0.0)
+        z = h @ w[2] + w[3]
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        losses.append(float(np.mean(-np.log(p[np.arange(len(y)), y]))))
+        dz = (p - np.eye(p.shape[1])[y]) / len(y)
+        dh = (dz @ w[2].T) * (h > 0)
+        grads = [x.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+        for i, g in enumerate(grads):
+            buf[i] = momentum * buf[i] + g + weight_decay * w[i]
+            w[i] = w[i] - lr * buf[i]
+    return w, losses
+
+
+def test_momentum_and_weight_decay_follow_a_numpy_sgd_reference(tmp_path):
+    """Two SGD steps with momentum 0.9 and weight decay 0.05 through bin/train's loop equal PyTorch's SGD
+    written out in numpy, from the same initial weights on the same two batches."""
+    from lrbs_tf.data import Pipelines
+    from lrbs_tf.models import build_model
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    cfg = small(tmp_path, dataset="npz", data_path=str(path), mlp_depth=1, mlp_width=8, batch_size=16,
+                lr=0.1, momentum=0.9, weight_decay=0.05, epochs=1)
     result = run(cfg)
-    assert cfg.resolved().run_name == "mlp-mnist1d-bs64-lr0.1-s0-m0.9-wd0.0005"
-    plain = run(small(tmp_path, epochs=1))
-    assert result["final_train_loss"] != plain["final_train_loss"]
+    run_dir = cfg.resolved().run_dir
+    assert run_dir.name == "mlp-npz-bs16-lr0.1-s0-m0.9-wd0.05"
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.seed)  # as the loop does: the run's initial weights
+    initial = [v.numpy() for v in build_model("mlp", 3, (6,), mlp_depth=1, mlp_width=8).trainable_variables]
+    data = load_data("npz", data_path=str(path))
+    batches = [(bx.numpy(), by.numpy()) for bx, by in Pipelines(data, augment=False).train(16, cfg.seed, 0)]
+    assert len(batches) == 2
+    expected, losses = _numpy_sgd(initial, batches, cfg.lr, cfg.momentum, cfg.weight_decay)
+    trained = keras.models.load_model(run_dir / runfolder.MODEL, compile=False)
+    for got, want in zip([v.numpy() for v in trained.trainable_variables], expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert result["final_train_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+    # The reference is sensitive to what it checks: doubling the decay moves the weights beyond the tolerance.
+    doubled, _ = _numpy_sgd(initial, batches, cfg.lr, cfg.momentum, 2 * cfg.weight_decay)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(doubled, expected)) > 1e-4
 
 
 def _snapshot(root):
@@ -140,7 +185,7 @@ def test_npz_with_missing_keys_or_mismatched_lengths(tmp_path):
         run(small(out, dataset="npz", data_path=str(bad)))
     np.savez(bad, x_train=np.zeros((10, 4)), y_train=np.zeros(10, int), x_test=np.zeros((2, 4)),
              y_test=np.zeros(2, int))
-    with pytest.raises(UsageError, match=r"--augment crops and flips images; npz examples have shape \(4,\)"):
+    with pytest.raises(UsageError, match=r"--augment crops and flips images; dataset 'npz' has examples of shape \(4,\)"):
         run(small(out, dataset="npz", data_path=str(bad), batch_size=5, augment=True))
     assert not out.exists()
 
@@ -163,7 +208,7 @@ def test_npz_dataset_trains(tmp_path):
     path = tmp_path / "blobs.npz"
     np.savez(path, x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
     result = run(small(tmp_path, dataset="npz", data_path=str(path), batch_size=16, epochs=3))
-    config = runfolder.read_config(tmp_path / "mlp-npz-bs16-lr0.1-s0")
+    config = runfolder.read_config(tmp_path / "mlp-npz-bs16-lr0.1-s0").raw
     assert config["input_shape"] == [6, 6, 1] and config["num_classes"] == 3 and config["num_test"] == 60
     assert result["status"] == "done" and result["best_test_accuracy"] > 0.9
 
@@ -173,7 +218,7 @@ def test_cifar10_through_tfds_mock_data_with_a_conv_net(tmp_path):
 
     with tfds.testing.mock_data(num_examples=32):
         result = run(small(tmp_path, arch="resnet20", dataset="cifar10", batch_size=16, epochs=1, lr=0.01))
-    config = runfolder.read_config(tmp_path / "resnet20-cifar10-bs16-lr0.01-s0")
+    config = runfolder.read_config(tmp_path / "resnet20-cifar10-bs16-lr0.01-s0").raw
     assert config["augment"] is True and config["num_params"] == 272_474 and config["steps_per_epoch"] == 2
     assert result["status"] == "done" and result["epochs"] == 1
 
@@ -181,7 +226,7 @@ def test_cifar10_through_tfds_mock_data_with_a_conv_net(tmp_path):
 def test_two_logical_devices_match_one(tmp_path):
     one = run(small(tmp_path / "one", epochs=2))
     two = run(small(tmp_path / "two", epochs=2, cpu_devices=2))
-    assert runfolder.read_config(tmp_path / "two" / "mlp-mnist1d-bs64-lr0.1-s0")["replicas"] == 2
+    assert runfolder.read_config(tmp_path / "two" / "mlp-mnist1d-bs64-lr0.1-s0").raw["replicas"] == 2
     rows1 = runfolder.read_metrics(tmp_path / "one" / "mlp-mnist1d-bs64-lr0.1-s0")
     rows2 = runfolder.read_metrics(tmp_path / "two" / "mlp-mnist1d-bs64-lr0.1-s0")
     for a, b in zip(rows1, rows2):

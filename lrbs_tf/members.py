@@ -1,0 +1,207 @@
+"""The members of a learning-rate column and their run folders: model, optimizer, checkpoint, records.
+
+`build_members` makes each member (its model under the run's dtype policy, its SGD, its config.json, its
+checkpoint restored when the run resumes); `record_epoch` appends an epoch's metrics line and TensorBoard
+scalars; `save_checkpoint` marks the epoch resumable; `finish` writes model.keras and result.json, and
+`fail` records a failed run. bin/train (through lrbs_tf.loop) is the only writer of these files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lrbs_tf import runfolder
+from lrbs_tf.config import MIXED_PRECISION, TrainConfig
+from lrbs_tf.data import Data
+from lrbs_tf.models import build_model, count_trainable_params
+
+
+def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
+    """Keras SGD. With a constant LR its momentum form (v = m v - lr g; w += v) equals PyTorch's
+    (b = m b + g; w -= lr b) with v = -lr b, so runs match the paper's PyTorch recipe."""
+    return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+
+
+def architecture(cfg: TrainConfig, num_classes: int, input_shape: tuple) -> keras.Model:
+    """The run's model, under whatever Keras dtype policy is current."""
+    return build_model(cfg.arch, num_classes, input_shape, mlp_depth=cfg.mlp_depth, mlp_width=cfg.mlp_width,
+                       mlp_batch_norm=cfg.mlp_batch_norm)
+
+
+def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optimizers.Optimizer]:
+    """The model under the run's dtype policy (float32 unless --mixed_precision), and its SGD; float16 adds
+    Keras' dynamic loss scaling (a step whose scaled gradients overflow is skipped and the scale halved).
+    The global policy is restored at once: it only matters while layers are created."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_PRECISION[cfg.mixed_precision])
+    try:
+        model = architecture(cfg, data.num_classes, data.input_shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    optimizer = sgd(cfg.lr, cfg.momentum)
+    if cfg.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return model, optimizer
+
+
+@dataclasses.dataclass
+class Member:
+    """One run of the column: its configuration, state and record."""
+    cfg: TrainConfig
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    epochs_done: tf.Variable
+    manager: tf.train.CheckpointManager
+    writer: object                     # its TensorBoard summary writer
+    rows: list = dataclasses.field(default_factory=list)
+    status: str | None = None          # set when the member ends: done / diverged
+    diverged_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+
+def _write_config(cfg: TrainConfig, flag_settings: dict, model: keras.Model, data: Data, replicas: int,
+                  column_lrs: list[float], provenance: Callable[[], dict]) -> None:
+    """config.json: the flag settings, what follows from the model and the data, and provenance."""
+    runfolder.atomic_write_json(cfg.run_dir / runfolder.CONFIG, {
+        **flag_settings, "num_params": count_trainable_params(model), "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape), "num_train": data.num_train, "num_test": int(len(data.y_test)),
+        "steps_per_epoch": data.num_train // cfg.batch_size, "replicas": replicas, "column_lrs": column_lrs,
+        "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist(), "scale": data.scale},
+        **provenance()})
+
+
+def build_members(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[TrainConfig],
+                  settings: Sequence[dict], provenance: Callable[[], dict],
+                  restore_dirs: Sequence[Path]) -> list[Member]:
+    """One Member per configuration, each from the same initial weights (its seed), its config.json written
+    if the run is new, and its latest checkpoint in `restore_dirs` restored if there is one (its metrics.jsonl
+    trimmed to that checkpoint's epoch)."""
+    keras.backend.clear_session()
+    lrs = [c.lr for c in cfgs]
+    members = []
+    for cfg, flag_settings, restore_dir in zip(cfgs, settings, restore_dirs):
+        keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
+        with strategy.scope():
+            model, optimizer = build_member(cfg, data)
+            optimizer.build(model.trainable_variables)
+            epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        if not (cfg.run_dir / runfolder.CONFIG).exists():
+            _write_config(cfg, flag_settings, model, data, strategy.num_replicas_in_sync, lrs, provenance)
+        if (cfg.run_dir / runfolder.RESULT).exists():  # a failed run being retried is unfinished again
+            (cfg.run_dir / runfolder.RESULT).unlink()
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
+        manager = tf.train.CheckpointManager(ckpt, str(cfg.run_dir / runfolder.CKPT_DIR),
+                                             max_to_keep=cfg.checkpoints_to_keep)
+        latest = tf.train.latest_checkpoint(str(restore_dir / runfolder.CKPT_DIR))
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
+            print(f"resuming {restore_dir} after epoch {int(epochs_done.numpy())}", flush=True)
+        rows = runfolder.trim_metrics(cfg.run_dir, int(epochs_done.numpy()))
+        writer = tf.summary.create_file_writer(str(cfg.run_dir / runfolder.TENSORBOARD_DIR))
+        members.append(Member(cfg, model, optimizer, epochs_done, manager, writer, rows))
+    return members
+
+
+def weight_norm_sq(variables) -> float:
+    """Squared L2 norm of all trainable weights, in float64."""
+    return float(sum(np.sum(np.square(np.asarray(v.numpy(), np.float64))) for v in variables))
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
+                 test_accuracy: float, seconds: float, train_seconds: float, label: str = "") -> dict:
+    """Appends one epoch's metrics line (and its TensorBoard scalars) for `member`; returns the row."""
+    if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
+        test_loss, test_accuracy = math.nan, math.nan
+    norm_sq = weight_norm_sq(member.model.trainable_variables)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+           "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
+           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "seconds": seconds,
+           "train_seconds": train_seconds}
+    runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row)
+    member.rows.append(row)
+    with member.writer.as_default(step=epoch):
+        for key in runfolder.METRIC_KEYS[1:]:
+            if finite(row[key]):
+                tf.summary.scalar(key, row[key])
+    print(f"{label}epoch {epoch}/{member.cfg.epochs}  train_loss {train_loss:.4f}  train_acc "
+          f"{train_accuracy:.4f}  test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({seconds:.1f}s)",
+          flush=True)
+    return row
+
+
+def is_diverged(row: dict) -> bool:
+    """An epoch whose training loss, test loss or weight norm is not finite ends the run as diverged."""
+    return not all(finite(row[key]) for key in ("train_loss", "test_loss", "weight_norm_sq"))
+
+
+def save_checkpoint(member: Member, epoch: int) -> None:
+    """Marks `epoch` (1-based) resumable: its metrics line is already appended, so a kill between the two
+    leaves a line that the resume drops (runfolder.trim_metrics) and trains again."""
+    member.epochs_done.assign(epoch)
+    member.manager.save(checkpoint_number=epoch)
+
+
+def summary(rows: list[dict]) -> dict:
+    """result.json's numbers from the epoch records."""
+    scored = [r for r in rows if finite(r.get("test_accuracy"))]
+    best = max(scored, key=lambda r: r["test_accuracy"]) if scored else None  # first epoch wins ties
+    last = rows[-1] if rows else {}
+    return {"epochs": len(rows),
+            "best_test_accuracy": best["test_accuracy"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "final_train_loss": last.get("train_loss"),
+            "final_train_accuracy": last.get("train_accuracy"),
+            "final_test_accuracy": last.get("test_accuracy")}
+
+
+def finish(member: Member) -> None:
+    """Writes the final model, then result.json (the run's 'finished' mark, so it comes last).
+
+    model.keras is always a float32 model: after mixed-precision training it holds the trained (float32)
+    weights in the float32 twin of the architecture, so readers such as bin/sharpness measure the float32
+    function at the minimum found; config.json's mixed_precision says how it was trained."""
+    model = member.model
+    if member.cfg.mixed_precision != "off":
+        twin = architecture(member.cfg, int(model.output_shape[-1]), tuple(model.input_shape[1:]))
+        twin.set_weights(model.get_weights())
+        model = twin
+    _save_model(model, member.run_dir / runfolder.MODEL)
+    result = {**summary(member.rows), "status": member.status}
+    if member.diverged_epoch is not None:
+        result["diverged_epoch"] = member.diverged_epoch
+    if member.stopped_early:
+        result["stopped_early"] = True
+    runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, result)
+    print(f"{member.run_dir}: {member.status} after {result['epochs']} epochs, best test accuracy "
+          f"{result['best_test_accuracy']} (epoch {result['best_epoch']})", flush=True)
+
+
+def fail(members: Sequence[Member], error: BaseException) -> None:
+    """Records each member as failed (result.json with the error and traceback): a rerun retries it."""
+    for member in members:
+        runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, {
+            **summary(member.rows), "status": runfolder.STATUS_FAILED,
+            "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    """model.keras, written to a temporary name first so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)

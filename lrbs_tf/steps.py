@@ -1,0 +1,146 @@
+"""The step functions of a learning-rate column: one SGD step of every member, and their evaluation.
+
+A column's members share every batch. An *engine* computes their steps: `GraphEngine` runs the K Keras models
+side by side in one graph (every architecture, any strategy); `stacked.StackedColumn` holds K MLPs as (K, ...)
+weights. Both offer `train_step(x, y)`, `evaluate(x, y)` (per-member float64 loss sums and int64 hit counts)
+and `unstack()` (the member models hold the state that is recorded and checkpointed), so the code around
+them is written once. `make_step_functions` wraps an engine in the tf.functions the loop calls: many steps
+per call, so Python is not in the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from lrbs_tf import stacked
+from lrbs_tf.distribute import is_multi_worker
+
+if TYPE_CHECKING:
+    from lrbs_tf.members import Member
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+
+def forward_backward(member: "Member", replicas: int, x: tf.Tensor, y: tf.Tensor):
+    """One member's gradients on this replica's batch (x, y), with its batch loss sum (float64) and hits.
+
+    The loss is the sum over the replica's examples / the global batch size (the optimizer's all-reduce sums
+    replicas). Weight decay is PyTorch's coupled L2, grad += wd * w, split over the replicas whose gradients
+    are summed; under float16 loss scaling the loss and the decay are both in scaled units.
+    """
+    tvars = member.model.trainable_variables
+    scaled = isinstance(member.optimizer, keras.optimizers.LossScaleOptimizer)
+    with tf.GradientTape() as tape:
+        logits = tf.cast(member.model(x, training=True), tf.float32)  # mixed precision: loss in float32
+        per_example = LOSS(y, logits)
+        loss = tf.reduce_sum(per_example) / member.cfg.batch_size
+        if scaled:
+            loss = member.optimizer.scale_loss(loss)
+    grads = tape.gradient(loss, tvars)
+    if member.cfg.weight_decay:
+        decay = member.cfg.weight_decay / replicas
+        if scaled:
+            decay = decay * member.optimizer.dynamic_scale
+        grads = [g + decay * v for g, v in zip(grads, tvars)]
+    hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y)
+    return grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
+
+
+class GraphEngine:
+    """The K member models side by side in one graph: each member's arithmetic is what it would be alone."""
+
+    def __init__(self, members: Sequence["Member"], replicas: int, jit_compile: bool) -> None:
+        self.members = list(members)
+        self.steps = [functools.partial(forward_backward, m, replicas) for m in self.members]
+        if jit_compile and replicas > 1:
+            # Across replicas the optimizer's all-reduce stays outside XLA: compile each forward/backward.
+            self.steps = [tf.function(f, jit_compile=True) for f in self.steps]
+
+    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        losses, hits = [], []
+        for member, step in zip(self.members, self.steps):
+            grads, loss_sum, correct = step(x, y)
+            member.optimizer.apply_gradients(zip(grads, member.model.trainable_variables))
+            losses.append(loss_sum)
+            hits.append(correct)
+        return tf.stack(losses), tf.stack(hits)
+
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        losses, hits = [], []
+        for member in self.members:
+            logits = tf.cast(member.model(x, training=False), tf.float32)
+            losses.append(tf.reduce_sum(tf.cast(LOSS(y, logits), tf.float64)))
+            hits.append(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int64)))
+        return tf.stack(losses), tf.stack(hits)
+
+    def unstack(self) -> None:
+        """Nothing to copy: the member models are the state."""
+
+
+def choose_engine(members: Sequence["Member"], replicas: int, jit_compile: bool):
+    """The stacked engine when --column_engine=stacked asks for it and there is a column to stack (config.validate
+    has checked that it can apply); the graph engine otherwise, 'auto' included (the faster one on CPU, and
+    the only one measured; BENCHMARKS.md)."""
+    cfg = members[0].cfg
+    if cfg.column_engine == "stacked" and len(members) > 1:
+        return stacked.StackedColumn([m.model for m in members], [m.optimizer for m in members],
+                                     [m.cfg.lr for m in members], cfg.momentum, cfg.weight_decay, cfg.batch_size)
+    return GraphEngine(members, replicas, jit_compile)
+
+
+def train_chunk(strategy: tf.distribute.Strategy, replica_step: Callable, iterator, num_steps: tf.Tensor,
+                alive: tf.Tensor):
+    """Up to `num_steps` steps of every member (traced inside a tf.function by make_step_functions).
+
+    A member's sums stop at its first non-finite batch loss (that batch included), as its run alone would
+    stop there; the chunk ends once no member is `alive`. Returns per-member float64 loss sums, int64 hits,
+    int64 steps counted, and the updated `alive`.
+    """
+    k = alive.shape[0]
+    loss_sum, correct, steps = tf.zeros([k], tf.float64), tf.zeros([k], tf.int64), tf.zeros([k], tf.int64)
+    for _ in tf.range(num_steps):
+        if not tf.reduce_any(alive):
+            break
+        batch_loss, batch_correct = strategy.run(replica_step, args=next(iterator))
+        batch_loss = strategy.reduce(tf.distribute.ReduceOp.SUM, batch_loss, axis=None)
+        batch_correct = strategy.reduce(tf.distribute.ReduceOp.SUM, batch_correct, axis=None)
+        loss_sum += tf.where(alive, batch_loss, 0.0)
+        correct += tf.where(alive, batch_correct, tf.zeros_like(batch_correct))
+        steps += tf.cast(alive, tf.int64)
+        alive = tf.logical_and(alive, tf.math.is_finite(batch_loss))
+    return loss_sum, correct, steps, alive
+
+
+def eval_batch(strategy: tf.distribute.Strategy, evaluate: Callable, x: tf.Tensor, y: tf.Tensor):
+    """Per-member loss sums and hits on one test batch, summed over replicas. Under several workers every
+    worker evaluates the whole test set on its own copy: no collectives."""
+    if is_multi_worker(strategy):
+        return evaluate(x, y)
+    loss_sum, correct = strategy.run(evaluate, args=(x, y))
+    return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+
+@dataclasses.dataclass
+class StepFunctions:
+    """The tf.functions stepping and evaluating exactly `engine`'s members (rebuilt when the column changes)."""
+    engine: object
+    train_steps: Callable   # (iterator, num_steps int32, alive bool[K]) -> (loss_sum, correct, steps, alive)
+    eval_step: Callable     # (x, y) -> (loss_sum float64[K], correct int64[K])
+
+
+def make_step_functions(strategy: tf.distribute.Strategy, members: Sequence["Member"]) -> StepFunctions:
+    cfg = members[0].cfg
+    replicas = strategy.num_replicas_in_sync
+    engine = choose_engine(members, replicas, cfg.jit_compile)
+    replica_step = engine.train_step
+    if cfg.jit_compile and replicas == 1:
+        # One device: XLA compiles the whole step (forward, backward and the SGD update), as Model.fit does.
+        replica_step = tf.function(replica_step, jit_compile=True)
+    return StepFunctions(engine, tf.function(functools.partial(train_chunk, strategy, replica_step)),
+                         tf.function(functools.partial(eval_batch, strategy, engine.evaluate)))
