@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lrbs_tf import config as config_lib  # noqa: E402
 from lrbs_tf import runfolder as rf  # noqa: E402
 
 SETTINGS = (("resnet110", "cifar10"), ("resnet110", "cifar100"), ("vgg19", "cifar10"), ("vgg19", "cifar100"))
@@ -47,7 +48,7 @@ def generate(root: Path, seed: int = 0) -> int:
         base = 0.95 if dataset == "cifar10" else 0.75
         for bs in BATCH_SIZES:
             for lr in LRS:
-                run = root / rf.run_name(arch, dataset, bs, lr, 0)
+                run = root / config_lib.run_name(arch, dataset, bs, lr, 0)
                 run.mkdir(parents=True)
                 rf.atomic_write_json(run / rf.CONFIG, {
                     "arch": arch, "dataset": dataset, "batch_size": bs, "lr": lr, "seed": 0, "epochs": EPOCHS,

@@ -58,8 +58,8 @@ def findings(workdir: Path) -> dict:
     """What the study found: Table 3, the sharpness correlations, and each run's premise."""
     out: dict = {"runs": []}
     for run_dir in runfolder.iter_run_dirs(workdir):
-        result = runfolder.read_result(run_dir) or {}
-        config = runfolder.read_config(run_dir)
+        result = runfolder.read_json(run_dir / runfolder.RESULT) if (run_dir / runfolder.RESULT).exists() else {}
+        config = runfolder.read_config(run_dir).raw
         out["runs"].append({"run": run_dir.name, "batch_size": config["batch_size"], "lr": config["lr"],
                             "status": result.get("status"), "epochs": result.get("epochs"),
                             "final_train_loss": result.get("final_train_loss"),

@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lrbs_tf import models, runfolder  # noqa: E402
+from lrbs_tf import config, models, runfolder  # noqa: E402
 from lrbs_tf.data import Pipelines, load_data  # noqa: E402
 from lrbs_tf.train import TrainConfig, run_column  # noqa: E402
 
@@ -109,7 +109,7 @@ def lrbs_epochs(arch: str, batch_size: int, lrs: list[float], epochs: int, tmp: 
     cfg = TrainConfig(arch=arch, batch_size=batch_size, lr=lrs[0], epochs=1 + epochs, workdir=str(workdir),
                       progress=False, mlp_depth=4, mlp_width=256, augment=False, **data_kw, **kw)
     run_column(cfg, lrs)
-    name = runfolder.run_name(arch, cfg.dataset, batch_size, lrs[0], 0)
+    name = config.run_name(arch, cfg.dataset, batch_size, lrs[0], 0)
     return [r["train_seconds"] for r in runfolder.read_metrics(workdir / name)[1:]]
 
 

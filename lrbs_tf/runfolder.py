@@ -1,32 +1,35 @@
 """The run folder: the contract between `bin/train` and every binary that reads its results.
 
-A run folder `<workdir>/<run_name>/` holds (see README, "The run folder"):
+A run folder `<workdir>/<run_name>/` holds what this table says (the README's table "The run folder",
+verbatim; a test checks that the two agree):
 
-- `config.json`   every resolved setting, keyed by flag name, plus `num_params`, `versions`, `git_commit`.
-                  Written once, atomically, before the first step.
-- `metrics.jsonl` one JSON object per finished epoch: `epoch` (1-based), `train_loss`, `train_accuracy`,
-                  `test_loss`, `test_accuracy`, `weight_norm_sq`, `effective_lr`, `seconds` (the whole
-                  epoch), `train_seconds` (its training steps alone). Appended and
-                  flushed; a line is only trusted once its epoch's checkpoint exists (see `trim_metrics`).
-- `result.json`   written atomically when the run ends: `status` in {done, diverged, failed}, `epochs`,
-                  `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`,
-                  `final_test_accuracy` (+ `diverged_epoch` or `error` where they apply).
-                  No `result.json` means the run is unfinished (never started, running, or killed).
-- `ckpt/`         tf.train.CheckpointManager checkpoints, one per epoch.
-- `model.keras`   the final model (`keras.models.load_model`).
-- `sharpness.json` optional, written by `bin/sharpness` (its own writer).
+| file | written | content |
+|---|---|---|
+| `config.json` | once, atomically, before the first step | every resolved setting keyed by its flag name (`arch`, `dataset`, `batch_size`, `lr`, `seed`, `epochs`, `momentum`, `weight_decay`, `augment`, ...), plus `num_params`, `num_classes`, `input_shape`, `num_train`, `num_test`, `steps_per_epoch`, `replicas`, `column_lrs` (the learning rates trained in the same process), `normalization`, `versions`, `git_commit`, `created`, `command` |
+| `metrics.jsonl` | one line appended and flushed per finished epoch | `epoch` (1-based), `train_loss`, `train_accuracy` (over the epoch's training steps), `test_loss`, `test_accuracy` (whole test set), `weight_norm_sq` (squared L2 norm of all trainable weights), `effective_lr` (= lr / weight_norm_sq, the intrinsic-LR view of BN nets), `seconds` (the whole epoch, evaluation and checkpoint included; in a column, the column's epoch), `train_seconds` (its training steps alone) |
+| `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
+| `ckpt/` | every epoch | `tf.train.CheckpointManager` checkpoints: model, optimizer state, epochs done |
+| `model.keras` | atomically, at the end | the final model: `keras.models.load_model(path)` |
+| `tb/` | every epoch | TensorBoard summaries of the metrics |
+| `sharpness.json` | by `bin/sharpness` (its own writer), atomically | the curvature quantities and how they were measured (docs/curvature.md) |
 
+`read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
+reads a run folder goes through them, so the contract's keys and their types are checked in one place.
 This module has no TensorFlow dependency so that analysis tools stay fast to import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from lrbs_tf.config import DEFAULTS
+from lrbs_tf.errors import RunFolderError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -43,12 +46,9 @@ TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)  # a failed run is retried wh
 
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                "weight_norm_sq", "effective_lr", "seconds", "train_seconds")
-RESULT_KEYS = ("status", "epochs", "best_test_accuracy", "best_epoch", "final_train_loss",
-               "final_train_accuracy", "final_test_accuracy")
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be used as asked (missing, unfinished, corrupt, or another configuration)."""
+RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
+                  "final_test_accuracy")
+RESULT_KEYS = ("status", "epochs", *RESULT_NUMBERS)  # in every result.json
 
 
 def _jsonable(value: Any) -> Any:
@@ -86,27 +86,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
-
-
-def atomic_write_figure(fig: Any, stem: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"),
-                        dpi: int = 150) -> list[Path]:
-    """Saves a matplotlib figure as stem.png and stem.pdf, each through a temporary file and os.replace."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in formats:
-        path = stem.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        paths.append(path)
-    return paths
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -166,16 +145,160 @@ def trim_metrics(run_dir: str | os.PathLike, num_epochs: int) -> list[dict]:
     return kept
 
 
-def read_config(run_dir: str | os.PathLike) -> dict:
-    return read_json(Path(run_dir) / CONFIG)
+# config.json's contract keys, with the type each must have (the rest is read as written).
+REQUIRED_CONFIG = {"arch": str, "dataset": str, "batch_size": int, "lr": float, "seed": int, "epochs": int,
+                   "momentum": float, "weight_decay": float}
+RESULT_STATUSES = (STATUS_DONE, STATUS_DIVERGED, STATUS_FAILED)
+ACCURACIES = ("best_test_accuracy", "final_train_accuracy", "final_test_accuracy")
 
 
-def read_result(run_dir: str | os.PathLike) -> dict | None:
-    """The run's result.json, or None when the run is unfinished."""
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A run's config.json, checked: the contract's keys typed, and every key as written in `raw`."""
+    arch: str
+    dataset: str
+    batch_size: int
+    lr: float
+    seed: int
+    epochs: int
+    momentum: float
+    weight_decay: float
+    raw: dict
+
+    def setting(self, key: str) -> Any:
+        """A setting as recorded, or its default when an older lrbs_tf did not record it."""
+        return self.raw.get(key, DEFAULTS.get(key))
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.raw.get("data_dir")
+
+    @property
+    def data_path(self) -> str | None:
+        return self.raw.get("data_path")
+
+    @property
+    def num_params(self) -> int | None:
+        return self.raw.get("num_params")
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.raw.get("num_classes")
+
+    @property
+    def input_shape(self) -> list | None:
+        return self.raw.get("input_shape")
+
+    @property
+    def num_train(self) -> int | None:
+        return self.raw.get("num_train")
+
+
+def parse_config(raw: Any, path: Path) -> RunConfig:
+    """Checks a config.json's content; raises RunFolderError naming every missing or mistyped contract key."""
+    if not isinstance(raw, dict):
+        raise RunFolderError(f"{path} is not a JSON object")
+    missing = [k for k in REQUIRED_CONFIG if k not in raw]
+    if missing:
+        raise RunFolderError(f"{path} lacks {', '.join(missing)}")
+    check = {str: lambda v: isinstance(v, str) and bool(v), int: is_int, float: is_number}
+    wrong = [f"{k}={raw[k]!r}" for k, kind in REQUIRED_CONFIG.items() if not check[kind](raw[k])]
+    if not wrong:
+        wrong = [f"{k}={raw[k]!r} (must be > 0)" for k in ("batch_size", "lr") if raw[k] <= 0]
+    if wrong:
+        raise RunFolderError(f"{path} has invalid {', '.join(wrong)}")
+    typed = {k: (float(raw[k]) if kind is float else raw[k]) for k, kind in REQUIRED_CONFIG.items()}
+    return RunConfig(**typed, raw=raw)
+
+
+def read_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The run's config.json, checked (RunFolderError when it is missing, unreadable or breaks the contract)."""
+    path = Path(run_dir) / CONFIG
+    return parse_config(read_json(path), path)
+
+
+def read_recorded_settings(run_dir: str | os.PathLike) -> dict:
+    """config.json as written, only checked to be a JSON object: what bin/train compares a configuration
+    against before it writes into a folder, so a foreign folder is named as "another configuration" with
+    the settings that differ, whatever keys it lacks."""
+    path = Path(run_dir) / CONFIG
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise RunFolderError(f"{path} is not a JSON object")
+    return raw
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """A run's result.json, checked: numbers are floats (NaN where the contract's null or absent), accuracies
+    fractions; every key as written in `raw`."""
+    status: str
+    epochs: int | None
+    best_test_accuracy: float
+    best_epoch: float
+    final_train_loss: float
+    final_train_accuracy: float
+    final_test_accuracy: float
+    diverged_epoch: int | None
+    stopped_early: bool
+    error: str | None
+    raw: dict
+
+    @property
+    def finished(self) -> bool:
+        """done or diverged: a rerun leaves the run alone (a failed run is retried)."""
+        return self.status in TERMINAL_STATUSES
+
+
+def check_accuracy(key: str, value: float, path: Path) -> None:
+    """Accuracies are fractions in [0, 1] (NaN stands for unknown)."""
+    if not math.isnan(value) and not 0.0 <= value <= 1.0:
+        raise RunFolderError(f"{path} has {key}={value} outside [0, 1] (accuracies are fractions)")
+
+
+def parse_result(raw: Any, path: Path) -> RunResult:
+    """Checks a result.json's content; raises RunFolderError naming what breaks the contract."""
+    if not isinstance(raw, dict):
+        raise RunFolderError(f"{path} is not a JSON object")
+    status = raw.get("status")
+    if status not in RESULT_STATUSES:
+        raise RunFolderError(f"{path} has status={status!r}; expected done, diverged or failed")
+    numbers = {}
+    for key in RESULT_NUMBERS:
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise RunFolderError(f"{path} has {key}={v!r}, not a number")
+        numbers[key] = math.nan if v is None else float(v)
+    for key in ACCURACIES:
+        check_accuracy(key, numbers[key], path)
+    return RunResult(status=status, epochs=raw.get("epochs"), **numbers, diverged_epoch=raw.get("diverged_epoch"),
+                     stopped_early=bool(raw.get("stopped_early", False)), error=raw.get("error"), raw=raw)
+
+
+def read_result(run_dir: str | os.PathLike) -> RunResult | None:
+    """The run's result.json, checked, or None when the run is unfinished (no result.json)."""
     path = Path(run_dir) / RESULT
     if not path.exists():
         return None
-    return read_json(path)
+    return parse_result(read_json(path), path)
+
+
+def run_status(run_dir: str | os.PathLike) -> str | None:
+    """result.json's status, "unreadable" for one that breaks the contract, None when the run is unfinished."""
+    try:
+        result = read_result(run_dir)
+    except RunFolderError:
+        return "unreadable"
+    return None if result is None else result.status
 
 
 def iter_run_dirs(root: str | os.PathLike, unreadable: list[str] | None = None) -> Iterator[Path]:
@@ -198,19 +321,3 @@ def iter_run_dirs(root: str | os.PathLike, unreadable: list[str] | None = None) 
         if CONFIG in filenames:
             dirnames[:] = []  # a run folder's subfolders (ckpt/, tb/) hold no runs
             yield Path(dirpath)
-
-
-def format_lr(lr: float) -> str:
-    """A short, exact-enough text for a learning rate in run names: 0.05 -> '0.05', 1e-4 -> '0.0001'."""
-    return f"{lr:.10g}"
-
-
-def run_name(arch: str, dataset: str, batch_size: int, lr: float, seed: int,
-             momentum: float = 0.0, weight_decay: float = 0.0) -> str:
-    """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero)."""
-    name = f"{arch}-{dataset}-bs{batch_size}-lr{format_lr(lr)}-s{seed}"
-    if momentum:
-        name += f"-m{format_lr(momentum)}"
-    if weight_decay:
-        name += f"-wd{format_lr(weight_decay)}"
-    return name

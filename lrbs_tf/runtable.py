@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from lrbs_tf import runfolder as rf
+from lrbs_tf.config import EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
+from lrbs_tf.runfolder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
 
 STATUS_UNFINISHED = "unfinished"  # no result.json: never started, still running, or killed
 STATUS_SKIPPED = "skipped"        # corrupt, partial or unreadable: see the `problem` column
@@ -25,20 +27,14 @@ TARGET = "best_test_accuracy"     # the paper's measure of generalisation: the b
 SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
                         "avg_sharpness")
 SHARPNESS_INFO = ("trace_stderr", "num_examples")
-# Keys every config.json holds by contract, with the type each must have.
-REQUIRED_CONFIG = {"arch": str, "dataset": str, "batch_size": int, "lr": float, "seed": int, "epochs": int,
-                   "momentum": float, "weight_decay": float}
 CONFIG_COLUMN = {"epochs": "epochs_budget"}  # config key -> runs.csv column, where result.json has the name
-# Config keys not reported when they vary inside a group: the varied hyperparameters and seed, what follows
-# from them (steps_per_epoch, the command line, the vectorised LR column), the run's name, place and time,
-# and bin/train's execution settings that change neither the model nor the numbers (jit_compile, tf32,
-# deterministic, cpu_devices and replicas can change float rounding, so they are reported).
-IDENTITY_KEYS = frozenset({"batch_size", "lr", "seed", "run_name", "workdir", "data_dir", "command", "created",
-                           "steps_per_epoch", "column_lrs", "dry_run", "progress", "checkpoints_to_keep",
-                           "eval_batch_size", "steps_per_call", "intra_op_threads", "inter_op_threads"})
-RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
-                  "final_test_accuracy")
-ACCURACIES = ("best_test_accuracy", "final_train_accuracy", "final_test_accuracy")
+# Config keys not reported when they vary inside a group: the varied settings (batch size, learning rate,
+# seed), what bin/train records beside them that follows from them or from when and how it ran (the command
+# line, the time, steps_per_epoch, the vectorised LR column; dry_run in folders of an older lrbs_tf), and
+# the execution settings that change neither the model nor the numbers. The execution settings that can
+# change float rounding (config.ROUNDING_SETTINGS, and `replicas`) are reported.
+BOOKKEEPING_KEYS = frozenset({"command", "created", "steps_per_epoch", "column_lrs", "dry_run"})
+UNREPORTED_KEYS = frozenset(GRID_SETTINGS) | BOOKKEEPING_KEYS | (EXECUTION_SETTINGS - ROUNDING_SETTINGS)
 COLUMNS = ["run_dir", "status", "problem", "arch", "dataset", "batch_size", "lr", "ratio", "seed", "momentum",
            "weight_decay", "epochs_budget", "epochs", "best_test_accuracy", "best_epoch",
            "final_train_accuracy", "final_train_loss", "final_test_accuracy", "generalisation_gap",
@@ -55,48 +51,15 @@ def ratio(batch_size: int, lr: float) -> float:
     return float(Fraction(batch_size) / Fraction(repr(float(lr))))
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _check_config(config: Any, path: Path) -> None:
-    """Raises RunFolderError naming every missing or mistyped contract key."""
-    if not isinstance(config, dict):
-        raise rf.RunFolderError(f"{path / rf.CONFIG} is not a JSON object")
-    missing = [k for k in REQUIRED_CONFIG if k not in config]
-    if missing:
-        raise rf.RunFolderError(f"{path / rf.CONFIG} lacks {', '.join(missing)}")
-    check = {str: lambda v: isinstance(v, str) and bool(v), int: _is_int, float: _is_number}
-    wrong = [f"{k}={config[k]!r}" for k, kind in REQUIRED_CONFIG.items() if not check[kind](config[k])]
-    if not wrong:
-        wrong = [f"{k}={config[k]!r} (must be > 0)" for k in HYPERPARAMETERS if config[k] <= 0]
-    if wrong:
-        raise rf.RunFolderError(f"{path / rf.CONFIG} has invalid {', '.join(wrong)}")
-
-
 def _setting(value: Any) -> Any:
     """A config value as a table cell: lists and dicts as sorted JSON so they compare and group."""
     return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
-def _number(result: dict, key: str, path: Path) -> float:
-    """A result number; null (the contract's non-finite float) or absent is NaN, anything else an error."""
-    v = result.get(key)
-    if v is None:
-        return math.nan
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise rf.RunFolderError(f"{path} has {key}={v!r}, not a number")
-    return float(v)
-
-
 def _from_metrics(run_dir: Path, epochs: Any) -> dict[str, float]:
     """Best and final numbers recomputed from metrics.jsonl, only if it covers exactly `epochs` epochs."""
     records = rf.read_metrics(run_dir)
-    if not _is_int(epochs):
+    if not rf.is_int(epochs):
         raise rf.RunFolderError(f"{run_dir / rf.RESULT} has epochs={epochs!r}, so metrics.jsonl cannot be "
                                 "checked against it")
     seen = [r.get("epoch") if isinstance(r, dict) else None for r in records]
@@ -104,7 +67,7 @@ def _from_metrics(run_dir: Path, epochs: Any) -> dict[str, float]:
         raise rf.RunFolderError(f"{run_dir / rf.METRICS} holds {len(records)} epoch records, not epochs "
                                 f"1..{epochs} as {rf.RESULT} says")
     test = [r.get("test_accuracy") for r in records]
-    finite = [(a, i) for i, a in enumerate(test) if _is_number(a)]
+    finite = [(a, i) for i, a in enumerate(test) if rf.is_number(a)]
     out = {k: math.nan for k in RESULT_NUMBERS}
     if finite:
         best = max(a for a, _ in finite)
@@ -113,27 +76,22 @@ def _from_metrics(run_dir: Path, epochs: Any) -> dict[str, float]:
     last = records[-1] if records else {}
     for key, metric in (("final_train_loss", "train_loss"), ("final_train_accuracy", "train_accuracy"),
                         ("final_test_accuracy", "test_accuracy")):
-        if _is_number(last.get(metric)):
+        if rf.is_number(last.get(metric)):
             out[key] = float(last[metric])
     return out
 
 
-def _outcome(run_dir: Path, result: Any) -> dict:
+def _outcome(run_dir: Path, result: rf.RunResult) -> dict:
     """The analysed numbers of a finished run; raises RunFolderError when they cannot be trusted."""
     path = run_dir / rf.RESULT
-    if not isinstance(result, dict):
-        raise rf.RunFolderError(f"{path} is not a JSON object")
-    status = result.get("status")
-    if status not in (rf.STATUS_DONE, rf.STATUS_DIVERGED, rf.STATUS_FAILED):
-        raise rf.RunFolderError(f"{path} has status={status!r}; expected done, diverged or failed")
-    rec: dict[str, Any] = {"status": status, "epochs": result.get("epochs"), "source": rf.RESULT,
-                           "diverged_epoch": result.get("diverged_epoch"), "error": result.get("error")}
-    values = {k: _number(result, k, path) for k in RESULT_NUMBERS}
+    rec: dict[str, Any] = {"status": result.status, "epochs": result.epochs, "source": rf.RESULT,
+                           "diverged_epoch": result.diverged_epoch, "error": result.error}
+    values = {k: getattr(result, k) for k in RESULT_NUMBERS}
     problem = ""
-    if status == rf.STATUS_DONE and any(math.isnan(v) for v in values.values()):
+    if result.status == rf.STATUS_DONE and any(math.isnan(v) for v in values.values()):
         # result.json is the authority; metrics.jsonl only fills gaps, and only when it is the same run.
         try:
-            fallback = _from_metrics(run_dir, result.get("epochs"))
+            fallback = _from_metrics(run_dir, result.epochs)
         except rf.RunFolderError as e:
             if math.isnan(values[TARGET]):
                 raise rf.RunFolderError(f"{path} has no best_test_accuracy and {e}") from None
@@ -143,11 +101,11 @@ def _outcome(run_dir: Path, result: Any) -> dict:
             values.update({k: fallback[k] for k in filled})
             if filled:
                 rec["source"] = f"{rf.RESULT}+{rf.METRICS}"
+            for k in filled:
+                if k in ACCURACIES:
+                    rf.check_accuracy(k, values[k], run_dir / rf.METRICS)
         if math.isnan(values[TARGET]):
             raise rf.RunFolderError(f"{path} says done but no finite test accuracy was recorded")
-    for k in ACCURACIES:
-        if not math.isnan(values[k]) and not 0.0 <= values[k] <= 1.0:
-            raise rf.RunFolderError(f"{path} has {k}={values[k]} outside [0, 1] (accuracies are fractions)")
     rec.update(values)
     rec["generalisation_gap"] = values["final_train_accuracy"] - values["final_test_accuracy"]
     rec["problem"] = problem
@@ -169,7 +127,7 @@ def _sharpness(run_dir: Path) -> tuple[dict[str, float], str]:
     bad = []
     for k in values:
         v = data.get(k)
-        if _is_number(v):
+        if rf.is_number(v):
             values[k] = float(v)
         elif v is not None:
             bad.append(f"{k}={v!r}")
@@ -182,12 +140,12 @@ def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accur
                            "status": "", "problem": ""}
     config = None
     try:
-        config = rf.read_config(run_dir)
-        _check_config(config, run_dir)
-        rec.update({k: _setting(config[k]) for k in REQUIRED_CONFIG if k != "epochs"})
-        rec["epochs_budget"] = config["epochs"]
+        config = rf.read_json(run_dir / rf.CONFIG)
+        typed = rf.parse_config(config, run_dir / rf.CONFIG)
+        rec.update({k: _setting(getattr(typed, k)) for k in REQUIRED_CONFIG if k != "epochs"})
+        rec["epochs_budget"] = typed.epochs
         rec.update({CONFIG_COLUMN.get(k, k): _setting(config.get(k)) for k in group_by})
-        rec["ratio"] = ratio(config["batch_size"], config["lr"])
+        rec["ratio"] = ratio(typed.batch_size, typed.lr)
         result = rf.read_result(run_dir)
         if result is None:
             rec["status"] = STATUS_UNFINISHED
@@ -239,7 +197,7 @@ def uncontrolled_settings(group: pd.DataFrame, configs: dict[str, dict],
     if not cfgs:
         return {}
     varying = {}
-    for k in sorted(set().union(*cfgs) - IDENTITY_KEYS - set(group_keys)):
+    for k in sorted(set().union(*cfgs) - UNREPORTED_KEYS - set(group_keys)):
         values = sorted({json.dumps(c.get(k, "<absent>"), sort_keys=True) for c in cfgs})
         if len(values) > 1:
             varying[k] = values

@@ -14,18 +14,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import math
-import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lrbs_tf import runfolder
-from lrbs_tf.cli import UsageError, quiet_import_tensorflow, run_app
-from lrbs_tf.curvature.measure import DEFAULT_HVP_BATCH, Settings, measure  # TF-free until measure() runs
-from lrbs_tf.runfolder import RunFolderError
+from lrbs_tf import provenance, runfolder
+from lrbs_tf.cli import quiet_import_tensorflow, run_app
+from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
+from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, INTERP_BN_STATS, Settings
+from lrbs_tf.errors import RunFolderError, UsageError
 
 if TYPE_CHECKING:
     import keras
@@ -43,13 +42,13 @@ class Target:
     """A resolved --ckpt: the model file, where results go, and which data and weight decay apply."""
     model_path: Path
     out_dir: Path
-    config: dict | None
+    config: runfolder.RunConfig | None
     dataset: str
     data_dir: str | None
     data_path: str | None
 
 
-def resolve_run_dir(run_dir: str | Path) -> dict:
+def resolve_run_dir(run_dir: str | Path) -> runfolder.RunConfig:
     """Checks that `run_dir` is a finished, non-diverged run folder with a model; returns its config.json."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -60,12 +59,11 @@ def resolve_run_dir(run_dir: str | Path) -> dict:
     result = runfolder.read_result(run_dir)
     if result is None:
         raise RunFolderError(f"{run_dir} is unfinished (no {runfolder.RESULT}): nothing final to measure")
-    status = result.get("status")
-    if status == runfolder.STATUS_DIVERGED:
-        raise RunFolderError(f"{run_dir} diverged (epoch {result.get('diverged_epoch')}): its weights are not "
+    if result.status == runfolder.STATUS_DIVERGED:
+        raise RunFolderError(f"{run_dir} diverged (epoch {result.diverged_epoch}): its weights are not "
                              "finite, so it has no curvature to measure")
-    if status != runfolder.STATUS_DONE:
-        raise RunFolderError(f"{run_dir} has status {status!r} ({result.get('error', 'no error recorded')}); "
+    if result.status != runfolder.STATUS_DONE:
+        raise RunFolderError(f"{run_dir} has status {result.status!r} ({result.error or 'no error recorded'}); "
                              "only finished runs (status done) can be measured")
     if not (run_dir / runfolder.MODEL).is_file():
         raise RunFolderError(f"{run_dir} is finished but has no {runfolder.MODEL}")
@@ -83,11 +81,11 @@ def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None =
     path = Path(ckpt)
     if path.is_dir():
         config = resolve_run_dir(path)
-        if dataset is not None and dataset != config["dataset"]:
-            raise UsageError(f"--dataset={dataset} but {path} was trained on {config['dataset']} (its config.json)")
-        return Target(path / runfolder.MODEL, Path(out) if out else path, config, config["dataset"],
-                      data_dir if data_dir is not None else config.get("data_dir"),
-                      data_path if data_path is not None else config.get("data_path"))
+        if dataset is not None and dataset != config.dataset:
+            raise UsageError(f"--dataset={dataset} but {path} was trained on {config.dataset} (its config.json)")
+        return Target(path / runfolder.MODEL, Path(out) if out else path, config, config.dataset,
+                      data_dir if data_dir is not None else config.data_dir,
+                      data_path if data_path is not None else config.data_path)
     if not path.exists():
         raise RunFolderError(f"--ckpt={ckpt}: no such run folder or model file")
     if path.suffix != ".keras":
@@ -97,32 +95,33 @@ def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None =
     if dataset is None:
         if config is None:
             raise UsageError(f"--ckpt={ckpt} is a bare model file: say which data it was trained on with --dataset")
-        dataset, data_dir, data_path = config["dataset"], config.get("data_dir"), config.get("data_path")
+        dataset, data_dir, data_path = config.dataset, config.data_dir, config.data_path
     return Target(path, Path(out) if out else path.parent, config, dataset, data_dir, data_path)
 
 
-def load_model(model_path: Path, config: dict | None) -> keras.Model:
+def load_model(model_path: Path, config: runfolder.RunConfig | None) -> keras.Model:
     """Loads model.keras (compile=False) and checks it against config.json and for finite weights."""
     import keras
+
+    from lrbs_tf.models import count_trainable_params
 
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as e:  # zip, h5 and deserialisation errors all mean the same thing to the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunFolderError(f"{model_path} is unreadable as a Keras model: {first}") from None
-    num_params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
     if config is not None:
-        arch = str(config.get("arch", ""))
         problems = []
-        if arch and not model.name.startswith(arch):
-            problems.append(f"arch={arch!r} but the model is {model.name!r}")
-        if "num_params" in config and int(config["num_params"]) != num_params:
-            problems.append(f"num_params={config['num_params']} but the model has {num_params}")
-        if "input_shape" in config and list(config["input_shape"]) != list(model.input_shape[1:]):
-            problems.append(f"input_shape={list(config['input_shape'])} but the model takes "
+        num_params = count_trainable_params(model)
+        if not model.name.startswith(config.arch):
+            problems.append(f"arch={config.arch!r} but the model is {model.name!r}")
+        if config.num_params is not None and int(config.num_params) != num_params:
+            problems.append(f"num_params={config.num_params} but the model has {num_params}")
+        if config.input_shape is not None and list(config.input_shape) != list(model.input_shape[1:]):
+            problems.append(f"input_shape={list(config.input_shape)} but the model takes "
                             f"{list(model.input_shape[1:])}")
-        if "num_classes" in config and int(config["num_classes"]) != int(model.output_shape[-1]):
-            problems.append(f"num_classes={config['num_classes']} but the model outputs {model.output_shape[-1]}")
+        if config.num_classes is not None and int(config.num_classes) != int(model.output_shape[-1]):
+            problems.append(f"num_classes={config.num_classes} but the model outputs {model.output_shape[-1]}")
         if problems:
             raise RunFolderError(f"{model_path} does not match its config.json: {'; '.join(problems)}")
     bad = [v.path for v in model.variables if not np.all(np.isfinite(np.asarray(v.value)))]
@@ -160,16 +159,12 @@ def first_examples(data, num_examples: int, split: str = "train") -> tuple[np.nd
     return data.normalize(x[:n]), y[:n].astype(np.int32)
 
 
-def _versions() -> dict:
-    import keras
-    import scipy
-    import tensorflow as tf
+# The packages whose versions sharpness.json and interpolation.json record (beside Python's and the device).
+RECORDED_PACKAGES = ("tensorflow", "keras", "numpy", "scipy")
 
-    gpus = tf.config.list_physical_devices("GPU")
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "scipy": scipy.__version__,
-            "device": (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-                       if gpus else f"CPU ({platform.processor() or platform.machine()})")}
+
+def _versions() -> dict:
+    return {**provenance.versions(RECORDED_PACKAGES), "device": provenance.device()}
 
 
 def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str | None = None,
@@ -184,15 +179,17 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     settings.validate()
     target = resolve_target(ckpt, dataset, data_dir, data_path, out)
     model = load_model(target.model_path, target.config)
-    num_params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    from lrbs_tf.models import count_trainable_params
+
+    num_params = count_trainable_params(model)
     if settings.top_k > num_params:
         raise UsageError(f"--top_k={settings.top_k} is more than the model's {num_params} parameters")
-    weight_decay = float((target.config or {}).get("weight_decay", 0.0))
+    weight_decay = target.config.weight_decay if target.config is not None else 0.0
     if settings.include_weight_decay and target.config is None:
         raise UsageError("--include_weight_decay needs the run's config.json (weight_decay); "
                          f"{target.model_path} has none beside it")
     batch_size = settings.hvp_batch_size or (
-        int((target.config or {}).get("batch_size", DEFAULT_HVP_BATCH)) if settings.bn_mode == "batch"
+        target.config.batch_size if settings.bn_mode == "batch" and target.config is not None
         else DEFAULT_HVP_BATCH)
     data = load_checked_data(target.dataset, target.data_dir, target.data_path, model)
     x, y = first_examples(data, settings.num_examples)
@@ -202,7 +199,7 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
                            "hvp_batch_size": batch_size, "weight_decay": weight_decay if
                            settings.include_weight_decay else 0.0},
               "checkpoint": str(target.model_path), "dataset": target.dataset,
-              "run_config": {k: (target.config or {}).get(k) for k in
+              "run_config": {k: target.config.raw.get(k) for k in
                              ("arch", "dataset", "batch_size", "lr", "seed", "momentum", "weight_decay", "epochs")}
               if target.config else None,
               "versions": _versions()}
@@ -235,27 +232,27 @@ def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float], num_e
     examples and the first min(num_examples, test size) test examples (0 = all), in chunks of batch_size.
     Writes out/interpolation.csv, out/interpolation.json and the plot; returns the rows."""
     from lrbs_tf.curvature.hvp import make_batches
-    from lrbs_tf.curvature.interpolate import BN_STATS_MODES, check_same_architecture, interpolation_curve
+    from lrbs_tf.curvature.interpolate import check_same_architecture, interpolation_curve
     from lrbs_tf.curvature.plotting import plot_interpolation
 
     if not out:
         raise UsageError("--interpolate needs --out=DIR for the curve")
-    if bn_stats not in BN_STATS_MODES:
-        raise UsageError(f"--interp_bn_stats={bn_stats}; valid: {', '.join(BN_STATS_MODES)}")
+    if bn_stats not in INTERP_BN_STATS:
+        raise UsageError(f"--interp_bn_stats={bn_stats}; valid: {', '.join(INTERP_BN_STATS)}")
     if num_examples < 0 or batch_size < 1:
         raise UsageError(f"--num_examples={num_examples} must be >= 0 and the batch size {batch_size} >= 1")
     configs = [resolve_run_dir(r) for r in (run_a, run_b)]
     for key in ("arch", "dataset", "num_params"):
-        if configs[0].get(key) != configs[1].get(key):
-            raise UsageError(f"{run_a} and {run_b} differ in {key}: {configs[0].get(key)!r} vs "
-                             f"{configs[1].get(key)!r}; interpolation needs the same model on the same data")
+        if configs[0].raw.get(key) != configs[1].raw.get(key):
+            raise UsageError(f"{run_a} and {run_b} differ in {key}: {configs[0].raw.get(key)!r} vs "
+                             f"{configs[1].raw.get(key)!r}; interpolation needs the same model on the same data")
     models = [load_model(Path(r) / runfolder.MODEL, c) for r, c in zip((run_a, run_b), configs)]
     try:
         check_same_architecture(*models)
     except ValueError as e:
         raise UsageError(f"{run_a} and {run_b}: {e}") from None
     c = configs[0]
-    data = load_checked_data(c["dataset"], c.get("data_dir"), c.get("data_path"), models[0])
+    data = load_checked_data(c.dataset, c.data_dir, c.data_path, models[0])
     train = first_examples(data, num_examples)
     test = first_examples(data, min(num_examples, len(data.y_test)), split="test")
     start = time.perf_counter()
@@ -295,13 +292,8 @@ def _main(argv: Sequence[str]) -> int:
                     num_examples=FLAGS.num_examples,
                     batch_size=FLAGS.hvp_batch_size or 1000, bn_stats=FLAGS.interp_bn_stats)
         return 0
-    settings = Settings(
-        num_examples=FLAGS.num_examples, hvp_batch_size=FLAGS.hvp_batch_size, top_k=FLAGS.top_k,
-        eig_method=FLAGS.eig_method, tol=FLAGS.tol, max_hvps=FLAGS.max_hvps,
-        hutchinson_rtol=FLAGS.hutchinson_rtol, max_probes=FLAGS.max_probes, slq_steps=FLAGS.slq_steps,
-        slq_runs=FLAGS.slq_runs, eps=FLAGS.eps, eps_steps=FLAGS.eps_steps, noise_sigma=FLAGS.noise_sigma,
-        noise_draws=FLAGS.noise_draws, bn_mode=FLAGS.bn_mode, include_weight_decay=FLAGS.include_weight_decay,
-        hvp_mode=FLAGS.hvp_mode, quantities=tuple(FLAGS.quantities), seed=FLAGS.seed)
+    settings = Settings(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Settings)})
+    settings.quantities = tuple(settings.quantities)
     given = {name: getattr(FLAGS, name) if FLAGS[name].present else None
              for name in ("dataset", "data_dir", "data_path")}
     run(FLAGS.ckpt, settings, out=FLAGS.out, **given)

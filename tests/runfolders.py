@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable
 
+from lrbs_tf import config as config_lib
 from lrbs_tf import runfolder as rf
 
 PAPER_BATCH_SIZES = tuple(range(16, 321, 16))
@@ -27,7 +28,7 @@ def config(arch: str = "vgg19", dataset: str = "cifar10", batch_size: int = 64, 
     cfg = {"arch": arch, "dataset": dataset, "batch_size": batch_size, "lr": lr, "seed": seed,
            "epochs": epochs, "momentum": momentum, "weight_decay": weight_decay, "augment": True,
            "stop_at_train_loss": 0.0, "workdir": "outputs",
-           "run_name": rf.run_name(arch, dataset, batch_size, lr, seed, momentum, weight_decay),
+           "run_name": config_lib.run_name(arch, dataset, batch_size, lr, seed, momentum, weight_decay),
            "num_params": 1234, "versions": {"python": "3"}, "git_commit": "abc"}
     cfg.update(extra)
     return cfg

@@ -16,9 +16,9 @@ from lrbs_tf import runfolder
 from lrbs_tf import sharpness as sharpness_bin
 from lrbs_tf.data import load_data
 from lrbs_tf.flags import define_sharpness_flags
-from lrbs_tf.train import TrainConfig, run as train_run
+from lrbs_tf.train import run as train_run
 from tests import curvature_oracles as oracles
-from tests.helpers import run_bin
+from tests.helpers import run_bin, small_config
 
 NUM_PARAMS = 40 * 8 + 8 + 2 * 8 + 8 * 10 + 10  # Dense, BN (gamma, beta), Dense = 434
 WRITTEN = (runfolder.SHARPNESS, "hessian_spectrum.png", "hessian_spectrum.pdf")
@@ -29,11 +29,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dirs = []
     for seed in (0, 1):
-        cfg = TrainConfig(arch="mlp", dataset="mnist1d", mlp_depth=1, mlp_width=8, mlp_batch_norm=True,
-                          batch_size=64, lr=0.1, epochs=1, seed=seed, workdir=str(root), progress=False)
+        cfg = small_config(root, mlp_depth=1, mlp_width=8, mlp_batch_norm=True, epochs=1, seed=seed)
         assert train_run(cfg)["status"] == "done"
         dirs.append(cfg.resolved().run_dir)
-    assert runfolder.read_config(dirs[0])["num_params"] == NUM_PARAMS
+    assert runfolder.read_config(dirs[0]).num_params == NUM_PARAMS
     return dirs
 
 
@@ -110,14 +109,14 @@ def _bad_cases(runs, tmp_path):
 
     def set_config(key, value):
         def edit(d):
-            cfg = runfolder.read_config(d)
+            cfg = runfolder.read_json(d / runfolder.CONFIG)
             cfg[key] = value
             runfolder.atomic_write_json(d / runfolder.CONFIG, cfg)
         return edit
 
     def set_status(status):
         def edit(d):
-            result = runfolder.read_result(d)
+            result = runfolder.read_json(d / runfolder.RESULT)
             result["status"] = status
             runfolder.atomic_write_json(d / runfolder.RESULT, result)
         return edit

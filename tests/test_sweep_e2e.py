@@ -54,9 +54,9 @@ def reference(tmp_path_factory) -> Path:
 def test_tiny_grid_end_to_end(reference):
     for name in RUNS:
         result = runfolder.read_result(reference / name)
-        assert result["status"] == "done" and result["epochs"] == EPOCHS
+        assert result.status == "done" and result.epochs == EPOCHS
         assert [r["epoch"] for r in metrics(reference, name)] == list(range(1, EPOCHS + 1))
-        config = runfolder.read_config(reference / name)
+        config = runfolder.read_config(reference / name).raw
         # The grid point reached the run, and the forwarded flags did too.
         bs, lr = int(name.split("-bs")[1].split("-")[0]), float(name.split("-lr")[1].split("-")[0])
         assert (config["batch_size"], config["lr"], config["mlp_width"], config["mlp_depth"]) == (bs, lr, 16, 1)
@@ -106,7 +106,7 @@ def test_kill_9_mid_sweep_then_resume_trains_each_run_once_with_identical_metric
     for name, files in done_at_kill.items():
         assert stamps(workdir / name) == files, f"{name} was finished before the kill but written again"
     for name in RUNS:
-        assert runfolder.read_result(workdir / name)["status"] == "done"
+        assert runfolder.read_result(workdir / name).status == "done"
         rows = metrics(workdir, name)
         assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))  # no epoch lost or logged twice
         assert without_seconds(rows) == without_seconds(metrics(reference, name)), name
@@ -135,7 +135,7 @@ def test_failed_runs_are_recorded_and_the_others_finish(tmp_path):
     proc = sweep(*args, *ONE_THREAD, "--batch_sizes=128", "--lrs=0.05,0.1,0.2", "--workers=2",
                  f"--workdir={workdir}", f"--train_command={sys.executable} {fake}")
     assert proc.returncode == 1, proc.stderr + proc.stdout
-    assert runfolder.read_result(workdir / "mlp-mnist1d-bs128-lr0.05-s0")["status"] == "done"
+    assert runfolder.read_result(workdir / "mlp-mnist1d-bs128-lr0.05-s0").status == "done"
     assert len(metrics(workdir, "mlp-mnist1d-bs128-lr0.05-s0")) == EPOCHS
     records = [json.loads(line) for line in (workdir / "sweep_failures.jsonl").read_text().splitlines()]
     # The column process was killed: each of its runs got one process of its own before being called failed.

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from lrbs_tf import config
 from lrbs_tf import grid as gridlib
 from lrbs_tf import runfolder, sweep, workers
 
@@ -28,7 +29,7 @@ def test_grid_expands_to_every_point_once_with_the_train_run_names():
     assert g.size == len(runs) == 12
     assert {(r.batch_size, r.lr, r.seed) for r in runs} == set(itertools.product((16, 32, 48), (0.1, 0.2), (0, 1)))
     # The names are bin/train's default names, so the sweep finds the folders bin/train writes.
-    assert {r.name for r in runs} == {runfolder.run_name("mlp", "mnist1d", bs, lr, s, 0.9)
+    assert {r.name for r in runs} == {config.run_name("mlp", "mnist1d", bs, lr, s, 0.9)
                                       for bs, lr, s in itertools.product((16, 32, 48), (0.1, 0.2), (0, 1))}
     assert "mlp-mnist1d-bs48-lr0.2-s1-m0.9" in {r.name for r in runs}
 
@@ -192,9 +193,9 @@ def test_only_done_runs_without_sharpness_are_measured(tmp_path):
     assert not sweep._needs_sharpness(folder("c", "diverged", [runfolder.MODEL]))  # no minimum to measure
     assert not sweep._needs_sharpness(folder("d", "failed", [runfolder.MODEL]))
     assert not sweep._needs_sharpness(folder("e", None))  # unfinished
-    assert sweep._status(tmp_path / "e") is None and sweep._status(tmp_path / "c") == "diverged"
+    assert runfolder.run_status(tmp_path / "e") is None and runfolder.run_status(tmp_path / "c") == "diverged"
     (tmp_path / "e" / runfolder.RESULT).write_text("{not json")
-    assert sweep._status(tmp_path / "e") == "unreadable"
+    assert runfolder.run_status(tmp_path / "e") == "unreadable"
 
 
 def test_column_size_cuts_columns_into_consecutive_pieces():

@@ -17,6 +17,7 @@ from lrbs_tf.cli import UsageError
 from lrbs_tf.runfolder import RunFolderError
 from lrbs_tf.theory import bounds, nqm
 from lrbs_tf.theory import cli as theory_cli
+from tests.runfolders import config as run_config
 
 REPO = Path(__file__).resolve().parents[1]
 NQM = [sys.executable, str(REPO / "bin" / "nqm")]
@@ -109,7 +110,7 @@ def _run_folder(tmp_path, **sharp):
     record = {"num_params": 50_000, "top_eigenvalues": [30.0, 20.0, 10.0], "lambda_max": 30.0, "trace": 900.0,
               "grad_cov_trace": 12.0, "num_examples": 2048, "dataset": "mnist1d", **sharp}
     (run / "sharpness.json").write_text(json.dumps(record))
-    (run / "config.json").write_text(json.dumps({"lr": 0.05, "batch_size": 64, "dataset": "mnist1d", "momentum": 0.0}))
+    (run / "config.json").write_text(json.dumps(run_config(arch="mlp", dataset="mnist1d", lr=0.05, batch_size=64)))
     (run / "result.json").write_text(json.dumps({"status": "done", "final_train_accuracy": 0.99,
                                                  "final_test_accuracy": 0.71}))
     return run
@@ -143,7 +144,7 @@ def test_bound_cli_bad_inputs(tmp_path):
         theory_cli.bound_request(str(run), 100, 1.5, "proportional", None, None, None)
     with pytest.raises(RunFolderError, match="does not exist"):
         theory_cli.bound_request(str(tmp_path / "nowhere"), 100, 0.05, "proportional", None, None, None)
-    (run / "config.json").write_text(json.dumps({"lr": 0.1, "batch_size": 8, "dataset": "npz"}))
+    (run / "config.json").write_text(json.dumps(run_config(arch="mlp", dataset="npz", lr=0.1, batch_size=8)))
     (run / "sharpness.json").write_text(json.dumps({"num_params": 10, "dataset": "npz"}))
     with pytest.raises(UsageError, match="'npz' is unknown: pass --num_train"):
         theory_cli.bound_request(str(run), None, 0.05, "proportional", None, None, None)
@@ -157,8 +158,8 @@ def test_bound_reads_the_training_set_size_the_run_recorded(tmp_path):
 
     from lrbs_tf.theory.cli import bound_request
 
-    (tmp_path / "config.json").write_text(json.dumps({"dataset": "npz", "lr": 0.1, "batch_size": 32,
-                                                      "num_train": 1234}))
+    (tmp_path / "config.json").write_text(json.dumps(run_config(arch="mlp", dataset="npz", lr=0.1, batch_size=32,
+                                                                num_train=1234)))
     (tmp_path / "sharpness.json").write_text(json.dumps({"lambda_max": 1.0, "top_eigenvalues": [1.0],
                                                          "trace": 2.0, "grad_cov_trace": 3.0}))
     req = bound_request(str(tmp_path), None, 0.05, "isotropic", None, None, None)

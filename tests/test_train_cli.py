@@ -59,7 +59,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     reference = runfolder.read_metrics(tmp_path / "full" / "mlp-mnist1d-bs16-lr0.05-s0")
     assert len(reference) == 6
     assert without_seconds(runfolder.read_metrics(run_dir)) == without_seconds(reference)
-    assert runfolder.read_result(run_dir) == runfolder.read_result(tmp_path / "full" / run_dir.name)
+    assert runfolder.read_result(run_dir).raw == runfolder.read_result(tmp_path / "full" / run_dir.name).raw
 
     again = run_bin("train", *ARGS, f"--workdir={workdir}")
     assert again.returncode == 0 and "already finished" in again.stdout

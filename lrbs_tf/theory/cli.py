@@ -13,18 +13,17 @@ import dataclasses
 import io
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import scipy
 
 from lrbs_tf import flags as flags_mod
-from lrbs_tf import runfolder
-from lrbs_tf.cli import UsageError, run_app
+from lrbs_tf import provenance, runfolder
+from lrbs_tf.cli import run_app
+from lrbs_tf.errors import UsageError
 from lrbs_tf.theory import bounds, nqm
 
 CSV_COLUMNS = ("batch_size", "optimizer", "steps_to_target", "best_lr", "best_momentum", "best_ema_decay",
@@ -41,7 +40,7 @@ CRITICAL_DEFINITION = ("critical_batch_size: the batch size at which steps_to_ta
 
 
 def _versions() -> dict:
-    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
+    return provenance.versions(("numpy", "scipy"))
 
 
 def check_out_dir(out: str | None, flag: str = "--out") -> Path:
@@ -246,9 +245,9 @@ def bound_request(sharpness_json: str | None, num_train: int | None, delta: floa
     if not isinstance(record, dict):
         raise UsageError(f"{path} does not hold a JSON object")
     run_dir = path.parent
-    config = record.get("run_config") or {}
+    config = record.get("run_config") or {}  # what bin/sharpness copied of it, for a file without its folder
     if (run_dir / runfolder.CONFIG).is_file():
-        config = {**config, **runfolder.read_config(run_dir)}
+        config = {**config, **runfolder.read_config(run_dir).raw}
     lr = lr if lr is not None else config.get("lr")
     batch_size = batch_size if batch_size is not None else config.get("batch_size")
     if not isinstance(lr, (int, float)) or not lr > 0:
@@ -264,10 +263,10 @@ def bound_request(sharpness_json: str | None, num_train: int | None, delta: floa
         raise UsageError(f"--num_train={num_train} must be at least 1")
     if not 0.0 < delta < 1.0:
         raise UsageError(f"--delta={delta} must lie in (0, 1)")
-    result = runfolder.read_result(run_dir) if (run_dir / runfolder.RESULT).is_file() else None
+    result = runfolder.read_result(run_dir)
     gap = None
-    if result and result.get("final_train_accuracy") is not None and result.get("final_test_accuracy") is not None:
-        gap = float(result["final_train_accuracy"]) - float(result["final_test_accuracy"])
+    if result is not None and math.isfinite(result.final_train_accuracy - result.final_test_accuracy):
+        gap = result.final_train_accuracy - result.final_test_accuracy
     return BoundRequest(path, record, float(lr), int(batch_size), int(num_train), float(delta), noise_model,
                         float(config.get("momentum") or 0.0), gap, check_out_dir(out) if out else None)
 
