@@ -24,8 +24,9 @@ from typing import Callable
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from lrbs_tf.curvature.settings import EIG_METHODS
+
 MatVec = Callable[[np.ndarray], np.ndarray]
-EIG_METHODS = ("lanczos", "power")
 
 
 @dataclasses.dataclass

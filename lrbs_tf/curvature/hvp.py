@@ -34,8 +34,8 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
-BN_MODES = ("inference", "batch")
+from lrbs_tf.curvature.settings import BN_MODES, HVP_MODES
+
 
 # losses_fn(params, x, y) -> per-example losses, shape (B,), float32. `params` is a list of float32 tensors
 # in the layout's order; x is a batch of inputs (B, ...), y the integer labels (B,).

@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from lrbs_tf.curvature.hvp import softmax_cross_entropy
+from lrbs_tf.curvature.settings import INTERP_BN_STATS
 
-BN_STATS_MODES = ("interpolate", "recompute")
 
 
 def _walk_layers(layer):
@@ -147,8 +147,8 @@ def interpolation_curve(model_a, model_b, alphas: Sequence[float],
     Cost per alpha: one forward pass over the train and test examples (+ one more over the train examples
     with bn_stats="recompute").
     """
-    if bn_stats not in BN_STATS_MODES:
-        raise ValueError(f"bn_stats={bn_stats!r}; valid: {', '.join(BN_STATS_MODES)}")
+    if bn_stats not in INTERP_BN_STATS:
+        raise ValueError(f"bn_stats={bn_stats!r}; valid: {', '.join(INTERP_BN_STATS)}")
     check_same_architecture(model_a, model_b)
     ev = Evaluator(model_a)
     ta = [np.asarray(v.value) for v in model_a.trainable_variables]

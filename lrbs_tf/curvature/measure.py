@@ -1,73 +1,21 @@
-"""What bin/sharpness computes for one model: the settings, and `measure`, which runs every asked-for quantity
-on one objective and returns the fields of sharpness.json.
+"""What bin/sharpness computes for one model: `measure` runs every asked-for quantity (its settings:
+lrbs_tf.curvature.settings) on one objective and returns the fields of sharpness.json.
 
 Importing this module does not import TensorFlow (the binary checks its input first); `measure` does.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lrbs_tf.cli import UsageError
+from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
+from lrbs_tf.errors import UsageError
 
 if TYPE_CHECKING:
     from lrbs_tf.curvature.slq import SpectrumResult
-
-QUANTITIES = ("eigenvalues", "trace", "spectrum", "eps_sharpness", "avg_sharpness", "grad_cov")
-DEFAULT_HVP_BATCH = 256  # examples per chunk when nothing else decides it (inference BN: speed/memory only)
-
-
-@dataclasses.dataclass
-class Settings:
-    """What bin/sharpness measures and how; recorded verbatim in sharpness.json."""
-    num_examples: int = 2048
-    hvp_batch_size: int = 0
-    top_k: int = 5
-    eig_method: str = "lanczos"
-    tol: float = 1e-4
-    max_hvps: int = 1000
-    hutchinson_rtol: float = 0.05
-    max_probes: int = 300
-    slq_steps: int = 80
-    slq_runs: int = 2
-    eps: float = 1e-3
-    eps_steps: int = 20
-    noise_sigma: float = 1e-2
-    noise_draws: int = 10
-    bn_mode: str = "inference"
-    include_weight_decay: bool = False
-    hvp_mode: str = "forward_over_reverse"
-    quantities: tuple[str, ...] = QUANTITIES
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raises UsageError naming the offending values."""
-        unknown = [q for q in self.quantities if q not in QUANTITIES]
-        if unknown or not self.quantities:
-            raise UsageError(f"--quantities={','.join(self.quantities)}: unknown {unknown or 'empty list'}; "
-                             f"valid: {','.join(QUANTITIES)}")
-        checks = [("num_examples", self.num_examples >= 0), ("hvp_batch_size", self.hvp_batch_size >= 0),
-                  ("top_k", self.top_k >= 1), ("tol", 0 < self.tol < 1), ("max_hvps", self.max_hvps >= 2),
-                  ("hutchinson_rtol", self.hutchinson_rtol > 0), ("max_probes", self.max_probes >= 2),
-                  ("slq_steps", self.slq_steps >= 1), ("slq_runs", self.slq_runs >= 1), ("eps", self.eps > 0),
-                  ("eps_steps", self.eps_steps >= 1), ("noise_sigma", self.noise_sigma > 0),
-                  ("noise_draws", self.noise_draws >= 2)]
-        bad = [f"--{name}={getattr(self, name)}" for name, ok in checks if not ok]
-        if bad:
-            raise UsageError(f"out of range: {', '.join(bad)} (counts >= 1, draws/probes >= 2, tolerances > 0)")
-        for name, value, valid in (("bn_mode", self.bn_mode, ("inference", "batch")),
-                                   ("eig_method", self.eig_method, ("lanczos", "power")),
-                                   ("hvp_mode", self.hvp_mode, ("forward_over_reverse", "reverse_over_reverse"))):
-            if value not in valid:
-                raise UsageError(f"--{name}={value}; valid: {', '.join(valid)}")
-
-    def seed_for(self, quantity: str) -> int:
-        """A seed per quantity, so choosing a subset of --quantities never changes another one's numbers."""
-        return int(np.random.SeedSequence([self.seed, QUANTITIES.index(quantity)]).generate_state(1)[0])
 
 
 def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
