@@ -101,8 +101,9 @@ def define_train_flags() -> None:
 @_once
 def define_correlate_flags() -> None:
     """bin/correlate: correlation tests, tables and figures over a folder of run folders."""
-    flags.DEFINE_string("results", None, "Folder searched recursively for run folders (folders holding "
-                        "config.json), e.g. outputs/. Required.")
+    if "results" not in FLAGS:  # shared with bin/sharpness: one definition serves both
+        flags.DEFINE_string("results", None, "Folder searched recursively for run folders (folders holding "
+                            "config.json), e.g. outputs/. Required.")
     if "out" not in FLAGS:  # another binary may share the name; one definition serves both
         flags.DEFINE_string("out", None, "Output folder (default for bin/correlate: <results>/correlate/).")
     flags.DEFINE_float("min_train_accuracy", 0.99, "Premise check, fraction in [0, 1]: done runs whose final "
@@ -121,8 +122,12 @@ def define_sharpness_flags() -> None:
     loss along the line between two runs. Flags shared with other binaries are defined once (guarded)."""
     S = SHARPNESS_DEFAULTS
     define_data_flags()  # a run folder's config.json names its data; --data_dir/--data_path replace its paths
-    flags.DEFINE_string("ckpt", None, "A finished run folder (reads its config.json and model.keras), or a "
-                        "model.keras file (then --dataset, unless its folder holds a config.json).")
+    flags.DEFINE_list("ckpt", None, "A finished run folder (reads its config.json and model.keras), or a "
+                      "model.keras file (then --dataset, unless its folder holds a config.json); several as a "
+                      "comma list or globs ('outputs/quick/mlp-*'), measured in one process.")
+    if "results" not in FLAGS:  # shared with bin/correlate: one definition serves both
+        flags.DEFINE_string("results", None, "bin/sharpness: measure every finished run folder below this one "
+                            "without a current sharpness.json (same settings, not older than model.keras).")
     flags.DEFINE_integer("num_examples", S["num_examples"], "Examples of the measured loss: the first N of the training "
                          "split in dataset order, no augmentation; 0 = the whole split.")
     flags.DEFINE_integer("hvp_batch_size", S["hvp_batch_size"], "Examples per forward/backward chunk (H is the size-weighted "

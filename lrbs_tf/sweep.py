@@ -144,12 +144,14 @@ class _Session:
         return workers.Task("train", unit.label, _train_argv(self.cfg, unit, self.threads),
                             self.log_dir / f"{unit.label}.log", unit)
 
-    def sharpness_task(self, run: gridlib.Run) -> workers.Task:
-        argv = (_binary("sharpness", self.cfg.sharpness_command) + [f"--ckpt={self.cfg.workdir / run.name}"]
-                + list(self.cfg.sharpness_args))
-        self.progress.sharpness_todo += 1
+    def sharpness_task(self, unit: gridlib.WorkUnit) -> workers.Task:
+        """One bin/sharpness process for the runs of `unit` (a column's done runs): TensorFlow starts, the data
+        loads and the functions trace once for all of them."""
+        ckpts = ",".join(str(self.cfg.workdir / r.name) for r in unit.runs)
+        argv = _binary("sharpness", self.cfg.sharpness_command) + [f"--ckpt={ckpts}"] + list(self.cfg.sharpness_args)
+        self.progress.sharpness_todo += len(unit.runs)
         # Measurements wait behind training (priority 1): a retried run must not be the last thing left.
-        return workers.Task("sharpness", run.name, argv, self.log_dir / f"{run.name}.sharpness.log", run, 1)
+        return workers.Task("sharpness", unit.label, argv, self.log_dir / f"{unit.label}.sharpness.log", unit, 1)
 
     def record_failure(self, run: str, done: workers.Finished, **extra) -> None:
         runfolder.append_jsonl(self.failures_path, {
@@ -160,7 +162,7 @@ class _Session:
 
     def on_start(self, task: workers.Task) -> bool:
         if task.kind == "sharpness" and self.sharpness_refused:
-            self.progress.sharpness_todo -= 1
+            self.progress.sharpness_todo -= len(task.payload.runs)
             return False
         self.progress.running[task.kind] += 1
         self.progress.event(f"start {task.kind} {task.label}")
@@ -174,7 +176,7 @@ class _Session:
 
     def _train_finished(self, done: workers.Finished) -> list[workers.Task]:
         unit: gridlib.WorkUnit = done.task.payload
-        follow, unfinished, words = [], [], []
+        follow, unfinished, words, measure = [], [], [], []
         for run in unit.runs:
             status = runfolder.run_status(self.cfg.workdir / run.name)
             if status in runfolder.TERMINAL_STATUSES:
@@ -182,9 +184,11 @@ class _Session:
                 words.append(f"{run.name} {status}")
                 if self.cfg.sharpness and not self.sharpness_refused and _needs_sharpness(
                         self.cfg.workdir / run.name):
-                    follow.append(self.sharpness_task(run))
+                    measure.append(run)
             else:
                 unfinished.append((run, status))
+        if measure:
+            follow.append(self.sharpness_task(gridlib.WorkUnit(unit.batch_size, unit.seed, tuple(measure))))
         self.progress.ended_items += len(unit.runs)
         if unfinished and len(unit.runs) > 1:
             # A column process failing (e.g. killed for memory with K models) says little about each run:
@@ -209,24 +213,29 @@ class _Session:
         return follow
 
     def _sharpness_finished(self, done: workers.Finished) -> list[workers.Task]:
-        run: gridlib.Run = done.task.payload
-        self.progress.sharpness_todo -= 1
-        self.progress.ended_items += 1
-        if (self.cfg.workdir / run.name / runfolder.SHARPNESS).exists() and done.returncode == 0:
-            self.progress.sharpness_done += 1
-            self.progress.event(f"end sharpness {run.name} after {workers.format_duration(done.seconds)}")
-            return []
-        self.record_failure(run.name, done)
-        self.sharpness_failed.append(run.name)
+        """A run was measured if its sharpness.json now exists (it had none): bin/sharpness measures the others
+        of its process when one fails (exit 1)."""
+        unit: gridlib.WorkUnit = done.task.payload
+        self.progress.sharpness_todo -= len(unit.runs)
+        self.progress.ended_items += len(unit.runs)
+        failed = [r for r in unit.runs if not (self.cfg.workdir / r.name / runfolder.SHARPNESS).exists()]
+        self.progress.sharpness_done += len(unit.runs) - len(failed)
+        for run in failed:
+            self.record_failure(run.name, done)
+            self.sharpness_failed.append(run.name)
         last = done.log_tail[-1] if done.log_tail else ""
-        if done.returncode == 2 and not self.sharpness_refused:
+        took = workers.format_duration(done.seconds)
+        if not failed:
+            self.progress.event(f"end sharpness {unit.label} ({len(unit.runs)} runs) after {took}")
+        elif done.returncode == 2 and not self.sharpness_refused:
             # Exit 2 is bad input; every run of a grid shares arch, data and --sharpness_flags, so the
             # others would be refused the same way.
             self.sharpness_refused = True
-            self.progress.event(f"sharpness {run.name} refused its input ({last}); no more sharpness "
+            self.progress.event(f"sharpness {unit.label} refused its input ({last}); no more sharpness "
                                 "measurements this session")
         else:
-            self.progress.event(f"sharpness {run.name} FAILED (exit {done.returncode}: {last})")
+            self.progress.event(f"sharpness {unit.label}: {len(failed)} of {len(unit.runs)} FAILED "
+                                f"(exit {done.returncode}: {last})")
         return []
 
 
@@ -275,7 +284,8 @@ def run(cfg: SweepConfig) -> int:
     session = _Session(cfg, shard, threads)
     tasks = [session.train_task(u) for u in units]
     if cfg.sharpness:
-        tasks += [session.sharpness_task(r) for r in shard if _needs_sharpness(workdir / r.name)]
+        waiting = [r for r in shard if _needs_sharpness(workdir / r.name)]
+        tasks += [session.sharpness_task(u) for u in gridlib.work_units(waiting, vectorize=True)]
     where = f"{len(gpus)} GPU(s)" if gpus else f"{workers.available_cores()} CPU core(s), {threads} thread(s) each"
     print(f"sweep: {workdir}: shard {cfg.shard_index}/{cfg.num_shards} holds {len(shard)} of {cfg.grid.size} "
           f"runs; {len(shard) - len(todo)} finished, {len(todo)} to run in {len(units)} processes; "
@@ -359,6 +369,9 @@ def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
                          "their runs would share a folder")
     if fv.workers < 0:
         raise UsageError(f"--workers={fv.workers} must be >= 0 (0: one per GPU, else one per CPU core)")
+    if fv.sharpness and "," in str(Path(fv.workdir).absolute()):
+        raise UsageError(f"--workdir={fv.workdir} holds a comma: with --sharpness the sweep passes a column's run "
+                         "folders to bin/sharpness as one comma list; choose a folder without one")
     if fv.column_size < 0:
         raise UsageError(f"--column_size={fv.column_size} must be >= 0 (0: a whole column per process)")
     train_args = tuple(fv[n].serialize() for n in sorted(names - set(GRID_FLAGS) - set(WORKER_FLAGS))

@@ -167,7 +167,8 @@ if ckpt:
     if {refuse}:
         print("sharpness: error: refused", file=sys.stderr)
         sys.exit(2)
-    (pathlib.Path(ckpt[0]) / "sharpness.json").write_text("{{}}")
+    for run in ckpt[0].split(","):  # one process measures a column's runs
+        (pathlib.Path(run) / "sharpness.json").write_text("{{}}")
 """
 
 
@@ -189,7 +190,7 @@ def copy_runs(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_sharpness_on_each_done_run_once_then_correlate(reference, tmp_path):
+def test_sharpness_on_each_done_run_once_one_process_per_column_then_correlate(reference, tmp_path):
     workdir = copy_runs(reference, tmp_path / "w")
     (workdir / RUNS[0] / runfolder.SHARPNESS).write_text("{}")  # measured already: skipped
     sharp, sharp_calls = fake_tool(tmp_path, "sharpness")
@@ -200,13 +201,14 @@ def test_sharpness_on_each_done_run_once_then_correlate(reference, tmp_path):
                  f"--sharpness_command={sharp}", f"--correlate_command={corr}")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     measured = sorted(c[0] for c in calls_of(sharp_calls))
-    assert measured == sorted(f"--ckpt={workdir / n}" for n in RUNS[1:])
+    # RUNS[0] (batch 64, lr 0.05) was measured: batch 64's column has one run left, batch 128's both.
+    assert measured == sorted([f"--ckpt={workdir / RUNS[1]}", f"--ckpt={workdir / RUNS[2]},{workdir / RUNS[3]}"])
     assert all(c[1:] == ["--quantities=eigenvalues,trace", "--top_k=1"] for c in calls_of(sharp_calls))
     assert calls_of(corr_calls) == [[f"--results={workdir}"]]
     # Started again: every run measured, nothing to do but correlate.
     proc = sweep(*args, "--workers=2", f"--workdir={workdir}", "--sharpness", f"--sharpness_command={sharp}",
                  f"--correlate_command={corr}")
-    assert proc.returncode == 0 and len(calls_of(sharp_calls)) == 3 and len(calls_of(corr_calls)) == 2
+    assert proc.returncode == 0 and len(calls_of(sharp_calls)) == 2 and len(calls_of(corr_calls)) == 2
 
 
 def test_correlate_waits_for_the_whole_grid_and_sharpness_stops_on_bad_input(reference, tmp_path):

@@ -102,10 +102,14 @@ class Objective:
       hvp_mode: one of HVP_MODES.
       weight_decay: wd of the loss term (wd/2)||theta||^2 over all of theta (0: not part of the objective).
         Added on the host in float64 (its gradient wd*theta and Hessian wd*I are exact).
+      traces: a dict owned by the caller in which the traced functions are kept and looked up (by losses_fn,
+        shapes and mode): Objectives of one model measured at other weights then share one trace. The
+        functions take the parameters and a batch as arguments, so sharing them changes no number.
     """
 
     def __init__(self, losses_fn: LossesFn, params: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
-                 hvp_mode: str = "forward_over_reverse", weight_decay: float = 0.0) -> None:
+                 hvp_mode: str = "forward_over_reverse", weight_decay: float = 0.0,
+                 traces: dict | None = None) -> None:
         if hvp_mode not in HVP_MODES:
             raise ValueError(f"hvp_mode={hvp_mode!r}; valid: {', '.join(HVP_MODES)}")
         if not batches:
@@ -123,11 +127,17 @@ class Objective:
         self.num_hvps = 0        # counts full-objective products (all batches), not per-batch calls
         self.num_gradients = 0
         self.num_losses = 0
-        self._build()
+        x0, y0 = self.batches[0]
+        key = ("objective", losses_fn, self.layout.shapes, tuple(x0.shape[1:]), x0.dtype, y0.dtype, hvp_mode)
+        traces = {} if traces is None else traces
+        if key not in traces:
+            traces[key] = self._build()
+        self._loss, self._loss_and_grad, self._hvp = traces[key]
 
     # --- traced functions ---------------------------------------------------------------------------------
 
-    def _build(self) -> None:
+    def _build(self) -> tuple:
+        """The traced loss, loss-and-gradient and HVP (in hvp_mode) functions."""
         layout, losses_fn = self.layout, self.losses_fn
         x0, y0 = self.batches[0]
         param_specs = [tf.TensorSpec(s, tf.float32) for s in layout.shapes]
@@ -171,10 +181,8 @@ class Objective:
             return concat_flat(outer.gradient(g_dot_v, params,
                                                unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
-        self._loss = loss
-        self._loss_and_grad = loss_and_grad
-        self._hvp = (hvp_forward_over_reverse if self.hvp_mode == "forward_over_reverse"
-                     else hvp_reverse_over_reverse)
+        return loss, loss_and_grad, (hvp_forward_over_reverse if self.hvp_mode == "forward_over_reverse"
+                                     else hvp_reverse_over_reverse)
 
     # --- host-side API (flat float64 vectors) -------------------------------------------------------------
 
@@ -241,7 +249,7 @@ class Objective:
 
 # --- Keras models ------------------------------------------------------------------------------------------
 
-def keras_losses_fn(model, bn_mode: str = "inference") -> LossesFn:
+def keras_losses_fn(model, bn_mode: str = "inference", traces: dict | None = None) -> LossesFn:
     """Per-example softmax cross-entropy (nats) of a logits model, as a function of its trainable weights.
 
     The model runs through `model.stateless_call`: trainable weights come from the `params` argument and the
@@ -251,17 +259,25 @@ def keras_losses_fn(model, bn_mode: str = "inference") -> LossesFn:
     bn_mode "inference" normalises with the moving statistics (the model as it is evaluated; each example's
     loss is independent of the others). "batch" normalises with each batch's own statistics (the model as
     SGD sees it, so H then depends on how the examples are batched).
+    traces: see Objective; the same model and mode give the same losses_fn from it, so traces built on that
+    losses_fn are found again.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode={bn_mode!r}; valid: {', '.join(BN_MODES)}")
+    traces = {} if traces is None else traces
+    key = ("losses_fn", id(model), bn_mode)
+    if key in traces:
+        return traces[key][1]
     training = bn_mode == "batch"
-    # Captured as variables: read when called, so they are the model's current statistics.
+    # Captured as variables: read when called, so they are the model's current statistics (also after
+    # model.set_weights, which assigns into these same variables).
     non_trainable = [v.value for v in model.non_trainable_variables]
 
     def losses_fn(params, x, y):
         logits, _ = model.stateless_call(list(params), non_trainable, x, training=training)
         return softmax_cross_entropy(logits, y)
 
+    traces[key] = (model, losses_fn)  # the model is kept with its id, so the id cannot be reused meanwhile
     return losses_fn
 
 
@@ -276,7 +292,8 @@ def softmax_cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 
 def keras_objective(model, x: np.ndarray, y: np.ndarray, batch_size: int, bn_mode: str = "inference",
-                    hvp_mode: str = "forward_over_reverse", weight_decay: float = 0.0) -> Objective:
+                    hvp_mode: str = "forward_over_reverse", weight_decay: float = 0.0,
+                    traces: dict | None = None) -> Objective:
     """The Objective of a Keras logits model on inputs x (N, ...) float32 and labels y (N,), at its weights."""
-    return Objective(keras_losses_fn(model, bn_mode), [v.value for v in model.trainable_variables],
-                     make_batches(x, y, batch_size), hvp_mode=hvp_mode, weight_decay=weight_decay)
+    return Objective(keras_losses_fn(model, bn_mode, traces), [v.value for v in model.trainable_variables],
+                     make_batches(x, y, batch_size), hvp_mode=hvp_mode, weight_decay=weight_decay, traces=traces)

@@ -30,7 +30,6 @@ from lrbs_tf.curvature.hvp import softmax_cross_entropy
 from lrbs_tf.curvature.settings import INTERP_BN_STATS
 
 
-
 def _walk_layers(layer):
     for sub in getattr(layer, "layers", []) or []:
         yield sub
@@ -64,11 +63,22 @@ def check_same_architecture(model_a, model_b) -> None:
 
 
 class Evaluator:
-    """Mean cross-entropy (nats) and accuracy of `model`'s architecture at any given weights."""
+    """Mean cross-entropy (nats) and accuracy of `model`'s architecture at any given weights.
 
-    def __init__(self, model) -> None:
+    traces: a caller's dict keeping the traced functions per model (see hvp.Objective): an Evaluator of the
+    same model made again reuses them."""
+
+    def __init__(self, model, traces: dict | None = None) -> None:
         self.model = model
         self.bn = bn_statistics_indices(model)
+        traces = {} if traces is None else traces
+        key = ("evaluator", id(model))
+        if key not in traces:
+            traces[key] = (model, *self._build(model))
+        _, self._eval_batch, self._train_mode_stats = traces[key]
+
+    @staticmethod
+    def _build(model):
 
         @tf.function(reduce_retracing=True)
         def eval_batch(trainable, non_trainable, x, y):
@@ -83,8 +93,7 @@ class Evaluator:
             _, updated = model.stateless_call(trainable, non_trainable, x, training=True)
             return updated
 
-        self._eval_batch = eval_batch
-        self._train_mode_stats = train_mode_stats
+        return eval_batch, train_mode_stats
 
     def evaluate(self, trainable: Sequence[np.ndarray], non_trainable: Sequence[np.ndarray],
                  batches: Sequence[tuple[tf.Tensor, tf.Tensor]]) -> tuple[float, float]:

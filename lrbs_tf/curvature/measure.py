@@ -19,21 +19,26 @@ if TYPE_CHECKING:
 
 
 def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
-            batch_size: int = DEFAULT_HVP_BATCH, log=print) -> tuple[dict, SpectrumResult | None]:
+            batch_size: int = DEFAULT_HVP_BATCH, log=print, traces: dict | None = None
+            ) -> tuple[dict, SpectrumResult | None]:
     """Computes `settings.quantities` for `model` on examples x (N, ...) float32, y (N,) int.
 
     Returns (the sharpness.json fields, the SLQ result for plotting or None). Never changes the model.
+    traces: a dict the caller keeps across calls on the same model object (measured at other weights, e.g.
+    one model per architecture with each run's weights set into it): the traced functions are then built
+    once, not once per call; the numbers are the same either way.
     """
     from lrbs_tf.curvature import eigen, hvp, sharpness_measures, slq, trace
     from lrbs_tf.curvature.interpolate import Evaluator
 
     start = time.perf_counter()
     wd = weight_decay if settings.include_weight_decay else 0.0
+    traces = {} if traces is None else traces
     obj = hvp.keras_objective(model, x, y, batch_size, bn_mode=settings.bn_mode, hvp_mode=settings.hvp_mode,
-                              weight_decay=wd)
+                              weight_decay=wd, traces=traces)
     if settings.top_k > obj.dim:
         raise UsageError(f"--top_k={settings.top_k} is more than the model's {obj.dim} parameters")
-    ev = Evaluator(model)
+    ev = Evaluator(model, traces)
     loss, accuracy = ev.evaluate([np.asarray(v.value) for v in model.trainable_variables],
                                  [np.asarray(v.value) for v in model.non_trainable_variables], obj.batches)
     out: dict = {key: None for key in (
@@ -86,7 +91,7 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     if "grad_cov" in q:
         # Per-example gradients need per-example losses that ignore the rest of the batch: inference BN.
         res = timed("grad_cov", lambda: sharpness_measures.grad_cov_trace(
-            hvp.keras_losses_fn(model, "inference"), obj.params, obj.batches))
+            hvp.keras_losses_fn(model, "inference", traces), obj.params, obj.batches, traces=traces))
         out.update(grad_cov_trace=res.trace, grad_norm=res.grad_norm)
     out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
                num_losses=obj.num_losses,

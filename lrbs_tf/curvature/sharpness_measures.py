@@ -92,30 +92,8 @@ def average_sharpness(objective: Objective, sigma: float = 1e-2, draws: int = 10
     return AverageSharpness(float(inc.mean()), float(inc.std(ddof=1) / math.sqrt(draws)), float(f0), sigma, draws)
 
 
-@dataclasses.dataclass
-class GradCov:
-    trace: float            # tr(C) = mean_i ||g_i - g_bar||^2, (nats per parameter)^2
-    grad_norm: float        # ||g_bar||, the full-batch gradient norm over the same examples
-    num_examples: int
-
-
-def grad_cov_trace(losses_fn: LossesFn, params: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
-                   max_floats: int = 2 ** 26) -> GradCov:
-    """Trace of the per-example gradient covariance C = (1/N) sum_i (g_i - g_bar)(g_i - g_bar)' over the set.
-
-    g_i is the gradient of example i's loss alone, so `losses_fn` must make each example's loss independent
-    of the rest of its batch (BN in inference mode). Weight decay adds the same w*theta to every g_i and
-    cancels. Two passes: g_bar first, then per-example gradients (tf.vectorized_map, chunks of at most
-    max_floats / d examples so a chunk's gradients fit in memory) and their squared distances to g_bar,
-    summed in float64. Subtracting g_bar before squaring avoids the cancellation in
-    mean ||g_i||^2 - ||g_bar||^2 when the mean gradient dominates. Cost: about 1 + (per-example pass)
-    gradients; convolutions' per-example filter gradients run as a loop inside vectorized_map.
-    """
-    layout = ParamLayout(tuple(tuple(int(d) for d in p.shape) for p in params))
-    params = [tf.constant(np.asarray(p), dtype=tf.float32) for p in params]
-    obj = Objective(losses_fn, params, batches)
-    _, gbar = obj.loss_and_gradient()
-    x0 = batches[0][0]
+def _sq_distances_fn(losses_fn: LossesFn, layout: ParamLayout, x0: tf.Tensor):
+    """A traced function: ||g_i - g_bar||^2 for every example i of a batch (per-example gradients)."""
     param_specs = [tf.TensorSpec(s, tf.float32) for s in layout.shapes]
 
     @tf.function(input_signature=[param_specs, tf.TensorSpec((layout.dim,), tf.float32),
@@ -131,6 +109,39 @@ def grad_cov_trace(losses_fn: LossesFn, params: Sequence, batches: Sequence[tupl
             return tf.reduce_sum(tf.square(g - gbar))
         return tf.vectorized_map(one, (x, y), fallback_to_while_loop=True)
 
+    return sq_distances
+
+
+@dataclasses.dataclass
+class GradCov:
+    trace: float            # tr(C) = mean_i ||g_i - g_bar||^2, (nats per parameter)^2
+    grad_norm: float        # ||g_bar||, the full-batch gradient norm over the same examples
+    num_examples: int
+
+
+def grad_cov_trace(losses_fn: LossesFn, params: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
+                   max_floats: int = 2 ** 26, traces: dict | None = None) -> GradCov:
+    """Trace of the per-example gradient covariance C = (1/N) sum_i (g_i - g_bar)(g_i - g_bar)' over the set.
+
+    g_i is the gradient of example i's loss alone, so `losses_fn` must make each example's loss independent
+    of the rest of its batch (BN in inference mode). Weight decay adds the same w*theta to every g_i and
+    cancels. Two passes: g_bar first, then per-example gradients (tf.vectorized_map, chunks of at most
+    max_floats / d examples so a chunk's gradients fit in memory) and their squared distances to g_bar,
+    summed in float64. Subtracting g_bar before squaring avoids the cancellation in
+    mean ||g_i||^2 - ||g_bar||^2 when the mean gradient dominates. Cost: about 1 + (per-example pass)
+    gradients; convolutions' per-example filter gradients run as a loop inside vectorized_map.
+    traces: see hvp.Objective (one trace per losses_fn and shapes, shared by later calls).
+    """
+    layout = ParamLayout(tuple(tuple(int(d) for d in p.shape) for p in params))
+    params = [tf.constant(np.asarray(p), dtype=tf.float32) for p in params]
+    traces = {} if traces is None else traces
+    obj = Objective(losses_fn, params, batches, traces=traces)
+    _, gbar = obj.loss_and_gradient()
+    x0 = batches[0][0]
+    key = ("sq_distances", losses_fn, layout.shapes, tuple(x0.shape[1:]), x0.dtype)
+    if key not in traces:
+        traces[key] = _sq_distances_fn(losses_fn, layout, x0)
+    sq_distances = traces[key]
     chunk = max(1, max_floats // max(layout.dim, 1))
     gbar32 = tf.constant(gbar, tf.float32)
     total = 0.0
