@@ -42,25 +42,32 @@ def cell_table(runs: pd.DataFrame, group_cols: list[str], labels: dict[tuple, st
                quantities: Sequence[str]) -> pd.DataFrame:
     """cells.csv: every (group, BS, LR) cell of `runs` (any status), its seeds, means and s.d. of done runs.
 
-    n_seeds: done runs in the cell; n_diverged / n_failed: runs that ended so; sd_*: ddof=1, NaN below 2.
+    n_seeds: done runs in the cell; n_diverged / n_failed: runs that ended so; n_flagged: done runs below
+    the premise; sd_*: ddof=1, NaN below 2 values.
     """
     known = runs[runs["arch"].notna() & runs["dataset"].notna() & runs["batch_size"].notna()
                  & runs["lr"].notna()]
-    rows = []
+    measures = [TARGET, *quantities]
+    frames = []
     for keys, _, g in iter_groups(known, group_cols, labels):
-        for (bs, lr), cell in g.groupby(CELL, sort=True):
-            done = cell[cell["status"] == "done"]
-            row = {**keys, "batch_size": int(bs), "lr": float(lr), "ratio": float(cell["ratio"].iloc[0]),
-                   "n_seeds": len(done), "n_diverged": int((cell["status"] == "diverged").sum()),
-                   "n_failed": int((cell["status"] == "failed").sum()),
-                   "n_flagged": int((~done["reached_min_train_accuracy"].astype(bool)).sum())}
-            for m in (TARGET, *quantities):
-                v = done[m].to_numpy(float)
-                v = v[np.isfinite(v)]
-                row[f"mean_{m}"] = float(v.mean()) if len(v) else math.nan
-                row[f"sd_{m}"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
-            rows.append(row)
-    return pd.DataFrame(rows)
+        done = g["status"] == "done"
+        g = g.assign(_done=done, _diverged=g["status"] == "diverged", _failed=g["status"] == "failed",
+                     _flagged=done & ~g["reached_min_train_accuracy"].astype(bool),
+                     **{f"_{m}": g[m].where(done) for m in measures})
+        agg = {"ratio": ("ratio", "first"), "n_seeds": ("_done", "sum"), "n_diverged": ("_diverged", "sum"),
+               "n_failed": ("_failed", "sum"), "n_flagged": ("_flagged", "sum")}
+        for m in measures:
+            agg[f"mean_{m}"] = (f"_{m}", "mean")
+            agg[f"sd_{m}"] = (f"_{m}", "std")  # pandas: ddof=1, NaN for a single value
+        cells = g.groupby(CELL, sort=True).agg(**agg).reset_index()
+        frames.append(cells.assign(**keys)[[*keys, *cells.columns]])
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    for col in ("n_seeds", "n_diverged", "n_failed", "n_flagged"):
+        out[col] = out[col].astype(int)
+    out["batch_size"] = out["batch_size"].astype(int)
+    return out
 
 
 def pooled_sd(values: np.ndarray, cells: np.ndarray) -> tuple[float, int, int]:
@@ -135,19 +142,15 @@ def equal_ratio_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tu
     for keys, _, g in iter_groups(done, group_cols, labels):
         ratios = g["ratio"].to_numpy(float)
         values = g[TARGET].to_numpy(float)
-        distinct = np.unique(ratios)
         pairs = ratio_stats.invariance_pairs(ratios, list(zip(g["batch_size"], g["lr"])))
         for r in pairs.shared_ratios:
-            here = set(np.flatnonzero(ratios == r))
-            k = int(np.searchsorted(distinct, r))
-            near = {distinct[m] for m in (k - 1, k + 1) if 0 <= m < len(distinct)}
-            eq = np.array([p for p in pairs.equal if p[0] in here], dtype=int).reshape(-1, 2)
-            nb = np.array([p for p in pairs.neighbour if (p[0] in here) != (p[1] in here)
-                           and ratios[p[0] if p[1] in here else p[1]] in near], dtype=int).reshape(-1, 2)
+            eq = pairs.equal[ratios[pairs.equal[:, 0]] == r]
+            # A neighbour pair touches r at exactly one end (its other end is the next ratio below or above).
+            nb = pairs.neighbour[(ratios[pairs.neighbour[:, 0]] == r) | (ratios[pairs.neighbour[:, 1]] == r)]
             sub = g[ratios == r]
-            rows.append({**keys, "ratio": r, "cells": ", ".join(f"({b}, {l:g})" for b, l in
-                                                                  sorted(set(zip(sub["batch_size"], sub["lr"])))),
-                         "n_cells": int(sub.groupby(CELL).ngroups), "n_runs": len(sub),
+            cells = sorted(set(zip(sub["batch_size"], sub["lr"])))
+            rows.append({**keys, "ratio": r, "cells": ", ".join(f"({b}, {l:g})" for b, l in cells),
+                         "n_cells": len(cells), "n_runs": len(sub),
                          "mad_equal_ratio": float(ratio_stats.mean_abs_difference(values, eq)),
                          "mad_neighbour_ratio": float(ratio_stats.mean_abs_difference(values, nb))})
     return pd.DataFrame(rows)

@@ -37,6 +37,7 @@ MIN_CELLS = 5  # clustered errors: G - 1 degrees of freedom for 3 coefficients
 CI_LEVEL = 0.95
 N_RESAMPLES = 9_999
 PERMUTATION_SEED = 0
+PERMUTATION_BATCH = 1_000  # permutations evaluated at once: bounds memory at 1,000 x pairs floats
 
 
 @dataclass(frozen=True)
@@ -169,36 +170,22 @@ class Pairs:
     shared_ratios: tuple[float, ...]
 
 
-def _pairs_between(a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
-    return {(min(i, j), max(i, j)) for i in a for j in b if i != j}
-
-
-def _as_array(pairs: set[tuple[int, int]]) -> np.ndarray:
-    return np.array(sorted(pairs), dtype=int).reshape(-1, 2)
-
-
 def invariance_pairs(ratios: Sequence[float], cells: Sequence[object]) -> Pairs:
     """The pairs of runs the invariance statistic compares. ratios: BS/LR per run, equal ratios as equal
-    floats (runtable.ratio); cells: a hashable (BS, LR) cell id per run."""
+    floats (runtable.ratio); cells: a hashable (BS, LR) cell id per run. Vectorised over all i < j pairs
+    (400 runs: 80,000 pairs in milliseconds)."""
     ratios = np.asarray(ratios, dtype=float)
     codes = np.unique(np.asarray([str(c) for c in cells]), return_inverse=True)[1].ravel()
     distinct = np.unique(ratios)
-    members = {r: np.flatnonzero(ratios == r) for r in distinct}
-    equal: set[tuple[int, int]] = set()
-    neighbour: set[tuple[int, int]] = set()
-    shared = []
-    for k, r in enumerate(distinct):
-        idx = members[r]
-        if len(np.unique(codes[idx])) < 2:
-            continue
-        shared.append(float(r))
-        equal |= {(i, j) for i, j in _pairs_between(idx, idx) if codes[i] != codes[j]}
-        for m in (k - 1, k + 1):
-            if 0 <= m < len(distinct):
-                neighbour |= _pairs_between(idx, members[distinct[m]])
-    same = {(i, j) for i, j in _pairs_between(np.arange(len(ratios)), np.arange(len(ratios)))
-            if codes[i] == codes[j]}
-    return Pairs(_as_array(equal), _as_array(neighbour), _as_array(same), tuple(shared))
+    rank = np.searchsorted(distinct, ratios)  # index of each run's ratio among the distinct ones
+    cells_per_ratio = np.array([len(np.unique(codes[rank == k])) for k in range(len(distinct))], dtype=int)
+    shared = cells_per_ratio >= 2
+    i, j = np.triu_indices(len(ratios), 1)
+    same_cell = codes[i] == codes[j]
+    equal = (rank[i] == rank[j]) & ~same_cell & shared[rank[i]]
+    neighbour = (np.abs(rank[i] - rank[j]) == 1) & (shared[rank[i]] | shared[rank[j]])
+    pairs = np.stack([i, j], axis=1)
+    return Pairs(pairs[equal], pairs[neighbour], pairs[same_cell], tuple(float(r) for r in distinct[shared]))
 
 
 def mean_abs_difference(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -259,18 +246,23 @@ def invariance_test(values: Sequence[float], ratios: Sequence[float], cells: Seq
                else "the shared ratios have no neighbouring ratio")
         return Invariance(**base, mad_equal_ratio=nan, mad_neighbour_ratio=nan, statistic=nan,
                           p_permutation=nan, p_method="", n_permutations=0, min_attainable_p=nan, reason=why)
-    remap = {int(i): k for k, i in enumerate(used)}
-    equal = np.vectorize(remap.get)(pairs.equal)
-    neighbour = np.vectorize(remap.get)(pairs.neighbour)
+    remap = np.full(len(values), -1)
+    remap[used] = np.arange(len(used))
+    equal, neighbour = remap[pairs.equal], remap[pairs.neighbour]
     sample = values[used]
+    # One gather for both means: statistic = sum_p w_p |v_i - v_j| with w = +1/#neighbour, -1/#equal.
+    both = np.concatenate([neighbour, equal])
+    weights = np.concatenate([np.full(len(neighbour), 1 / len(neighbour)), np.full(len(equal), -1 / len(equal))])
 
     def statistic(v: np.ndarray, axis: int = -1) -> np.ndarray:
-        return mean_abs_difference(v, neighbour) - mean_abs_difference(v, equal)
+        # Runs on the first axis: gathering whole rows is ~2x faster than gathering columns.
+        vt = np.ascontiguousarray(np.moveaxis(v, -1, 0))
+        return np.tensordot(weights, np.abs(vt[both[:, 0]] - vt[both[:, 1]]), axes=1)
 
     observed = float(statistic(sample))
     exact = math.factorial(len(sample)) <= n_resamples
     result = sps.permutation_test((sample,), statistic, permutation_type="pairings", vectorized=True,
-                                  n_resamples=n_resamples, alternative="greater",
+                                  n_resamples=n_resamples, alternative="greater", batch=PERMUTATION_BATCH,
                                   rng=np.random.default_rng(seed))
     null = np.asarray(result.null_distribution)
     # Exact: the share of permutations reaching the largest statistic (ties among permutations included);

@@ -19,6 +19,7 @@ printing a silent NaN.
 
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -179,7 +180,17 @@ def adjust_pvalues(pvalues: Sequence[float], method: str) -> np.ndarray:
     out = np.full(p.shape, math.nan)
     valid = np.isfinite(p)
     if valid.any():
-        out[valid] = multipletests(p[valid], method=ADJUSTMENTS[method])[1]
+        # statsmodels' Holm calls gc.collect(), whose cost grows with every live object (~40 ms with 1,600
+        # runs in memory, once per family and statistic); objects frozen out of the collector's view keep
+        # it to microseconds and change nothing computed.
+        frozen = gc.get_freeze_count() == 0
+        if frozen:
+            gc.freeze()
+        try:
+            out[valid] = multipletests(p[valid], method=ADJUSTMENTS[method])[1]
+        finally:
+            if frozen:
+                gc.unfreeze()
     return out
 
 

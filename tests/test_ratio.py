@@ -125,7 +125,8 @@ def test_invariance_p_value_exact_by_enumeration_and_randomized_equal_to_scipy()
         return (np.abs(v[..., pairs.neighbour[:, 0]] - v[..., pairs.neighbour[:, 1]]).mean(-1)
                 - np.abs(v[..., pairs.equal[:, 0]] - v[..., pairs.equal[:, 1]]).mean(-1))
     ref = sps.permutation_test((values,), statistic, permutation_type="pairings", vectorized=True,
-                               n_resamples=9_999, alternative="greater", rng=np.random.default_rng(0))
+                               n_resamples=9_999, alternative="greater", batch=ratio_stats.PERMUTATION_BATCH,
+                               rng=np.random.default_rng(0))
     assert got.p_method == "randomized" and got.n_permutations == 9_999 and got.min_attainable_p == 1e-4
     assert got.statistic == pytest.approx(ref.statistic, abs=1e-15) and got.p_permutation == ref.pvalue
 
