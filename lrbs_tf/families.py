@@ -16,9 +16,9 @@ A family is one claim tested in one group (arch, dataset and the --group_by sett
 He et al.'s 164 tests are the first three kinds over their four groups (4 x (20 + 20 + 1)). Families are
 per group so that what else sits in a results folder never changes a group's adjustment, and Table 3 is
 counted once (its sensitivity rows re-test the same hypothesis on other data, so they are adjusted among
-themselves, not added to the primary family). Each statistic's p-values form their own family
-(Spearman, Pearson and Kendall are alternative tests of one hypothesis, as are p_ratio and
-p_ratio_quadratic). Untestable rows (NaN p) are not counted. Holm (family-wise error rate) and
+themselves, not added to the primary family). Each statistic's p-values form their own family (Spearman,
+Pearson and Kendall are alternative tests of one hypothesis, as are p_ratio, p_ratio_quadratic and
+p_ratio_cell_means). Untestable rows (NaN p) are not counted. Holm (family-wise error rate) and
 Benjamini-Hochberg (false discovery rate) from statsmodels' multipletests, through stats.adjust_pvalues.
 """
 
@@ -39,10 +39,11 @@ PRIMARY_KINDS = ("table1", "table2", "table3")  # He et al.'s tests
 CORRELATION_P = tuple(stats.P_COLUMN[s] for s in stats.STATISTICS)
 # p-value columns of each table, and the column saying whether the raw p is below alpha.
 P_COLUMNS = {"table1": CORRELATION_P, "table2": CORRELATION_P, "table3": CORRELATION_P,
-             "sharpness": CORRELATION_P, "ratio_test": ("p_ratio", "p_ratio_quadratic"),
+             "sharpness": CORRELATION_P, "ratio_test": ("p_ratio", "p_ratio_quadratic", "p_ratio_cell_means"),
              "ratio_invariance": ("p_permutation",)}
 SIGNIFICANT = {**{stats.P_COLUMN[s]: f"{s}_significant" for s in stats.STATISTICS},
                "p_ratio": "p_ratio_significant", "p_ratio_quadratic": "p_ratio_quadratic_significant",
+               "p_ratio_cell_means": "p_ratio_cell_means_significant",
                "p_permutation": "p_permutation_significant"}
 # The smallest p a row's test could return, where known (small exact tests cannot go below it).
 MIN_P = {"spearman_p": "spearman_min_p", "p_permutation": "min_attainable_p"}
@@ -79,9 +80,13 @@ def adjust(tables: dict[str, pd.DataFrame], label: Callable[[Mapping], str], gro
                 members = families == fam
                 for m in stats.ADJUSTMENTS:
                     out[m][members] = stats.adjust_pvalues(p[members], m)
-                k = kinds[int(np.flatnonzero(members)[0])]
-                summary.append(_summary_row(t[members], fam, k, groups[int(np.flatnonzero(members)[0])],
-                                            pcol, out["holm"][members], out["bh"][members], alpha))
+                first = int(np.flatnonzero(members)[0])
+                row = _summary_row(t[members], fam, kinds[first], groups[first], pcol, out["holm"][members],
+                                   out["bh"][members], alpha)
+                # A secondary statistic with nothing to test (p_ratio_cell_means without seeds) is no family;
+                # the first statistic of a table is listed even when untestable, so a reader sees why.
+                if row["tests"] or pcol == P_COLUMNS[name][0]:
+                    summary.append(row)
             at = t.columns.get_loc(pcol)
             t.insert(at + 1, f"{pcol}_holm", out["holm"])
             t.insert(at + 2, f"{pcol}_bh", out["bh"])

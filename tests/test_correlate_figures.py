@@ -129,4 +129,5 @@ def test_no_equal_ratio_figure_without_a_shared_ratio(tmp_path):
     a = correlate.analyse(tmp_path / "runs")
     assert ratio_plots.figure_equal_ratio(a) is None
     out = correlate.run(tmp_path / "runs", tmp_path / "out")
-    assert "fig5_equal_ratio_curves" not in out.figures and not (tmp_path / "out" / "fig5_equal_ratio_curves.png").exists()
+    assert "fig5_equal_ratio_curves" not in out.figures
+    assert not (tmp_path / "out" / "fig5_equal_ratio_curves.png").exists()

@@ -48,7 +48,8 @@ def test_ratio_sufficiency_equals_statsmodels_formula_fits(seeds, cov):
     assert fit.coef_log_batch_size == pytest.approx(ref.params[b], rel=1e-10)
     assert fit.coef_log_lr == pytest.approx(ref.params[l], rel=1e-10)
     ci = ref.conf_int(0.05)
-    assert (fit.coef_log_batch_size_ci_low, fit.coef_log_batch_size_ci_high) == pytest.approx(tuple(ci.loc[b]), rel=1e-9)
+    assert (fit.coef_log_batch_size_ci_low, fit.coef_log_batch_size_ci_high) == pytest.approx(tuple(ci.loc[b]),
+                                                                                              rel=1e-9)
     assert (fit.coef_log_lr_ci_low, fit.coef_log_lr_ci_high) == pytest.approx(tuple(ci.loc[l]), rel=1e-9)
     contrast = ref.t_test(f"{b} + {l} = 0")
     assert fit.coef_sum == pytest.approx(float(np.squeeze(contrast.effect)), rel=1e-9)
@@ -59,6 +60,13 @@ def test_ratio_sufficiency_equals_statsmodels_formula_fits(seeds, cov):
     f["u"] = np.log(f["batch_size"] / f["lr"]) - np.log(f["batch_size"] / f["lr"]).mean()
     quad = smf.ols("y ~ np.log(batch_size) + u + I(u ** 2)", data=f).fit(use_t=True, **kw)
     assert fit.p_ratio_quadratic == pytest.approx(float(np.squeeze(quad.t_test(f"{b} = 0").pvalue)), rel=1e-8)
+    if cov == "cluster":  # the same test on the 16 cell means, HC3
+        means = f.groupby(["batch_size", "lr"], as_index=False)["y"].mean()
+        ref_means = smf.ols("y ~ np.log(batch_size) + np.log(lr)", data=means).fit(cov_type="HC3", use_t=True)
+        assert fit.p_ratio_cell_means == pytest.approx(float(np.squeeze(ref_means.t_test(f"{b} + {l} = 0").pvalue)),
+                                                       rel=1e-9)
+    else:
+        assert math.isnan(fit.p_ratio_cell_means)  # one run per cell: p_ratio itself is on the cells
     # The law departs from ratio-only (coefficients -0.02 and +0.03): the test must see it.
     assert fit.p_ratio < 1e-6 and fit.coef_sum == pytest.approx(0.01, abs=0.003)
 
@@ -94,6 +102,9 @@ def test_invariance_pairs_by_brute_force():
     # shared one.
     expected = sorted({tuple(sorted((i, j))) for i in (0, 1, 5) for j in (2, 3, 4)})
     assert p.neighbour.tolist() == [list(e) for e in expected]
+    # Every neighbour pair here is a factor of 2 apart (80-160, 160-320).
+    got = ratio_stats.invariance_test([0.7, 0.71, 0.6, 0.8, 0.81, 0.7], ratios, cells)
+    assert got.neighbour_ratio_factor == pytest.approx(2.0)
 
 
 def _reference_statistic(values, pairs):
@@ -232,3 +243,23 @@ def test_ratio_outputs_have_the_issues_columns(tmp_path):
             "mean_lambda_max", "sd_lambda_max", "mean_trace", "sd_trace"} <= set(cells.columns)
     assert set(pd.read_csv(tmp_path / "out" / "table3.csv")["subset"]) == {
         "with_flagged", "without_flagged", "cell_means", "diverged_worst"}
+
+
+def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_path):
+    from collections import Counter
+
+    from lrbs_tf.runtable import ratio as exact_ratio
+    from tests.helpers import REPO, run_bin
+
+    path = REPO / "flags" / "jastrzebski" / "ratio_invariance.flags"
+    text = path.read_text()
+    assert "#   bin/sweep --flagfile=flags/jastrzebski/ratio_invariance.flags" in text
+    values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith("--") and "=" in line)
+    bss = [int(v) for v in values["--batch_sizes"].split(",")]
+    lrs = [float(v) for v in values["--lrs"].split(",")]
+    cells = Counter(exact_ratio(b, l) for b in bss for l in lrs)
+    assert {r: k for r, k in cells.items() if k >= 2} == {320.0: 2, 640.0: 3, 1280.0: 2}
+    assert values["--seeds"] == "0,1,2" and values["--arch"] == "mlp" and values["--dataset"] == "mnist1d"
+    proc = run_bin("sweep", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}", "--dry_list", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "shard 0 of 1: 27 of the grid's 27 runs, 0 finished, 9 work units to run"
