@@ -117,16 +117,15 @@ def figure_curves(analysis: Analysis) -> Figure:
 
 
 def _annotate(ax, image, values: np.ndarray, sds: np.ndarray) -> None:
-    """Writes each cell's value (and +- s.d. when it has seeds) in a colour that reads on the cell."""
+    """Writes each cell's value (and +- s.d. when it has seeds, on grids up to 8 x 8) in a colour that reads
+    on the cell."""
     rows, cols = values.shape
-    size = max(4.0, min(8.0, 90.0 / max(rows, cols)))
-    for i in range(rows):
-        for j in range(cols):
-            v = values[i, j]
-            if np.isfinite(v):
-                text = f"{v:.1f}" + (f"\n±{sds[i, j]:.1f}" if np.isfinite(sds[i, j]) and max(rows, cols) <= 8 else "")
-                ax.text(j, i, text, ha="center", va="center", fontsize=size,
-                        color=text_colour(image.cmap(image.norm(v))))
+    size = max(4.5, min(8.0, 110.0 / max(rows, cols)))
+    fills = image.cmap(image.norm(np.nan_to_num(values)))  # every cell's colour at once
+    with_sd = max(rows, cols) <= 8
+    for i, j in zip(*np.nonzero(np.isfinite(values))):
+        text = f"{values[i, j]:.1f}" + (f"\n±{sds[i, j]:.1f}" if with_sd and np.isfinite(sds[i, j]) else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=size, color=text_colour(fills[i, j]))
 
 
 def figure_heatmap(analysis: Analysis) -> Figure:

@@ -20,26 +20,30 @@ from lrbs_tf.analysis import Analysis
 from lrbs_tf.plot_style import line_cmap, log_axis, panel_grid
 
 MAX_RATIOS = 4  # panels per group: the shared ratios with the most cells
+MAX_PANELS = 8  # in all: with many groups each gets fewer (at least one), so the figure draws in a second
 MAX_CELLS = 6   # lines per panel: cells spread over the batch sizes beyond that
 
 
-def chosen_panels(a: Analysis) -> list[tuple[str, float, pd.DataFrame]]:
-    """(group label, ratio, its done runs) per panel: per group the MAX_RATIOS shared ratios with the most
-    cells (ties: smaller ratio first), in ratio order, each with at most MAX_CELLS cells."""
+def chosen_panels(a: Analysis) -> list[tuple[str, float, pd.DataFrame, int]]:
+    """(group label, ratio, its done runs drawn, its number of cells) per panel: per group the shared ratios with the most cells (ties:
+    smaller ratio first; MAX_RATIOS, or fewer so that there are at most MAX_PANELS in all), in ratio order,
+    each with at most MAX_CELLS cells."""
     er = a.equal_ratios
     if er.empty:
         return []
     er = er.assign(_label=[a.label(r) for r in er.to_dict("records")])
+    per_group = max(1, min(MAX_RATIOS, MAX_PANELS // max(1, er["_label"].nunique())))
     panels = []
     for _, label, g in a.groups():
         shared = er[er["_label"] == label].sort_values(["n_cells", "ratio"], ascending=[False, True])
-        for r in sorted(shared["ratio"].head(MAX_RATIOS)):
+        for r in sorted(shared["ratio"].head(per_group)):
             runs = g[g["ratio"] == r]
             cells = sorted(set(zip(runs["batch_size"], runs["lr"])))
-            if len(cells) > MAX_CELLS:
-                cells = [cells[i] for i in np.linspace(0, len(cells) - 1, MAX_CELLS).round().astype(int)]
+            total = len(cells)
+            if total > MAX_CELLS:
+                cells = [cells[i] for i in np.linspace(0, total - 1, MAX_CELLS).round().astype(int)]
             keep = [c in cells for c in zip(runs["batch_size"], runs["lr"])]
-            panels.append((label, float(r), runs[keep]))
+            panels.append((label, float(r), runs[keep], total))
     return panels
 
 
@@ -53,7 +57,7 @@ def _curves(results: Path, run_dir: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return column("epoch"), 100 * column("test_accuracy"), column("train_loss")
 
 
-def _panel(fig: Figure, slot, a: Analysis, label: str, ratio: float, runs: pd.DataFrame) -> None:
+def _panel(fig: Figure, slot, a: Analysis, label: str, ratio: float, runs: pd.DataFrame, total: int) -> None:
     inner = slot.subgridspec(2, 1, hspace=0.08)
     top = fig.add_subplot(inner[0])
     bottom = fig.add_subplot(inner[1], sharex=top)
@@ -66,7 +70,8 @@ def _panel(fig: Figure, slot, a: Analysis, label: str, ratio: float, runs: pd.Da
             name = f"BS {bs}, LR {lr:g}" if i == 0 else None
             top.plot(epoch, acc, color=colour, lw=0.9, alpha=0.85, label=name)
             bottom.plot(epoch, np.where(loss > 0, loss, np.nan), color=colour, lw=0.9, alpha=0.85)
-    top.set_title(f"{label}\nBS/LR = {ratio:.4g}: {len(cells)} cells, {len(runs)} runs", fontsize=9)
+    drawn = f"{len(cells)} cells" if len(cells) == total else f"{len(cells)} of {total} cells"
+    top.set_title(f"{label}\nBS/LR = {ratio:.4g}: {drawn}, {len(runs)} runs", fontsize=9)
     top.set_ylabel("test accuracy (%)", fontsize=8)
     top.tick_params(labelbottom=False, labelsize=7)
     top.legend(fontsize=6, loc="lower right")
@@ -87,8 +92,8 @@ def figure_equal_ratio(a: Analysis) -> Figure | None:
     fig.subplots_adjust(left=0.8 / (4.0 * ncols) + 0.04, right=0.98, bottom=0.5 / (5.0 * nrows) + 0.03,
                         top=1 - 0.6 / (5.0 * nrows), wspace=0.35)
     outer = fig.add_gridspec(nrows, ncols, hspace=0.35)
-    for i, (label, ratio, runs) in enumerate(panels):
-        _panel(fig, outer[i // ncols, i % ncols], a, label, ratio, runs)
+    for i, (label, ratio, runs, total) in enumerate(panels):
+        _panel(fig, outer[i // ncols, i % ncols], a, label, ratio, runs, total)
     if nrows * ncols > len(panels):  # the spare slot explains the lines instead of standing empty
         key = fig.add_subplot(outer[nrows - 1, ncols - 1])
         key.axis("off")

@@ -276,7 +276,8 @@ def invariance_test(values: Sequence[float], ratios: Sequence[float], cells: Seq
     def statistic(v: np.ndarray, axis: int = -1) -> np.ndarray:
         # Runs on the first axis: gathering whole rows is ~2x faster than gathering columns.
         vt = np.ascontiguousarray(np.moveaxis(v, -1, 0))
-        return np.tensordot(weights, np.abs(vt[both[:, 0]] - vt[both[:, 1]]), axes=1)
+        # A weighted sum, not a matrix product: BLAS threads spinning on a shared machine tripled the CPU time.
+        return np.einsum("p,p...->...", weights, np.abs(vt[both[:, 0]] - vt[both[:, 1]]))
 
     observed = float(statistic(sample))
     exact = math.factorial(len(sample)) <= n_resamples

@@ -113,12 +113,13 @@ def test_figure5_overlays_the_runs_of_each_shared_ratio(tmp_path):
     # The quick grid shares several ratios (533.3 by 5 cells); the 4 with the most cells are drawn.
     assert len(panels) == ratio_plots.MAX_RATIOS
     shared = a.equal_ratios.sort_values(["n_cells", "ratio"], ascending=[False, True])
-    assert [r for _, r, _ in panels] == sorted(shared["ratio"].head(4))
+    assert [r for _, r, _, _ in panels] == sorted(shared["ratio"].head(4))
     fig = ratio_plots.figure_equal_ratio(a)
     assert not [ax for ax in fig.axes if _is_empty(ax)]
     tops = [ax for ax in fig.axes if ax.get_ylabel() == "test accuracy (%)"]
     assert len(tops) == 4
-    for ax, (_, r, runs) in zip(tops, panels):
+    for ax, (_, r, runs, total) in zip(tops, panels):
+        assert total == runs.groupby(["batch_size", "lr"]).ngroups  # at most 5 cells per ratio: all drawn
         assert len(ax.lines) == len(runs)  # one line per run (seed) of the ratio's cells
         assert ax.get_title().endswith(f"BS/LR = {r:.4g}: {runs.groupby(['batch_size', 'lr']).ngroups} cells, "
                                        f"{len(runs)} runs")
@@ -131,3 +132,16 @@ def test_no_equal_ratio_figure_without_a_shared_ratio(tmp_path):
     out = correlate.run(tmp_path / "runs", tmp_path / "out")
     assert "fig5_equal_ratio_curves" not in out.figures
     assert not (tmp_path / "out" / "fig5_equal_ratio_curves.png").exists()
+
+
+def test_figure5_draws_at_most_six_cells_per_panel_and_says_how_many_it_left_out(tmp_path):
+    from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS
+
+    write_grid(tmp_path / "runs", law, batch_sizes=PAPER_BATCH_SIZES, lrs=PAPER_LRS, epochs=2)
+    a = correlate.analyse(tmp_path / "runs")
+    panels = ratio_plots.chosen_panels(a)
+    # BS/LR 1600 is held by all 20 cells (16, 0.01) ... (320, 0.2): 6 of them, spread over the batch sizes.
+    label, r, runs, total = next(p for p in panels if p[1] == 1600.0)
+    assert total == 20 and sorted(runs["batch_size"]) == [16, 80, 144, 192, 256, 320]
+    fig = ratio_plots.figure_equal_ratio(a)
+    assert any(ax.get_title().endswith("BS/LR = 1600: 6 of 20 cells, 6 runs") for ax in fig.axes)
