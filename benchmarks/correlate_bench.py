@@ -113,7 +113,39 @@ def time_run_in_process(results: Path, out: Path) -> dict[str, float]:
     full = time.perf_counter()
     return {"analyse (read 1,600 folders + all tests)": analysed - start,
             "run(figures=False)": tables_only - analysed, "run(figures=True)": full - tables_only,
-            "tests": sum(len(t) for t in analysis.tables.values())}
+            "tests (Spearman, p_ratio, permutation; in families)": int(analysis.families[
+                analysis.families["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])]["tests"].sum()),
+            "families (all statistics)": len(analysis.families)}
+
+
+def time_phases(results: Path) -> dict[str, float]:
+    """CPU seconds of each analysis phase in a fresh interpreter (process_time; imports excluded)."""
+    code = (
+        "import json, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from lrbs_tf import correlate, ratio, correlate_plots, report\n"
+        "from lrbs_tf.analysis import group_columns, group_labels, DEFAULT_GROUP_BY\n"
+        "from lrbs_tf.runtable import collect_runs\n"
+        "t = time.process_time\n"
+        "s = t(); runs, _ = collect_runs(__import__('pathlib').Path(sys.argv[1]), DEFAULT_GROUP_BY, 0.99)\n"
+        "read = t() - s\n"
+        "cols = group_columns(DEFAULT_GROUP_BY); labels = group_labels(runs, cols)\n"
+        "done = runs[runs['status'] == 'done']; q = ['lambda_max', 'trace', 'frobenius_norm', 'grad_cov_trace']\n"
+        "s = t(); correlate.correlation_tables(runs, cols, labels, q); corr = t() - s\n"
+        "s = t(); ratio.ratio_test_table(done, cols, labels, q); rt = t() - s\n"
+        "s = t(); ratio.invariance_table(done, cols, labels, q); inv = t() - s\n"
+        "s = t(); a = correlate.analyse(sys.argv[1]); full = t() - s\n"
+        "s = t(); [f(a) for f in (correlate_plots.figure_ratio, correlate_plots.figure_curves,\n"
+        "   correlate_plots.figure_heatmap, correlate_plots.figure_sharpness)]; figs = t() - s\n"
+        "s = t(); __import__('lrbs_tf.ratio_plots').ratio_plots.figure_equal_ratio(a); fig5 = t() - s\n"
+        "print(json.dumps({'CPU: read 1,600 folders': read, 'CPU: Tables 1-3 + sharpness tests': corr,\n"
+        "  'CPU: ratio_test (20 fits)': rt, 'CPU: ratio_invariance (20 permutation tests)': inv,\n"
+        "  'CPU: analyse() in all': full, 'CPU: build Figures 1-4 (not saved)': figs,\n"
+        "  'CPU: build Figure 5 (reads metrics.jsonl of the runs drawn)': fig5}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(results)], check=True, capture_output=True, text=True)
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -133,14 +165,16 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
     try:
         print(f"load average before timing: {os.getloadavg()[0]:.2f}")
+        phases = time_phases(results)
         for figures in (False, True):
             times = [time_correlate(results, root / "out", figures) for _ in range(args.repeats)]
             wall, cpu = sorted(t[0] for t in times), sorted(t[1] for t in times)
             print(f"bin/correlate {'with' if figures else 'without'} figures (fresh process, {len(times)} runs): "
                   f"wall min {wall[0]:.2f} s / median {wall[len(wall) // 2]:.2f} s; "
                   f"CPU min {cpu[0]:.2f} s / median {cpu[len(cpu) // 2]:.2f} s")
-        for k, v in time_run_in_process(results, root / "out").items():
-            print(f"in process, {k}: {v:.2f}" + ("" if k == "tests" else " s"))
+        print(f"load average after the fresh-process timings: {os.getloadavg()[0]:.2f}")
+        for k, v in {**phases, **time_run_in_process(results, root / "out")}.items():
+            print(f"in process, {k}: " + (f"{v}" if isinstance(v, int) else f"{v:.2f} s"))
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

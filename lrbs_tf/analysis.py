@@ -22,7 +22,21 @@ import pandas as pd
 from lrbs_tf import runfolder as rf
 from lrbs_tf.runtable import CONFIG_COLUMN
 
-SUBSETS = ("with_flagged", "without_flagged")  # Table 3 / sharpness / Psi: all done runs, or premise met
+# bin/correlate's defaults, read by its flags (lrbs_tf.flags) and by correlate's signatures: one source.
+DEFAULT_MIN_TRAIN_ACCURACY = 0.99  # fraction: the premise of ~zero training error
+DEFAULT_ALPHA = 0.005              # the paper's significance threshold
+DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs")
+
+PRIMARY_SUBSET = "with_flagged"  # every done run: the paper's analysis
+SUBSETS = (PRIMARY_SUBSET, "without_flagged")  # sharpness / Psi: all done runs, or premise met
+# Table 3 adds two sensitivity rows: one point per (BS, LR) cell (the mean over its seeds), and diverged runs
+# kept, ranked below every done run, so dropping them can be seen to matter or not.
+TABLE3_SUBSETS = (*SUBSETS, "cell_means", "diverged_worst")
+# Human names of the measures, for titles and axis labels (the CSV files keep the runs.csv keys).
+MEASURE_NAMES = {"best_test_accuracy": "best test accuracy", "ratio": "batch size / learning rate",
+                 "lambda_max": "largest Hessian eigenvalue", "trace": "Hessian trace",
+                 "frobenius_norm": "Hessian Frobenius norm", "grad_cov_trace": "gradient covariance trace",
+                 "eps_sharpness": "epsilon-sharpness (Keskar)", "avg_sharpness": "average sharpness"}
 # The paper's claims: accuracy falls with batch size, rises with the learning rate, falls with BS/LR.
 EXPECTED_SIGN = {"table1": -1, "table2": +1, "table3": -1}
 
@@ -32,7 +46,8 @@ FIG_RATIO = "fig1_accuracy_vs_ratio"
 FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
 FIG_HEATMAP = "fig3_accuracy_heatmap"
 FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
-FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS)
+FIG_EQUAL_RATIO = "fig5_equal_ratio_curves"
+FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS, FIG_EQUAL_RATIO)
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -44,6 +59,9 @@ class Analysis:
     and (when any run has sharpness) 'sharpness', each one row per test with adjusted p-values.
     psi: Jiang et al.'s Psi per group, subset and measure. group_cols: the columns that define a group.
     labels: a readable name per group key. uncontrolled: per group label, config keys that vary inside it.
+    cells: one row per (group, BS, LR) cell (cells.csv); noise: the pooled within-cell s.d. per group and
+    measure; ratio_test, invariance: ratio_test.csv and ratio_invariance.csv; equal_ratios: per group and
+    shared BS/LR value, its cells and how alike their runs are; families: every multiple-testing family.
     """
 
     results: Path
@@ -57,6 +75,12 @@ class Analysis:
     min_train_accuracy: float
     alpha: float
     sharpness_quantities: list[str] = field(default_factory=list)
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)
+    noise: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ratio_test: pd.DataFrame = field(default_factory=pd.DataFrame)
+    invariance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    equal_ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
+    families: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[str] = field(default_factory=list)
 
     @property
@@ -70,6 +94,11 @@ class Analysis:
     def groups(self, frame: pd.DataFrame | None = None) -> Iterator[tuple[dict, str, pd.DataFrame]]:
         """iter_groups over `frame` (default: the done runs) with this analysis's columns and labels."""
         return iter_groups(self.done if frame is None else frame, self.group_cols, self.labels)
+
+
+def measure_name(measure: str) -> str:
+    """'largest Hessian eigenvalue' for 'lambda_max'; an unknown key is returned as it is."""
+    return MEASURE_NAMES.get(measure, measure)
 
 
 def key_value(value: Any) -> Any:

@@ -22,29 +22,59 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import report
+from lrbs_tf import families, ratio, report
 from lrbs_tf import runfolder as rf
 from lrbs_tf import stats
-from lrbs_tf.analysis import (EXPECTED_SIGN, FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns,
+from lrbs_tf.analysis import (DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY, EXPECTED_SIGN,
+                              FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns, group_keys,
                               group_labels, iter_groups)
 from lrbs_tf.errors import UsageError
 from lrbs_tf.runtable import (HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED, STATUS_UNFINISHED, TARGET,
                               collect_runs, uncontrolled_settings)
 
-DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs")
 TABLE_FILES = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3.csv",
                "sharpness": "sharpness.csv"}
 RUNS_FILE, PSI_FILE, REPORT_FILE = "runs.csv", "psi.csv", "report.md"
+CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE = ("cells.csv", "ratio_test.csv",
+                                                               "ratio_invariance.csv", "families.csv")
 
 
-def _test(keys: dict, sub: pd.DataFrame, x: str, y: str, **extra: Any) -> dict:
-    c = stats.correlate(sub[x].to_numpy(float), sub[y].to_numpy(float), x, y)
+def _test(keys: dict, sub: pd.DataFrame, x: str, y: str, rank_only: bool = False, **extra: Any) -> dict:
+    c = stats.correlate(sub[x].to_numpy(float), sub[y].to_numpy(float), x, y, rank_only=rank_only)
     return {**keys, **extra, **c.as_dict()}
 
 
-def correlation_tables(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
+def _untested(keys: dict, n: int, reason: str, **extra: Any) -> dict:
+    """A test row that is not computed because another row already holds the same test (reason says which)."""
+    nan = math.nan
+    return {**keys, **extra, **stats.Correlation(n, nan, nan, nan, nan, nan, nan, reason=reason).as_dict()}
+
+
+def _table3_rows(keys: dict, g: pd.DataFrame, diverged: pd.DataFrame, flagged: pd.Series) -> list[dict]:
+    """Table 3 of one group: all done runs, without the flagged ones, on cell means, diverged ranked worst."""
+    rows = [_test(keys, sub, "ratio", TARGET, subset=subset, n_flagged=int(flagged[sub.index].sum()),
+                  n_diverged=0) for subset, sub in zip(SUBSETS, (g, g[~flagged]))]
+    means = ratio.cell_means(g)
+    extra = dict(subset="cell_means", n_flagged=int(flagged.sum()), n_diverged=0)
+    rows.append(_test(keys, means, "ratio", TARGET, **extra) if len(means) < len(g)
+                else _untested(keys, len(means), "one run per (BS, LR) cell: the same test as with_flagged", **extra))
+    extra = dict(subset="diverged_worst", n_flagged=int(flagged.sum()), n_diverged=len(diverged))
+    if diverged.empty:
+        rows.append(_untested(keys, len(g), "no diverged run: the same test as with_flagged", **extra))
+    else:
+        # Any value below every done run's accuracy gives the same ranks; rank statistics only (no Pearson).
+        worst = diverged.assign(**{TARGET: float(g[TARGET].min()) - 1.0})
+        rows.append(_test(keys, pd.concat([g, worst]), "ratio", TARGET, rank_only=True, **extra))
+    return rows
+
+
+def correlation_tables(runs: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
                        sharpness_quantities: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Tables 1-3 and the sharpness tests, unadjusted. `done` holds the analysed runs (status done)."""
+    """Tables 1-3 and the sharpness tests, unadjusted, over the done runs of `runs` (and, for Table 3's
+    diverged_worst row, its diverged runs)."""
+    done = runs[runs["status"] == rf.STATUS_DONE]
+    diverged = runs[(runs["status"] == rf.STATUS_DIVERGED) & runs["arch"].notna() & runs["dataset"].notna()]
+    diverged_keys = group_keys(diverged, group_cols)
     rows: dict[str, list[dict]] = {"table1": [], "table2": [], "table3": [], "sharpness": []}
     for keys, _, g in iter_groups(done, group_cols, labels):
         flagged = ~g["reached_min_train_accuracy"].astype(bool)
@@ -52,9 +82,8 @@ def correlation_tables(done: pd.DataFrame, group_cols: list[str], labels: dict[t
             for value, sub in g.groupby(fixed, sort=True):
                 rows[table].append(_test(keys, sub, varying, TARGET, **{fixed: value},
                                          n_flagged=int(flagged[sub.index].sum())))
+        rows["table3"] += _table3_rows(keys, g, diverged[diverged_keys == tuple(keys.values())], flagged)
         for subset, sub in zip(SUBSETS, (g, g[~flagged])):
-            rows["table3"].append(_test(keys, sub, "ratio", TARGET, subset=subset,
-                                        n_flagged=int(flagged[sub.index].sum())))
             for q in sharpness_quantities:
                 for versus in ("ratio", TARGET):
                     rows["sharpness"].append(_test(keys, sub, versus, q, quantity=q, versus=versus,
@@ -63,29 +92,6 @@ def correlation_tables(done: pd.DataFrame, group_cols: list[str], labels: dict[t
     if not sharpness_quantities:
         tables.pop("sharpness", None)
     return tables
-
-
-def adjust(tables: dict[str, pd.DataFrame], alpha: float) -> None:
-    """Adds Holm and BH adjusted p-values, over ALL tests of the report, and significance marks, in place.
-
-    One family per statistic (Spearman, Pearson, Kendall): the three are alternative tests of the same
-    hypotheses, not further hypotheses, so each statistic's p-values are corrected over every test in every
-    table (Table 3 with and without flagged runs included). Untestable rows (NaN p) are not counted.
-    """
-    names = [n for n, t in tables.items() if len(t)]
-    for s in stats.STATISTICS:
-        pcol = stats.P_COLUMN[s]
-        p = np.concatenate([tables[n][pcol].to_numpy(float) for n in names]) if names else np.array([])
-        adjusted = {m: stats.adjust_pvalues(p, m) for m in stats.ADJUSTMENTS}
-        start = 0
-        for n in names:
-            t = tables[n]
-            stop = start + len(t)
-            for m, values in adjusted.items():
-                t.insert(t.columns.get_loc(pcol) + (1 if m == "holm" else 2), f"{pcol}_{m}",
-                         values[start:stop])
-            t.insert(t.columns.get_loc(pcol) + 3, f"{s}_significant", t[pcol].to_numpy(float) < alpha)
-            start = stop
 
 
 def psi_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
@@ -131,16 +137,7 @@ def sign_summary(analysis: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(results: str | Path, min_train_accuracy: float = 0.99, alpha: float = 0.005,
-            group_by: Sequence[str] = DEFAULT_GROUP_BY) -> Analysis:
-    """Reads the runs below `results` and computes every test; writes nothing.
-
-    min_train_accuracy: fraction in [0, 1]; done runs whose final training accuracy is below it (or unknown)
-    are flagged as not meeting the paper's premise of ~zero training error.
-    alpha: significance threshold for the raw p-values (the paper's 0.005).
-    Raises UsageError on bad arguments or when there is no run with status done to analyse.
-    """
-    results = Path(results)
+def _check_arguments(results: Path, min_train_accuracy: float, alpha: float, group_by: Sequence[str]) -> None:
     if not results.exists():
         raise UsageError(f"--results={results} does not exist")
     if not results.is_dir():
@@ -153,6 +150,9 @@ def analyse(results: str | Path, min_train_accuracy: float = 0.99, alpha: float 
     if bad:
         raise UsageError(f"--group_by={','.join(group_by)}: {', '.join(bad)} cannot be a group key "
                          "(arch and dataset always are; batch size and learning rate vary inside a group)")
+
+
+def _read(results: Path, min_train_accuracy: float, group_by: Sequence[str]) -> tuple[pd.DataFrame, dict]:
     runs, configs = collect_runs(results, group_by, min_train_accuracy)
     if runs.empty:
         raise UsageError(f"no run folders (folders holding {rf.CONFIG}) under --results={results}")
@@ -164,23 +164,43 @@ def analyse(results: str | Path, min_train_accuracy: float = 0.99, alpha: float 
     if counts.get(rf.STATUS_DONE, 0) == 0:
         summary = ", ".join(f"{counts[s]} {s}" for s in counts.index)
         raise UsageError(f"no finished run with status done under --results={results} ({summary})")
+    return runs, configs
+
+
+def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_ACCURACY,
+            alpha: float = DEFAULT_ALPHA, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> Analysis:
+    """Reads the runs below `results` and computes every test; writes nothing.
+
+    min_train_accuracy: fraction in [0, 1]; done runs whose final training accuracy is below it (or unknown)
+    are flagged as not meeting the paper's premise of ~zero training error.
+    alpha: significance threshold for the raw p-values (the paper's 0.005).
+    Raises UsageError on bad arguments or when there is no run with status done to analyse.
+    """
+    results = Path(results)
+    _check_arguments(results, min_train_accuracy, alpha, group_by)
+    runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
     done = runs[runs["status"] == rf.STATUS_DONE]
     quantities = [q for q in SHARPNESS_QUANTITIES if done[q].notna().any()]
     labels = group_labels(runs, group_cols)
-    tables = correlation_tables(done, group_cols, labels, quantities)
-    adjust(tables, alpha)
-    uncontrolled = {}
+    a = Analysis(results=results, runs=runs, tables=correlation_tables(runs, group_cols, labels, quantities),
+                 psi=psi_table(done, group_cols, labels, ["ratio", *quantities]), group_cols=group_cols,
+                 labels=labels, uncontrolled={}, duplicates=pd.DataFrame(), min_train_accuracy=min_train_accuracy,
+                 alpha=alpha, sharpness_quantities=quantities,
+                 cells=ratio.cell_table(runs, group_cols, labels, quantities),
+                 noise=ratio.noise_table(done, group_cols, labels, quantities),
+                 ratio_test=ratio.ratio_test_table(done, group_cols, labels, quantities),
+                 invariance=ratio.invariance_table(done, group_cols, labels, quantities),
+                 equal_ratios=ratio.equal_ratio_table(done, group_cols, labels))
+    a.families = families.adjust({**a.tables, "ratio_test": a.ratio_test, "ratio_invariance": a.invariance},
+                                 a.label, group_cols, alpha)
     for _, label, g in iter_groups(done, group_cols, labels):
         varying = uncontrolled_settings(g, configs, ["arch", "dataset", *group_by])
         if varying:
-            uncontrolled[label] = varying
+            a.uncontrolled[label] = varying
     dup_cols = group_cols + ["batch_size", "lr", "seed"]
-    dups = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
-    return Analysis(results=results, runs=runs, tables=tables,
-                    psi=psi_table(done, group_cols, labels, ["ratio", *quantities]), group_cols=group_cols,
-                    labels=labels, uncontrolled=uncontrolled, duplicates=dups,
-                    min_train_accuracy=min_train_accuracy, alpha=alpha, sharpness_quantities=quantities)
+    a.duplicates = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
+    return a
 
 
 def _figure_files(names: Sequence[str]) -> set[str]:
@@ -188,11 +208,24 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 
 
 def _output_names() -> set[str]:
-    return {RUNS_FILE, PSI_FILE, REPORT_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES)}
+    return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
+            *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES)}
 
 
-def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: float = 0.99,
-        alpha: float = 0.005, group_by: Sequence[str] = DEFAULT_GROUP_BY, figures: bool = True) -> Analysis:
+def _texts(analysis: Analysis) -> dict[str, str]:
+    """Every text output (CSV files and report.md) by file name."""
+    texts = {RUNS_FILE: analysis.runs.to_csv(index=False), PSI_FILE: analysis.psi.to_csv(index=False),
+             CELLS_FILE: analysis.cells.to_csv(index=False), RATIO_TEST_FILE: analysis.ratio_test.to_csv(index=False),
+             INVARIANCE_FILE: analysis.invariance.to_csv(index=False),
+             FAMILIES_FILE: analysis.families.to_csv(index=False)}
+    for name, table in analysis.tables.items():
+        texts[TABLE_FILES[name]] = table.to_csv(index=False)
+    texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
+    return texts
+
+
+def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: float = DEFAULT_MIN_TRAIN_ACCURACY,
+        alpha: float = DEFAULT_ALPHA, group_by: Sequence[str] = DEFAULT_GROUP_BY, figures: bool = True) -> Analysis:
     """Analyses the runs below `results` and writes the CSV files, figures and report.md to `out`.
 
     out: default `<results>/correlate/`. Nothing in `out` changes unless the whole analysis (figures
@@ -214,10 +247,7 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
             from lrbs_tf import correlate_plots  # matplotlib: imported only when drawing
 
             analysis.figures = correlate_plots.write_figures(analysis, staging)
-        texts = {RUNS_FILE: analysis.runs.to_csv(index=False), PSI_FILE: analysis.psi.to_csv(index=False)}
-        for name, table in analysis.tables.items():
-            texts[TABLE_FILES[name]] = table.to_csv(index=False)
-        texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
+        texts = _texts(analysis)
         for name, text in texts.items():
             rf.atomic_write_text(out / name, text)
         for name in _figure_files(analysis.figures):
@@ -239,10 +269,11 @@ def _main(argv: Sequence[str]) -> int:
                    alpha=FLAGS.alpha, group_by=list(FLAGS.group_by), figures=FLAGS.figures)
     counts = analysis.runs["status"].value_counts()
     out = Path(FLAGS.out) if FLAGS.out else analysis.results / "correlate"
-    n_tests = sum(len(t) for t in analysis.tables.values())
+    fams = analysis.families[analysis.families["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])]
     print(f"correlate: {len(analysis.runs)} run folders ("
           + ", ".join(f"{counts[s]} {s}" for s in counts.index)
-          + f"), {len(analysis.labels)} groups, {n_tests} tests; wrote {out / REPORT_FILE}")
+          + f"), {len(analysis.labels)} groups, {int(fams['tests'].sum())} tests in {len(fams)} families; "
+          f"wrote {out / REPORT_FILE}")
     return 0
 
 

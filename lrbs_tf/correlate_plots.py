@@ -1,62 +1,32 @@
-"""Figures of bin/correlate (PNG and PDF): He et al.'s Figures 1-2, an accuracy heatmap, sharpness vs BS/LR.
+"""Figures of bin/correlate (PNG and PDF): He et al.'s Figures 1-2, an accuracy heatmap, sharpness vs BS/LR,
+and the equal-ratio curves (lrbs_tf.ratio_plots).
 
 Uses matplotlib's object API (`matplotlib.figure.Figure`), never pyplot, so no GUI backend and no global
 state are involved: figures render with Agg in any process, tests included. Speed matters (1,600 runs must
 be drawn in seconds): fixed margins instead of constrained layout (which redraws every tick label several
-times), no minor ticks and plain tick labels on log axes.
-Accuracies are drawn in percent, as in the paper; runs that did not reach --min_train_accuracy are drawn
-hollow so the premise stays visible.
+times), explicit plain-text ticks (lrbs_tf.plot_style). Accuracies are drawn in percent, as in the paper; runs
+that did not reach --min_train_accuracy are drawn hollow so the premise stays visible, diverged runs as
+crosses on the bottom axis; where cells hold several seeds, cell means carry error bars of one s.d.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import cm, colormaps, colors
+from matplotlib import cm, colors
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.transforms import blended_transform_factory
 
-from lrbs_tf import figures
+from lrbs_tf import ratio_plots
 from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import (FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIGURE_FORMATS, Analysis,
-                              group_keys)
+from lrbs_tf.analysis import (FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, Analysis, group_keys,
+                              measure_name)
+from lrbs_tf.plot_style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
 from lrbs_tf.runtable import TARGET
 
-DPI = 110
-
-
-def _save(fig: Figure, folder: Path, name: str) -> str:
-    # Fixed margins (_figure) already fit the labels: a tight bounding box would draw every figure twice.
-    figures.save(fig, folder / name, formats=FIGURE_FORMATS, dpi=DPI, tight=False)
-    return name
-
-
-def _figure(nrows: int, ncols: int, width: float, height: float) -> Figure:
-    """A figure of nrows x ncols panels of width x height inches each, with room for two-line titles."""
-    fig = Figure(figsize=(width * ncols, height * nrows))
-    fig.subplots_adjust(left=0.6 / (width * ncols) + 0.05, right=0.97, bottom=0.55 / (height * nrows) + 0.02,
-                        top=1 - 0.55 / (height * nrows), wspace=0.45, hspace=0.75)
-    return fig
-
-
-def _log_x(ax, y_too: bool = False) -> None:
-    """Log scale with a few plain-text major ticks (minor ticks and mathtext labels are slow to draw)."""
-    axes = (ax.xaxis, ax.yaxis) if y_too else (ax.xaxis,)
-    ax.set_xscale("log")
-    if y_too:
-        ax.set_yscale("log")
-    for axis in axes:
-        axis.set_major_locator(LogLocator(numticks=6))
-        axis.set_minor_locator(NullLocator())
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-
-
-def _grid(n: int, ncols_max: int = 4) -> tuple[int, int]:
-    ncols = min(n, ncols_max)
-    return math.ceil(n / ncols), ncols
+MEAN_STYLE = dict(fmt="o", ms=4, capsize=2, lw=0.9, zorder=3)
 
 
 def _ratio_title(analysis: Analysis, label: str) -> str:
@@ -68,24 +38,52 @@ def _ratio_title(analysis: Analysis, label: str) -> str:
     return f"{label}\nSpearman rho={r['spearman_rho']:.2f}, p={r['spearman_p']:.1e}, n={r['n']}"
 
 
-def figure_ratio(analysis: Analysis, folder: Path) -> str:
+def _replicated(g: pd.DataFrame) -> bool:
+    return bool(g.groupby(["batch_size", "lr"]).size().max() > 1) if len(g) else False
+
+
+def _points(ax, g: pd.DataFrame, y: str, scale: float, colour: str, label: str, min_acc: float) -> None:
+    """Runs of `g` as points (hollow below the premise); with seeds, faint, under cell means +- 1 s.d."""
+    ok = g["reached_min_train_accuracy"].to_numpy(bool)
+    seeds = _replicated(g)
+    alpha = 0.35 if seeds else 1.0
+    ax.scatter(g["ratio"][ok], scale * g[y][ok], s=9, color=colour, alpha=alpha, lw=0,
+               label=None if seeds else label)
+    if (~ok).any():
+        ax.scatter(g["ratio"][~ok], scale * g[y][~ok], s=14, facecolors="none", edgecolors=colour, alpha=alpha,
+                   label=f"train acc < {min_acc:g}" if y == TARGET else None)
+    if seeds:
+        cells = g.groupby(["batch_size", "lr"]).agg(ratio=("ratio", "first"), mean=(y, "mean"), sd=(y, "std"))
+        ax.errorbar(cells["ratio"], scale * cells["mean"], yerr=scale * cells["sd"].fillna(0.0), color=colour,
+                    label=f"{label}: cell mean ± 1 s.d. over seeds", **MEAN_STYLE)
+
+
+def _diverged(ax, analysis: Analysis, keys: dict) -> None:
+    """Diverged runs of the group as red crosses on the bottom axis (they have no accuracy to plot)."""
+    runs = analysis.runs[(analysis.runs["status"] == rf.STATUS_DIVERGED) & analysis.runs["arch"].notna()]
+    d = runs[group_keys(runs, analysis.group_cols) == tuple(keys.values())] if len(runs) else runs
+    if len(d):
+        ax.scatter(d["ratio"], np.full(len(d), 0.03), transform=blended_transform_factory(ax.transData, ax.transAxes),
+                   marker="x", s=18, color="C3", clip_on=False, label=f"diverged ({len(d)})")
+
+
+def figure_ratio(analysis: Analysis) -> Figure:
     """Figure 1: accuracy vs BS/LR per group."""
     groups = list(analysis.groups())
-    nrows, ncols = _grid(len(groups))
-    fig = _figure(nrows, ncols, 4.2, 3.6)
-    for i, (_, label, g) in enumerate(groups):
+    nrows, ncols = panel_grid(len(groups), 4)
+    fig = new_figure(nrows, ncols, 4.2, 3.6)
+    for i, (keys, label, g) in enumerate(groups):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        ok = g["reached_min_train_accuracy"].to_numpy(bool)
-        ax.scatter(g["ratio"][ok], 100 * g[TARGET][ok], s=10, color="C0", label="premise met")
-        if (~ok).any():
-            ax.scatter(g["ratio"][~ok], 100 * g[TARGET][~ok], s=14, facecolors="none", edgecolors="C3",
-                       label=f"train acc < {analysis.min_train_accuracy:g}")
+        ax.set_xscale("log")
+        _points(ax, g, TARGET, 100, "C0", "runs", analysis.min_train_accuracy)
+        _diverged(ax, analysis, keys)
+        log_axis(ax, "x")
+        if ax.get_legend_handles_labels()[1] not in ([], ["runs"]):  # a lone 'runs' entry says nothing
             ax.legend(fontsize=7)
-        _log_x(ax)
         ax.set_xlabel("batch size / learning rate")
         ax.set_ylabel("best test accuracy (%)")
         ax.set_title(_ratio_title(analysis, label), fontsize=9)
-    return _save(fig, folder, FIG_RATIO)
+    return fig
 
 
 def _lines(ax, g: pd.DataFrame, x: str, line: str, cmap_name: str, fig: Figure) -> None:
@@ -93,7 +91,7 @@ def _lines(ax, g: pd.DataFrame, x: str, line: str, cmap_name: str, fig: Figure) 
     means = g.groupby([line, x], sort=True)[TARGET].mean().unstack(x)  # rows: one line each
     values = list(means.index)
     norm = colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
-    cmap = colormaps[cmap_name]
+    cmap = line_cmap(cmap_name)
     xs = means.columns.to_numpy(float)
     for v, ys in zip(values, means.to_numpy(float)):
         keep = np.isfinite(ys)
@@ -104,10 +102,10 @@ def _lines(ax, g: pd.DataFrame, x: str, line: str, cmap_name: str, fig: Figure) 
     ax.set_ylabel("best test accuracy (%)")
 
 
-def figure_curves(analysis: Analysis, folder: Path) -> str:
+def figure_curves(analysis: Analysis) -> Figure:
     """Figure 2: accuracy vs batch size (a line per LR) and vs LR (a line per batch size), a row per group."""
     groups = list(analysis.groups())
-    fig = _figure(len(groups), 2, 5.4, 3.4)
+    fig = new_figure(len(groups), 2, 5.4, 3.4)
     for i, (_, label, g) in enumerate(groups):
         ax = fig.add_subplot(len(groups), 2, 2 * i + 1)
         _lines(ax, g, "batch_size", "lr", "viridis", fig)
@@ -115,68 +113,99 @@ def figure_curves(analysis: Analysis, folder: Path) -> str:
         ax = fig.add_subplot(len(groups), 2, 2 * i + 2)
         _lines(ax, g, "lr", "batch_size", "plasma", fig)
         ax.set_title(f"{label}: vs learning rate", fontsize=9)
-    return _save(fig, folder, FIG_CURVES)
+    return fig
 
 
-def figure_heatmap(analysis: Analysis, folder: Path) -> str:
-    """Mean best test accuracy over the BS x LR grid per group; cells with only diverged/failed runs marked."""
+def _annotate(ax, image, values: np.ndarray, sds: np.ndarray) -> None:
+    """Writes each cell's value (and +- s.d. when it has seeds, on grids up to 8 x 8) in a colour that reads
+    on the cell."""
+    rows, cols = values.shape
+    size = max(4.5, min(8.0, 110.0 / max(rows, cols)))
+    fills = image.cmap(image.norm(np.nan_to_num(values)))  # every cell's colour at once
+    with_sd = max(rows, cols) <= 8
+    for i, j in zip(*np.nonzero(np.isfinite(values))):
+        text = f"{values[i, j]:.1f}" + (f"\n±{sds[i, j]:.1f}" if with_sd and np.isfinite(sds[i, j]) else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=size, color=text_colour(fills[i, j]))
+
+
+def figure_heatmap(analysis: Analysis) -> Figure:
+    """Mean best test accuracy over the BS x LR grid per group, the value in each cell; cells with only
+    diverged / failed runs marked D / F."""
     groups = list(analysis.groups())
     runs = analysis.runs[analysis.runs["batch_size"].notna() & analysis.runs["arch"].notna()]
     run_keys = group_keys(runs, analysis.group_cols)
-    nrows, ncols = _grid(len(groups), 2)
-    fig = _figure(nrows, ncols, 5.6, 4.6)
+    nrows, ncols = panel_grid(len(groups), 2)
+    side = max(len(runs["batch_size"].unique()), len(runs["lr"].unique()))
+    fig = new_figure(nrows, ncols, max(5.6, 0.42 * side + 1.8), max(4.6, 0.36 * side + 1.4))
     for i, (keys, label, g) in enumerate(groups):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         everything = runs[run_keys == tuple(keys.values())]
         bss = sorted(everything["batch_size"].dropna().unique())
         lrs = sorted(everything["lr"].dropna().unique())
-        grid = g.groupby(["batch_size", "lr"])[TARGET].mean().unstack("lr").reindex(index=bss, columns=lrs)
-        image = ax.imshow(100 * grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis")
-        fig.colorbar(image, ax=ax).set_label("best test accuracy (%)")
+        cells = g.groupby(["batch_size", "lr"])[TARGET]
+        grid = 100 * cells.mean().unstack("lr").reindex(index=bss, columns=lrs).to_numpy(float)
+        sds = 100 * cells.std().unstack("lr").reindex(index=bss, columns=lrs).to_numpy(float)
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        fig.colorbar(image, ax=ax).set_label("best test accuracy (%), mean over seeds")
+        _annotate(ax, image, grid, sds)
         # A cell without a done run is marked by what its runs did, when they all did the same.
         statuses = everything.groupby(["batch_size", "lr"])["status"].agg(
             lambda s: s.iloc[0] if s.nunique() == 1 else "")
         for (bs, lr), status in statuses.items():
             mark = {rf.STATUS_DIVERGED: "D", rf.STATUS_FAILED: "F"}.get(status)
             if mark:
-                ax.text(lrs.index(lr), bss.index(bs), mark, ha="center", va="center", fontsize=7, color="C3")
+                ax.text(lrs.index(lr), bss.index(bs), mark, ha="center", va="center", fontsize=8, color="C3")
         step_x, step_y = max(1, len(lrs) // 10), max(1, len(bss) // 10)
         ax.set_xticks(range(0, len(lrs), step_x), [f"{v:g}" for v in lrs[::step_x]], fontsize=7, rotation=45)
         ax.set_yticks(range(0, len(bss), step_y), [f"{int(v)}" for v in bss[::step_y]], fontsize=7)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("batch size")
         ax.set_title(label, fontsize=9)
-    return _save(fig, folder, FIG_HEATMAP)
+    return fig
 
 
-def figure_sharpness(analysis: Analysis, folder: Path) -> str:
-    """Each sharpness quantity vs BS/LR: a panel per quantity, a colour per group."""
+def figure_sharpness(analysis: Analysis) -> Figure:
+    """Each sharpness quantity vs BS/LR: a panel per quantity, a colour per group; the legend takes a spare
+    slot of the panel grid when there is one, so no panel is left empty."""
     groups = list(analysis.groups())
     qs = analysis.sharpness_quantities
-    nrows, ncols = _grid(len(qs), 2)
-    fig = _figure(nrows, ncols, 5.0, 3.8)
+    nrows, ncols = panel_grid(len(qs), 3)
+    spare = nrows * ncols > len(qs)
+    fig = new_figure(nrows, ncols, 4.6, 3.8)
+    handles: list = []
     for i, q in enumerate(qs):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         positive, drawn = True, 0
         for c, (_, label, g) in enumerate(groups):
             have = g[np.isfinite(g[q].to_numpy(float))]
-            ok = have["reached_min_train_accuracy"].to_numpy(bool)
-            ax.scatter(have["ratio"][ok], have[q][ok], s=8, color=f"C{c}", label=f"{label} (n={len(have)})")
-            ax.scatter(have["ratio"][~ok], have[q][~ok], s=12, facecolors="none", edgecolors=f"C{c}")
+            _points(ax, have, q, 1, f"C{c}", f"{label} (n={len(have)})", analysis.min_train_accuracy)
             positive &= bool((have[q] > 0).all())
             drawn += len(have)
-        _log_x(ax, y_too=positive and drawn > 0)
+        ax.set_xscale("log")
+        log_axis(ax, "x")
+        if positive and drawn:
+            ax.set_yscale("log")
+            log_axis(ax, "y")
         ax.set_xlabel("batch size / learning rate")
-        ax.set_ylabel(q)
-        ax.set_title(f"{q} vs BS/LR ({drawn} of {len(analysis.done)} done runs have it)", fontsize=9)
-        ax.legend(fontsize=6)
-    return _save(fig, folder, FIG_SHARPNESS)
+        ax.set_ylabel(measure_name(q) + (" (log scale)" if positive and drawn else ""))
+        ax.set_title(f"{measure_name(q)}\n{drawn} of {len(analysis.done)} done runs have it", fontsize=9)
+        handles = handles or ax.get_legend_handles_labels()[0]
+        if not spare:
+            ax.legend(fontsize=6)
+    if spare and handles:
+        legend_ax = fig.add_subplot(nrows, ncols, nrows * ncols)
+        legend_ax.axis("off")
+        legend_ax.legend(handles=handles, loc="center", fontsize=8, title="groups", frameon=False)
+    return fig
 
 
 def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     """Draws every figure into `folder` as <name>.png and <name>.pdf; returns the names drawn."""
-    names = [figure_ratio(analysis, folder), figure_curves(analysis, folder),
-             figure_heatmap(analysis, folder)]
+    built = [(FIG_RATIO, figure_ratio(analysis)), (FIG_CURVES, figure_curves(analysis)),
+             (FIG_HEATMAP, figure_heatmap(analysis))]
     if analysis.sharpness_quantities:
-        names.append(figure_sharpness(analysis, folder))
-    return names
+        built.append((FIG_SHARPNESS, figure_sharpness(analysis)))
+    equal = ratio_plots.figure_equal_ratio(analysis)
+    if equal is not None:
+        built.append((FIG_EQUAL_RATIO, equal))
+    return [save(fig, folder, name) for name, fig in built]

@@ -101,18 +101,24 @@ def define_train_flags() -> None:
 @_once
 def define_correlate_flags() -> None:
     """bin/correlate: correlation tests, tables and figures over a folder of run folders."""
+    # The defaults live with the analysis (lrbs_tf.analysis, no TensorFlow); imported here, not at the top,
+    # so that the other binaries never load pandas to define their flags.
+    from lrbs_tf.analysis import DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY
+
     if "results" not in FLAGS:  # shared with bin/sharpness: one definition serves both
         flags.DEFINE_string("results", None, "Folder searched recursively for run folders (folders holding "
                             "config.json), e.g. outputs/. Required.")
     if "out" not in FLAGS:  # another binary may share the name; one definition serves both
         flags.DEFINE_string("out", None, "Output folder (default for bin/correlate: <results>/correlate/).")
-    flags.DEFINE_float("min_train_accuracy", 0.99, "Premise check, fraction in [0, 1]: done runs whose final "
-                       "training accuracy is below it are flagged, and Table 3 is given with and without them.")
-    flags.DEFINE_float("alpha", 0.005, "Significance threshold on p-values (the paper's 0.005); adjusted "
-                       "p-values (Holm, Benjamini-Hochberg) are reported beside the raw ones.")
-    flags.DEFINE_list("group_by", ["momentum", "weight_decay", "epochs"], "config.json keys that split runs "
-                      "into separate groups besides arch and dataset (other keys that vary inside a group "
-                      "are reported, not split on).")
+    flags.DEFINE_float("min_train_accuracy", DEFAULT_MIN_TRAIN_ACCURACY, "Premise check, fraction in [0, 1]: "
+                       "done runs whose final training accuracy is below it are flagged, and Table 3 is given "
+                       "with and without them.")
+    flags.DEFINE_float("alpha", DEFAULT_ALPHA, "Significance threshold on p-values (the paper's 0.005); "
+                       "adjusted p-values (Holm, Benjamini-Hochberg, within each multiple-testing family) are "
+                       "reported beside the raw ones.")
+    flags.DEFINE_list("group_by", list(DEFAULT_GROUP_BY), "config.json keys that split runs into separate "
+                      "groups besides arch and dataset (other keys that vary inside a group are reported, not "
+                      "split on).")
     flags.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
 
 

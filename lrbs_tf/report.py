@@ -2,66 +2,48 @@
 
 Formatting only: every number comes from the Analysis (the same numbers as the CSV files).
 p-values in **bold** are below alpha (the paper bolds significant ones); a trailing `*` marks those still
-below alpha after Holm's correction over all tests of the report.
+below alpha after Holm's correction within its multiple-testing family (lrbs_tf.families).
+The sections on ratio sufficiency, equal-ratio invariance, seeds and families are in report_ratio.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pandas as pd
 import scipy
 import statsmodels
 
+from lrbs_tf import report_ratio
 from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, Analysis,
-                              iter_groups)
+from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS,
+                              Analysis, iter_groups, measure_name)
+from lrbs_tf.report_format import fmt_coef, fmt_p, md_table
 from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
-from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N, P_COLUMN, STATISTICS
+from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N
 
 CAPTIONS = {
     FIG_RATIO: "Figure 1: best test accuracy vs BS/LR (log scale), one point per run (hollow: final training "
-               "accuracy below the premise threshold).",
+               "accuracy below the premise threshold; x on the axis: diverged runs); where cells have several "
+               "seeds, the cell means with error bars of one s.d. over the seeds.",
     FIG_CURVES: "Figure 2: best test accuracy vs batch size (left, one line per learning rate) and vs learning "
                 "rate (right, one line per batch size); mean over seeds where a cell has several.",
-    FIG_HEATMAP: "Heatmap of best test accuracy over the batch size x learning rate grid (mean over seeds); "
-                 "D: only diverged runs, F: only failed runs, blank: no run.",
+    FIG_HEATMAP: "Heatmap of best test accuracy (%) over the batch size x learning rate grid, the mean over "
+                 "seeds written in each cell; D: only diverged runs, F: only failed runs, blank: no run.",
     FIG_SHARPNESS: "Sharpness quantities vs BS/LR (log scales where all values are positive), one point per run, "
-                   "a colour per group (hollow: below the training-accuracy premise).",
+                   "a colour per group (hollow: below the training-accuracy premise); where cells have several "
+                   "seeds, cell means with error bars of one s.d.",
+    FIG_EQUAL_RATIO: "Equal-ratio runs: test accuracy (top) and training loss (bottom) vs epoch for the (BS, LR) "
+                     "cells that share a BS/LR value, one panel per ratio, a colour per cell, one line per seed "
+                     "(Jastrzebski et al. 2018, Fig. 2).",
 }
 
 LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every run
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
           "table2": "Table 2: test accuracy vs learning rate, at each batch size",
           "table3": "Table 3: test accuracy vs BS/LR, over all runs of a group"}
-
-
-def fmt_p(p: float, alpha: float, p_holm: float = math.nan) -> str:
-    """'**2.6e-11***': bold when p < alpha, '*' when also Holm-adjusted p < alpha; '—' when untestable."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "—"
-    text = "< 1e-300" if p == 0 else f"{p:.1e}"  # scipy gives exactly 0 for |rho| = 1 and on underflow
-    if p < alpha:
-        text = f"**{text}**" + ("\\*" if p_holm < alpha else "")
-    return text
-
-
-def fmt_coef(value: float, reason: str = "") -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return f"n/a ({reason})" if reason else "—"
-    return f"{value:.2f}"
-
-
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _cut(items: list, what: str) -> tuple[list, str]:
@@ -103,6 +85,7 @@ def premise_section(a: Analysis) -> str:
     bad = runs[runs["status"].isin([rf.STATUS_DIVERGED, rf.STATUS_FAILED])]
     out.append(_run_list(bad, ["run_dir", "status", "batch_size", "lr", "diverged_epoch", "error"],
                          "diverged or failed runs"))
+    out.append(report_ratio.diverged_section(a))
     out.append("### Unfinished runs (no result.json; not analysed)")
     out.append(_run_list(runs[runs["status"] == STATUS_UNFINISHED], ["run_dir", "batch_size", "lr"],
                          "unfinished runs"))
@@ -201,25 +184,6 @@ def signs_section(a: Analysis, signs: pd.DataFrame) -> str:
     return "\n\n".join(out)
 
 
-def multiple_testing_section(a: Analysis) -> str:
-    tables = [t for t in a.tables.values() if len(t)]
-    rows = []
-    for s in STATISTICS:
-        p = pd.concat([t[P_COLUMN[s]] for t in tables]).to_numpy(float)
-        holm = pd.concat([t[f"{P_COLUMN[s]}_holm"] for t in tables]).to_numpy(float)
-        bh = pd.concat([t[f"{P_COLUMN[s]}_bh"] for t in tables]).to_numpy(float)
-        tested = ~pd.isna(p)
-        rows.append([s, int(tested.sum()), int((~tested).sum()), int((p[tested] < a.alpha).sum()),
-                     int((holm[tested] < a.alpha).sum()), int((bh[tested] < a.alpha).sum())])
-    return "\n\n".join(["## Multiple testing",
-                        "Each statistic's p-values are adjusted over every test in this report (Tables 1-3, "
-                        "both Table 3 subsets, and the sharpness tests): Holm controls the family-wise "
-                        "error rate, Benjamini-Hochberg the false discovery rate (statsmodels multipletests). "
-                        "The CSV files hold the adjusted p-values of every test.",
-                        md_table(["statistic", "tests", "untestable", f"p < {a.alpha:g}",
-                                  f"Holm p < {a.alpha:g}", f"BH p < {a.alpha:g}"], rows)])
-
-
 def psi_section(a: Analysis) -> str:
     rows = [[a.label(r), r["subset"], r["measure"], r["n"], fmt_coef(r["psi"], r["reason"]),
              fmt_coef(r["psi_batch_size"]), fmt_coef(r["psi_lr"]), r["subgroups_batch_size"],
@@ -238,41 +202,55 @@ def sharpness_section(a: Analysis) -> str:
         return "## Sharpness\n\nNo run has a sharpness.json with a known quantity " \
                "(run bin/sharpness on the run folders)."
     done = a.done
-    have = md_table(["quantity", "done runs with a value", "missing"],
-                    [[q, int(done[q].notna().sum()), int(done[q].isna().sum())]
+    have = md_table(["quantity", "", "done runs with a value", "missing"],
+                    [[q, measure_name(q), int(done[q].notna().sum()), int(done[q].isna().sum())]
                      for q in a.sharpness_quantities])
     return "\n\n".join(["## Sharpness", "Runs without a value for a quantity are left out of its tests "
-                        "(`n_missing` in sharpness.csv).", have,
+                        "(`n_missing` in sharpness.csv). With all done runs they form the family `sharpness`, "
+                        "without the flagged runs `sharpness_sensitivity`, per group.", have,
                         full_rows(a, a.tables["sharpness"], ["quantity", "versus", "subset"])])
+
+
+def _notes(*texts: str) -> list[str]:
+    return [t for t in texts if t]
 
 
 def render(a: Analysis, signs: pd.DataFrame) -> str:
     """The whole report.md."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    n_tests = sum(len(t) for t in a.tables.values())
+    f = a.families
+    counted = f[f["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])] if len(f) else f
     parts = [
         "# Batch size, learning rate and generalisation: correlation report",
         f"Results folder `{a.results}`; {len(a.done)} runs analysed in {len(a.labels)} group(s) "
-        f"({', '.join(a.labels.values())}); {n_tests} tests. Generated {now} by bin/correlate with "
+        f"({', '.join(a.labels.values())}); {int(counted['tests'].sum()) if len(f) else 0} tests in "
+        f"{len(counted)} multiple-testing families. Generated {now} by bin/correlate with "
         f"scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
         f"Measure of generalisation: the best test accuracy over all epochs (the paper's). Significance: "
-        f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction. Spearman "
-        f"p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact permutation p-values, larger n use "
-        "scipy's t approximation (column spearman_p_method). Groups: "
+        f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction in its family "
+        f"(section Multiple testing). Spearman p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact "
+        "permutation p-values, larger n use scipy's t approximation (column spearman_p_method). Groups: "
         f"{', '.join(a.group_cols)}. Columns and statistics: docs/correlate.md.",
         premise_section(a),
-        "## " + TITLES["table3"], "Spearman rho and p, the paper's layout (`with_flagged`: all done runs; "
-        "`without_flagged`: only those that met the training-accuracy premise):",
+        report_ratio.noise_section(a),
+        "## " + TITLES["table3"], "Spearman rho and p, the paper's layout. `with_flagged`: all done runs (the "
+        "paper's test); sensitivity rows, adjusted in their own family: `without_flagged` (only runs that met "
+        "the training-accuracy premise), `cell_means` (one point per (BS, LR) cell, the mean over its seeds), "
+        "`diverged_worst` (diverged runs kept, ranked below every done run; rank statistics only):",
         paper_layout(a, a.tables["table3"], None),
+        *_notes(report_ratio.small_n_note(a, a.tables["table3"], "Table 3")),
         "All statistics (rho: Spearman, r: Pearson on the raw ratio, tau: Kendall tau-b):",
         full_rows(a, a.tables["table3"], ["subset"]),
+        *report_ratio.sections(a),
         psi_section(a),
         "## " + TITLES["table1"], paper_layout(a, a.tables["table1"], "lr"),
+        *_notes(report_ratio.small_n_note(a, a.tables["table1"], "Table 1")),
         "## " + TITLES["table2"], paper_layout(a, a.tables["table2"], "batch_size"),
+        *_notes(report_ratio.small_n_note(a, a.tables["table2"], "Table 2")),
         signs_section(a, signs),
         "## Pearson and Kendall, Tables 1 and 2",
         full_rows(a, a.tables["table1"], ["lr"]), full_rows(a, a.tables["table2"], ["batch_size"]),
-        multiple_testing_section(a),
+        report_ratio.families_section(a),
         sharpness_section(a),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),

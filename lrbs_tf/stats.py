@@ -19,6 +19,7 @@ printing a silent NaN.
 
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -55,10 +56,14 @@ class Correlation:
     n_missing: int = 0
     reason: str = ""
     spearman_p_method: str = ""  # 'exact' (permutation, small n) or 't' (scipy's t approximation)
+    # The smallest Spearman p these x and y values could give (y arranged in x's order or its reverse):
+    # at n = 5 the exact p cannot go below 2/120, so a table of n = 5 tests cannot reach p < 0.005.
+    spearman_min_p: float = math.nan
 
     def as_dict(self) -> dict:
         return {"n": self.n, "n_missing": self.n_missing, "spearman_rho": self.spearman_rho,
                 "spearman_p": self.spearman_p, "spearman_p_method": self.spearman_p_method,
+                "spearman_min_p": self.spearman_min_p,
                 "pearson_r": self.pearson_r, "pearson_p": self.pearson_p,
                 "kendall_tau": self.kendall_tau, "kendall_p": self.kendall_p, "reason": self.reason}
 
@@ -86,10 +91,13 @@ def finite_pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np
     return x[keep], y[keep], int((~keep).sum())
 
 
-def correlate(x: Iterable[float], y: Iterable[float], x_name: str = "x", y_name: str = "y") -> Correlation:
+def correlate(x: Iterable[float], y: Iterable[float], x_name: str = "x", y_name: str = "y",
+              rank_only: bool = False) -> Correlation:
     """Spearman, Pearson and Kendall tests of y against x (two-sided), on the finite pairs.
 
     Non-finite pairs (a missing sharpness value, say) are dropped and counted in `n_missing`.
+    rank_only: y is meaningful only as an order (a diverged run placed below every accuracy), so Pearson,
+    which depends on the values, is left NaN.
     """
     x, y, n_missing = finite_pairs(x, y)
     reason = untestable_reason(x, y, x_name, y_name)
@@ -106,8 +114,26 @@ def correlate(x: Iterable[float], y: Iterable[float], x_name: str = "x", y_name:
     sp_p, method = float(sp.pvalue), "t"
     if len(x) <= EXACT_SPEARMAN_MAX_N:
         sp_p, method = spearman_exact_p(x, y), "exact"
-    return Correlation(len(x), float(sp.statistic), sp_p, float(pe.statistic), float(pe.pvalue),
-                       float(ke.statistic), float(ke.pvalue), n_missing=n_missing, spearman_p_method=method)
+    pe_r, pe_p = (math.nan, math.nan) if rank_only else (float(pe.statistic), float(pe.pvalue))
+    return Correlation(len(x), float(sp.statistic), sp_p, pe_r, pe_p, float(ke.statistic), float(ke.pvalue),
+                       n_missing=n_missing, spearman_p_method=method, spearman_min_p=spearman_min_p(x, y))
+
+
+def spearman_min_p(x: np.ndarray, y: np.ndarray) -> float:
+    """The smallest two-sided Spearman p-value attainable with these x and y values (ties included): the p of
+    y sorted into x's order or into its reverse, by the same method `correlate` uses at this n."""
+    order = np.argsort(x, kind="stable")
+    best = math.inf
+    for ys in (np.sort(y), np.sort(y)[::-1]):
+        arranged = np.empty_like(ys)
+        arranged[order] = ys
+        if len(x) <= EXACT_SPEARMAN_MAX_N:
+            best = min(best, spearman_exact_p(x, arranged))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                best = min(best, float(sps.spearmanr(x, arranged).pvalue))
+    return best
 
 
 def spearman_exact_p(x: np.ndarray, y: np.ndarray) -> float:
@@ -154,7 +180,17 @@ def adjust_pvalues(pvalues: Sequence[float], method: str) -> np.ndarray:
     out = np.full(p.shape, math.nan)
     valid = np.isfinite(p)
     if valid.any():
-        out[valid] = multipletests(p[valid], method=ADJUSTMENTS[method])[1]
+        # statsmodels' Holm calls gc.collect(), whose cost grows with every live object (~40 ms with 1,600
+        # runs in memory, once per family and statistic); objects frozen out of the collector's view keep
+        # it to microseconds and change nothing computed.
+        frozen = gc.get_freeze_count() == 0
+        if frozen:
+            gc.freeze()
+        try:
+            out[valid] = multipletests(p[valid], method=ADJUSTMENTS[method])[1]
+        finally:
+            if frozen:
+                gc.unfreeze()
     return out
 
 

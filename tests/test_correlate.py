@@ -93,16 +93,24 @@ def test_paper_grid_ratio_ties_and_every_p_value_against_scipy_and_statsmodels(t
     assert psi["psi_batch_size"] == pytest.approx(t1["kendall_tau"].mean(), abs=1e-12)
     t2 = pd.read_csv(tmp_path / "out" / "table2.csv")
     assert psi["psi_lr"] == pytest.approx(-t2["kendall_tau"].mean(), abs=1e-12)
-    # Holm and BH over all 20 + 20 + 2 tests of the report, per statistic.
-    tables = [pd.read_csv(tmp_path / "out" / f) for f in ("table1.csv", "table2.csv", "table3.csv")]
-    assert sum(len(t) for t in tables) == 42
-    for s in ("spearman", "pearson", "kendall"):
-        p = np.concatenate([t[f"{s}_p"] for t in tables])
-        for suffix, method in (("holm", "holm"), ("bh", "fdr_bh")):
-            got = np.concatenate([t[f"{s}_p_{suffix}"] for t in tables])
-            np.testing.assert_allclose(got, multipletests(p, method=method)[1], rtol=1e-12)
-        sig = np.concatenate([t[f"{s}_significant"] for t in tables])
-        np.testing.assert_array_equal(sig, p < 0.005)
+    # Holm and BH within each family, per statistic: Table 1 (20 tests), Table 2 (20), Table 3 on all runs (1)
+    # and Table 3's sensitivity rows (1 computed: without_flagged; one run per cell, no diverged run).
+    fams = pd.read_csv(tmp_path / "out" / "families.csv").set_index(["kind", "statistic"])
+    assert [fams.loc[(k, "spearman_p"), "tests"] for k in ("table1", "table2", "table3", "table3_sensitivity")] \
+        == [20, 20, 1, 1]
+    assert fams.loc[("table3_sensitivity", "spearman_p"), "untestable"] == 2
+    t3 = pd.read_csv(tmp_path / "out" / "table3.csv")
+    for t, fam in ((t1, "table1"), (t2, "table2"), (t3[t3["subset"] == "with_flagged"], "table3"),
+                   (t3[t3["subset"] != "with_flagged"], "table3_sensitivity")):
+        assert set(t["family"]) == {f"{fam} | vgg19 on cifar10"}
+        for s in ("spearman", "pearson", "kendall"):
+            p = t[f"{s}_p"].to_numpy(float)
+            tested = np.isfinite(p)
+            for suffix, method in (("holm", "holm"), ("bh", "fdr_bh")):
+                got = t[f"{s}_p_{suffix}"].to_numpy(float)
+                np.testing.assert_allclose(got[tested], multipletests(p[tested], method=method)[1], rtol=1e-12)
+                assert np.isnan(got[~tested]).all()
+            np.testing.assert_array_equal(t[f"{s}_significant"], p < 0.005)
 
 
 def test_sign_change_is_reported(tmp_path):
@@ -182,8 +190,11 @@ def test_small_and_constant_groups_are_reported_with_a_reason(tmp_path):
     assert "no subgroup with a defined tau" in psi.loc[("mlp", "with_flagged", "ratio"), "reason"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "n/a (n=2 < 3)" in report and "n/a (best_test_accuracy is constant (0.5 for all 9))" in report
-    # Multiple-testing section: 0 tests computed; untestable: alexnet 3 + 3 + 2, mlp 1 + 2 + 2.
-    assert "| spearman | 0 | 13 |" in report
+    # Families: nothing computed; untestable Spearman tests: alexnet 3 + 3 + 1 + 3, mlp 1 + 2 + 1 + 3.
+    fams = a.families[a.families["statistic"] == "spearman_p"]
+    assert fams["tests"].sum() == 0 and fams["untestable"].sum() == 17
+    assert "| table1 \\| alexnet on cifar10 | spearman_p | 0 | 3 |" in report
+    assert "| table3_sensitivity \\| mlp on cifar10 | spearman_p | 0 | 3 |" in report
 
 
 def test_groups_split_on_group_by_and_report_other_varying_settings(tmp_path):
@@ -220,18 +231,21 @@ def test_sharpness_tests_missing_values_and_stale_outputs(tmp_path):
     tr = sh.loc[("trace", "best_test_accuracy", "with_flagged")]
     assert tr["n"] == 14 and tr["n_missing"] == 3
     assert "lambda_max_p_holm" not in sh.columns and "spearman_p_holm" in sh.columns
-    # The Holm family includes the sharpness tests.
-    all_p = pd.concat([t["spearman_p"] for t in a.tables.values()]).to_numpy(float)
-    tested = sum(int((a.tables[n]["reason"] == "").sum()) for n in ("table1", "table2", "table3"))
-    assert np.isfinite(all_p).sum() == tested + 8
-    p = pd.concat([t["spearman_p"] for t in a.tables.values()]).dropna().to_numpy(float)
-    holm = pd.concat([t["spearman_p_holm"] for t in a.tables.values()]).dropna().to_numpy(float)
-    np.testing.assert_allclose(holm, multipletests(p, method="holm")[1], rtol=1e-12)
+    # The sharpness tests are their own families: all done runs (2 quantities x 2 versus), and without the
+    # flagged runs; Holm within each.
+    sh = a.tables["sharpness"]
+    for subset, kind in (("with_flagged", "sharpness"), ("without_flagged", "sharpness_sensitivity")):
+        t = sh[sh["subset"] == subset]
+        assert len(t) == 4 and set(t["family"]) == {f"{kind} | vgg19 on cifar10"}
+        np.testing.assert_allclose(t["spearman_p_holm"], multipletests(t["spearman_p"], method="holm")[1],
+                                   rtol=1e-12)
+    assert not set(sh["family"]) & set(a.tables["table3"]["family"])
     runs = a.runs.set_index("run_dir")
     assert "sharpness ignored" in runs.loc["vgg19-cifar10-bs8-lr0.5-s0", "problem"]
     assert (tmp_path / "out" / "sharpness.csv").exists()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| lambda_max | 15 | 2 |" in report and "| trace | 14 | 3 |" in report
+    assert "| lambda_max | largest Hessian eigenvalue | 15 | 2 |" in report
+    assert "| trace | Hessian trace | 14 | 3 |" in report
     for d in root.iterdir():
         (d / rf.SHARPNESS).unlink(missing_ok=True)
     a = run_tables(tmp_path)
@@ -247,7 +261,7 @@ def test_outputs_layout_and_figures(tmp_path):
     names = {p.name for p in out.iterdir()}
     figs = {f"{f}.{e}" for f in analysis.FIGURE_NAMES for e in ("png", "pdf")}
     assert names == {"runs.csv", "table1.csv", "table2.csv", "table3.csv", "sharpness.csv", "psi.csv",
-                     "report.md"} | figs
+                     "cells.csv", "ratio_test.csv", "ratio_invariance.csv", "families.csv", "report.md"} | figs
     for f in figs:
         head = (out / f).read_bytes()[:5]
         assert head == (b"\x89PNG\r" if f.endswith("png") else b"%PDF-"), f
@@ -341,3 +355,45 @@ def test_main_in_process(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         correlate.main()
     assert e.value.code == 2 and "--results is required" in capsys.readouterr().err
+
+
+def test_a_groups_families_do_not_change_with_what_else_is_in_the_folder(tmp_path):
+    rng = np.random.default_rng(2)
+    acc = {(b, l): float(rng.uniform(0.6, 0.9)) for b in BS[:5] for l in LRS[:5]}
+    write_grid(tmp_path / "runs", lambda b, l: acc[(b, l)], batch_sizes=BS[:5], lrs=LRS[:5])
+    alone = correlate.run(tmp_path / "runs", tmp_path / "alone", figures=False)
+    write_grid(tmp_path / "runs", monotone, arch="resnet110", batch_sizes=BS, lrs=LRS)
+    both = correlate.run(tmp_path / "runs", tmp_path / "both", figures=False)
+    for name in ("table1", "table2", "table3"):
+        before = alone.tables[name]
+        after = both.tables[name][both.tables[name]["arch"] == "vgg19"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(before, after)
+    fams = both.families.set_index(["family", "statistic"])
+    assert fams.loc[("table1 | vgg19 on cifar10", "spearman_p"), "tests"] == 5
+    assert fams.loc[("table1 | resnet110 on cifar10", "spearman_p"), "tests"] == 10
+    assert fams.loc[("table3 | resnet110 on cifar10", "spearman_p"), "tests"] == 1  # Table 3 counted once
+    report = (tmp_path / "both" / "report.md").read_text()
+    # He et al.'s tests: (5 + 5 + 1) + (10 + 10 + 1) Spearman tests in 6 families.
+    assert "He et al.'s tests here: 32 Spearman tests in 6 families over 2 group(s)" in report
+    # n = 5: the smallest exact Spearman p is 1/60 > 0.005, which the report says instead of leaving a row
+    # of non-bold numbers to be read as "not reproduced".
+    assert ("**vgg19 on cifar10**: at n = 5 the smallest attainable Spearman p is 0.017, not below alpha = "
+            "0.005: no row of Table 1 can be significant") in report
+    assert "| table1 \\| vgg19 on cifar10 | spearman_p | 5 | 0 | 0 | 0 | 0 | 0.001 |" in report
+
+
+def test_the_flags_defaults_are_the_librarys():
+    import inspect
+
+    from lrbs_tf.flags import define_correlate_flags
+
+    define_correlate_flags()
+    fv = flags.FLAGS
+    assert fv["min_train_accuracy"].default == analysis.DEFAULT_MIN_TRAIN_ACCURACY
+    assert fv["alpha"].default == analysis.DEFAULT_ALPHA
+    assert fv["group_by"].default == list(analysis.DEFAULT_GROUP_BY)
+    for fn in (correlate.analyse, correlate.run):
+        params = inspect.signature(fn).parameters
+        assert params["min_train_accuracy"].default is analysis.DEFAULT_MIN_TRAIN_ACCURACY
+        assert params["alpha"].default is analysis.DEFAULT_ALPHA
+        assert params["group_by"].default is analysis.DEFAULT_GROUP_BY

@@ -122,3 +122,27 @@ def test_granulated_kendall_skips_undefined_subgroups():
     assert r.psi == 0.0
     r = stats.granulated_kendall(rows[:1], "m", "acc", ["batch_size", "lr"])
     assert math.isnan(r.psi) and "no subgroup with a defined tau" in r.reason
+
+
+def test_smallest_attainable_spearman_p_is_that_of_a_perfect_order():
+    # n = 5, no ties: exact, 2/5! = 1/60 whatever the observed order; n = 5 can never pass alpha = 0.005.
+    c = stats.correlate([1, 2, 3, 4, 5], [0.3, 0.1, 0.5, 0.2, 0.4])
+    assert c.spearman_p_method == "exact" and c.spearman_min_p == pytest.approx(2 / 120, rel=1e-12)
+    # Ties in y raise the floor: the best arrangement of (1, 1, 2, 3, 4) has rho < 1, and its exact p is the
+    # share of the 5! pairings at least as extreme, counted here by brute force.
+    y = np.array([1.0, 1.0, 2.0, 3.0, 4.0])
+    x = np.arange(5.0)
+    rhos = np.array([sps.spearmanr(x, y[list(p)]).statistic for p in itertools.permutations(range(5))])
+    best = sps.spearmanr(x, y).statistic
+    assert stats.correlate(x, y[::-1]).spearman_min_p == pytest.approx(np.mean(np.abs(rhos) >= best - 1e-12))
+    # Large n: the t approximation of the perfectly ordered arrangement.
+    x = np.arange(20.0)
+    c = stats.correlate(x, np.random.default_rng(1).random(20))
+    assert c.spearman_p_method == "t" and c.spearman_min_p == sps.spearmanr(x, x).pvalue
+
+
+def test_rank_only_drops_pearson_and_keeps_the_rank_statistics():
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], [0.5, 0.4, -1.0, 0.3, 0.35, 0.2, -1.0, 0.1, 0.0]
+    c = stats.correlate(x, y, rank_only=True)
+    assert math.isnan(c.pearson_r) and math.isnan(c.pearson_p) and c.reason == ""
+    assert c.spearman_rho == sps.spearmanr(x, y).statistic and c.kendall_tau == sps.kendalltau(x, y).statistic

@@ -1,0 +1,268 @@
+"""report.md sections on whether the ratio alone governs: seeds and noise, ratio sufficiency, equal-ratio
+invariance, diverged runs, the multiple-testing families, and small-n notes.
+
+Formatting only: every number comes from the Analysis (the same numbers as cells.csv, ratio_test.csv,
+ratio_invariance.csv and families.csv). A verdict in words is taken at alpha on the Holm-adjusted p-value
+of the test's family, so a sentence never claims more than the family-wise error rate allows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+
+from lrbs_tf import families as fam
+from lrbs_tf import runfolder as rf
+from lrbs_tf.analysis import Analysis, iter_groups, measure_name
+from lrbs_tf.ratio_stats import CI_LEVEL
+from lrbs_tf.report_format import fmt_p, md_table
+from lrbs_tf.runtable import TARGET
+
+FEW_CLUSTERS = 30  # below about this many clusters, cluster-robust errors are known to be too small
+
+
+def _num(v: float, digits: int = 3) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+
+
+def _points(v: float) -> str:
+    """An accuracy (fraction) or accuracy difference as percentage points."""
+    return "—" if math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _ci(row: dict, name: str, scale: float = 1.0) -> str:
+    return (f"{_num(scale * row[name])} [{_num(scale * row[name + '_ci_low'])}, "
+            f"{_num(scale * row[name + '_ci_high'])}]")
+
+
+# Accuracy coefficients are fractions per unit of natural log; the report shows percentage points per
+# doubling (x 100 ln 2), the unit a reader of Figure 2 thinks in.
+POINTS_PER_DOUBLING = 100 * math.log(2)
+
+
+def _family_size(a: Analysis, family: str, statistic: str) -> int:
+    f = a.families
+    hit = f[(f["family"] == family) & (f["statistic"] == statistic)]
+    return int(hit["tests"].iloc[0]) if len(hit) else 0
+
+
+def noise_section(a: Analysis) -> str:
+    out = ["## Seeds and the noise floor",
+           "`cells.csv` has one row per (group, BS, LR) cell: its done runs (`n_seeds`), diverged runs, and the "
+           "mean and s.d. (ddof = 1) over its runs of the best test accuracy and of each sharpness quantity. The "
+           "seed noise is the pooled within-cell s.d., sqrt(sum (n_c - 1) s_c^2 / sum (n_c - 1)) over the cells "
+           "with at least two runs; beside it, the range the cell means span over the grid (accuracy in "
+           "percentage points)."]
+    rows = []
+    for r in a.noise.to_dict("records"):
+        acc = r["measure"] == TARGET
+        show = _points if acc else _num
+        rows.append([a.label(r), measure_name(r["measure"]), r["cells"], r["cells_with_seeds"],
+                     f"{show(r['pooled_sd'])} (df {r['df']})" if r["df"] else "not measurable (one run per cell)",
+                     f"{show(r['cell_mean_min'])} to {show(r['cell_mean_max'])}", show(r["cell_mean_range"]),
+                     _num(r["range_over_sd"], 2)])
+    out.append(md_table(["group", "measure", "cells", "cells with >= 2 runs", "seed noise (pooled s.d.)",
+                         "cell means", "range", "range / noise"], rows))
+    if (a.noise["df"] == 0).all():
+        out.append("Every cell has one run, so the seed noise cannot be measured and no difference between two "
+                   "cells can be told from the noise of one seed (train with `--seeds=0,1,2`).")
+    return "\n\n".join(out)
+
+
+def diverged_section(a: Analysis) -> str:
+    runs = a.runs[a.runs["arch"].notna() & a.runs["dataset"].notna()]
+    rows = []
+    for _, label, g in iter_groups(runs, a.group_cols, a.labels):
+        d = g[g["status"] == rf.STATUS_DIVERGED]
+        where = []
+        for (bs, lr), cell in g.groupby(["batch_size", "lr"], sort=True):
+            k = int((cell["status"] == rf.STATUS_DIVERGED).sum())
+            if k:
+                where.append(f"({bs}, {lr:g}): {k}/{len(cell)}")
+        rows.append([label, len(d), len(g), "; ".join(where) or "—"])
+    return "\n\n".join([
+        "### Diverged runs per group (a result: where SGD is unstable)",
+        "Where (batch size, learning rate: diverged / runs in the cell). They are left out of every test "
+        "except Table 3's `diverged_worst` row, which ranks them below every done run, so the reader sees "
+        "whether dropping them changed the conclusion.",
+        md_table(["group", "diverged", "runs", "cells"], rows)])
+
+
+def _ratio_sentence(a: Analysis, r: dict) -> str:
+    what = f"{r['label']}, {measure_name(r['measure'])}" + (" (log scale)" if r["transform"] == "log" else "")
+    if r["reason"]:
+        return f"- {what}: not testable ({r['reason']})."
+    size = _family_size(a, r["family"], "p_ratio")
+    p = (f"p_ratio = {fmt_p(r['p_ratio'], a.alpha)} (Holm {fmt_p(r['p_ratio_holm'], a.alpha)} in family "
+         f"`{r['family']}` of {size}), n = {r['n']} runs in {r['n_cells']} cells")
+    acc = r["measure"] == TARGET
+    scale, unit = (POINTS_PER_DOUBLING, " (points per doubling)") if acc else (1.0, " (elasticities)" if
+                                                                               r["transform"] == "log" else "")
+    coefs = (f"effect of BS {_ci(r, 'coef_log_batch_size', scale)} and of LR {_ci(r, 'coef_log_lr', scale)}, "
+             f"sum {_ci(r, 'coef_sum', scale)}{unit}; R^2 {_num(r['r2_ratio'])} on log(BS/LR) alone against "
+             f"{_num(r['r2_both'])} on both")
+    rejected = r["p_ratio_holm"] < a.alpha
+    if rejected:
+        text = f"- {what}: **BS/LR does not capture the effect**: {p}; {coefs}."
+        q = r["p_ratio_quadratic"]
+        if not math.isnan(q) and q >= a.alpha:
+            text += (f" With a quadratic term in log(BS/LR) the batch size no longer adds significantly "
+                     f"(p = {fmt_p(q, a.alpha)}): the departure may be curvature in log(BS/LR), not an effect "
+                     "of batch size apart from the ratio.")
+    else:
+        text = f"- {what}: consistent with BS/LR alone (no significant departure): {p}; {coefs}."
+        if r["coef_sum_ci_low"] > 0 or r["coef_sum_ci_high"] < 0:
+            text += (f" The {100 * CI_LEVEL:g}% interval of the sum excludes 0: at that looser level the two "
+                     "effects do not cancel.")
+    return text + _cell_means_check(a, r, rejected)
+
+
+def _cell_means_check(a: Analysis, r: dict, rejected: bool) -> str:
+    """With seeds, the test on the cell means, whose size held where clustered errors' did not."""
+    q = r["p_ratio_cell_means"]
+    if math.isnan(q):
+        return ""
+    agrees = (r["p_ratio_cell_means_holm"] < a.alpha) == rejected
+    text = (f" On the {r['n_cells']} cell means (HC3): p = {fmt_p(q, a.alpha)}, Holm "
+            f"{fmt_p(r['p_ratio_cell_means_holm'], a.alpha)}")
+    if agrees:
+        return text + ", the same verdict."
+    return text + (", **a different verdict**: with few cells the clustered p_ratio is too small (its size "
+                   "was measured at 1.8-5.6 times nominal with 9-16 cells, docs/correlate.md), so trust this one.")
+
+
+def ratio_section(a: Analysis) -> str:
+    out = ["## Does the ratio alone govern? Ratio sufficiency",
+           "Per group and measure: ordinary least squares of the measure on log(batch size) and log(learning "
+           "rate) (statsmodels). If only BS/LR matters the two coefficients cancel; `p_ratio` is the Wald "
+           "test of coef_log_batch_size + coef_log_lr = 0. Errors are heteroscedasticity-robust (HC3) with "
+           "one run per cell, clustered by (BS, LR) cell when seeds repeat cells; t and F references with "
+           f"n - 3 or (cells - 1) degrees of freedom; {100 * CI_LEVEL:g}% intervals in brackets. Accuracy "
+           "effects are shown in percentage points per doubling of BS or LR (ratio_test.csv: fractions per "
+           "unit of natural log); sharpness quantities are on a natural-log scale (elasticities). "
+           "`p_ratio_quadratic` repeats the test after a quadratic term in log(BS/LR), which a ratio-only law "
+           "curved in log(BS/LR) needs on grids whose log BS and log LR values are not spread alike. "
+           "A non-significant p_ratio is not proof that the ratio suffices: read the interval of the sum."]
+    t = a.ratio_test
+    if t.empty:
+        return "\n\n".join(out + ["No tests."])
+    t = t.assign(label=[a.label(r) for r in t.to_dict("records")])
+    out += [_ratio_sentence(a, r) for r in t.to_dict("records")]
+    clustered = t[(t["cov_type"] == "cluster") & (t["reason"] == "")]
+    if len(clustered) and (clustered["n_cells"] < FEW_CLUSTERS).any():
+        g = int(clustered["n_cells"].min())
+        out.append(f"Assumption that does not hold here: with {g} cells as clusters (fewer than about "
+                   f"{FEW_CLUSTERS}), cluster-robust errors understate the uncertainty even with the t reference "
+                   "on cells - 1 degrees of freedom. Measured under a ratio-only law (docs/correlate.md): of the "
+                   "clustered p_ratio, 12.7% fell below 0.05 and 2.8% below 0.005 with 9 cells x 3 seeds, 8.8% "
+                   "and 2.1% with 16 cells; of the cell-means test (p_ratio_cell_means) 4.4% and 0.45% with 9 "
+                   "cells. Where the two disagree, the cell means decide.")
+    return "\n\n".join(out)
+
+
+def _invariance_sentence(a: Analysis, r: dict) -> str:
+    acc, log = r["measure"] == TARGET, r["transform"] == "log"
+
+    def show(v: float) -> str:  # accuracy in points; a log measure as the typical factor between two runs
+        if acc:
+            return f"{_points(v)} points"
+        return f"a factor of {math.exp(v):.2f} (mean abs. difference of ln, {_num(v)})" if log else _num(v)
+
+    what = f"{r['label']}, {measure_name(r['measure'])}"
+    if r["reason"]:
+        return f"- {what}: not testable ({r['reason']})."
+    size = _family_size(a, r["family"], "p_permutation")
+    alike = ("**equal-ratio runs are more alike than neighbouring-ratio runs**" if r["p_permutation_holm"] < a.alpha
+             else "equal-ratio runs are not shown to be more alike than neighbouring-ratio runs")
+    seeds = (f", seeds of one cell by {show(r['mad_same_cell'])} ({r['n_same_cell_pairs']} pairs: the noise "
+             "floor)" if r["n_same_cell_pairs"] else ", seeds unmeasured (one run per cell)")
+    return (f"- {what}: {alike}. Over {r['n_shared_ratios']} shared BS/LR values, runs of equal ratio differ by "
+            f"{show(r['mad_equal_ratio'])} on average ({r['n_equal_pairs']} pairs), runs of neighbouring ratios "
+            f"(a median factor of {r['neighbour_ratio_factor']:.2f} apart in BS/LR) by "
+            f"{show(r['mad_neighbour_ratio'])} ({r['n_neighbour_pairs']} pairs){seeds}; permutation p = "
+            f"{fmt_p(r['p_permutation'], a.alpha)} ({r['p_method']}, {r['n_permutations']:,} permutations; "
+            f"smallest attainable {_num(r['min_attainable_p'], 2)}; Holm {fmt_p(r['p_permutation_holm'], a.alpha)} "
+            f"in family `{r['family']}` of {size}).")
+
+
+def invariance_section(a: Analysis) -> str:
+    out = ["## Equal-ratio invariance (Jastrzebski et al. 2018, Sec. 4)",
+           "SGD's dynamics depend on BS/LR only through the ratio as far as the SDE approximation holds, so "
+           "runs in different (BS, LR) cells of one ratio should end alike. Statistic: mean absolute difference "
+           "(MAD) of the measure over pairs of runs of equal ratio in different cells, against pairs at a "
+           "shared ratio and the next distinct ratio below or above it; p-value one-sided (equal-ratio pairs "
+           "more alike), permuting the measure over the runs in those pairs (scipy permutation_test; the null "
+           "is that runs are exchangeable). `ratio_invariance.csv` has every number."]
+    t = a.invariance
+    if t.empty:
+        return "\n\n".join(out + ["No tests."])
+    t = t.assign(label=[a.label(r) for r in t.to_dict("records")])
+    out += [_invariance_sentence(a, r) for r in t.to_dict("records")]
+    if not a.equal_ratios.empty:
+        out.append("Best test accuracy per shared ratio (MAD in percentage points; cells as (BS, LR)):")
+        out.append(md_table(["group", "BS/LR", "cells", "runs", "MAD equal ratio", "MAD to neighbouring ratios"],
+                            [[a.label(r), f"{r['ratio']:.6g}", r["cells"], r["n_runs"], _points(r["mad_equal_ratio"]),
+                              _points(r["mad_neighbour_ratio"])] for r in a.equal_ratios.to_dict("records")]))
+    return "\n\n".join(out)
+
+
+def families_section(a: Analysis) -> str:
+    f = a.families
+    out = ["## Multiple testing: the families",
+           "A family is one claim tested in one group (docs/correlate.md): Table 1, Table 2 and Table 3 (all "
+           "done runs) are He et al.'s tests; Table 3's sensitivity rows, the sharpness tests (and their "
+           "without-flagged rows), the ratio-sufficiency tests and the invariance tests are each adjusted in "
+           "their own family, so nothing else in the results folder changes a family and no test is counted "
+           "twice. Each statistic is its own family. Holm controls the family-wise error rate, "
+           "Benjamini-Hochberg the false discovery rate (statsmodels multipletests); untestable rows are not "
+           "counted."]
+    if f.empty:
+        return "\n\n".join(out + ["No tests."])
+    primary = f[f["kind"].isin(fam.PRIMARY_KINDS) & (f["statistic"] == "spearman_p")]
+    out.append(f"He et al.'s tests here: {int(primary['tests'].sum())} Spearman tests in {len(primary)} families "
+               f"over {primary['group'].nunique()} group(s) (the paper: 164 over its four grids).")
+    rows = []
+    for r in f.to_dict("records"):
+        floor = r["min_attainable_p"]
+        note = ""
+        if not math.isnan(floor) and r["tests"]:
+            if floor >= a.alpha:
+                note = f"cannot reach p < {a.alpha:g} at this n"
+            elif floor >= r["holm_threshold"]:
+                note = "raw p can pass alpha, Holm cannot"
+        rows.append([r["family"], r["statistic"], r["tests"], r["untestable"], r["raw_significant"],
+                     r["holm_significant"], r["bh_significant"], _num(r["holm_threshold"], 2),
+                     _num(r["min_p"], 2), _num(floor, 2), note])
+    out.append(md_table(["family", "statistic", "tests", "untestable", f"p < {a.alpha:g}", "Holm", "BH",
+                         "Holm needs p <", "smallest p", "smallest attainable p", "note"], rows))
+    return "\n\n".join(out)
+
+
+def small_n_note(a: Analysis, table: pd.DataFrame, name: str) -> str:
+    """Where a table's tests cannot reach significance at their n, a sentence saying so (else '')."""
+    notes = []
+    for _, label, g in a.groups(table):
+        tested = g[g["reason"] == ""]
+        if tested.empty:
+            continue
+        floor = tested["spearman_min_p"].to_numpy(float)
+        m = len(tested)
+        ns = sorted({int(n) for n in tested["n"]})
+        n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
+        if (floor >= a.alpha).all():
+            notes.append(f"**{label}**: at {n_text} the smallest attainable Spearman p is {_num(floor.min(), 2)}, "
+                         f"not below alpha = {a.alpha:g}: no row of {name} can be significant, so a p-value that "
+                         "is not bold here is no evidence against the paper; more batch sizes or learning rates "
+                         "are needed.")
+        elif (floor * m >= a.alpha).all():
+            notes.append(f"**{label}**: at {n_text} a raw p can pass alpha = {a.alpha:g}, but Holm over the "
+                         f"family's {m} tests cannot (smallest attainable p {_num(floor.min(), 2)} x {m} >= "
+                         f"{a.alpha:g}).")
+    return "\n\n".join(notes)
+
+
+def sections(a: Analysis) -> Sequence[str]:
+    """The ratio sections in report order (after Table 3 and its sensitivity rows)."""
+    return [ratio_section(a), invariance_section(a)]
