@@ -305,3 +305,7 @@ def main() -> None:
 
     flags.define_sharpness_flags()
     run_app(_main)
+
+
+if __name__ == "__main__":  # python -m lrbs_tf.sharpness
+    main()

@@ -393,3 +393,7 @@ def main() -> None:
 
     flags.define_sweep_flags()
     run_app(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -138,3 +138,7 @@ def main() -> None:
 
     lrbs_flags.define_train_flags()
     run_app(_main)
+
+
+if __name__ == "__main__":
+    main()
