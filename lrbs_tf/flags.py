@@ -117,8 +117,12 @@ def define_data_flags() -> None:
 
 @_once
 def _define_model_flags() -> None:
-    """What is trained: the model."""
+    """What is trained: the data's name and the model."""
     D = TRAIN_DEFAULTS
+    flags.DEFINE_string("dataset_name", D["dataset_name"], "The name the runs are recorded under (config.json's "
+                        "dataset_name, the run name, bin/correlate's groups); default --dataset. For "
+                        "--dataset=npz only: e.g. --dataset_name=cifar10 for a CIFAR-10 npz, so its runs pool "
+                        "with --dataset=cifar10 runs (its shape and classes are checked against cifar10's).")
     flags.DEFINE_enum("arch", D["arch"], list(ARCH_NAMES), "Model architecture (registry name).")
     flags.DEFINE_integer("mlp_depth", D["mlp_depth"], "mlp: number of hidden layers.")
     flags.DEFINE_integer("mlp_width", D["mlp_width"], "mlp: units per hidden layer.")

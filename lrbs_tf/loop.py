@@ -81,7 +81,7 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
     """
     strategy = _setup_devices(cfgs[0])
     data = _load(cfgs[0])
-    facts = RuntimeFacts(data.input_shape, data.num_train, strategy.num_replicas_in_sync)
+    facts = RuntimeFacts(data.input_shape, data.num_train, strategy.num_replicas_in_sync, data.num_classes)
     for cfg in cfgs:
         validate(cfg, facts)
     scratch = None if is_chief(strategy) else tempfile.mkdtemp(prefix="lrbs_worker_")

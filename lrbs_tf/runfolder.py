@@ -173,6 +173,10 @@ class RunConfig:
     momentum: float
     weight_decay: float
     raw: dict
+    # The loader the examples came from (config.json's `dataset`, e.g. npz); `dataset` above is their name:
+    # config.json's `dataset_name` when bin/train was given one (an npz of CIFAR-10 named cifar10), so
+    # readers that group runs pool it with the runs of that dataset, and readers that load data use this.
+    data_source: str = ""
 
     def setting(self, key: str) -> Any:
         """A setting as recorded, or its default when an older lrbs_tf did not record it."""
@@ -214,10 +218,14 @@ def parse_config(raw: Any, path: Path) -> RunConfig:
     wrong = [f"{k}={raw[k]!r}" for k, kind in REQUIRED_CONFIG.items() if not check[kind](raw[k])]
     if not wrong:
         wrong = [f"{k}={raw[k]!r} (must be > 0)" for k in ("batch_size", "lr") if raw[k] <= 0]
+    name = raw.get("dataset_name")
+    if name is not None and not (isinstance(name, str) and name):
+        wrong.append(f"dataset_name={name!r}")
     if wrong:
         raise RunFolderError(f"{path} has invalid {', '.join(wrong)}")
     typed = {k: (float(raw[k]) if kind is float else raw[k]) for k, kind in REQUIRED_CONFIG.items()}
-    return RunConfig(**typed, raw=raw)
+    typed["dataset"] = name or raw["dataset"]
+    return RunConfig(**typed, raw=raw, data_source=raw["dataset"])
 
 
 def read_config(run_dir: str | os.PathLike) -> RunConfig:

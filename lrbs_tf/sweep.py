@@ -351,7 +351,8 @@ def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     shared = {n: getattr(fv, n) for n in names if n not in GRID_FLAGS}
     train = TrainConfig(**shared, lr=lrs[0], batch_size=batch_sizes[0], seed=seeds[0])
-    grid = gridlib.Grid(batch_sizes, lrs, seeds, train.arch, train.dataset, train.momentum, train.weight_decay)
+    grid = gridlib.Grid(batch_sizes, lrs, seeds, train.arch, train.dataset_label, train.momentum,
+                        train.weight_decay)
     for run_ in grid.runs():  # arch, dataset, ranges: every run is valid before any is started
         validate(dataclasses.replace(train, lr=run_.lr, batch_size=run_.batch_size, seed=run_.seed))
     if len({r.name for r in grid.runs()}) != grid.size:

@@ -47,7 +47,7 @@ def dry_run(cfg: TrainConfig) -> None:
             input_shape, num_classes = npz_shape(cfg.data_path)
         except DataError as e:
             raise UsageError(str(e)) from None
-        validate(cfg, RuntimeFacts(input_shape=input_shape))
+        validate(cfg, RuntimeFacts(input_shape=input_shape, num_classes=num_classes))
     else:
         input_shape, num_classes = spec.input_shape, spec.num_classes
     model = models.build_model(cfg.arch, num_classes, input_shape, mlp_depth=cfg.mlp_depth,

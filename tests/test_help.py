@@ -21,7 +21,7 @@ BINARIES = ("train", "sweep", "sharpness", "correlate", "nqm", "bound")
 FLAG_LINE = re.compile(r"^  (?:-\S,)?--(?:\[no\])?([a-z0-9_]+):", re.M)
 
 # Flags a binary must list, and flags of other binaries it must not (bin/bound used to list all of bin/nqm's).
-MUST = {"train": {"arch", "lr", "steps_per_call", "workdir"},
+MUST = {"train": {"dataset_name", "arch", "lr", "steps_per_call", "workdir"},
         "sweep": {"batch_sizes", "lrs", "num_shards", "arch", "epochs"},
         "sharpness": {"ckpt", "quantities", "out", "seed", "dataset"},
         "correlate": {"results", "out", "alpha", "group_by"},
@@ -66,7 +66,7 @@ def test_help_is_in_sections_with_defaults():
     out = run_bin("train", "-?").stdout
     titles = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert titles == ["Data: which dataset, and where it lives:",
-                      "What is trained: the model:",
+                      "What is trained: the data's name and the model:",
                       "How it is trained: constant-LR SGD (He et al. 2019), for a budget of epochs:",
                       "Where results go:",
                       "Execution: how and where it runs (it may change when a run resumes):"]
@@ -145,5 +145,5 @@ def test_bin_scripts_started_by_a_bare_python3_use_the_checkouts_venv(tmp_path):
     proc = subprocess.run([SYSTEM_PYTHON, str(checkout / "bin" / "train"), "--help"], capture_output=True,
                           text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("bin/train: ") and "--column_engine" in proc.stdout
+    assert proc.stdout.startswith("bin/train: ") and "--dataset_name" in proc.stdout
     assert "LRBS_TF_REEXEC" not in os.environ
