@@ -10,7 +10,7 @@ verbatim; a test checks that the two agree):
 | `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
 | `ckpt/` | every epoch | `tf.train.CheckpointManager` checkpoints: model, optimizer state, epochs done |
 | `model.keras` | atomically, at the end | the final model: `keras.models.load_model(path)` |
-| `tb/` | every epoch | TensorBoard summaries of the metrics |
+| `tb/` | every epoch, flushed | TensorBoard: the run's HParams (`arch`, `dataset`, `batch_size`, `lr`, `bs_over_lr`, `momentum`, `weight_decay`, `seed`, `epochs`, `stop_at_train_loss`), the metrics, and result.json's numbers so far under `result/`; `tb/sharpness/` is bin/sharpness's (its own writer): the curvature quantities |
 | `sharpness.json` | by `bin/sharpness` (its own writer), atomically | the curvature quantities and how they were measured (docs/curvature.md) |
 
 `read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
