@@ -45,23 +45,63 @@ def test_shards_cover_the_grid_exactly_once_and_are_deterministic(num_shards):
     shards = [gridlib.shard_runs(g, k, num_shards) for k in range(num_shards)]
     names = [r.name for s in shards for r in s]
     assert sorted(names) == sorted(r.name for r in g.runs())  # every run, none twice
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
+    assert sum(1 for s in shards if not s) == max(0, num_shards - g.size)  # work for every shard it can have
     again = [gridlib.shard_runs(make_grid(), k, num_shards) for k in range(num_shards)]
     assert again == shards
+    assert gridlib.shards(g, num_shards) == shards
 
 
-def test_paper_grid_in_20_shards_is_one_column_per_shard_with_or_without_vectorizing():
-    g = make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10")
-    assert g.size == 400
+def paper_grid(**kw) -> gridlib.Grid:
+    return make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10", num_train=50_000,
+                     epochs=200, **kw)
+
+
+def steps_of(runs) -> int:
+    """Optimizer steps, computed here from the definition: 200 epochs x floor(50000 / batch size) per run."""
+    return sum(200 * (50_000 // r.batch_size) for r in runs)
+
+
+def test_paper_grid_shards_are_balanced_by_optimizer_steps_not_by_runs():
+    g = paper_grid()
+    assert g.steps(16) == 200 * 3125 and g.steps(320) == 200 * 156 and gridlib.shard_steps(g, g.runs()) == steps_of(
+        g.runs())
+    mean = steps_of(g.runs()) / 20
+    steps = [steps_of(gridlib.shard_runs(g, k, 20)) for k in range(20)]
+    assert max(steps) <= 1.15 * mean and min(steps) >= 0.8 * mean
+    # One batch size per shard (contiguous blocks of the interleaved order), as before: the batch-16 shard
+    # held 5.6 times the mean, and the array waited for it.
+    runs = g.runs()
+    blocks = [steps_of(runs[k * 20:(k + 1) * 20]) for k in range(20)]
+    assert max(blocks) > 5.5 * mean
+    # Over-sharded for a throttled array (100 tasks, 20 at a time): every shard holds work, and none more
+    # than the one run that cannot be split (a batch-16 run is 1.39 times the mean shard).
+    over = [gridlib.shard_runs(g, k, 100) for k in range(100)]
+    assert all(over) and max(steps_of(s) for s in over) == 200 * 3125
+    assert all(len(gridlib.work_units(s, vectorize=True)) <= 2 for s in over)
+    assert [len(gridlib.shard_runs(g, k, 400)) for k in range(400)] == [1] * 400
+
+
+def test_a_shards_columns_stay_whole_or_in_pieces_and_vectorising_never_moves_a_run():
+    g = paper_grid()
     for k in range(20):
         shard = gridlib.shard_runs(g, k, 20)
         columns = gridlib.work_units(shard, vectorize=True)
-        assert len(columns) == 1 and columns[0].lrs == PAPER_LR
         singles = gridlib.work_units(shard, vectorize=False)
-        assert [u.runs[0] for u in singles] == list(columns[0].runs)  # vectorising never moves a run
-    # Shard 0 is the smallest and largest batch sizes' neighbours, not the 20 slowest columns at once.
-    assert {r.batch_size for r in gridlib.shard_runs(g, 0, 2)} == set(PAPER_BS[:5] + PAPER_BS[-5:])
+        assert [u.runs[0] for u in singles] == [r for u in columns for r in u.runs]
+        for unit in columns:  # a piece of a column: consecutive learning rates
+            first = PAPER_LR.index(unit.lrs[0])
+            assert unit.lrs == PAPER_LR[first:first + len(unit.lrs)]
+        # The costliest (smallest batch size) column first, so the shard's workers start the longest one.
+        assert [u.batch_size for u in columns] == sorted(u.batch_size for u in columns)
+    assert len(gridlib.work_units(gridlib.shard_runs(g, 0, 1), vectorize=True)) == 20  # one shard: whole columns
+
+
+def test_steps_use_the_datasets_size_or_a_nominal_one():
+    assert make_grid(num_train=4000, epochs=3).steps(48) == 3 * 83
+    assert make_grid().steps(16) == gridlib.NOMINAL_TRAIN // 16  # unknown size (an npz): ratios only
+    from lrbs_tf.theory.bounds import KNOWN_TRAIN_SIZES
+
+    assert gridlib.TRAIN_SIZES == KNOWN_TRAIN_SIZES
 
 
 def test_column_labels_name_batch_seed_and_learning_rates():
