@@ -179,7 +179,7 @@ class _Session:
                 last = done.log_tail[-1] if done.log_tail else ""
                 words.append(f"{run.name} FAILED (exit {done.returncode}{', ' + last if last else ''})")
         self.progress.event(f"end train {unit.label} after {workers.format_duration(done.seconds)}: "
-                            + "; ".join(words))
+                            + "; ".join(words), counts=True)
         return follow
 
     def _sharpness_finished(self, done: workers.Finished) -> list[workers.Task]:
@@ -188,7 +188,8 @@ class _Session:
         self.progress.ended_items += 1
         if (self.cfg.workdir / run.name / runfolder.SHARPNESS).exists() and done.returncode == 0:
             self.progress.sharpness_done += 1
-            self.progress.event(f"end sharpness {run.name} after {workers.format_duration(done.seconds)}")
+            self.progress.event(f"end sharpness {run.name} after {workers.format_duration(done.seconds)}",
+                                counts=True)
             return []
         self.record_failure(run.name, done)
         self.sharpness_failed.append(run.name)
@@ -198,9 +199,9 @@ class _Session:
             # others would be refused the same way.
             self.sharpness_refused = True
             self.progress.event(f"sharpness {run.name} refused its input ({last}); no more sharpness "
-                                "measurements this session")
+                                "measurements this session", counts=True)
         else:
-            self.progress.event(f"sharpness {run.name} FAILED (exit {done.returncode}: {last})")
+            self.progress.event(f"sharpness {run.name} FAILED (exit {done.returncode}: {last})", counts=True)
         return []
 
 

@@ -56,6 +56,17 @@ def dry_run(cfg: TrainConfig) -> None:
     print(f"trainable parameters: {models.count_trainable_params(model):,}")
 
 
+def within_cpu_quota(cfg: TrainConfig) -> TrainConfig:
+    """--intra_op_threads=0 is TensorFlow's default, a thread per core of the affinity mask: in a container
+    whose CPU quota is lower (a pod's limits.cpu), that many threads are throttled in turn. The quota's
+    cores are used instead; an execution setting, so a resumed run may differ in it."""
+    from lrbs_tf.workers import available_cores, cgroup_cpu_limit
+
+    if cfg.intra_op_threads or cgroup_cpu_limit() is None:
+        return cfg
+    return dataclasses.replace(cfg, intra_op_threads=available_cores())
+
+
 def run(cfg: TrainConfig) -> dict:
     """Trains one run into `<workdir>/<run_name>/` (resuming it if it was interrupted); see run_column."""
     return run_column(cfg, [cfg.lr])[0]
@@ -79,7 +90,7 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
     cfgs = [dataclasses.replace(cfg, lr=lr) for lr in lrs]
     for c in cfgs:
         validate(c)
-    cfgs = [c.resolved() for c in cfgs]
+    cfgs = [within_cpu_quota(c.resolved()) for c in cfgs]
     results: list[dict | None] = [None] * len(cfgs)
     for i, c in enumerate(cfgs):
         run_dir = c.run_dir
