@@ -2,8 +2,9 @@
 
 `build_members` makes each member (its model under the run's dtype policy, its SGD, its config.json, its
 checkpoint restored when the run resumes); `record_epoch` appends an epoch's metrics line and writes its
-TensorBoard scalars (lrbs_tf.summaries: HParams, metrics, result numbers so far; flushed every epoch); `save_checkpoint` marks the epoch resumable; `finish` writes model.keras and result.json, and
-`fail` records a failed run. bin/train (through lrbs_tf.loop) is the only writer of these files.
+TensorBoard scalars (lrbs_tf.summaries: the metrics and the result numbers so far, flushed every epoch);
+`save_checkpoint` marks the epoch resumable; `finish` writes model.keras and result.json, and `fail` records
+a failed run. bin/train (through lrbs_tf.loop) is the only writer of these files.
 """
 
 from __future__ import annotations
