@@ -84,6 +84,17 @@ def test_an_npz_named_mnist1d_trains_pools_with_mnist1d_runs_and_is_measured_on_
         run(dataclasses.replace(cfg, dataset_name=None, run_name=run_dir.name))
 
 
+def test_bin_correlate_pools_a_named_npz_and_reports_what_differs(tmp_path):
+    """The README's promise: pooled in one group, with the data's provenance reported as uncontrolled."""
+    write_run(tmp_path, 0.6, dataset="cifar10", batch_size=64, lr=0.1)
+    write_run(tmp_path, 0.5, dataset="npz", dataset_name="cifar10", data_path="/data/c10.npz", batch_size=128,
+              lr=0.1, name="named")
+    frame, configs = runtable.collect_runs(tmp_path, [], 0.99)
+    assert list(frame["dataset"]) == ["cifar10", "cifar10"]
+    varying = runtable.uncontrolled_settings(frame, configs, ["arch", "dataset"])
+    assert set(varying) == {"dataset_name", "data_path"}
+
+
 def test_a_config_json_without_dataset_name_reads_as_its_dataset(tmp_path):
     old = write_run(tmp_path, 0.5, dataset="npz")
     typed = runfolder.read_config(old)
