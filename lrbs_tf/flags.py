@@ -170,7 +170,8 @@ def _define_execution_flags() -> None:
     flags.DEFINE_integer("eval_batch_size", D["eval_batch_size"], "Examples per evaluation batch.")
     flags.DEFINE_integer("steps_per_call", D["steps_per_call"], "Training steps run inside one tf.function call "
                          "(0: as many as take about a second, measured, at most an epoch, or about 2% of one "
-                         "when a progress bar is shown; so SIGTERM is honoured within seconds).")
+                         "when a progress bar is shown, so SIGTERM is honoured within seconds; over several "
+                         "workers, 2% of an epoch). The metrics do not depend on it.")
     flags.DEFINE_bool("jit_compile", D["jit_compile"], "Compile the training step with XLA.")
     flags.DEFINE_bool("deterministic", D["deterministic"], "TF op determinism: reruns on CPU give identical metrics.")
     flags.DEFINE_bool("tf32", D["tf32"], "Allow TensorFloat-32 matmuls/convs on Ampere+ GPUs (changes numerics; "

@@ -211,7 +211,12 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     start_epoch = int(members[0].epochs_done.numpy())
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
     steps_per_epoch = data.num_train // cfg.batch_size
-    pace = CallPace(fixed=cfg.steps_per_call, most=max(1, steps_per_epoch // 50) if show_progress else 0)
+    if is_multi_worker(strategy):
+        # Every worker must make the same calls (each step all-reduces across them): a timed pace would differ
+        # between workers and deadlock them, so a fixed 2% of an epoch per call (the sums do not depend on it).
+        pace = CallPace(fixed=cfg.steps_per_call or max(1, steps_per_epoch // 50))
+    else:
+        pace = CallPace(fixed=cfg.steps_per_call, most=max(1, steps_per_epoch // 50) if show_progress else 0)
     active = list(members)
     functions = make_step_functions(strategy, active)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
