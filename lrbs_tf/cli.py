@@ -1,8 +1,13 @@
-"""What every binary shares: flag parsing and the one-line error contract.
+"""What every binary shares: flag parsing, --help, and the one-line error contract.
 
 Bad input (flags, files, folders) ends a binary with one line on stderr, `<prog>: error: <what>`, and exit
 status 2; never a traceback. Library code raises `UsageError` (or `RunFolderError`) with the offending
 values in the message; `run_app` turns it into that line.
+
+`--help` (also `-?`, `--helpshort`) lists the binary's own flags in the sections lrbs_tf.flags recorded
+while defining them, and exits 0; `--helpfull` adds every other flag defined in the process (absl's own),
+as absl lists them. absl.app's help flags exit 1 and show only the flags of the `__main__` module, which
+for a thin bin/ script is none, hence these.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
+from lrbs_tf import flags as lrbs_flags
 from lrbs_tf.errors import RunFolderError, UsageError
+
+# How each binary can be started besides bin/<name> (pyproject.toml's console scripts, python -m).
+ALSO_RUN_AS = "python -m lrbs_tf.{name}, or the console script lrbs-{name}"
 
 
 def quiet_import_tensorflow() -> None:
@@ -44,19 +53,104 @@ def fail(prog: str, message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
+def _render_flag(flag: flags.Flag) -> str:
+    """One flag as absl's help renders it: `--[no]name: help` wrapped, then its default and syntax."""
+    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+    if flag.short_name:
+        name = f"-{flag.short_name},{name}"
+    text = flags.text_wrap(f"{name}: {flag.help or ''}", indent="    ", firstline_indent="  ")
+    if flag.default_as_str:
+        text += "\n" + flags.text_wrap(f"(default: {flag.default_as_str})", indent="    ")
+    if flag.parser.syntactic_help:
+        text += "\n" + flags.text_wrap(f"({flag.parser.syntactic_help})", indent="    ")
+    return text
+
+
+def help_text(binary: str, footer: bool = True) -> str:
+    """What `bin/<binary> --help` prints: what it does, how to start it, and its flags by section."""
+    lines = [flags.text_wrap(lrbs_flags.binary_summary(binary)), "",
+             f"usage: bin/{binary} [--name=value ...] [--flagfile=FILE]",
+             f"       (also {ALSO_RUN_AS.format(name=binary)})",
+             "Booleans are --name / --noname; list flags take comma-separated values.", ""]
+    for title, section in lrbs_flags.help_sections(binary):
+        lines.append(flags.text_wrap(f"{title.rstrip('.')}:"))
+        lines += [_render_flag(f) for f in section]
+        lines.append("")
+    if footer:
+        lines.append("--helpfull also lists the flags of absl and of the libraries this binary loads.")
+    return "\n".join(lines) + "\n"
+
+
+def full_help_text(binary: str) -> str:
+    """What `--helpfull` prints: --help's text, then every other flag of the process, per module, as absl
+    lists them (absl's --helpfull lists the same, sorted by module name, so its own flags came first)."""
+    by_module = lrbs_flags.FLAGS.flags_by_module_dict()
+    others = [m for m in sorted(by_module) if m != lrbs_flags.__name__]
+    parts = [help_text(binary, footer=False)]
+    for module in others:
+        parts.append(f"\n{lrbs_flags.FLAGS.module_help(module)}\n")  # it starts with "<module>:"
+    return "".join(parts)
+
+
+class _HelpFlag(flags.BooleanFlag):
+    """--help / -? / --helpshort / --helpfull: print this binary's help on stdout and exit 0."""
+
+    def __init__(self, name: str, short_name: str | None, full: bool) -> None:
+        what = "every flag (absl's included)" if full else "this binary's flags"
+        super().__init__(name, False, f"show {what} and exit", short_name=short_name, allow_hide_cpp=True)
+        self.full = full
+        self.binary: str | None = None
+
+    def parse(self, argument) -> None:
+        if self._parse(argument):
+            text = full_help_text(self.binary) if self.full else help_text(self.binary)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            sys.exit(0)
+
+
+def _define_help_flags(binary: str) -> None:
+    """Our help flags, told which binary they describe (replacing absl.app's where those were defined)."""
+    specs = (("help", "?", False), ("helpshort", None, False), ("helpfull", None, True))
+    for name, short, full in specs:
+        existing = lrbs_flags.FLAGS[name] if name in lrbs_flags.FLAGS else None
+        if not isinstance(existing, _HelpFlag):
+            if existing is not None:
+                delattr(lrbs_flags.FLAGS, name)
+            flags.DEFINE_flag(_HelpFlag(name, short, full))
+        lrbs_flags.FLAGS[name].binary = binary
+    if "helpxml" not in lrbs_flags.FLAGS:
+        flags.DEFINE_flag(app.HelpXMLFlag())
+
+
+def _flag_error(error: flags.Error) -> str:
+    """absl's parse error as one line; its flagfile message ("ERROR:: Unable to open flagfile: [Errno 2] No
+    such file or directory: 'x'") said twice that it is an error and not which flag."""
+    text = str(error).splitlines()[0] if str(error) else repr(error)
+    if text.startswith("ERROR:: Unable to open flagfile: "):
+        reason = text.removeprefix("ERROR:: Unable to open flagfile: ")
+        return f"--flagfile: cannot read it ({reason})"
+    return text
+
+
+def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None,
+            binary: str | None = None) -> None:
     """Parses absl flags (flagfiles included) and runs `main(argv)`, mapping bad input to one line.
 
-    Unlike absl.app.run, a flag error is one line (no usage dump) and exit status 2.
+    `binary` ('train', 'sweep', ...) is whose flags --help lists; default the binary whose
+    define_<binary>_flags ran last. Unlike absl.app.run, a flag error is one line (no usage dump) and exit
+    status 2, and --help exits 0.
     """
     argv = list(sys.argv if argv is None else argv)
-    prog = os.path.basename(argv[0]) if argv else "lrbs_tf"
-    if "helpfull" not in flags.FLAGS:
-        app.define_help_flags()  # --help, --helpshort, --helpfull: print the flags and exit, as absl.app does
+    binary = binary or lrbs_flags.binary_being_defined()
+    if binary is None:
+        raise RuntimeError("run_app: no define_<binary>_flags was called; say which binary this is")
+    prog = binary  # the same name in messages whether started as bin/x, python -m lrbs_tf.x or lrbs-x
+    _define_help_flags(binary)
     try:
-        rest = flags.FLAGS(argv)
+        rest = lrbs_flags.FLAGS(argv)
     except flags.Error as e:
-        fail(prog, str(e).splitlines()[0] if str(e) else repr(e))
+        fail(prog, _flag_error(e))
     if len(rest) > 1:
         fail(prog, f"unexpected arguments {rest[1:]} (flags are written --name=value)")
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,7 +34,8 @@ COLUMN_ENGINES = ("auto", "graph", "stacked")
 class TrainConfig:
     """Every setting of one run; field names are the flag names and the keys of config.json."""
     arch: str = "mlp"
-    dataset: str = "mnist1d"
+    dataset: str = "mnist1d"              # where the examples come from: a DATASETS loader (npz: a file)
+    dataset_name: str | None = None       # what they are called (run name, bin/correlate); None: `dataset`
     batch_size: int = 64
     lr: float = 0.05
     epochs: int = 200
@@ -68,10 +70,18 @@ class TrainConfig:
         values = {f.name: getattr(flag_values, f.name) for f in dataclasses.fields(cls)}
         return cls(**{**values, **overrides})
 
+    @property
+    def dataset_label(self) -> str:
+        """The dataset's name in the run name, config.json's readers and bin/correlate's groups: an npz
+        named `cifar10` is CIFAR-10 to the study (lrbs_tf.runfolder.RunConfig.dataset reads it back)."""
+        return self.dataset_name or self.dataset
+
     def resolved(self) -> "TrainConfig":
-        """Fills the dataset-dependent defaults (augmentation, run name)."""
-        augment = DATASETS[self.dataset].augment_by_default if self.augment is None else self.augment
-        name = self.run_name or run_name(self.arch, self.dataset, self.batch_size, self.lr, self.seed,
+        """Fills the dataset-dependent defaults (augmentation, run name). An npz named like a known dataset
+        takes that dataset's augmentation default, so its runs are configured as the ones they pool with."""
+        spec = DATASETS.get(self.dataset_label, DATASETS[self.dataset])
+        augment = spec.augment_by_default if self.augment is None else self.augment
+        name = self.run_name or run_name(self.arch, self.dataset_label, self.batch_size, self.lr, self.seed,
                                          self.momentum, self.weight_decay)
         return dataclasses.replace(self, augment=augment, run_name=name)
 
@@ -103,6 +113,7 @@ class RuntimeFacts:
     input_shape: tuple | None = None      # per example, channels last
     num_train: int | None = None
     replicas: int | None = None
+    num_classes: int | None = None
 
 
 def check_arch_input(arch: str, input_shape: tuple, source: str = "the input") -> None:
@@ -114,10 +125,36 @@ def check_arch_input(arch: str, input_shape: tuple, source: str = "the input") -
 
 
 def _check_shape(cfg: TrainConfig, shape: tuple) -> None:
-    check_arch_input(cfg.arch, shape, f"dataset {cfg.dataset!r}")
+    check_arch_input(cfg.arch, shape, f"dataset {cfg.dataset_label!r}")
     if cfg.augment and len(shape) != 3:
-        raise UsageError(f"--augment crops and flips images; dataset {cfg.dataset!r} has examples of shape "
+        raise UsageError(f"--augment crops and flips images; dataset {cfg.dataset_label!r} has examples of shape "
                          f"{tuple(shape)} (use --noaugment)")
+
+
+# A dataset name goes into run folder names: letters, digits and . _ + - only, not starting with a dot.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _check_dataset_name(cfg: TrainConfig, facts: RuntimeFacts) -> None:
+    """--dataset_name renames npz data only; a known name must fit what is known of that dataset."""
+    name = cfg.dataset_name
+    if name is None:
+        return
+    if not _PLAIN_NAME.fullmatch(name):
+        raise UsageError(f"dataset_name={name!r} must be a plain name (letters, digits, . _ + -): it goes into "
+                         "run folder names")
+    if cfg.dataset != "npz" and name != cfg.dataset:
+        raise UsageError(f"dataset_name={name!r} with --dataset={cfg.dataset}: only npz data can be named; "
+                         f"{cfg.dataset} runs are recorded as {cfg.dataset}")
+    spec = DATASETS.get(name)
+    if cfg.dataset != "npz" or spec is None or spec.input_shape is None:
+        return
+    if facts.input_shape is not None and tuple(facts.input_shape) != spec.input_shape:
+        raise UsageError(f"dataset_name={name!r} but {cfg.data_path} holds examples of shape "
+                         f"{tuple(facts.input_shape)}; {name}'s are {spec.input_shape}")
+    if facts.num_classes is not None and facts.num_classes != spec.num_classes:
+        raise UsageError(f"dataset_name={name!r} but {cfg.data_path} holds {facts.num_classes} classes; "
+                         f"{name} has {spec.num_classes}")
 
 
 def _check_names_and_ranges(cfg: TrainConfig) -> None:
@@ -163,11 +200,14 @@ def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
 
     Called twice by bin/train: before anything else with `facts` None (names, ranges, and whatever the
     dataset's spec already tells), and again once the data is loaded and the devices are known, with the
-    facts only those reveal (an npz file's shape, the training-set size, the number of replicas).
+    facts only those reveal (an npz file's shape and classes, the training-set size, the number of replicas).
     """
     facts = facts or RuntimeFacts()
     _check_names_and_ranges(cfg)
+    _check_dataset_name(cfg, facts)
     shape = facts.input_shape if facts.input_shape is not None else DATASETS[cfg.dataset].input_shape
+    if shape is None and cfg.dataset_label in DATASETS:  # an npz named like a known dataset: its shape
+        shape = DATASETS[cfg.dataset_label].input_shape
     if shape is not None:
         _check_shape(cfg, shape)
     _check_stacked(cfg, facts.replicas if facts.replicas is not None else max(cfg.cpu_devices, 1))

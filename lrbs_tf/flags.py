@@ -1,12 +1,15 @@
 """Every flag of every lrbs_tf binary, defined once here.
 
-Each binary calls the `define_*` function(s) it needs before parsing. Library code never reads FLAGS: the
-binary's `main` turns flag values into plain arguments. Flag names are also the keys of `config.json`.
-Defaults and allowed values are read from where they are defined (lrbs_tf.config for bin/train,
-lrbs_tf.curvature.settings for bin/sharpness), so a flag and the library never disagree.
+Each binary calls its `define_<binary>_flags` function before parsing, and defines nothing else, so its
+`--help` lists its own flags (lrbs_tf.cli renders the sections recorded here). Library code never reads
+FLAGS: the binary's `main` turns flag values into plain arguments. Flag names are also the keys of
+`config.json`. Defaults and allowed values are read from where they are defined (lrbs_tf.config for
+bin/train, lrbs_tf.curvature.settings for bin/sharpness), so a flag and the library never disagree.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from absl import flags
 
@@ -18,23 +21,92 @@ from lrbs_tf.model_names import ARCH_NAMES
 
 FLAGS = flags.FLAGS
 
+# Names that several binaries define. In one process (the tests define every binary's flags) the first
+# definition serves all, so a later binary finds the name taken; each owner below still lists it.
+SHARED_FLAGS: dict[str, tuple[str, ...]] = {
+    "out": ("define_correlate_flags", "define_sharpness_flags", "define_nqm_flags", "define_bound_flags"),
+    "seed": ("_define_sgd_flags", "define_sharpness_flags"),
+    "batch_sizes": ("define_sweep_flags", "define_nqm_flags"),
+    "results": ("define_correlate_flags", "define_sharpness_flags"),
+}
 
-def _once(fn):
-    """Lets a define_* function be called by several entry points in one process (tests) without clashes."""
-    done = []
+# What each define_* function defined (flag names, in definition order), the define_* functions it called,
+# and its docstring's first paragraph: the sections of a binary's --help.
+_OWNED: dict[str, list[str]] = {}
+_CALLED: dict[str, list[str]] = {}
+_TITLES: dict[str, str] = {}
+_RUNNING: list[str] = []
+_LAST_BINARY: list[str] = []
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """Lets a define_* function be called by several entry points in one process (tests) without clashes,
+    and records which flags it owns for --help."""
+    name = fn.__name__
 
     def wrapper() -> None:
-        if not done:
+        if _RUNNING:
+            calls = _CALLED.setdefault(_RUNNING[-1], [])
+            if name not in calls:
+                calls.append(name)
+        else:
+            _LAST_BINARY[:] = [name]
+        if name in _OWNED:
+            return
+        before = set(FLAGS)
+        _RUNNING.append(name)
+        try:
             fn()
-            done.append(True)
+        finally:
+            _RUNNING.pop()
+        taken = {n for names in _OWNED.values() for n in names}  # the nested define_* functions' own
+        owned = [n for n in FLAGS if n not in before and n not in taken]
+        owned += [n for n, owners in SHARED_FLAGS.items() if name in owners and n in FLAGS and n not in owned]
+        _OWNED[name] = owned
+        _TITLES[name] = " ".join((fn.__doc__ or name).strip().split("\n\n")[0].split())
     wrapper.__doc__ = fn.__doc__
-    wrapper.__name__ = fn.__name__
+    wrapper.__name__ = name
     return wrapper
+
+
+def binary_being_defined() -> str | None:
+    """The binary whose define_<binary>_flags was called last at top level ('train', 'sweep', ...)."""
+    if not _LAST_BINARY:
+        return None
+    return _LAST_BINARY[0].removeprefix("define_").removesuffix("_flags")
+
+
+def help_sections(binary: str) -> list[tuple[str, list[flags.Flag]]]:
+    """(title, flags) for each section of `binary`'s --help: the flags define_<binary>_flags defined, then
+    those of the define_* functions it called, in the order called. Empty sections are left out."""
+    root = f"define_{binary}_flags"
+    if root not in _OWNED:
+        raise KeyError(f"{root} has not been called in this process")
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in order:
+            order.append(name)
+            for child in _CALLED.get(name, ()):
+                visit(child)
+
+    visit(root)
+    sections = []
+    for name in order:
+        present = [FLAGS[n] for n in _OWNED[name] if n in FLAGS]
+        if present:
+            sections.append((f"bin/{binary}" if name == root else _TITLES[name], present))
+    return sections
+
+
+def binary_summary(binary: str) -> str:
+    """The first paragraph of define_<binary>_flags' docstring: what the binary does."""
+    return _TITLES[f"define_{binary}_flags"]
 
 
 @_once
 def define_data_flags() -> None:
-    """Which data a model sees; shared by bin/train and bin/sharpness."""
+    """Data: which dataset, and where it lives."""
     from lrbs_tf.data import DATASETS  # TF-free: names only
 
     flags.DEFINE_enum("dataset", TRAIN_DEFAULTS["dataset"], list(DATASETS),
@@ -45,16 +117,23 @@ def define_data_flags() -> None:
 
 
 @_once
-def define_train_flags() -> None:
-    """bin/train. The names are the keys of config.json."""
+def _define_model_flags() -> None:
+    """What is trained: the data's name and the model."""
     D = TRAIN_DEFAULTS
-    define_data_flags()
-    # What is trained.
+    flags.DEFINE_string("dataset_name", D["dataset_name"], "The name the runs are recorded under (config.json's "
+                        "dataset_name, the run name, bin/correlate's groups); default --dataset. For "
+                        "--dataset=npz only: e.g. --dataset_name=cifar10 for a CIFAR-10 npz, so its runs pool "
+                        "with --dataset=cifar10 runs (its shape and classes are checked against cifar10's).")
     flags.DEFINE_enum("arch", D["arch"], list(ARCH_NAMES), "Model architecture (registry name).")
     flags.DEFINE_integer("mlp_depth", D["mlp_depth"], "mlp: number of hidden layers.")
     flags.DEFINE_integer("mlp_width", D["mlp_width"], "mlp: units per hidden layer.")
     flags.DEFINE_bool("mlp_batch_norm", D["mlp_batch_norm"], "mlp: batch norm after each hidden Dense layer.")
-    # How it is trained: plain constant-LR SGD by default (He et al. 2019).
+
+
+@_once
+def _define_sgd_flags() -> None:
+    """How it is trained: constant-LR SGD (He et al. 2019), for a budget of epochs."""
+    D = TRAIN_DEFAULTS
     flags.DEFINE_list("lr", [str(D["lr"])], "Learning rate, constant for the whole run. Several (0.01,0.02,...) "
                       "train a vectorised column: one process, shared batches, one run folder per rate.")
     flags.DEFINE_integer("batch_size", D["batch_size"], "Global batch size (examples per step, over all replicas).")
@@ -71,15 +150,29 @@ def define_train_flags() -> None:
                       "Compute in float16 (with dynamic loss scaling) or bfloat16, keeping float32 weights "
                       "(Keras mixed precision). Off by default: it changes the numerics under study, so it is "
                       "part of the run's configuration, not an execution setting.")
-    # Where results go.
+
+
+@_once
+def _define_output_flags() -> None:
+    """Where results go."""
+    D = TRAIN_DEFAULTS
     flags.DEFINE_string("workdir", D["workdir"], "Results root; the run folder is <workdir>/<run_name>.")
     flags.DEFINE_string("run_name", D["run_name"], "Run folder name (default: e.g. vgg19-cifar10-bs64-lr0.05-s0).")
     flags.DEFINE_bool("dry_run", False, "Print the model summary and parameter count, then exit "
                       "without touching data or disk.")
-    # Execution: these never change what is computed beyond float rounding, so they may differ on resume.
+
+
+@_once
+def _define_execution_flags() -> None:
+    """Execution: how and where it runs (it may change when a run resumes).
+
+    None of these changes what is computed beyond float rounding (config.EXECUTION_SETTINGS)."""
+    D = TRAIN_DEFAULTS
     flags.DEFINE_integer("eval_batch_size", D["eval_batch_size"], "Examples per evaluation batch.")
     flags.DEFINE_integer("steps_per_call", D["steps_per_call"], "Training steps run inside one tf.function call "
-                         "(0: a whole epoch, or about 2% of one when a progress bar is shown).")
+                         "(0: as many as take about a second, measured, at most an epoch, or about 2% of one "
+                         "when a progress bar is shown, so SIGTERM is honoured within seconds; over several "
+                         "workers, 2% of an epoch). The metrics do not depend on it.")
     flags.DEFINE_bool("jit_compile", D["jit_compile"], "Compile the training step with XLA.")
     flags.DEFINE_bool("deterministic", D["deterministic"], "TF op determinism: reruns on CPU give identical metrics.")
     flags.DEFINE_bool("tf32", D["tf32"], "Allow TensorFloat-32 matmuls/convs on Ampere+ GPUs (changes numerics; "
@@ -88,14 +181,25 @@ def define_train_flags() -> None:
                          "over them (tests MirroredStrategy without GPUs); 0 = off.")
     flags.DEFINE_integer("checkpoints_to_keep", D["checkpoints_to_keep"], "Epoch checkpoints kept in <run>/ckpt.")
     flags.DEFINE_bool("progress", D["progress"], "Per-epoch progress bar (default: when stdout is a terminal).")
-    flags.DEFINE_integer("intra_op_threads", D["intra_op_threads"], "CPU threads inside one op (0: TensorFlow's default, all "
-                         "cores); bin/sweep sets it so parallel workers share the cores.")
+    flags.DEFINE_integer("intra_op_threads", D["intra_op_threads"], "CPU threads inside one op (0: TensorFlow's default, "
+                         "all cores, or the CPU quota of a container when it is lower); bin/sweep sets it so "
+                         "parallel workers share the cores.")
     flags.DEFINE_integer("inter_op_threads", D["inter_op_threads"], "CPU threads running independent ops (0: TensorFlow's default).")
     flags.DEFINE_enum("column_engine", D["column_engine"], list(COLUMN_ENGINES), "How a column of several --lr "
                       "runs: 'graph' runs K models side by side in one graph (every arch, any strategy; the "
                       "faster one on CPU, measured); 'stacked' holds the K MLPs as (K, ...) weights (one "
                       "batched matmul per layer; mlp in float32 on one device); 'auto' = 'graph' until a GPU "
                       "measurement says otherwise (BENCHMARKS.md).")
+
+
+@_once
+def define_train_flags() -> None:
+    """bin/train: trains one run, or a column of learning rates, with constant-LR SGD into run folders."""
+    define_data_flags()
+    _define_model_flags()
+    _define_sgd_flags()
+    _define_output_flags()
+    _define_execution_flags()
 
 
 @_once
@@ -178,21 +282,25 @@ def define_sharpness_flags() -> None:
                              allow_override=True)
 
 
+
 @_once
 def define_sweep_flags() -> None:
-    """bin/sweep: a grid of bin/train runs. Every bin/train flag may be given as well (flagfiles included):
-    it is forwarded to each run, except --lr, --batch_size, --seed and --run_name, which the grid sets."""
+    """bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds), on this machine or as a
+    cluster shard. Every bin/train flag below is forwarded to each run, except --lr, --batch_size, --seed
+    and --run_name, which the grid sets (and --dry_run: see --dry_list)."""
     define_train_flags()
     if "batch_sizes" not in FLAGS:  # shared with bin/nqm, whose definition may come first in one process
         flags.DEFINE_list("batch_sizes", None, "The grid's batch sizes, e.g. 16,32,48. Required.")
     flags.DEFINE_list("lrs", None, "The grid's learning rates, e.g. 0.01,0.02,0.03. Required.")
     flags.DEFINE_list("seeds", ["0"], "The grid's seeds (each a full batch sizes x learning rates grid).")
     flags.DEFINE_integer("workers", 0, "Parallel worker processes on this machine, each given an equal share "
-                         "of the CPU cores, or one GPU (round-robin); 0 = one per visible GPU, else one per core.")
+                         "of the CPU cores (affinity and cgroup quota), or one GPU (round-robin); 0 = one per "
+                         "visible GPU, else one per core.")
     flags.DEFINE_integer("shard_index", None, "This process's shard, 0-based (default: SLURM_ARRAY_TASK_ID - "
                          "SLURM_ARRAY_TASK_MIN, or JOB_COMPLETION_INDEX, else 0).")
-    flags.DEFINE_integer("num_shards", None, "Number of shards the grid is cut into (default: "
-                         "SLURM_ARRAY_TASK_COUNT, else 1; a Kubernetes Indexed Job must give its completions).")
+    flags.DEFINE_integer("num_shards", None, "Number of shards the grid is cut into, balanced by optimizer steps "
+                         "(default: SLURM_ARRAY_TASK_COUNT, else 1; a Kubernetes Indexed Job must give its "
+                         "completions).")
     flags.DEFINE_bool("vectorize", True, "Train each (batch size, seed) column of learning rates in one "
                       "bin/train process (--lr=a,b,c: shared batches, K run folders); --novectorize: one "
                       "process per run.")
@@ -215,36 +323,44 @@ def define_sweep_flags() -> None:
 
 @_once
 def define_nqm_flags() -> None:
-    """bin/nqm (Noisy Quadratic Model: tuned steps to a target loss vs batch size) and bin/bound (He et al.
-    PAC-Bayes bound for a run with a sharpness.json). Names shared with other binaries are defined once."""
+    """bin/nqm: the Noisy Quadratic Model's tuned steps to a target loss against batch size, per optimizer,
+    and the critical batch size."""
     if "batch_sizes" not in FLAGS:  # shared with bin/sweep (a comma-separated list of batch sizes there too)
-        flags.DEFINE_list("batch_sizes", None, "bin/nqm: batch sizes (examples per step), e.g. 4,32,256,2048; "
-                          "default the NQM paper's 2^2..2^21.")
-    flags.DEFINE_list("optimizers", ["sgd", "momentum", "precond"], "bin/nqm: optimizers among sgd, momentum "
-                      "(heavy ball), precond (P = H^-p), precond_momentum, ema (SGD with an exponential moving "
-                      "average of the iterates).")
-    flags.DEFINE_list("momenta", ["0", "0.5", "0.9", "0.95", "0.99", "0.995", "0.999"], "bin/nqm: momentum "
-                      "grid (dimensionless, in [0, 1)) searched with the learning rate for momentum optimizers.")
-    flags.DEFINE_list("ema_decays", ["0", "0.5", "0.9", "0.99", "0.999"], "bin/nqm: EMA decay grid "
-                      "(dimensionless, in [0, 1)) searched with the learning rate for ema.")
-    flags.DEFINE_float("precond_power", 0.5, "bin/nqm: p in the preconditioner P = H^-p, in [0, 1].")
-    flags.DEFINE_integer("nqm_dim", 10_000, "bin/nqm: number of coordinates d of the problem h_i = 1/i, C = H, "
+        flags.DEFINE_list("batch_sizes", None, "Batch sizes (examples per step), e.g. 4,32,256,2048; default "
+                          "the NQM paper's 2^2..2^21.")
+    flags.DEFINE_list("optimizers", ["sgd", "momentum", "precond"], "Optimizers among sgd, momentum (heavy "
+                      "ball), precond (P = H^-p), precond_momentum, ema (SGD with an exponential moving average "
+                      "of the iterates).")
+    flags.DEFINE_list("momenta", ["0", "0.5", "0.9", "0.95", "0.99", "0.995", "0.999"], "Momentum grid "
+                      "(dimensionless, in [0, 1)) searched with the learning rate for momentum optimizers.")
+    flags.DEFINE_list("ema_decays", ["0", "0.5", "0.9", "0.99", "0.999"], "EMA decay grid (dimensionless, in "
+                      "[0, 1)) searched with the learning rate for ema.")
+    flags.DEFINE_float("precond_power", 0.5, "p in the preconditioner P = H^-p, in [0, 1].")
+    flags.DEFINE_integer("nqm_dim", 10_000, "Number of coordinates d of the problem h_i = 1/i, C = H, "
                          "E[theta_0^2] = 1.")
-    flags.DEFINE_float("target_loss", 0.01, "bin/nqm: target expected loss (units of 0.5 sum_i h_i theta_i^2; "
-                       "the initial loss is 0.5 sum_i h_i).")
-    flags.DEFINE_integer("lr_per_decade", 4, "bin/nqm: learning rates per decade of the search grid (it is "
-                         "then refined around the best).")
-    flags.DEFINE_integer("nqm_max_steps", 10 ** 9, "bin/nqm: settings needing more steps than this count as "
-                         "never reaching the target.")
-    flags.DEFINE_string("sharpness_json", None, "bin/bound: a run's sharpness.json, or the run folder holding "
-                        "it (keys num_params, top_eigenvalues, trace, grad_cov_trace). Required.")
-    flags.DEFINE_integer("num_train", None, "bin/bound: training-set size N (default: from the run's dataset "
-                         "when known).")
-    flags.DEFINE_float("delta", 0.05, "bin/bound: the bound holds with probability at least 1 - delta.")
-    flags.DEFINE_enum("noise_model", "proportional", ["proportional", "isotropic"], "bin/bound: surrogate "
-                      "gradient covariance from tr C: C = (tr C / tr A) A, or C = (tr C / d) I.")
-    flags.DEFINE_float("bound_lr", None, "bin/bound: learning rate eta (default: the run's lr).")
-    flags.DEFINE_integer("bound_batch_size", None, "bin/bound: batch size S (default: the run's batch_size).")
-    if "out" not in FLAGS:  # shared with bin/correlate and bin/sharpness: one definition serves all
-        flags.DEFINE_string("out", None, "Output folder (bin/nqm: required; bin/bound: optional, for "
-                            "bound.json, the eta/S sweep CSV and plot).")
+    flags.DEFINE_float("target_loss", 0.01, "Target expected loss (units of 0.5 sum_i h_i theta_i^2; the initial "
+                       "loss is 0.5 sum_i h_i).")
+    flags.DEFINE_integer("lr_per_decade", 4, "Learning rates per decade of the search grid (it is then refined "
+                         "around the best).")
+    flags.DEFINE_integer("nqm_max_steps", 10 ** 9, "Settings needing more steps than this count as never "
+                         "reaching the target.")
+    if "out" not in FLAGS:  # shared with bin/correlate, bin/sharpness and bin/bound: one definition serves all
+        flags.DEFINE_string("out", None, "Output folder for nqm.csv, nqm.json and the plot. Required.")
+
+
+@_once
+def define_bound_flags() -> None:
+    """bin/bound: He et al. (2019)'s PAC-Bayes bound (Theorem 2) for a run with a sharpness.json, beside its
+    measured generalisation gap."""
+    flags.DEFINE_string("sharpness_json", None, "A run's sharpness.json, or the run folder holding it (keys "
+                        "num_params, top_eigenvalues, trace, grad_cov_trace). Required.")
+    flags.DEFINE_integer("num_train", None, "Training-set size N (default: from the run's config.json, else the "
+                         "dataset's known size).")
+    flags.DEFINE_float("delta", 0.05, "The bound holds with probability at least 1 - delta.")
+    flags.DEFINE_enum("noise_model", "proportional", ["proportional", "isotropic"], "Surrogate gradient "
+                      "covariance from tr C: C = (tr C / tr A) A, or C = (tr C / d) I.")
+    flags.DEFINE_float("bound_lr", None, "Learning rate eta (default: the run's lr).")
+    flags.DEFINE_integer("bound_batch_size", None, "Batch size S (default: the run's batch_size).")
+    if "out" not in FLAGS:  # shared with bin/correlate, bin/sharpness and bin/nqm: one definition serves all
+        flags.DEFINE_string("out", None, "Output folder for bound.json, the eta/S sweep CSV and its plot "
+                            "(optional).")

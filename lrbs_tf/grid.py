@@ -10,12 +10,16 @@ Terms:
 
 Sharding partitions *runs*, never folders twice: every run belongs to exactly one shard, computed from the
 grid alone, so shards started with the same flags never write the same run folder, whether or not they
-vectorise, and a resumed shard gets the same runs again.
+vectorise, and a resumed shard gets the same runs again. Shards are balanced by *work*, the optimizer steps
+of their runs (epochs x floor(num_train / batch_size) each): a batch-16 run takes 20 times the steps of a
+batch-320 one, so equal numbers of runs (or one batch size per shard) leave the array waiting for the
+smallest batch size's shard.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 from typing import Iterable, Mapping, Sequence
 
@@ -62,10 +66,17 @@ class Grid:
     dataset: str
     momentum: float = 0.0
     weight_decay: float = 0.0
+    num_train: int | None = None   # training examples; None: unknown (NOMINAL_TRAIN stands in, for ratios)
+    epochs: int = 1
 
     @property
     def size(self) -> int:
         return len(self.batch_sizes) * len(self.lrs) * len(self.seeds)
+
+    def steps(self, batch_size: int) -> int:
+        """Optimizer steps of one run at `batch_size`: epochs x floor(num_train / batch_size) (training
+        batches drop the remainder). A run stopped early by --stop_at_train_loss takes fewer; none more."""
+        return self.epochs * ((self.num_train or NOMINAL_TRAIN) // batch_size)
 
     def run(self, batch_size: int, lr: float, seed: int) -> Run:
         return Run(batch_size, lr, seed, run_name(self.arch, self.dataset, batch_size, lr, seed,
@@ -92,6 +103,15 @@ class Grid:
         return [(seed, bs) for seed in self.seeds for bs in interleaved]
 
 
+# Training-set sizes of the datasets the loaders know (the same as lrbs_tf.theory.bounds.KNOWN_TRAIN_SIZES,
+# which a test checks; that module loads scipy). An npz's size is left unknown, so that every shard cuts the
+# grid from the flags alone, without reading the file.
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000, "mnist1d": 4_000}
+# Stands in for an unknown training-set size: shards only compare steps between batch sizes, and the floor
+# in num_train // batch_size then changes the ratios by less than 1 / (NOMINAL_TRAIN / largest batch).
+NOMINAL_TRAIN = 1_000_000
+
+
 def check_axes(batch_sizes: Sequence[int], lrs: Sequence[float], seeds: Sequence[int]) -> None:
     """Raises ValueError naming the bad value: an empty axis, a repeated value, or one out of range."""
     for name, values in (("batch_sizes", batch_sizes), ("lrs", lrs), ("seeds", seeds)):
@@ -112,21 +132,64 @@ def check_axes(batch_sizes: Sequence[int], lrs: Sequence[float], seeds: Sequence
             raise ValueError(f"--seeds holds {seed}; seeds must be >= 0")
 
 
-def shard_runs(grid: Grid, shard_index: int, num_shards: int) -> list[Run]:
-    """The runs of shard `shard_index` of `num_shards`: a contiguous block of `grid.runs()`.
+def _pieces_per_column(costs: Sequence[int], sizes: Sequence[int], num_shards: int) -> list[int]:
+    """How many pieces each column is cut into: about its share of the grid's steps times `num_shards`
+    (so no piece is much more than one shard's share), then more for the costliest pieces until there are
+    at least `num_shards` pieces (or every piece is one run), so that no shard is left without work."""
+    total = sum(c * k for c, k in zip(costs, sizes))
+    pieces = [min(k, max(1, -(-c * k * num_shards // total))) for c, k in zip(costs, sizes)]
+    while sum(pieces) < num_shards:
+        splittable = [i for i, (p, k) in enumerate(zip(pieces, sizes)) if p < k]
+        if not splittable:
+            break
+        # Largest piece cost first (cross-multiplied to stay in integers); the earlier column on ties.
+        i = max(splittable, key=lambda j: (costs[j] * sizes[j] * 10 ** 6 // pieces[j], -j))
+        pieces[i] += 1
+    return pieces
 
-    Block k is runs[floor(k n / N) : floor((k + 1) n / N)], so blocks differ in size by at most one, cover
-    the grid exactly once, and keep a column together whenever N divides the number of columns (e.g. 20
-    shards of the paper's 20 x 20 grid: one batch size each). Shards beyond the number of runs are empty.
+
+def shards(grid: Grid, num_shards: int) -> list[list[Run]]:
+    """The grid cut into `num_shards` shards of about equal optimizer steps, each run in exactly one.
+
+    Columns (one batch size and seed, learning rates ascending) are cut into contiguous pieces
+    (_pieces_per_column), and the pieces are dealt costliest first, each to the shard with the fewest steps
+    so far (lowest index on ties): longest-processing-time scheduling, within 4/3 of the best possible
+    largest shard, and exact integer arithmetic, so every shard computes the same partition. A shard's runs
+    come costliest column first, so its own workers start the longest column first.
     """
+    if num_shards < 1:
+        raise ValueError(f"--num_shards={num_shards} must be >= 1")
+    columns = [(seed, bs, [grid.run(bs, lr, seed) for lr in grid.lrs]) for seed, bs in grid.column_order()]
+    costs = [grid.steps(bs) for _, bs, _ in columns]
+    counts = _pieces_per_column(costs, [len(runs) for *_, runs in columns], num_shards)
+    pieces = []  # (steps, column index, piece index, runs)
+    for i, ((_, _, runs), cost, count) in enumerate(zip(columns, costs, counts)):
+        bounds = [j * len(runs) // count for j in range(count + 1)]
+        pieces += [(cost * (b - a), i, j, runs[a:b]) for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    pieces.sort(key=lambda p: (-p[0], p[1], p[2]))
+    loads = [(0, k) for k in range(num_shards)]  # a heap of (steps so far, shard index)
+    out: list[list[tuple[int, int, int, Run]]] = [[] for _ in range(num_shards)]
+    for steps, i, j, runs in pieces:
+        load, k = heapq.heappop(loads)
+        out[k] += [(-costs[i], i, j, r) for r in runs]
+        heapq.heappush(loads, (load + steps, k))
+    return [[r for *_, r in sorted(shard, key=lambda x: (x[0], x[1], x[2], x[3].lr))] for shard in out]
+
+
+def shard_runs(grid: Grid, shard_index: int, num_shards: int) -> list[Run]:
+    """The runs of shard `shard_index` of `num_shards` (see `shards`); shards beyond the grid's pieces are
+    empty."""
     if num_shards < 1:
         raise ValueError(f"--num_shards={num_shards} must be >= 1")
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard_index={shard_index} is out of range for --num_shards={num_shards} "
                          f"(valid: 0..{num_shards - 1})")
-    runs = grid.runs()
-    n = len(runs)
-    return runs[shard_index * n // num_shards:(shard_index + 1) * n // num_shards]
+    return shards(grid, num_shards)[shard_index]
+
+
+def shard_steps(grid: Grid, runs: Iterable[Run]) -> int:
+    """The optimizer steps of `runs` (e.g. one shard's), as the partition counts them."""
+    return sum(grid.steps(r.batch_size) for r in runs)
 
 
 def work_units(runs: Iterable[Run], vectorize: bool, column_size: int = 0) -> list[WorkUnit]:

@@ -64,7 +64,7 @@ def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float], num_e
     except ValueError as e:
         raise UsageError(f"{run_a} and {run_b}: {e}") from None
     c = configs[0]
-    data = load_checked_data(c.dataset, c.data_dir, c.data_path, models[0])
+    data = load_checked_data(c.data_source, c.data_dir, c.data_path, models[0])
     train = first_examples(data, num_examples)
     test = first_examples(data, min(num_examples, len(data.y_test)), split="test")
     start = time.perf_counter()

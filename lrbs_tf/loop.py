@@ -81,7 +81,7 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
     """
     strategy = _setup_devices(cfgs[0])
     data = _load(cfgs[0])
-    facts = RuntimeFacts(data.input_shape, data.num_train, strategy.num_replicas_in_sync)
+    facts = RuntimeFacts(data.input_shape, data.num_train, strategy.num_replicas_in_sync, data.num_classes)
     for cfg in cfgs:
         validate(cfg, facts)
     scratch = None if is_chief(strategy) else tempfile.mkdtemp(prefix="lrbs_worker_")
@@ -101,6 +101,30 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     return results
+
+
+# How long one tf.function call of training steps should last when --steps_per_call is 0. Python's signal
+# handlers run only between calls, so this is how long SIGTERM (a cluster's preemption) waits, instead of
+# up to an epoch; a call costs a few milliseconds of dispatch and synchronisation, under 1% of a second.
+SECONDS_PER_CALL = 1.0
+
+
+@dataclasses.dataclass
+class CallPace:
+    """Steps per tf.function call: `fixed` (--steps_per_call), else as many as took SECONDS_PER_CALL at the
+    previous call's measured rate, at most `most` (0: no cap); the first call takes one step (it traces).
+    Chunking never changes the numbers: train_chunk carries the epoch's sums across calls."""
+    fixed: int = 0
+    most: int = 0
+    rate: float = 0.0          # steps per second of the last call; 0 before any
+
+    def steps(self, remaining: int) -> int:
+        n = self.fixed or (max(1, int(self.rate * SECONDS_PER_CALL)) if self.rate else 1)
+        return min(n, self.most or n, remaining)
+
+    def measured(self, steps: int, seconds: float) -> None:
+        if seconds > 0:
+            self.rate = steps / seconds
 
 
 @dataclasses.dataclass
@@ -127,21 +151,22 @@ def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Call
 
 
 def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: StepFunctions, cfg: TrainConfig,
-              epoch: int, num_members: int, chunk: int, show_progress: bool) -> EpochStats:
-    """Trains the active members through epoch `epoch` (0-based) in chunks of `chunk` steps, then evaluates
-    them and copies the engine's state back into the member models."""
+              epoch: int, num_members: int, chunk: int | CallPace, show_progress: bool) -> EpochStats:
+    """Trains the active members through epoch `epoch` (0-based) in calls of `chunk` steps (a number, or a
+    CallPace sizing each call), then evaluates them and copies the engine's state back into the models."""
     start = time.time()
+    pace = chunk if isinstance(chunk, CallPace) else CallPace(fixed=chunk)
     steps_per_epoch = pipes.data.num_train // cfg.batch_size
     iterator = iter(distribute_train(strategy, lambda: pipes.train(cfg.batch_size, cfg.seed, epoch), cfg.batch_size))
     bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
-    loss_sum, correct = np.zeros(num_members), np.zeros(num_members, np.int64)
-    seen, alive, steps = np.zeros(num_members, np.int64), tf.ones([num_members], tf.bool), 0
+    sums = (tf.zeros([num_members], tf.float64), tf.zeros([num_members], tf.int64), tf.zeros([num_members], tf.int64))
+    alive, steps = tf.ones([num_members], tf.bool), 0
     while steps < steps_per_epoch and bool(tf.reduce_any(alive)):
-        todo = min(chunk, steps_per_epoch - steps)
-        chunk_loss, chunk_correct, chunk_steps, alive = functions.train_steps(iterator, tf.constant(todo, tf.int32),
-                                                                              alive)
-        loss_sum, correct = loss_sum + chunk_loss.numpy(), correct + chunk_correct.numpy()
-        seen += chunk_steps.numpy() * cfg.batch_size
+        todo = pace.steps(steps_per_epoch - steps)
+        called = time.perf_counter()
+        *sums, alive = functions.train_steps(iterator, tf.constant(todo, tf.int32), alive, *sums)
+        loss_sum, correct, seen = sums[0].numpy(), sums[1].numpy(), sums[2].numpy() * cfg.batch_size
+        pace.measured(todo, time.perf_counter() - called)
         steps += todo
         if bar is not None:
             bar.update(steps, [("loss", float(np.nanmin(loss_sum / np.maximum(seen, 1))))])
@@ -186,7 +211,12 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     start_epoch = int(members[0].epochs_done.numpy())
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
     steps_per_epoch = data.num_train // cfg.batch_size
-    chunk = cfg.steps_per_call or (max(1, steps_per_epoch // 50) if show_progress else steps_per_epoch)
+    if is_multi_worker(strategy):
+        # Every worker must make the same calls (each step all-reduces across them): a timed pace would differ
+        # between workers and deadlock them, so a fixed 2% of an epoch per call (the sums do not depend on it).
+        pace = CallPace(fixed=cfg.steps_per_call or max(1, steps_per_epoch // 50))
+    else:
+        pace = CallPace(fixed=cfg.steps_per_call, most=max(1, steps_per_epoch // 50) if show_progress else 0)
     active = list(members)
     functions = make_step_functions(strategy, active)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
@@ -194,7 +224,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
         for epoch in range(start_epoch, cfg.epochs):  # 0-based here, 1-based in metrics.jsonl
             if not active:
                 break
-            stats = run_epoch(strategy, pipes, functions, cfg, epoch, len(active), chunk, show_progress)
+            stats = run_epoch(strategy, pipes, functions, cfg, epoch, len(active), pace, show_progress)
             leaving = close_epoch(active, epoch + 1, stats, labelled=len(members) > 1)
             for member in leaving:  # a member that ends leaves the column; the others go on
                 mem.finish(member)

@@ -1,9 +1,10 @@
 """The members of a learning-rate column and their run folders: model, optimizer, checkpoint, records.
 
 `build_members` makes each member (its model under the run's dtype policy, its SGD, its config.json, its
-checkpoint restored when the run resumes); `record_epoch` appends an epoch's metrics line and TensorBoard
-scalars; `save_checkpoint` marks the epoch resumable; `finish` writes model.keras and result.json, and
-`fail` records a failed run. bin/train (through lrbs_tf.loop) is the only writer of these files.
+checkpoint restored when the run resumes); `record_epoch` appends an epoch's metrics line and writes its
+TensorBoard scalars (lrbs_tf.summaries: the metrics and the result numbers so far, flushed every epoch);
+`save_checkpoint` marks the epoch resumable; `finish` writes model.keras and result.json, and `fail` records
+a failed run. bin/train (through lrbs_tf.loop) is the only writer of these files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrbs_tf import runfolder
+from lrbs_tf import runfolder, summaries
 from lrbs_tf.config import MIXED_PRECISION, TrainConfig
 from lrbs_tf.data import Data
 from lrbs_tf.models import build_model, count_trainable_params
@@ -60,7 +61,7 @@ class Member:
     optimizer: keras.optimizers.Optimizer
     epochs_done: tf.Variable
     manager: tf.train.CheckpointManager
-    writer: object                     # its TensorBoard summary writer
+    writer: summaries.RunWriter        # its TensorBoard writer (tb/)
     rows: list = dataclasses.field(default_factory=list)
     status: str | None = None          # set when the member ends: done / diverged
     diverged_epoch: int | None = None
@@ -109,7 +110,8 @@ def build_members(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[T
             ckpt.restore(latest).assert_existing_objects_matched()
             print(f"resuming {restore_dir} after epoch {int(epochs_done.numpy())}", flush=True)
         rows = runfolder.trim_metrics(cfg.run_dir, int(epochs_done.numpy()))
-        writer = tf.summary.create_file_writer(str(cfg.run_dir / runfolder.TENSORBOARD_DIR))
+        writer = summaries.RunWriter(cfg.run_dir / runfolder.TENSORBOARD_DIR, summaries.hparams_of(flag_settings),
+                                     trial_id=cfg.run_name)
         members.append(Member(cfg, model, optimizer, epochs_done, manager, writer, rows))
     return members
 
@@ -125,7 +127,7 @@ def finite(x: float | None) -> bool:
 
 def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
                  test_accuracy: float, seconds: float, train_seconds: float, label: str = "") -> dict:
-    """Appends one epoch's metrics line (and its TensorBoard scalars) for `member`; returns the row."""
+    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars; returns the row."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
@@ -135,10 +137,7 @@ def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: 
            "train_seconds": train_seconds}
     runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row)
     member.rows.append(row)
-    with member.writer.as_default(step=epoch):
-        for key in runfolder.METRIC_KEYS[1:]:
-            if finite(row[key]):
-                tf.summary.scalar(key, row[key])
+    member.writer.epoch(epoch, row, summary(member.rows))
     print(f"{label}epoch {epoch}/{member.cfg.epochs}  train_loss {train_loss:.4f}  train_acc "
           f"{train_accuracy:.4f}  test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({seconds:.1f}s)",
           flush=True)

@@ -10,7 +10,7 @@ verbatim; a test checks that the two agree):
 | `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
 | `ckpt/` | every epoch | `tf.train.CheckpointManager` checkpoints: model, optimizer state, epochs done |
 | `model.keras` | atomically, at the end | the final model: `keras.models.load_model(path)` |
-| `tb/` | every epoch | TensorBoard summaries of the metrics |
+| `tb/` | every epoch, flushed | TensorBoard: the run's HParams (`arch`, `dataset`, `batch_size`, `lr`, `bs_over_lr`, `momentum`, `weight_decay`, `seed`, `epochs`, `stop_at_train_loss`), the metrics, and result.json's numbers so far under `result/`; `tb/sharpness/` is bin/sharpness's (its own writer): the curvature quantities |
 | `sharpness.json` | by `bin/sharpness` (its own writer), atomically | the curvature quantities and how they were measured (docs/curvature.md) |
 
 `read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
@@ -173,6 +173,10 @@ class RunConfig:
     momentum: float
     weight_decay: float
     raw: dict
+    # The loader the examples came from (config.json's `dataset`, e.g. npz); `dataset` above is their name:
+    # config.json's `dataset_name` when bin/train was given one (an npz of CIFAR-10 named cifar10), so
+    # readers that group runs pool it with the runs of that dataset, and readers that load data use this.
+    data_source: str = ""
 
     def setting(self, key: str) -> Any:
         """A setting as recorded, or its default when an older lrbs_tf did not record it."""
@@ -214,10 +218,14 @@ def parse_config(raw: Any, path: Path) -> RunConfig:
     wrong = [f"{k}={raw[k]!r}" for k, kind in REQUIRED_CONFIG.items() if not check[kind](raw[k])]
     if not wrong:
         wrong = [f"{k}={raw[k]!r} (must be > 0)" for k in ("batch_size", "lr") if raw[k] <= 0]
+    name = raw.get("dataset_name")
+    if name is not None and not (isinstance(name, str) and name):
+        wrong.append(f"dataset_name={name!r}")
     if wrong:
         raise RunFolderError(f"{path} has invalid {', '.join(wrong)}")
     typed = {k: (float(raw[k]) if kind is float else raw[k]) for k, kind in REQUIRED_CONFIG.items()}
-    return RunConfig(**typed, raw=raw)
+    typed["dataset"] = name or raw["dataset"]
+    return RunConfig(**typed, raw=raw, data_source=raw["dataset"])
 
 
 def read_config(run_dir: str | os.PathLike) -> RunConfig:

@@ -118,6 +118,10 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
         plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / SPECTRUM_STEM,
                       fields["top_eigenvalues"] or (), title=title)
     runfolder.atomic_write_json(target.out_dir / runfolder.SHARPNESS, record)
+    if target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
+        from lrbs_tf.summaries import write_sharpness  # the run's TensorBoard session shows its curvature
+
+        write_sharpness(target.out_dir, record)
     log(f"wrote {target.out_dir / runfolder.SHARPNESS}: lambda_max={fields['lambda_max']}, "
         f"trace={fields['trace']}, {fields['num_hvps']} HVPs, {fields['seconds']:.1f} s")
     return record
@@ -204,3 +208,7 @@ def main() -> None:
 
     flags.define_sharpness_flags()
     run_app(_main)
+
+
+if __name__ == "__main__":  # python -m lrbs_tf.sharpness
+    main()

@@ -74,9 +74,9 @@ def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None =
     path = Path(ckpt)
     if path.is_dir():
         config = resolve_run_dir(path)
-        if dataset is not None and dataset != config.dataset:
+        if dataset is not None and dataset not in (config.dataset, config.data_source):
             raise UsageError(f"--dataset={dataset} but {path} was trained on {config.dataset} (its config.json)")
-        return Target(path / runfolder.MODEL, Path(out) if out else path, config, config.dataset,
+        return Target(path / runfolder.MODEL, Path(out) if out else path, config, config.data_source,
                       data_dir if data_dir is not None else config.data_dir,
                       data_path if data_path is not None else config.data_path)
     if not path.exists():
@@ -88,7 +88,7 @@ def resolve_target(ckpt: str, dataset: str | None = None, data_dir: str | None =
     if dataset is None:
         if config is None:
             raise UsageError(f"--ckpt={ckpt} is a bare model file: say which data it was trained on with --dataset")
-        dataset, data_dir, data_path = config.dataset, config.data_dir, config.data_path
+        dataset, data_dir, data_path = config.data_source, config.data_dir, config.data_path
     return Target(path, Path(out) if out else path.parent, config, dataset, data_dir, data_path)
 
 

@@ -94,15 +94,20 @@ def choose_engine(members: Sequence["Member"], replicas: int, jit_compile: bool)
 
 
 def train_chunk(strategy: tf.distribute.Strategy, replica_step: Callable, iterator, num_steps: tf.Tensor,
-                alive: tf.Tensor):
+                alive: tf.Tensor, loss_sum: tf.Tensor | None = None, correct: tf.Tensor | None = None,
+                steps: tf.Tensor | None = None):
     """Up to `num_steps` steps of every member (traced inside a tf.function by make_step_functions).
 
     A member's sums stop at its first non-finite batch loss (that batch included), as its run alone would
     stop there; the chunk ends once no member is `alive`. Returns per-member float64 loss sums, int64 hits,
-    int64 steps counted, and the updated `alive`.
+    int64 steps counted, and the updated `alive`. `loss_sum`, `correct`, `steps` continue the epoch's sums
+    so far (zeros when None): the float64 additions are then the same, in the same order, however the epoch
+    is cut into calls, so the metrics do not depend on --steps_per_call.
     """
     k = alive.shape[0]
-    loss_sum, correct, steps = tf.zeros([k], tf.float64), tf.zeros([k], tf.int64), tf.zeros([k], tf.int64)
+    loss_sum = tf.zeros([k], tf.float64) if loss_sum is None else loss_sum
+    correct = tf.zeros([k], tf.int64) if correct is None else correct
+    steps = tf.zeros([k], tf.int64) if steps is None else steps
     for _ in tf.range(num_steps):
         if not tf.reduce_any(alive):
             break
@@ -130,7 +135,7 @@ def eval_batch(strategy: tf.distribute.Strategy, evaluate: Callable, x: tf.Tenso
 class StepFunctions:
     """The tf.functions stepping and evaluating exactly `engine`'s members (rebuilt when the column changes)."""
     engine: object
-    train_steps: Callable   # (iterator, num_steps int32, alive bool[K]) -> (loss_sum, correct, steps, alive)
+    train_steps: Callable   # (iterator, num_steps int32, alive bool[K], loss_sum, correct, steps) -> the four updated
     eval_step: Callable     # (x, y) -> (loss_sum float64[K], correct int64[K])
 
 

@@ -21,44 +21,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from lrbs_tf import grid as gridlib
 from lrbs_tf import provenance, runfolder, workers
 from lrbs_tf.cli import run_app
-from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, TrainConfig, UsageError, validate
+from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, UsageError
+from lrbs_tf.sweep_config import GRID_FLAGS, SweepConfig, config_from_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_RECORD = "sweep.json"
 LOG_DIR = "sweep_logs"
 CORRELATE_LOCK = "correlate.lock"
-GRID_FLAGS = (*GRID_SETTINGS, "run_name")  # set per run by the grid, never by a flagfile
-# bin/train flags the sweep sets itself per worker (threads) or always (no progress bar in a log file).
-WORKER_FLAGS = ("intra_op_threads", "inter_op_threads", "progress", "workdir")
-
-
-@dataclasses.dataclass
-class SweepConfig:
-    """Everything one `bin/sweep` invocation does, as plain values (built from flags by `_main`)."""
-    grid: gridlib.Grid
-    train: TrainConfig                 # the settings shared by every run (its lr/batch_size/seed go unused: the grid sets them)
-    train_args: tuple[str, ...]        # the bin/train flags the user set, forwarded to every run
-    workdir: Path
-    workers: int = 0                   # 0: one per GPU, else one per CPU core
-    shard_index: int = 0
-    num_shards: int = 1
-    vectorize: bool = True
-    column_size: int = 0               # most learning rates per bin/train process; 0: the whole column
-    sharpness: bool = False
-    sharpness_args: tuple[str, ...] = ()
-    correlate: bool = False
-    correlate_now: bool = False
-    correlate_args: tuple[str, ...] = ()
-    dry_list: bool = False
-    train_command: tuple[str, ...] = ()       # empty: this checkout's bin/train (see _binary)
-    sharpness_command: tuple[str, ...] = ()
-    correlate_command: tuple[str, ...] = ()
-    user_set_threads: bool = False     # --intra_op_threads/--inter_op_threads given: forwarded as they are
 
 
 def _binary(name: str, override: Sequence[str]) -> list[str]:
@@ -209,7 +183,7 @@ class _Session:
                 last = done.log_tail[-1] if done.log_tail else ""
                 words.append(f"{run.name} FAILED (exit {done.returncode}{', ' + last if last else ''})")
         self.progress.event(f"end train {unit.label} after {workers.format_duration(done.seconds)}: "
-                            + "; ".join(words))
+                            + "; ".join(words), counts=True)
         return follow
 
     def _sharpness_finished(self, done: workers.Finished) -> list[workers.Task]:
@@ -226,16 +200,16 @@ class _Session:
         last = done.log_tail[-1] if done.log_tail else ""
         took = workers.format_duration(done.seconds)
         if not failed:
-            self.progress.event(f"end sharpness {unit.label} ({len(unit.runs)} runs) after {took}")
+            self.progress.event(f"end sharpness {unit.label} ({len(unit.runs)} runs) after {took}", counts=True)
         elif done.returncode == 2 and not self.sharpness_refused:
             # Exit 2 is bad input; every run of a grid shares arch, data and --sharpness_flags, so the
             # others would be refused the same way.
             self.sharpness_refused = True
             self.progress.event(f"sharpness {unit.label} refused its input ({last}); no more sharpness "
-                                "measurements this session")
+                                "measurements this session", counts=True)
         else:
             self.progress.event(f"sharpness {unit.label}: {len(failed)} of {len(unit.runs)} FAILED "
-                                f"(exit {done.returncode}: {last})")
+                                f"(exit {done.returncode}: {last})", counts=True)
         return []
 
 
@@ -268,7 +242,9 @@ def run(cfg: SweepConfig) -> int:
     num_workers = cfg.workers or len(gpus) or workers.available_cores()
     threads = max(1, workers.available_cores() // num_workers)
     if cfg.dry_list:
-        print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs, "
+        steps = gridlib.shard_steps(cfg.grid, shard)
+        print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
+              f"({100 * steps / gridlib.shard_steps(cfg.grid, cfg.grid.runs()):.0f}% of its optimizer steps), "
               f"{len(shard) - len(todo)} finished, {len(units)} work units to run")
         for unit in units:
             print(f"{unit.label}\t{' '.join(shlex.quote(a) for a in _train_argv(cfg, unit, threads))}")
@@ -315,86 +291,6 @@ def run(cfg: SweepConfig) -> int:
     return code
 
 
-def _numbers(name: str, values: Sequence[str] | None, kind: type) -> tuple:
-    """A list flag's entries as ints or floats, naming the entry that is not one."""
-    out = []
-    for v in values or ():
-        try:
-            out.append(kind(v))
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise UsageError(f"--{name} holds {v!r}, which is not {what}") from None
-    return tuple(out)
-
-
-def _extra_flags(name: str, text: str, forbidden: Sequence[str]) -> tuple[str, ...]:
-    """--sharpness_flags / --correlate_flags: shell-split flags for the other binary, checked for form."""
-    try:
-        args = tuple(shlex.split(text or ""))
-    except ValueError as e:
-        raise UsageError(f"--{name}={text!r}: {e}") from None
-    for a in args:
-        if not a.startswith("--"):
-            raise UsageError(f"--{name} holds {a!r}; give flags written --name=value")
-        if a[2:].split("=", 1)[0] in forbidden:
-            raise UsageError(f"--{name} holds {a!r}; bin/sweep sets that flag itself")
-    return args
-
-
-def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
-    """Builds and checks the SweepConfig of a bin/sweep command line (every check before anything runs)."""
-    fv = flag_values
-    given = [f"--{n}" for n in (*GRID_FLAGS, "dry_run") if fv[n].present]
-    if given:
-        raise UsageError(f"{', '.join(given)} set for a sweep: the grid sets batch size, learning rate, seed and "
-                         "run name per run; use --batch_sizes, --lrs, --seeds (and --dry_list to see the runs)")
-    batch_sizes = _numbers("batch_sizes", fv.batch_sizes, int)
-    lrs = _numbers("lrs", fv.lrs, float)
-    seeds = _numbers("seeds", fv.seeds, int)
-    try:
-        gridlib.check_axes(batch_sizes, lrs, seeds)
-        shard_index, num_shards = gridlib.resolve_shard(fv.shard_index, fv.num_shards, env)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    # Sorted, so listing the same values in another order is the same grid (same shards, same sweep.json).
-    batch_sizes, lrs, seeds = tuple(sorted(batch_sizes)), tuple(sorted(lrs)), tuple(sorted(seeds))
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    shared = {n: getattr(fv, n) for n in names if n not in GRID_FLAGS}
-    train = TrainConfig(**shared, lr=lrs[0], batch_size=batch_sizes[0], seed=seeds[0])
-    grid = gridlib.Grid(batch_sizes, lrs, seeds, train.arch, train.dataset, train.momentum, train.weight_decay)
-    for run_ in grid.runs():  # arch, dataset, ranges: every run is valid before any is started
-        validate(dataclasses.replace(train, lr=run_.lr, batch_size=run_.batch_size, seed=run_.seed))
-    if len({r.name for r in grid.runs()}) != grid.size:
-        raise UsageError(f"--lrs={','.join(map(str, lrs))} holds rates equal to 10 significant digits: "
-                         "their runs would share a folder")
-    if fv.workers < 0:
-        raise UsageError(f"--workers={fv.workers} must be >= 0 (0: one per GPU, else one per CPU core)")
-    if fv.sharpness and "," in str(Path(fv.workdir).absolute()):
-        raise UsageError(f"--workdir={fv.workdir} holds a comma: with --sharpness the sweep passes a column's run "
-                         "folders to bin/sharpness as one comma list; choose a folder without one")
-    if fv.column_size < 0:
-        raise UsageError(f"--column_size={fv.column_size} must be >= 0 (0: a whole column per process)")
-    train_args = tuple(fv[n].serialize() for n in sorted(names - set(GRID_FLAGS) - set(WORKER_FLAGS))
-                       if fv[n].present)
-    train_args += tuple(fv[n].serialize() for n in ("intra_op_threads", "inter_op_threads") if fv[n].present)
-    commands = {}
-    for tool in ("train", "sharpness", "correlate"):
-        try:
-            commands[tool] = tuple(shlex.split(getattr(fv, f"{tool}_command") or ""))
-        except ValueError as e:
-            raise UsageError(f"--{tool}_command: {e}") from None
-    return SweepConfig(
-        grid=grid, train=train, train_args=train_args, workdir=Path(fv.workdir).absolute(), workers=fv.workers,
-        shard_index=shard_index, num_shards=num_shards, vectorize=fv.vectorize, column_size=fv.column_size,
-        sharpness=fv.sharpness,
-        sharpness_args=_extra_flags("sharpness_flags", fv.sharpness_flags, ("ckpt", "interpolate", "out")),
-        correlate=fv.correlate, correlate_now=fv.correlate_now,
-        correlate_args=_extra_flags("correlate_flags", fv.correlate_flags, ("results",)),
-        dry_list=fv.dry_list, train_command=commands["train"], sharpness_command=commands["sharpness"],
-        correlate_command=commands["correlate"],
-        user_set_threads=fv["intra_op_threads"].present or fv["inter_op_threads"].present)
-
-
 def _main(argv: Sequence[str]) -> int:
     from lrbs_tf.flags import FLAGS
 
@@ -406,3 +302,7 @@ def main() -> None:
 
     flags.define_sweep_flags()
     run_app(_main)
+
+
+if __name__ == "__main__":
+    main()

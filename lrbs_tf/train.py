@@ -47,13 +47,24 @@ def dry_run(cfg: TrainConfig) -> None:
             input_shape, num_classes = npz_shape(cfg.data_path)
         except DataError as e:
             raise UsageError(str(e)) from None
-        validate(cfg, RuntimeFacts(input_shape=input_shape))
+        validate(cfg, RuntimeFacts(input_shape=input_shape, num_classes=num_classes))
     else:
         input_shape, num_classes = spec.input_shape, spec.num_classes
     model = models.build_model(cfg.arch, num_classes, input_shape, mlp_depth=cfg.mlp_depth,
                                mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
     model.summary(print_fn=lambda line, **_: print(line))
     print(f"trainable parameters: {models.count_trainable_params(model):,}")
+
+
+def within_cpu_quota(cfg: TrainConfig) -> TrainConfig:
+    """--intra_op_threads=0 is TensorFlow's default, a thread per core of the affinity mask: in a container
+    whose CPU quota is lower (a pod's limits.cpu), that many threads are throttled in turn. The quota's
+    cores are used instead; an execution setting, so a resumed run may differ in it."""
+    from lrbs_tf.workers import available_cores, cgroup_cpu_limit
+
+    if cfg.intra_op_threads or cgroup_cpu_limit() is None:
+        return cfg
+    return dataclasses.replace(cfg, intra_op_threads=available_cores())
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -79,7 +90,7 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
     cfgs = [dataclasses.replace(cfg, lr=lr) for lr in lrs]
     for c in cfgs:
         validate(c)
-    cfgs = [c.resolved() for c in cfgs]
+    cfgs = [within_cpu_quota(c.resolved()) for c in cfgs]
     results: list[dict | None] = [None] * len(cfgs)
     for i, c in enumerate(cfgs):
         run_dir = c.run_dir
@@ -138,3 +149,7 @@ def main() -> None:
 
     lrbs_flags.define_train_flags()
     run_app(_main)
+
+
+if __name__ == "__main__":
+    main()

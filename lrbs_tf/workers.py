@@ -1,6 +1,7 @@
 """Local parallelism for bin/sweep: a queue of subprocess tasks run by N worker slots, and a progress line.
 
-Each slot has its own environment: a share of the CPU threads, or one GPU (CUDA_VISIBLE_DEVICES). Children
+Each slot has its own environment: a share of the CPU threads (of the cores this process may use: its
+affinity mask and its cgroup's CPU quota), or one GPU (CUDA_VISIBLE_DEVICES). Children
 stay in the sweep's process group, so a Ctrl-C or a kill of the group reaches them too; SIGTERM to the
 sweep alone (SLURM's `--signal=B:TERM@...`) is forwarded to them, and bin/train treats it as an
 interruption that the next start resumes.
@@ -13,6 +14,7 @@ import dataclasses
 import datetime
 import heapq
 import itertools
+import math
 import os
 import shlex
 import signal
@@ -24,12 +26,87 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask, e.g. a SLURM allocation), at least 1."""
+def _cgroup_mounts(mountinfo: str) -> list[tuple[str, str, str]]:
+    """(version, root, mount point) of each cgroup v2 mount and each v1 mount of the cpu controller, from
+    /proc/self/mountinfo lines: `id parent major:minor root mount_point options [optional...] - fstype
+    source super_options`."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        if tail[0] == "cgroup2":
+            mounts.append(("2", fields[3], fields[4]))
+        elif tail[0] == "cgroup" and "cpu" in tail[2].split(","):
+            mounts.append(("1", fields[3], fields[4]))
+    return mounts
+
+
+def _quota(directory: Path, version: str) -> float | None:
+    """The CPU bandwidth limit set in one cgroup folder, in CPUs (quota / period); None when unlimited."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        if version == "2":
+            quota, period = (directory / "cpu.max").read_text().split()[:2]  # "max 100000", "150000 100000"
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((directory / "cpu.cfs_quota_us").read_text())         # -1: unlimited
+        return None if quota < 0 else quota / int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def cgroup_cpu_limit(root: Path = Path("/")) -> float | None:
+    """The CPU quota of this process's cgroup, in CPUs (e.g. 1.5), or None when there is none.
+
+    Kubernetes' `resources.limits.cpu`, `docker run --cpus` and SLURM's cgroup plugin set it: cgroup v2's
+    cpu.max, or v1's cpu.cfs_quota_us / cpu.cfs_period_us. A parent's quota bounds its children, so every
+    folder from the process's cgroup up to the mount point is read and the smallest limit wins. `root`
+    lets tests stand a fake /proc and /sys in for the real ones.
+    """
+    try:
+        mountinfo = (root / "proc/self/mountinfo").read_text()
+        membership = (root / "proc/self/cgroup").read_text()
+    except OSError:
+        return None
+    paths = {}  # version -> the process's cgroup path: "0::/a/b" (v2), "4:cpu,cpuacct:/a/b" (v1)
+    for line in membership.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[0] == "0" and parts[1] == "":
+            paths["2"] = parts[2]
+        elif len(parts) == 3 and "cpu" in parts[1].split(","):
+            paths["1"] = parts[2]
+    limits = []
+    for version, mount_root, mount_point in _cgroup_mounts(mountinfo):
+        if version not in paths:
+            continue
+        mount = root / mount_point.lstrip("/")
+        cgroup = paths[version]
+        # In a container the cgroup namespace's root is the mount's root; a path outside it (the host's
+        # view) is not visible, so the mount point itself is the nearest folder that is.
+        relative = os.path.relpath(cgroup, mount_root) if cgroup.startswith(mount_root) else "."
+        folder = mount / relative if (mount / relative).is_dir() else mount
+        while True:
+            limit = _quota(folder, version)
+            if limit is not None:
+                limits.append(limit)
+            if folder == mount or mount not in folder.parents:
+                break
+            folder = folder.parent
+    return min(limits) if limits else None
+
+
+def available_cores(root: Path = Path("/")) -> int:
+    """CPU cores this process may use, at least 1: its affinity mask (e.g. a SLURM allocation), capped by
+    its cgroup's CPU quota rounded down (a pod with `limits.cpu: 8` on a 64-core node gets 8; a thread
+    beyond a quota of 1.5 CPUs would be throttled, stalling the others, so it gets 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, math.floor(limit + 1e-9))
+    return max(1, cores)
 
 
 def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
@@ -218,7 +295,8 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts and the status line: one line per change, or on a terminal a line redrawn in place each second.
+    """Counts and the status line: in a log, one line per event, an end's line closed by the counts; on a
+    terminal, a counts line redrawn in place each second below the events.
 
     Work items are runs trained and sharpness measurements. The ETA is (elapsed this session / items ended
     this session) x items left: it assumes the items left cost what the ended ones did on average, which is
@@ -259,13 +337,14 @@ class Progress:
             eta = "?"
         return " | ".join(parts) + f" | elapsed {format_duration(elapsed)}, ETA {eta}"
 
-    def event(self, message: str) -> None:
-        """Prints `message` and the status line after it."""
+    def event(self, message: str, counts: bool = False) -> None:
+        """Prints `message`; with `counts` (an end: the counts changed), the status after it on the same line
+        in a log. A start's line carries none: a log of 100 processes is 200 lines, not 400."""
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         if self.tty:
             self.stream.write(f"\r\033[K[{stamp}] {message}\n{self.status_line()}")
         else:
-            self.stream.write(f"[{stamp}] {message}\n[{stamp}] {self.status_line()}\n")
+            self.stream.write(f"[{stamp}] {message}" + (f" | {self.status_line()}" if counts else "") + "\n")
         self.stream.flush()
 
     def tick(self) -> None:

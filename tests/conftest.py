@@ -18,7 +18,12 @@ sys.path.insert(0, str(REPO))
 
 
 def pytest_configure(config):
+    from lrbs_tf.cli import quiet_import_tensorflow
+
     try:
+        # As the binaries do: TensorFlow's C++ start-up lines (CUDA probing on a machine without a GPU, the
+        # "failed call to cuInit" error among them) would otherwise head every test session's output.
+        quiet_import_tensorflow()
         import tensorflow as tf
     except ImportError:
         return

@@ -280,8 +280,11 @@ def test_dry_list_prints_this_shards_columns(tmp_path):
                  "--vectorize", "--workers=2", f"--workdir={tmp_path / 'w'}", "--dry_list")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "shard 1 of 2: 4 of the grid's 8 runs, 0 finished, 2 work units to run"
-    # Interleaved columns 16, 64 | 32, 48: shard 1 holds batch sizes 32 and 48, each one bin/train process.
-    assert [line.split("\t")[0] for line in lines[1:]] == ["bs32-s0-lr0.1..0.2x2", "bs48-s0-lr0.1..0.2x2"]
+    # Balanced by optimizer steps (MNIST-1D: 4000 // batch size per epoch): the batch-16 column (250 steps
+    # per epoch per run) is shard 0 alone, 48% of the grid's steps; shard 1 holds the other three columns.
+    assert lines[0] == ("shard 1 of 2: 6 of the grid's 8 runs (52% of its optimizer steps), 0 finished, "
+                        "3 work units to run")
+    assert [line.split("\t")[0] for line in lines[1:]] == ["bs32-s0-lr0.1..0.2x2", "bs48-s0-lr0.1..0.2x2",
+                                                           "bs64-s0-lr0.1..0.2x2"]
     assert "--batch_sizes" not in lines[1] and "--lr=0.1,0.2" in lines[1] and "--intra_op_threads=1" in lines[1]
     assert not (tmp_path / "w").exists()

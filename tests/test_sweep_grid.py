@@ -45,23 +45,63 @@ def test_shards_cover_the_grid_exactly_once_and_are_deterministic(num_shards):
     shards = [gridlib.shard_runs(g, k, num_shards) for k in range(num_shards)]
     names = [r.name for s in shards for r in s]
     assert sorted(names) == sorted(r.name for r in g.runs())  # every run, none twice
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
+    assert sum(1 for s in shards if not s) == max(0, num_shards - g.size)  # work for every shard it can have
     again = [gridlib.shard_runs(make_grid(), k, num_shards) for k in range(num_shards)]
     assert again == shards
+    assert gridlib.shards(g, num_shards) == shards
 
 
-def test_paper_grid_in_20_shards_is_one_column_per_shard_with_or_without_vectorizing():
-    g = make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10")
-    assert g.size == 400
+def paper_grid(**kw) -> gridlib.Grid:
+    return make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10", num_train=50_000,
+                     epochs=200, **kw)
+
+
+def steps_of(runs) -> int:
+    """Optimizer steps, computed here from the definition: 200 epochs x floor(50000 / batch size) per run."""
+    return sum(200 * (50_000 // r.batch_size) for r in runs)
+
+
+def test_paper_grid_shards_are_balanced_by_optimizer_steps_not_by_runs():
+    g = paper_grid()
+    assert g.steps(16) == 200 * 3125 and g.steps(320) == 200 * 156 and gridlib.shard_steps(g, g.runs()) == steps_of(
+        g.runs())
+    mean = steps_of(g.runs()) / 20
+    steps = [steps_of(gridlib.shard_runs(g, k, 20)) for k in range(20)]
+    assert max(steps) <= 1.15 * mean and min(steps) >= 0.8 * mean
+    # One batch size per shard (contiguous blocks of the interleaved order), as before: the batch-16 shard
+    # held 5.6 times the mean, and the array waited for it.
+    runs = g.runs()
+    blocks = [steps_of(runs[k * 20:(k + 1) * 20]) for k in range(20)]
+    assert max(blocks) > 5.5 * mean
+    # Over-sharded for a throttled array (100 tasks, 20 at a time): every shard holds work, and none more
+    # than the one run that cannot be split (a batch-16 run is 1.39 times the mean shard).
+    over = [gridlib.shard_runs(g, k, 100) for k in range(100)]
+    assert all(over) and max(steps_of(s) for s in over) == 200 * 3125
+    assert all(len(gridlib.work_units(s, vectorize=True)) <= 2 for s in over)
+    assert [len(gridlib.shard_runs(g, k, 400)) for k in range(400)] == [1] * 400
+
+
+def test_a_shards_columns_stay_whole_or_in_pieces_and_vectorising_never_moves_a_run():
+    g = paper_grid()
     for k in range(20):
         shard = gridlib.shard_runs(g, k, 20)
         columns = gridlib.work_units(shard, vectorize=True)
-        assert len(columns) == 1 and columns[0].lrs == PAPER_LR
         singles = gridlib.work_units(shard, vectorize=False)
-        assert [u.runs[0] for u in singles] == list(columns[0].runs)  # vectorising never moves a run
-    # Shard 0 is the smallest and largest batch sizes' neighbours, not the 20 slowest columns at once.
-    assert {r.batch_size for r in gridlib.shard_runs(g, 0, 2)} == set(PAPER_BS[:5] + PAPER_BS[-5:])
+        assert [u.runs[0] for u in singles] == [r for u in columns for r in u.runs]
+        for unit in columns:  # a piece of a column: consecutive learning rates
+            first = PAPER_LR.index(unit.lrs[0])
+            assert unit.lrs == PAPER_LR[first:first + len(unit.lrs)]
+        # The costliest (smallest batch size) column first, so the shard's workers start the longest one.
+        assert [u.batch_size for u in columns] == sorted(u.batch_size for u in columns)
+    assert len(gridlib.work_units(gridlib.shard_runs(g, 0, 1), vectorize=True)) == 20  # one shard: whole columns
+
+
+def test_steps_use_the_datasets_size_or_a_nominal_one():
+    assert make_grid(num_train=4000, epochs=3).steps(48) == 3 * 83
+    assert make_grid().steps(16) == gridlib.NOMINAL_TRAIN // 16  # unknown size (an npz): ratios only
+    from lrbs_tf.theory.bounds import KNOWN_TRAIN_SIZES
+
+    assert gridlib.TRAIN_SIZES == KNOWN_TRAIN_SIZES
 
 
 def test_column_labels_name_batch_seed_and_learning_rates():
@@ -143,8 +183,11 @@ def test_progress_counts_and_eta():
     line = p.status_line()
     assert "runs 3/10 finished (done 2, diverged 1)" in line and "failed 1" in line and "remaining 6" in line
     assert "ETA 3m00s" in line
-    p.event("end train x")
-    assert out.getvalue().count("\n") == 2  # a log (not a terminal): the event and the status, one line each
+    p.event("start train x")
+    p.event("end train x", counts=True)
+    lines = out.getvalue().splitlines()  # a log (not a terminal): one line per event, an end's with the counts
+    assert len(lines) == 2 and lines[0].endswith("] start train x") and "|" not in lines[0]
+    assert lines[1].endswith(f"] end train x | {line}")
     p.tick()
     assert out.getvalue().count("\n") == 2  # no clock ticks in a log
 
@@ -155,6 +198,93 @@ def test_progress_counts_and_eta():
     t._drawn -= 2  # a second and more since the last drawing: redrawn in place, no new line
     t.tick()
     assert term.getvalue().count("\n") == 1 and term.getvalue().endswith("\r\033[K" + t.status_line())
+
+
+MOUNTINFO_V2 = ("24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n"
+                "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 "
+                "rw,nsdelegate,memory_recursiveprot\n")
+MOUNTINFO_V1 = ("31 23 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755\n"
+                "32 31 0:29 {root} /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:10 - cgroup "
+                "cgroup rw,cpu,cpuacct\n"
+                "35 31 0:32 {root} /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:13 - cgroup cgroup "
+                "rw,memory\n")
+
+
+def fake_cgroup(tmp_path, mountinfo: str, membership: str, files: dict[str, str]):
+    """A /proc/self and /sys/fs/cgroup tree in the kernel's formats under tmp_path."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/mountinfo").write_text(mountinfo)
+    (tmp_path / "proc/self/cgroup").write_text(membership)
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("mountinfo, membership, files, limit", [
+    # cgroup v2 in a container (its own namespace: the process's cgroup is the mount's root), `--cpus=2`.
+    (MOUNTINFO_V2, "0::/\n", {"sys/fs/cgroup/cpu.max": "200000 100000\n"}, 2.0),
+    (MOUNTINFO_V2, "0::/\n", {"sys/fs/cgroup/cpu.max": "max 100000\n"}, None),
+    # v2 seen from the host (systemd): a Kubernetes pod's 1.5 CPUs set on the pod, none on the container.
+    (MOUNTINFO_V2, "0::/kubepods.slice/kubepods-pod1.slice/cri-abc.scope\n",
+     {"sys/fs/cgroup/kubepods.slice/kubepods-pod1.slice/cpu.max": "150000 100000\n",
+      "sys/fs/cgroup/kubepods.slice/kubepods-pod1.slice/cri-abc.scope/cpu.max": "max 100000\n",
+      "sys/fs/cgroup/kubepods.slice/cpu.max": "max 100000\n"}, 1.5),
+    # ... and the smallest of nested limits wins.
+    (MOUNTINFO_V2, "0::/a/b\n", {"sys/fs/cgroup/a/cpu.max": "300000 100000\n",
+                                  "sys/fs/cgroup/a/b/cpu.max": "400000 100000\n"}, 3.0),
+    # A path of the host's view that the container cannot see: the mount point is the nearest folder.
+    (MOUNTINFO_V2, "0::/user.slice/gone.scope\n", {"sys/fs/cgroup/cpu.max": "50000 100000\n"}, 0.5),
+    # cgroup v1 (docker): the cpu controller's CFS quota; -1 is unlimited.
+    (MOUNTINFO_V1.format(root="/docker/0123"), "12:memory:/docker/0123\n4:cpu,cpuacct:/docker/0123\n",
+     {"sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "50000\n",
+      "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 0.5),
+    (MOUNTINFO_V1.format(root="/"), "4:cpu,cpuacct:/slurm/uid_1/job_7\n",
+     {"sys/fs/cgroup/cpu,cpuacct/slurm/uid_1/job_7/cpu.cfs_quota_us": "-1\n",
+      "sys/fs/cgroup/cpu,cpuacct/slurm/uid_1/job_7/cpu.cfs_period_us": "100000\n",
+      "sys/fs/cgroup/cpu,cpuacct/slurm/cpu.cfs_quota_us": "400000\n",
+      "sys/fs/cgroup/cpu,cpuacct/slurm/cpu.cfs_period_us": "100000\n"}, 4.0),
+    (MOUNTINFO_V1.format(root="/"), "4:cpu,cpuacct:/\n", {"sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                                                          "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+     None),
+])
+def test_the_cgroup_cpu_quota_is_read_from_the_kernels_files(tmp_path, mountinfo, membership, files, limit):
+    root = fake_cgroup(tmp_path, mountinfo, membership, files)
+    assert workers.cgroup_cpu_limit(root) == limit
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if limit is None else max(1, min(affinity, int(limit)))
+    assert workers.available_cores(root) == expected
+
+
+def test_a_quota_caps_the_cores_below_the_affinity_mask(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))  # a 64-core node
+    root = fake_cgroup(tmp_path, MOUNTINFO_V2, "0::/\n", {"sys/fs/cgroup/cpu.max": "800000 100000\n"})
+    assert workers.available_cores(root) == 8  # the pod's limits.cpu: 8, not the node's 64
+    (root / "sys/fs/cgroup/cpu.max").write_text("150000 100000\n")
+    assert workers.available_cores(root) == 1  # 1.5 CPUs: a second thread would be throttled
+    (root / "sys/fs/cgroup/cpu.max").write_text("max 100000\n")
+    assert workers.available_cores(root) == 64
+    assert workers.available_cores(tmp_path / "no-proc-here") == 64  # nothing readable: affinity alone
+
+
+def test_bin_train_sizes_tensorflows_threads_to_the_quota(tmp_path, monkeypatch):
+    """Under a quota, --intra_op_threads=0 (TensorFlow's default: every core of the node) becomes the
+    quota's cores; a value the user gave is kept, and without a quota nothing changes."""
+    from lrbs_tf import loop, train
+    from tests.helpers import small_config
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda cfgs, settings, provenance: seen.append(cfgs) or [{}] * len(cfgs))
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda root=None: 1.5)
+    train.run_column(small_config(tmp_path), [0.1, 0.2])
+    train.run_column(small_config(tmp_path, intra_op_threads=3), [0.1])
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda root=None: None)
+    train.run_column(small_config(tmp_path), [0.1])
+    assert [[c.intra_op_threads for c in cfgs] for cfgs in seen] == [[1, 1], [3], [0]]
 
 
 def test_sweep_record_is_written_once_and_a_different_grid_refused(tmp_path):

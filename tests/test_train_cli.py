@@ -70,7 +70,7 @@ def test_help_lists_the_flags_and_all_flag_sets_coexist(tmp_path):
     assert "--column_engine" in proc.stdout and "--stop_at_train_loss" in proc.stdout
     assert list(tmp_path.iterdir()) == []
     # Every binary's flags in one process, in both orders (shared names are defined once).
-    for order in ("nqm, sweep, sharpness, correlate", "sweep, correlate, sharpness, nqm"):
+    for order in ("nqm, sweep, sharpness, correlate, bound", "bound, sweep, correlate, sharpness, nqm"):
         calls = "; ".join(f"f.define_{name.strip()}_flags()" for name in order.split(","))
         code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from lrbs_tf import flags as f; {calls}"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

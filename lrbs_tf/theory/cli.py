@@ -213,9 +213,9 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
-    """bin/nqm and the lrbs-nqm console script."""
+    """bin/nqm, python -m lrbs_tf.nqm and the lrbs-nqm console script."""
     flags_mod.define_nqm_flags()
-    run_app(_main)
+    run_app(_main, binary="nqm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +325,6 @@ def _bound_main(argv: Sequence[str]) -> int:
 
 
 def bound_main() -> None:
-    """bin/bound."""
-    flags_mod.define_nqm_flags()
-    run_app(_bound_main)
+    """bin/bound, python -m lrbs_tf.bound and the lrbs-bound console script."""
+    flags_mod.define_bound_flags()
+    run_app(_bound_main, binary="bound")

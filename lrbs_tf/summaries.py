@@ -1,0 +1,92 @@
+"""TensorBoard for run folders: each run's HParams, its per-epoch scalars, and its curvature.
+
+`tensorboard --logdir outputs/quick` then shows the grid in the HParams dashboard: one session per run
+folder (its `tb/`), with the hyperparameters a study varies or fixes (HPARAMS) and, as metrics, the run's
+per-epoch scalars, its result.json numbers so far (`result/...`, rewritten every epoch, so the last value
+is the final one) and, once bin/sharpness has measured it, its curvature (`tb/sharpness/`, group
+"sharpness"). The dashboard infers the experiment from these sessions; nothing is written above the run
+folders, so every file keeps one writer: bin/train writes `tb/`, bin/sharpness writes `tb/sharpness/`.
+Writers are flushed every epoch, so a running study is visible as it goes.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Mapping
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+from lrbs_tf import runfolder
+
+# The HParams of a session, in the order the dashboard lists them: config.json keys, except `dataset` (the
+# dataset's name: --dataset_name when given) and `bs_over_lr` (BS/LR, the ratio He et al. vary).
+HPARAMS = ("arch", "dataset", "batch_size", "lr", "bs_over_lr", "momentum", "weight_decay", "seed", "epochs",
+           "stop_at_train_loss")
+RESULT_GROUP = "result"
+SHARPNESS_DIR = "sharpness"            # inside the run's tb/: its own event files, written by bin/sharpness
+# The sharpness.json numbers drawn as metrics (lrbs_tf.runtable.SHARPNESS_QUANTITIES, which bin/correlate
+# tests, and the top eigenvalue's estimate); absent or non-finite ones are left out.
+SHARPNESS_METRICS = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness", "avg_sharpness")
+
+
+def bs_over_lr(batch_size: int, lr: float) -> float:
+    """BS/LR on the decimal the learning rate was written as, as bin/correlate computes it (runtable.ratio),
+    so equal ratios are equal numbers in the dashboard too: 112 / 0.07 is 1600 as 16 / 0.01 is, where
+    float division gives 1599.9999999999998."""
+    return float(Fraction(batch_size) / Fraction(repr(float(lr))))
+
+
+def hparams_of(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's HParams from its config.json settings (flag-keyed, as lrbs_tf.config.settings gives them)."""
+    values = {k: settings[k] for k in HPARAMS if k in settings}
+    values["dataset"] = settings.get("dataset_name") or settings["dataset"]
+    values["bs_over_lr"] = bs_over_lr(settings["batch_size"], settings["lr"])
+    return {k: values[k] for k in HPARAMS}
+
+
+class RunWriter:
+    """The TensorBoard writer of one run folder's tb/: HParams once per process start, scalars per epoch."""
+
+    def __init__(self, log_dir: str | Path, hparams: Mapping[str, Any], trial_id: str) -> None:
+        self._writer = tf.summary.create_file_writer(str(log_dir))
+        with self._writer.as_default():
+            hp.hparams(dict(hparams), trial_id=trial_id)  # the session's HParams (rewritten on resume: same values)
+        self._writer.flush()
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """Epoch `epoch`'s metrics.jsonl row (finite values) and the result.json numbers so far, flushed.
+
+        Result numbers are written even when not finite (NaN), so a diverged run's final train loss reads
+        NaN as result.json's null does, rather than the last finite one."""
+        with self._writer.as_default(step=epoch):
+            for key in runfolder.METRIC_KEYS[1:]:
+                value = metrics.get(key)
+                if value is not None and math.isfinite(value):
+                    tf.summary.scalar(key, value)
+            for key in runfolder.RESULT_NUMBERS:
+                value = result.get(key)
+                tf.summary.scalar(f"{RESULT_GROUP}/{key}", math.nan if value is None else float(value))
+        self._writer.flush()
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+
+def write_sharpness(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    """bin/sharpness's quantities as scalars in `<run_dir>/tb/sharpness/` (its own event file), at the
+    run's last epoch, so the run's HParams session shows them as the metric group "sharpness"."""
+    result = runfolder.read_result(run_dir)
+    step = result.epochs if result is not None and isinstance(result.epochs, int) else 0
+    log_dir = Path(run_dir) / runfolder.TENSORBOARD_DIR / SHARPNESS_DIR
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=step):
+        for key in SHARPNESS_METRICS:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                tf.summary.scalar(key, float(value))
+    writer.flush()
+    writer.close()
+    return log_dir
