@@ -287,3 +287,7 @@ def main() -> None:
 
 
 __all__ = ["Analysis", "analyse", "run", "main", "STATUS_UNFINISHED", "STATUS_SKIPPED"]
+
+
+if __name__ == "__main__":  # python -m lrbs_tf.correlate
+    main()

@@ -23,12 +23,12 @@ FLAG_LINE = re.compile(r"^  (?:-\S,)?--(?:\[no\])?([a-z0-9_]+):", re.M)
 # Flags a binary must list, and flags of other binaries it must not (bin/bound used to list all of bin/nqm's).
 MUST = {"train": {"dataset_name", "arch", "lr", "steps_per_call", "workdir"},
         "sweep": {"batch_sizes", "lrs", "num_shards", "arch", "epochs"},
-        "sharpness": {"ckpt", "quantities", "out", "seed", "dataset"},
+        "sharpness": {"ckpt", "results", "quantities", "out", "seed", "dataset"},
         "correlate": {"results", "out", "alpha", "group_by"},
         "nqm": {"batch_sizes", "optimizers", "nqm_dim", "out"},
         "bound": {"sharpness_json", "delta", "bound_lr", "out"}}
 MUST_NOT = {"train": {"batch_sizes", "ckpt", "results"}, "sweep": {"ckpt", "optimizers"},
-            "sharpness": {"arch", "lr", "results"}, "correlate": {"arch", "ckpt", "optimizers"},
+            "sharpness": {"arch", "lr", "batch_sizes"}, "correlate": {"arch", "ckpt", "optimizers"},
             "nqm": {"sharpness_json", "delta", "arch"}, "bound": {"optimizers", "nqm_dim", "batch_sizes"}}
 
 
@@ -87,7 +87,7 @@ def test_helpfull_adds_absls_flags_after_ours_and_exits_0(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("binary", [b for b in BINARIES if b != "correlate"])
+@pytest.mark.parametrize("binary", BINARIES)
 def test_python_dash_m_starts_the_same_binary(binary):
     proc = subprocess.run([sys.executable, "-m", f"lrbs_tf.{binary}", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
