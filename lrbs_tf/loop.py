@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lrbs_tf import checkpoints
 from lrbs_tf import members as mem
 from lrbs_tf import runfolder
 from lrbs_tf.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
@@ -64,9 +65,10 @@ def _load(cfg: TrainConfig) -> Data:
 
 
 def _latest_epoch(run_dir: Path) -> int:
-    """Epochs covered by the run folder's latest checkpoint (0 when it has none)."""
-    latest = tf.train.latest_checkpoint(str(run_dir / runfolder.CKPT_DIR))
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
+    """Epochs covered by the run folder's newest checkpoint that a resume will use (0 when it has none):
+    the one members.build_members restores, found without building the model."""
+    recorded = runfolder.recorded_epochs(runfolder.read_metrics(run_dir))
+    return checkpoints.newest_intact(run_dir / runfolder.CKPT_DIR, recorded).epoch
 
 
 def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Callable[[], dict]) -> list[dict]:
@@ -209,8 +211,10 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
               "from the last checkpoint", file=sys.stderr, flush=True)
         raise KeyboardInterrupt from None
     except Exception as e:
-        mem.fail(active, e)
-        raise TrainingFailed(f"{', '.join(str(m.run_dir) for m in active)} failed: {type(e).__name__}: {e}") from e
+        unrecorded = mem.fail(active, e)
+        note = f" (not recorded in {', '.join(map(str, unrecorded))}: the same fault)" if unrecorded else ""
+        raise TrainingFailed(f"{', '.join(str(m.run_dir) for m in active)} failed: {mem.describe_error(e)}"
+                             f"{note}") from e
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         for member in members:

@@ -175,3 +175,27 @@ def test_the_mnist1d_cache_is_generated_again_when_damaged(tmp_path, monkeypatch
     finally:
         data._mnist1d_arrays.cache_clear()
 
+
+def test_checkpoints_and_the_model_file_are_synced_with_their_folders(tmp_path, syncs):
+    """TensorFlow writes checkpoints and Keras writes model.keras without fsync: bin/train syncs them."""
+    import tensorflow as tf
+
+    from lrbs_tf import members as mem
+    from lrbs_tf.config import settings
+    from lrbs_tf.data import load_data
+    from tests.helpers import small_config
+
+    cfg = small_config(tmp_path).resolved()
+    (member,) = mem.build_members(tf.distribute.get_strategy(), load_data("mnist1d"), [cfg], [settings(cfg)],
+                                  lambda: {}, [cfg.run_dir])
+    del syncs[:]
+    mem.save_checkpoint(member, 1)
+    ckpt_dir = os.path.realpath(cfg.run_dir / runfolder.CKPT_DIR)
+    synced = [p for kind, p in syncs if kind == "fsync"]
+    assert {os.path.basename(p) for p in synced if os.path.dirname(p) == ckpt_dir} == {
+        "ckpt-1.index", "ckpt-1.data-00000-of-00001", "checkpoint"}
+    assert synced[-1] == ckpt_dir  # the folder last, once every file in it is on disk
+    member.status = runfolder.STATUS_DONE
+    mem.finish(member)
+    assert _synced_after_replace(syncs, cfg.run_dir / runfolder.MODEL), syncs
+    assert _synced_after_replace(syncs, cfg.run_dir / runfolder.RESULT), syncs

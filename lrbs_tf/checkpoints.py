@@ -1,0 +1,227 @@
+"""Which saved state can be trusted: epoch checkpoints that restore cleanly, and model files that load.
+
+A run folder's `ckpt/` holds tf.train.CheckpointManager checkpoints `ckpt-<epoch>` (an `.index` file and its
+`.data-*` shards). A copy cut short, a file-system fault or a full disk can leave the newest of them
+unreadable while an older one beside it is intact. This module finds, restores and reports:
+
+- `restore_newest(checkpoint, ckpt_dir)` restores the newest checkpoint that passes every check into a
+  `tf.train.Checkpoint` and says which newer ones it skipped and why (bin/train's resume, through
+  members.build_members);
+- `restore_epoch(checkpoint, ckpt_dir, epoch)` restores the checkpoint of one epoch or says why it cannot
+  (for a reader that measures a given epoch, such as bin/sharpness --epoch);
+- `newest_intact(ckpt_dir)` is restore_newest without a model: which epoch a resume will start from
+  (loop.train groups a column's members by it before building them);
+- `sync(ckpt_dir, epoch)` makes a just-saved checkpoint durable (TensorFlow does not fsync it);
+- `describe_keras_file(path)` says what is wrong with a model.keras that Keras cannot load.
+
+The checks, each a reason to skip a checkpoint: (1) its index and data files read back, every tensor
+against its stored CRC32C checksum (TensorFlow verifies them as it reads); (2) optionally, metrics.jsonl
+records every epoch up to it, so a resumed log has no gap; (3) it restores into the given objects, every
+existing variable matched. Candidates are found from the files, not from the `checkpoint` state file:
+TensorFlow silently ignores a damaged state file, and the resume would then start again from epoch 0.
+When checkpoints exist but none passes, CheckpointError (a RunFolderError: one line, exit status 2) names
+each and what is wrong with it; nothing has been written by then. No TensorFlow at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from lrbs_tf.durable import fsync_dir, fsync_file
+from lrbs_tf.errors import RunFolderError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+CHECKPOINT_NAME = "ckpt"      # tf.train.CheckpointManager's checkpoint_name, as members saves them
+STATE_FILE = "checkpoint"     # the manager's list of checkpoints (a text proto)
+KERAS_MEMBERS = ("config.json", "model.weights.h5")  # what keras.models.load_model reads from a .keras zip
+_PREFIX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
+
+
+class CheckpointError(RunFolderError):
+    """Checkpoints exist but none can be used as asked; the message names each and what is wrong with it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A checkpoint passed over, and why."""
+    epoch: int
+    prefix: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{Path(self.prefix).name} {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What a search found: the checkpoint used (prefix None and epoch 0 when there is none at all) and
+    the newer ones skipped, newest first."""
+    epoch: int
+    prefix: str | None
+    skipped: tuple[Skipped, ...] = ()
+
+
+def candidates(ckpt_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """(epoch, prefix) of every checkpoint whose index file is in `ckpt_dir`, newest first."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), str(Path(ckpt_dir) / f"{CHECKPOINT_NAME}-{m.group(1)}"))
+             for m in map(_PREFIX.match, names) if m]
+    return sorted(found, reverse=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def unreadable(prefix: str) -> str | None:
+    """What keeps checkpoint `prefix` from reading back whole (missing or short files, a checksum that does
+    not match, an index that is not one), or None when every tensor reads back."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_dtype_map():
+            reader.get_tensor(key)
+    except Exception as e:  # OpError, IndexError ("Read less bytes than requested"), ValueError...
+        return f"does not read back ({_first_line(e)})"
+    return None
+
+
+def _check(epoch: int, prefix: str, recorded_epochs: int | None) -> str | None:
+    if recorded_epochs is not None and epoch > recorded_epochs:
+        return (f"covers epochs 1..{epoch} but metrics.jsonl records "
+                + (f"epochs 1..{recorded_epochs} only" if recorded_epochs else "none of them"))
+    return unreadable(prefix)
+
+
+def _restore(checkpoint: tf.train.Checkpoint, prefix: str) -> str | None:
+    """Restores `prefix` into `checkpoint`; what went wrong, or None."""
+    try:
+        status = checkpoint.restore(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()  # a reader that builds only the model leaves the optimizer's values unused
+    except Exception as e:  # an intact checkpoint of another model: names or shapes that do not match
+        return f"does not restore into this run's model ({_first_line(e)})"
+    return None
+
+
+def _none_usable(ckpt_dir: str | os.PathLike, skipped: list[Skipped]) -> CheckpointError:
+    return CheckpointError(
+        f"{ckpt_dir}: no checkpoint restores cleanly ({'; '.join(map(str, skipped))}); nothing was changed. "
+        "Move the run folder aside to keep it, then run the same command again to train the run from the "
+        "start")
+
+
+def newest_intact(ckpt_dir: str | os.PathLike, recorded_epochs: int | None = None) -> Found:
+    """The newest checkpoint in `ckpt_dir` that reads back whole and (when `recorded_epochs` is given, the
+    epochs metrics.jsonl records) is covered by the metrics; Found(0, None) when there is no checkpoint.
+    Raises CheckpointError when there are checkpoints but none passes."""
+    skipped: list[Skipped] = []
+    for epoch, prefix in candidates(ckpt_dir):
+        problem = _check(epoch, prefix, recorded_epochs)
+        if problem is None:
+            return Found(epoch, prefix, tuple(skipped))
+        skipped.append(Skipped(epoch, prefix, problem))
+    if skipped:
+        raise _none_usable(ckpt_dir, skipped)
+    return Found(0, None)
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, ckpt_dir: str | os.PathLike,
+                   recorded_epochs: int | None = None) -> Found:
+    """Restores into `checkpoint` the newest checkpoint of `ckpt_dir` that reads back whole, is covered by
+    `recorded_epochs` (when given) and restores with every existing object matched; the newer ones are
+    skipped (Found.skipped says why). Found(0, None) when the folder holds no checkpoint: `checkpoint`'s
+    objects are left as they are. Raises CheckpointError when there are checkpoints but none restores;
+    `checkpoint`'s variables may then hold part of a failed restore, so the caller must not use them.
+
+    `checkpoint` holds what the caller wants back, e.g. tf.train.Checkpoint(model=..., optimizer=...,
+    epochs_done=...) for training, or tf.train.Checkpoint(model=model) to read the weights alone."""
+    skipped: list[Skipped] = []
+    for epoch, prefix in candidates(ckpt_dir):
+        problem = _check(epoch, prefix, recorded_epochs) or _restore(checkpoint, prefix)
+        if problem is None:
+            return Found(epoch, prefix, tuple(skipped))
+        skipped.append(Skipped(epoch, prefix, problem))
+    if skipped:
+        raise _none_usable(ckpt_dir, skipped)
+    return Found(0, None)
+
+
+def restore_epoch(checkpoint: tf.train.Checkpoint, ckpt_dir: str | os.PathLike, epoch: int) -> Found:
+    """Restores the checkpoint of epoch `epoch` (1-based) of `ckpt_dir` into `checkpoint`, or raises
+    CheckpointError saying why it cannot: no such checkpoint (naming the epochs there are), or what is
+    wrong with it (the same checks as restore_newest)."""
+    available = candidates(ckpt_dir)
+    prefix = dict(available).get(epoch)
+    if prefix is None:
+        kept = ", ".join(str(e) for e, _ in sorted(available)) or "none"
+        raise CheckpointError(f"{ckpt_dir} has no checkpoint of epoch {epoch} (epochs kept: {kept})")
+    problem = unreadable(prefix) or _restore(checkpoint, prefix)
+    if problem is not None:
+        raise CheckpointError(f"{prefix} (epoch {epoch}) {problem}")
+    return Found(epoch, prefix)
+
+
+def report(found: Found, run_dir: str | os.PathLike, log: Callable[[str], None] | None = None) -> None:
+    """Says, one line each, which checkpoints a resume skipped and why (stderr unless `log`)."""
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    for s in found.skipped:
+        then = f"falling back to {Path(found.prefix).name}" if found.prefix else "no older checkpoint"
+        (log or say)(f"warning: {run_dir}: skipped checkpoint {s}; {then}")
+
+
+def sync(ckpt_dir: str | os.PathLike, epoch: int) -> None:
+    """Syncs the files of checkpoint `epoch`, the state file and the folder to disk, so that after a crash
+    or power cut the checkpoint is whole or absent rather than renamed but empty."""
+    ckpt_dir = Path(ckpt_dir)
+    stem = f"{CHECKPOINT_NAME}-{epoch}"
+    for path in ckpt_dir.iterdir():
+        if path.name == STATE_FILE or path.name == f"{stem}.index" or path.name.startswith(f"{stem}.data-"):
+            fsync_file(path)
+    fsync_dir(ckpt_dir)
+
+
+def describe_keras_file(path: str | os.PathLike) -> str | None:
+    """What is wrong with `path` as a .keras file (a zip archive holding config.json and model.weights.h5),
+    in words that complete "<path> ...", or None when the archive is whole (Keras' own error then says
+    what is wrong inside it)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "is empty (0 bytes): it was never written whole"
+    if not zipfile.is_zipfile(path):
+        if head == b"PK\x03\x04":
+            return (f"is cut short ({size:,} bytes): it starts as a zip archive, as a .keras file is, but its "
+                    "end (the zip's central directory) is missing")
+        return f"is not a Keras model file: a .keras file is a zip archive, this one starts with {head!r}"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            missing = [m for m in KERAS_MEMBERS if m not in archive.namelist()]
+            if missing:
+                return (f"is a zip archive without {' and '.join(missing)} (it holds "
+                        f"{', '.join(archive.namelist()) or 'nothing'}): not a Keras model file")
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"is a damaged zip archive ({_first_line(e)})"
+    if bad is not None:
+        return f"is damaged: its member {bad} fails its CRC check"
+    return None
