@@ -9,8 +9,9 @@ unreadable while an older one beside it is intact. This module finds, restores a
   members.build_members);
 - `restore_epoch(checkpoint, ckpt_dir, epoch)` restores the checkpoint of one epoch or says why it cannot
   (for a reader that measures a given epoch, such as bin/sharpness --epoch);
-- `newest_intact(ckpt_dir)` is restore_newest without a model: which epoch a resume will start from
-  (loop.train groups a column's members by it before building them);
+- `resume_epochs(run_dirs)` says, without a model, which epoch each run of one bin/train process resumes
+  from: the newest epoch all of them can restore when there is one (loop.train groups a column's members
+  by it before building them, and members.build_members restores it);
 - `sync(ckpt_dir, epoch)` makes a just-saved checkpoint durable (TensorFlow does not fsync it);
 - `describe_keras_file(path)` says what is wrong with a model.keras that Keras cannot load.
 
@@ -31,8 +32,9 @@ import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
+from lrbs_tf import runfolder
 from lrbs_tf.durable import fsync_dir, fsync_file
 from lrbs_tf.errors import RunFolderError
 
@@ -62,11 +64,12 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class Found:
-    """What a search found: the checkpoint used (prefix None and epoch 0 when there is none at all) and
-    the newer ones skipped, newest first."""
+    """What a search found: the checkpoint used (prefix None and epoch 0 when there is none at all), the
+    newer ones skipped (newest first), and the epochs of newer ones left unread because of `at_most`."""
     epoch: int
     prefix: str | None
     skipped: tuple[Skipped, ...] = ()
+    passed_over: tuple[int, ...] = ()
 
 
 def candidates(ckpt_dir: str | os.PathLike) -> list[tuple[int, str]]:
@@ -124,36 +127,58 @@ def _none_usable(ckpt_dir: str | os.PathLike, skipped: list[Skipped]) -> Checkpo
         "start")
 
 
-def newest_intact(ckpt_dir: str | os.PathLike, recorded_epochs: int | None = None) -> Found:
-    """The newest checkpoint in `ckpt_dir` that reads back whole and (when `recorded_epochs` is given, the
-    epochs metrics.jsonl records) is covered by the metrics; Found(0, None) when there is no checkpoint.
+def intact_epochs(ckpt_dir: str | os.PathLike, recorded_epochs: int | None = None) -> list[int]:
+    """Epochs of the checkpoints in `ckpt_dir` that read back whole and (when `recorded_epochs` is given,
+    the epochs metrics.jsonl records) are covered by the metrics, newest first; [] when there is none.
     Raises CheckpointError when there are checkpoints but none passes."""
-    skipped: list[Skipped] = []
+    epochs, skipped = [], []
     for epoch, prefix in candidates(ckpt_dir):
         problem = _check(epoch, prefix, recorded_epochs)
         if problem is None:
-            return Found(epoch, prefix, tuple(skipped))
-        skipped.append(Skipped(epoch, prefix, problem))
-    if skipped:
+            epochs.append(epoch)
+        else:
+            skipped.append(Skipped(epoch, prefix, problem))
+    if skipped and not epochs:
         raise _none_usable(ckpt_dir, skipped)
-    return Found(0, None)
+    return epochs
+
+
+def resume_epochs(run_dirs: Sequence[str | os.PathLike]) -> list[int]:
+    """The epoch each run folder of one bin/train process resumes from (0: from the start), found without
+    building a model: the newest epoch that all of them can restore when there is one, else each its
+    newest. A kill between two members' checkpoint saves leaves a column one epoch apart; resumed together
+    from the epoch they share, its members go on as one column, and their metrics stay those of an
+    uninterrupted column (trained apart they would only agree to float tolerance)."""
+    usable = []
+    for run_dir in run_dirs:
+        recorded = runfolder.recorded_epochs(runfolder.read_metrics(run_dir))
+        usable.append(intact_epochs(Path(run_dir) / runfolder.CKPT_DIR, recorded) or [0])
+    common = set(usable[0]).intersection(*usable[1:]) if usable else set()
+    return [max(common)] * len(usable) if common else [epochs[0] for epochs in usable]
 
 
 def restore_newest(checkpoint: tf.train.Checkpoint, ckpt_dir: str | os.PathLike,
-                   recorded_epochs: int | None = None) -> Found:
-    """Restores into `checkpoint` the newest checkpoint of `ckpt_dir` that reads back whole, is covered by
-    `recorded_epochs` (when given) and restores with every existing object matched; the newer ones are
-    skipped (Found.skipped says why). Found(0, None) when the folder holds no checkpoint: `checkpoint`'s
-    objects are left as they are. Raises CheckpointError when there are checkpoints but none restores;
-    `checkpoint`'s variables may then hold part of a failed restore, so the caller must not use them.
+                   recorded_epochs: int | None = None, at_most: int | None = None) -> Found:
+    """Restores into `checkpoint` the newest checkpoint of `ckpt_dir` (of an epoch <= `at_most`, when given)
+    that reads back whole, is covered by `recorded_epochs` (when given) and restores with every existing
+    object matched; the newer ones are skipped (Found.skipped says why; Found.passed_over lists the intact
+    ones past `at_most`).
+    Found(0, None) when the folder holds no checkpoint: `checkpoint`'s objects are left as they are. Raises
+    CheckpointError when there are checkpoints but none restores; `checkpoint`'s variables may then hold
+    part of a failed restore, so the caller must not use them.
 
     `checkpoint` holds what the caller wants back, e.g. tf.train.Checkpoint(model=..., optimizer=...,
     epochs_done=...) for training, or tf.train.Checkpoint(model=model) to read the weights alone."""
     skipped: list[Skipped] = []
+    passed_over = []
     for epoch, prefix in candidates(ckpt_dir):
-        problem = _check(epoch, prefix, recorded_epochs) or _restore(checkpoint, prefix)
+        problem = _check(epoch, prefix, recorded_epochs)
+        if problem is None and at_most is not None and epoch > at_most:
+            passed_over.append(epoch)  # intact, but newer than the epoch the caller resumes from
+            continue
+        problem = problem or _restore(checkpoint, prefix)
         if problem is None:
-            return Found(epoch, prefix, tuple(skipped))
+            return Found(epoch, prefix, tuple(skipped), tuple(passed_over))
         skipped.append(Skipped(epoch, prefix, problem))
     if skipped:
         raise _none_usable(ckpt_dir, skipped)
@@ -176,13 +201,18 @@ def restore_epoch(checkpoint: tf.train.Checkpoint, ckpt_dir: str | os.PathLike, 
 
 
 def report(found: Found, run_dir: str | os.PathLike, log: Callable[[str], None] | None = None) -> None:
-    """Says, one line each, which checkpoints a resume skipped and why (stderr unless `log`)."""
+    """Says, one line each, which checkpoints a resume skipped and why, and which newer ones it left for
+    the epoch its column shares (stderr unless `log`)."""
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     for s in found.skipped:
         then = f"falling back to {Path(found.prefix).name}" if found.prefix else "no older checkpoint"
         (log or say)(f"warning: {run_dir}: skipped checkpoint {s}; {then}")
+    if found.passed_over:
+        (log or say)(f"note: {run_dir}: resuming after epoch {found.epoch} with the rest of its column, which "
+                     f"has no later checkpoint (epochs {found.epoch + 1}..{max(found.passed_over)} are trained "
+                     "again, to the same numbers)")
 
 
 def sync(ckpt_dir: str | os.PathLike, epoch: int) -> None:

@@ -56,7 +56,7 @@ def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync_dir(Path(path).parent)
 
 
-def _named(error: OSError, path: Path) -> OSError:
+def named(error: OSError, path: str | os.PathLike) -> OSError:
     """The same error with the file it concerns (a failed write() names none), for a one-line message."""
     if error.filename is None and error.errno is not None:
         return OSError(error.errno, error.strerror, str(path))
@@ -86,7 +86,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise _named(e, path) from None
+            raise named(e, path) from None
         raise
     fsync_dir(path.parent)
 
@@ -132,7 +132,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             except OSError:
                 pass  # the same fault again: readers drop the torn tail, and so does the next append
             if isinstance(e, OSError):
-                raise _named(e, path) from None
+                raise named(e, path) from None
             raise
     finally:
         os.close(fd)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from lrbs_tf.durable import fsync_dir
+from lrbs_tf.durable import fsync_dir, named
 
 DEFAULT_FORMATS = ("png", "pdf")
 
@@ -48,11 +48,13 @@ def save(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = DEFAULT_
         for tmp, path in rendered:
             os.replace(tmp, path)
         fsync_dir(stem.parent)  # the renames are durable only once the folder is synced
-    except BaseException:
+    except BaseException as e:
         for tmp, _ in rendered:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass  # already moved into place
+        if isinstance(e, OSError) and rendered:  # a full disk: name the figure, for the one-line error
+            raise named(e, rendered[-1][1]) from None
         raise
     return [path for _, path in rendered]

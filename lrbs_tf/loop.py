@@ -64,20 +64,13 @@ def _load(cfg: TrainConfig) -> Data:
         raise UsageError(str(e)) from None
 
 
-def _latest_epoch(run_dir: Path) -> int:
-    """Epochs covered by the run folder's newest checkpoint that a resume will use (0 when it has none):
-    the one members.build_members restores, found without building the model."""
-    recorded = runfolder.recorded_epochs(runfolder.read_metrics(run_dir))
-    return checkpoints.newest_intact(run_dir / runfolder.CKPT_DIR, recorded).epoch
-
-
 def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Callable[[], dict]) -> list[dict]:
     """Trains (or resumes) the unfinished runs `cfgs`, which differ only in `lr` and `run_name`.
 
     The devices and the data are set up first and every configuration is checked again against what they
     reveal (config.validate), before any run folder is written. Members can share batches only from a common
-    epoch, so they are grouped by the epoch their latest checkpoint reached (after an interrupted column, all
-    share one) and the groups are trained in turn. Under MultiWorkerMirroredStrategy only the chief writes
+    epoch, so they are grouped by the epoch they resume from (checkpoints.resume_epochs: after an interrupted
+    column, the newest one all members can restore) and the groups are trained in turn. Under MultiWorkerMirroredStrategy only the chief writes
     run folders; the other workers restore from the chief's checkpoints (a shared file system) and write
     their copies to a scratch folder, deleted after. Returns each run's result.json content.
     """
@@ -88,8 +81,8 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
         validate(cfg, facts)
     scratch = None if is_chief(strategy) else tempfile.mkdtemp(prefix="lrbs_worker_")
     groups: dict[int, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        groups.setdefault(_latest_epoch(cfg.run_dir), []).append(i)
+    for i, epoch in enumerate(checkpoints.resume_epochs([cfg.run_dir for cfg in cfgs])):
+        groups.setdefault(epoch, []).append(i)
     results: list[dict | None] = [None] * len(cfgs)
     try:
         for _, indices in sorted(groups.items()):

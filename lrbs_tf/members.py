@@ -82,11 +82,12 @@ def _write_config(cfg: TrainConfig, flag_settings: dict, model: keras.Model, dat
         **provenance()})
 
 
-def _build(strategy: tf.distribute.Strategy, data: Data, cfg: TrainConfig,
-           restore_dir: Path) -> tuple[keras.Model, keras.optimizers.Optimizer, tf.Variable, tf.train.Checkpoint,
-                                       checkpoints.Found]:
-    """A member's model, SGD and epoch counter from its seed, with the newest checkpoint of `restore_dir`
-    that restores cleanly (and that metrics.jsonl covers) restored into them. Writes nothing."""
+def _build(strategy: tf.distribute.Strategy, data: Data, cfg: TrainConfig, restore_dir: Path,
+           at_most: int) -> tuple[keras.Model, keras.optimizers.Optimizer, tf.Variable, tf.train.Checkpoint,
+                                  checkpoints.Found]:
+    """A member's model, SGD and epoch counter from its seed, with the newest checkpoint of `restore_dir` up
+    to epoch `at_most` that restores cleanly (and that metrics.jsonl covers) restored into them. Writes
+    nothing."""
     keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
     with strategy.scope():
         model, optimizer = build_member(cfg, data)
@@ -94,7 +95,7 @@ def _build(strategy: tf.distribute.Strategy, data: Data, cfg: TrainConfig,
         epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
     recorded = runfolder.recorded_epochs(runfolder.read_metrics(restore_dir))
-    found = checkpoints.restore_newest(ckpt, restore_dir / runfolder.CKPT_DIR, recorded)
+    found = checkpoints.restore_newest(ckpt, restore_dir / runfolder.CKPT_DIR, recorded, at_most)
     return model, optimizer, epochs_done, ckpt, found
 
 
@@ -104,12 +105,15 @@ def build_members(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[T
     """One Member per configuration, each from the same initial weights (its seed), its config.json written
     if the run is new, and the newest checkpoint in `restore_dirs` that restores cleanly restored if there
     is one (its metrics.jsonl trimmed to that checkpoint's epoch; newer checkpoints that do not restore are
-    named on stderr, and retrained over).
+    named on stderr, and retrained over). Members resume from the newest epoch they all can
+    (checkpoints.resume_epochs), so a column cut between two members' checkpoint saves goes on as one.
 
     Every member is restored before anything is written, so when one has checkpoints of which none restores
     (checkpoints.CheckpointError) or the members would resume from different epochs, no folder changes."""
     keras.backend.clear_session()
-    built = [_build(strategy, data, cfg, restore_dir) for cfg, restore_dir in zip(cfgs, restore_dirs)]
+    resume = checkpoints.resume_epochs(restore_dirs)  # the epoch loop.train grouped these members by
+    built = [_build(strategy, data, cfg, restore_dir, epoch)
+             for cfg, restore_dir, epoch in zip(cfgs, restore_dirs, resume)]
     epochs = {cfg.run_name: int(b[2].numpy()) for cfg, b in zip(cfgs, built)}
     if len(set(epochs.values())) > 1:  # loop.train groups members by checkpoint epoch, so this is a fault
         raise checkpoints.CheckpointError(f"the runs of one column would resume from different epochs "

@@ -76,7 +76,7 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_restores(reference, tmp
     (run_dir / runfolder.METRICS).write_bytes((reference / runfolder.METRICS).read_bytes() + b'{"epoch": 5, "tr')
     result = run(_cfg(tmp_path))
     out, err = capfd.readouterr()
-    assert f"skipped checkpoint ckpt-4 does not read back" in err and words in err, err
+    assert "skipped checkpoint ckpt-4 does not read back" in err and words in err, err
     assert "falling back to ckpt-3" in err and f"resuming {run_dir} after epoch 3" in out
     # Epoch 4 was trained again from ckpt-3: the log and the result are the uninterrupted run's.
     assert without_seconds(runfolder.read_metrics(run_dir)) == without_seconds(runfolder.read_metrics(reference))
@@ -137,21 +137,36 @@ def test_bin_train_says_so_in_one_line_and_exits_2(reference, tmp_path):
     assert _files(run_dir) == before
 
 
-def test_a_column_resumes_both_members_from_the_checkpoint_each_can_use(tmp_path):
-    base = dataclasses.replace(_cfg(tmp_path / "full"), mlp_width=16)
-    full = run_column(base, [0.05, 0.1])
-    cut = tmp_path / "cut"
-    names = [f"mlp-mnist1d-bs64-lr{lr}-s0" for lr in (0.05, 0.1)]
-    for name in names:
-        shutil.copytree(tmp_path / "full" / name, cut / name)
-        (cut / name / runfolder.RESULT).unlink()
-    _data_file(cut / names[0], 4).write_bytes(b"")  # one member's newest checkpoint is lost, the other's is not
-    resumed = run_column(dataclasses.replace(base, workdir=str(cut)), [0.05, 0.1])
-    assert resumed[1] == full[1]  # resumed after epoch 4: nothing left but writing the result
-    rows = [without_seconds(runfolder.read_metrics(d / names[0])) for d in (tmp_path / "full", cut)]
-    assert [r["epoch"] for r in rows[1]] == [1, 2, 3, 4]
-    for a, b in zip(*rows):  # epoch 4 trained alone, not in the column: equal to float tolerance
-        assert a == pytest.approx(b, rel=1e-5)
+@pytest.fixture(scope="module")
+def column(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """An uninterrupted column of two learning rates."""
+    workdir = tmp_path_factory.mktemp("column")
+    return workdir, run_column(dataclasses.replace(_cfg(workdir), mlp_width=16), [0.05, 0.1])
+
+
+COLUMN = [f"mlp-mnist1d-bs64-lr{lr}-s0" for lr in (0.05, 0.1)]
+
+
+@pytest.mark.parametrize("cut", ["killed between the two members' saves", "one member's newest lost"])
+def test_a_column_resumes_as_one_from_the_newest_epoch_both_can_restore(column, tmp_path, capfd, cut):
+    full, results = column
+    for name in COLUMN:
+        shutil.copytree(full / name, tmp_path / name)
+        (tmp_path / name / runfolder.RESULT).unlink()
+        (tmp_path / name / runfolder.MODEL).unlink()
+    if cut.startswith("killed"):  # the first member saved epoch 4, the second had not yet
+        for path in (tmp_path / COLUMN[1] / runfolder.CKPT_DIR).glob("ckpt-4.*"):
+            path.unlink()
+    else:
+        _data_file(tmp_path / COLUMN[0], 4).write_bytes(b"")
+    resumed = run_column(dataclasses.replace(_cfg(tmp_path), mlp_width=16), [0.05, 0.1])
+    out, err = capfd.readouterr()
+    assert all(f"resuming {tmp_path / name} after epoch 3" in out for name in COLUMN), out
+    assert "with the rest of its column" in err
+    for name in COLUMN:  # epoch 4 trained again by both, as one column: the uninterrupted column's numbers
+        assert without_seconds(runfolder.read_metrics(tmp_path / name)) == without_seconds(
+            runfolder.read_metrics(full / name))
+    assert resumed == results
 
 
 def test_restore_epoch_reads_one_epochs_weights_or_says_why_not(reference, tmp_path):

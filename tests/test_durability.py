@@ -199,3 +199,21 @@ def test_checkpoints_and_the_model_file_are_synced_with_their_folders(tmp_path, 
     mem.finish(member)
     assert _synced_after_replace(syncs, cfg.run_dir / runfolder.MODEL), syncs
     assert _synced_after_replace(syncs, cfg.run_dir / runfolder.RESULT), syncs
+
+
+def test_tensorboard_shows_each_epoch_as_it_ends(tmp_path):
+    """The summary writer is flushed per epoch: a run killed later still leaves its curves so far."""
+    import tensorflow as tf
+
+    from lrbs_tf import members as mem
+    from lrbs_tf.config import settings
+    from lrbs_tf.data import load_data
+    from tests.helpers import small_config
+
+    cfg = small_config(tmp_path).resolved()
+    (member,) = mem.build_members(tf.distribute.get_strategy(), load_data("mnist1d"), [cfg], [settings(cfg)],
+                                  lambda: {}, [cfg.run_dir])
+    mem.record_epoch(member, 1, 2.0, 0.2, 2.1, 0.25, 1.0, 0.5)
+    (events,) = (cfg.run_dir / runfolder.TENSORBOARD_DIR).iterdir()
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events)) for v in e.summary.value}
+    assert {"train_loss", "test_accuracy", "weight_norm_sq"} <= tags  # on disk before the writer is closed
