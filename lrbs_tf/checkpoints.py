@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 CHECKPOINT_NAME = "ckpt"      # tf.train.CheckpointManager's checkpoint_name, as members saves them
 STATE_FILE = "checkpoint"     # the manager's list of checkpoints (a text proto)
-KERAS_MEMBERS = ("config.json", "model.weights.h5")  # what keras.models.load_model reads from a .keras zip
+KERAS_CONFIG = "config.json"                          # what keras.models.load_model reads from a .keras zip:
+KERAS_WEIGHTS = ("model.weights.h5", "model.weights.npz")  # the architecture, and the weights in one of these
 _PREFIX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 
 
@@ -65,7 +66,7 @@ class Skipped:
 @dataclasses.dataclass(frozen=True)
 class Found:
     """What a search found: the checkpoint used (prefix None and epoch 0 when there is none at all), the
-    newer ones skipped (newest first), and the epochs of newer ones left unread because of `at_most`."""
+    newer ones skipped (newest first), and the epochs of newer, intact ones not used because of `at_most`."""
     epoch: int
     prefix: str | None
     skipped: tuple[Skipped, ...] = ()
@@ -227,7 +228,7 @@ def sync(ckpt_dir: str | os.PathLike, epoch: int) -> None:
 
 
 def describe_keras_file(path: str | os.PathLike) -> str | None:
-    """What is wrong with `path` as a .keras file (a zip archive holding config.json and model.weights.h5),
+    """What is wrong with `path` as a .keras file (a zip archive holding config.json and the weights),
     in words that complete "<path> ...", or None when the archive is whole (Keras' own error then says
     what is wrong inside it)."""
     try:
@@ -245,10 +246,13 @@ def describe_keras_file(path: str | os.PathLike) -> str | None:
         return f"is not a Keras model file: a .keras file is a zip archive, this one starts with {head!r}"
     try:
         with zipfile.ZipFile(path) as archive:
-            missing = [m for m in KERAS_MEMBERS if m not in archive.namelist()]
+            names = archive.namelist()
+            missing = [KERAS_CONFIG] if KERAS_CONFIG not in names else []
+            if not any(w in names for w in KERAS_WEIGHTS):
+                missing.append(KERAS_WEIGHTS[0])
             if missing:
                 return (f"is a zip archive without {' and '.join(missing)} (it holds "
-                        f"{', '.join(archive.namelist()) or 'nothing'}): not a Keras model file")
+                        f"{', '.join(names) or 'nothing'}): not a Keras model file")
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         return f"is a damaged zip archive ({_first_line(e)})"
