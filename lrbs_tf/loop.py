@@ -70,9 +70,10 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
     The devices and the data are set up first and every configuration is checked again against what they
     reveal (config.validate), before any run folder is written. Members can share batches only from a common
     epoch, so they are grouped by the epoch they resume from (checkpoints.resume_epochs: after an interrupted
-    column, the newest one all members can restore) and the groups are trained in turn. Under MultiWorkerMirroredStrategy only the chief writes
-    run folders; the other workers restore from the chief's checkpoints (a shared file system) and write
-    their copies to a scratch folder, deleted after. Returns each run's result.json content.
+    column, the newest one all members can restore) and the groups are trained in turn. Under
+    MultiWorkerMirroredStrategy only the chief writes run folders; the other workers restore from the chief's
+    checkpoints (a shared file system) and write their copies to a scratch folder, deleted after. Returns
+    each run's result.json content.
     """
     strategy = _setup_devices(cfgs[0])
     data = _load(cfgs[0])

@@ -115,7 +115,7 @@ def build_members(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[T
     built = [_build(strategy, data, cfg, restore_dir, epoch)
              for cfg, restore_dir, epoch in zip(cfgs, restore_dirs, resume)]
     epochs = {cfg.run_name: int(b[2].numpy()) for cfg, b in zip(cfgs, built)}
-    if len(set(epochs.values())) > 1:  # loop.train groups members by checkpoint epoch, so this is a fault
+    if len(set(epochs.values())) > 1:  # only when a checkpoint that reads back whole held another model
         raise checkpoints.CheckpointError(f"the runs of one column would resume from different epochs "
                                           f"({', '.join(f'{k}: {v}' for k, v in epochs.items())}); nothing "
                                           "was changed")

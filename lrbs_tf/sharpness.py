@@ -103,9 +103,8 @@ def load_model(model_path: Path, config: runfolder.RunConfig | None) -> keras.Mo
     """Loads model.keras (compile=False) and checks it against config.json and for finite weights."""
     import keras
 
-    from lrbs_tf.models import count_trainable_params
-
     from lrbs_tf.checkpoints import describe_keras_file
+    from lrbs_tf.models import count_trainable_params
 
     try:
         model = keras.models.load_model(model_path, compile=False)
