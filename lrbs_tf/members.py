@@ -254,6 +254,8 @@ def _save_model(model: keras.Model, path: Path) -> None:
     try:
         model.save(tmp)
         durable.replace_durably(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # Keras' zip writer names no file: a full disk says which one
+            raise durable.named(e, path) from None
         raise
