@@ -2,7 +2,8 @@
 
 Bad input (flags, files, folders) ends a binary with one line on stderr, `<prog>: error: <what>`, and exit
 status 2; never a traceback. Library code raises `UsageError` (or `RunFolderError`) with the offending
-values in the message; `run_app` turns it into that line.
+values in the message; `run_app` turns it into that line. A storage fault (a full disk: an OSError whose
+errno is in durable.STORAGE_FAULTS) is one such line too, with exit status 1.
 
 `--help` (also `-?`, `--helpshort`) lists the binary's own flags in the sections lrbs_tf.flags recorded
 while defining them, and exits 0; `--helpfull` adds every other flag defined in the process (absl's own),
@@ -19,6 +20,7 @@ from typing import Callable, Sequence
 from absl import app, flags
 
 from lrbs_tf import flags as lrbs_flags
+from lrbs_tf.durable import STORAGE_FAULTS
 from lrbs_tf.errors import RunFolderError, UsageError
 
 # How each binary can be started besides bin/<name> (pyproject.toml's console scripts, python -m).
@@ -157,6 +159,12 @@ def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
         code = main(rest)
     except (UsageError, RunFolderError) as e:
         fail(prog, str(e))
+    except OSError as e:
+        if e.errno not in STORAGE_FAULTS:
+            raise
+        # Not bad input (exit 1, not 2: a sweep goes on with its other runs); the writers are atomic, so
+        # every file finished before the fault is intact, and running the command again completes the work.
+        fail(prog, f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror), code=1)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

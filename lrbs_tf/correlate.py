@@ -28,6 +28,7 @@ from lrbs_tf import stats
 from lrbs_tf.analysis import (DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY, EXPECTED_SIGN,
                               FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns, group_keys,
                               group_labels, iter_groups)
+from lrbs_tf.durable import fsync_dir
 from lrbs_tf.errors import UsageError
 from lrbs_tf.runtable import (HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED, STATUS_UNFINISHED, TARGET,
                               collect_runs, uncontrolled_settings)
@@ -248,10 +249,11 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
 
             analysis.figures = correlate_plots.write_figures(analysis, staging)
         texts = _texts(analysis)
-        for name, text in texts.items():
-            rf.atomic_write_text(out / name, text)
-        for name in _figure_files(analysis.figures):
+        for name, text in texts.items():  # staged like the figures: a full disk then changes nothing in out
+            rf.atomic_write_text(staging / name, text)
+        for name in [*texts, *_figure_files(analysis.figures)]:
             (staging / name).replace(out / name)
+        fsync_dir(out)
         produced = set(texts) | _figure_files(analysis.figures)
         for name in _output_names() - produced:
             (out / name).unlink(missing_ok=True)

@@ -73,16 +73,74 @@ def _stats(x: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     return xs.mean(axis=axes).astype(np.float32), xs.std(axis=axes).astype(np.float32)
 
 
-def _make(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Data:
+def _labels_problem(source: str, split: str, y: np.ndarray, num_classes: int) -> str | None:
+    if not np.issubdtype(y.dtype, np.integer):
+        return f"{source}: y_{split} must hold non-negative integer class labels, not {y.dtype} values"
+    outside = (y < 0) | (y >= num_classes)
+    if outside.any():
+        return (f"{source}: y_{split}: labels outside [0, {num_classes}): {np.count_nonzero(outside):,} of "
+                f"{len(y):,} (e.g. {int(y[outside][0])} at example {int(np.argmax(outside))}; class labels are "
+                "non-negative integers below the number of classes)")
+    return None
+
+
+def _inputs_problem(source: str, split: str, x: np.ndarray) -> str | None:
+    if not np.issubdtype(x.dtype, np.floating):
+        return None  # integer pixels are always finite
+    bad = ~np.isfinite(x.reshape(len(x), -1))
+    if not bad.any():
+        return None
+    examples = bad.any(axis=1)
+    return (f"{source}: x_{split}: non-finite values (NaN or Inf as float32): {np.count_nonzero(bad):,} of "
+            f"{bad.size:,}, in {np.count_nonzero(examples):,} of {len(x):,} examples (the first: example "
+            f"{int(np.argmax(examples))})")
+
+
+def check_values(source: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray, num_classes: int | None = None) -> int:
+    """Refuses data no study should train on, naming `source` (the file or dataset), the split and the
+    count of offending values: an empty split, labels that are not integers in [0, num_classes), a test
+    split holding classes the training split lacks (its accuracy would measure nothing learnable), and
+    non-finite inputs (NaN would train into a run recorded as diverged: bad data turned into a result).
+    Labels are flat (N,). `num_classes` None: one more than the largest label (npz files). Returns the
+    number of classes. Raises DataError."""
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if len(x) == 0 or len(y) == 0:
+            raise DataError(f"{source}: the {split} split is empty")
+    if num_classes is None:
+        for split, y in (("train", y_train), ("test", y_test)):
+            if not np.issubdtype(y.dtype, np.integer):
+                raise DataError(_labels_problem(source, split, y, 0))
+        num_classes = max(int(y_train.max()), int(y_test.max()), 0) + 1
+    for split, y in (("train", y_train), ("test", y_test)):
+        problem = _labels_problem(source, split, y, num_classes)
+        if problem:
+            raise DataError(problem)
+    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
+    if unseen.size:
+        count = np.count_nonzero(np.isin(y_test, unseen))
+        raise DataError(f"{source}: y_test: labels of classes the training split lacks "
+                        f"({', '.join(map(str, unseen[:10].tolist()))}{', ...' if unseen.size > 10 else ''}): "
+                        f"{count:,} of {len(y_test):,}; no model can learn them from this data")
+    for split, x in (("train", x_train), ("test", x_test)):
+        problem = _inputs_problem(source, split, x)
+        if problem:
+            raise DataError(problem)
+    return num_classes
+
+
+def _make(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None,
+          source: str | None = None) -> Data:
+    """A Data from raw arrays, after check_values (`source` names them in its messages; default `name`)."""
     x_train, x_test = np.asarray(x_train), np.asarray(x_test)
     if x_train.dtype != np.uint8:
-        x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, which check_values refuses
+            x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
     if x_train.ndim == 3:  # (N, H, W) grey images: add the channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
-    y_train = np.asarray(y_train).astype(np.int32).reshape(-1)
-    y_test = np.asarray(y_test).astype(np.int32).reshape(-1)
-    if num_classes is None:
-        num_classes = int(max(y_train.max(), y_test.max())) + 1
+    y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+    num_classes = check_values(source or name, x_train, y_train, x_test, y_test, num_classes)
+    y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)
     scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
     mean, std = _stats(x_train, scale)
     std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant channel is left unscaled
@@ -93,12 +151,42 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lrbs_tf"
 
 
+MNIST1D_SHAPE = DATASETS["mnist1d"].input_shape
+MNIST1D_CLASSES = DATASETS["mnist1d"].num_classes
+
+
+def _mnist1d_source(path: Path | None) -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        version = "of unknown version"
+    return f"mnist1d (generated by the mnist1d package {version}" + (f", cached in {path})" if path else ")")
+
+
+def _cached_mnist1d(path: Path) -> tuple[np.ndarray, ...] | None:
+    """The cache's arrays when they are whole and pass check_values; None otherwise (a cache file cut short,
+    damaged or from elsewhere is only a cache: it is generated again)."""
+    try:
+        with np.load(path) as f:
+            arrays = f["x"], f["y"], f["x_test"], f["y_test"]
+        if arrays[0].shape[1:] != MNIST1D_SHAPE or arrays[2].shape[1:] != MNIST1D_SHAPE:
+            return None
+        check_values(str(path), *arrays, num_classes=MNIST1D_CLASSES)
+    except (OSError, KeyError, ValueError, EOFError):  # DataError is a ValueError
+        return None
+    return arrays
+
+
 @functools.lru_cache(maxsize=2)
-def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
-    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test, 40 features).
+def _mnist1d_arrays() -> tuple[tuple[np.ndarray, ...], Path | None]:
+    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test, 40 features), and the cache
+    file it came from (None when it was generated here).
 
     Generation takes seconds, so the arrays are cached on disk keyed by the package version and arguments.
-    The cache only ever holds what make_dataset returns; delete it freely.
+    The cache only ever holds what make_dataset returns; delete it freely. It is written without fsync:
+    after a crash a damaged cache fails the checks above and is generated again.
     """
     import mnist1d
     from mnist1d.data import get_dataset_args, make_dataset
@@ -107,13 +195,15 @@ def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
     key = hashlib.sha1(repr((getattr(mnist1d, "__version__", "?"), sorted(vars(args).items())))
                        .encode()).hexdigest()[:12]
     path = _cache_dir() / f"mnist1d-{key}.npz"
-    try:
-        with np.load(path) as f:
-            return f["x"], f["y"], f["x_test"], f["y_test"]
-    except (OSError, KeyError, ValueError):
-        pass
+    cached = _cached_mnist1d(path)
+    if cached is not None:
+        return cached, path
     d = make_dataset(args)
     arrays = (d["x"].astype(np.float32), d["y"], d["x_test"].astype(np.float32), d["y_test"])
+    try:
+        check_values(_mnist1d_source(None), *arrays, num_classes=MNIST1D_CLASSES)
+    except DataError:
+        return arrays, None  # never cached; load_data refuses it with the same check
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -121,7 +211,7 @@ def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only costs the regeneration next time
-    return arrays
+    return arrays, None
 
 
 def load_npz(path: str) -> Data:
@@ -144,19 +234,14 @@ def load_npz(path: str) -> Data:
         nx, ny = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
         if nx != ny:
             raise DataError(f"npz file {path}: x_{split} has {nx} examples but y_{split} has {ny}")
-        if nx == 0:
-            raise DataError(f"npz file {path}: the {split} split is empty")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"npz file {path}: x_train examples have shape {arrays['x_train'].shape[1:]}, "
                         f"x_test examples {arrays['x_test'].shape[1:]}")
-    for k in ("y_train", "y_test"):
-        y = arrays[k]
-        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-            raise DataError(f"npz file {path}: {k} must hold non-negative integer class labels")
     if arrays["x_train"].ndim not in (2, 3, 4):
         raise DataError(f"npz file {path}: x_train must be (N, F), (N, H, W) or (N, H, W, C), "
                         f"got {arrays['x_train'].shape}")
-    return _make("npz", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
+    return _make("npz", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                 source=f"npz file {path}")
 
 
 def npz_shape(path: str) -> tuple[tuple, int]:
@@ -172,7 +257,10 @@ def load_tfds(name: str, data_dir: str | None) -> Data:
     def to_numpy(ds) -> tuple[np.ndarray, np.ndarray]:
         # Chunks rather than tfds' batch_size=-1: that path aborts the process on datasets of unknown
         # cardinality (seen with tfds.testing.mock_data, TF 2.21).
-        xs, ys = zip(*tfds.as_numpy(ds.batch(10_000)))
+        batches = list(tfds.as_numpy(ds.batch(10_000)))
+        if not batches:  # an empty split: check_values names it
+            return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+        xs, ys = zip(*batches)
         return np.concatenate(xs), np.concatenate(ys)
 
     try:
@@ -183,7 +271,8 @@ def load_tfds(name: str, data_dir: str | None) -> Data:
         raise DataError(f"could not load {name} through tensorflow_datasets (data_dir={data_dir}): {first}. "
                         "The first use downloads it and needs internet; offline, prepare it elsewhere and "
                         "pass --data_dir, or use --dataset=npz --data_path=FILE") from None
-    return _make(name, x_train, y_train, x_test, y_test, DATASETS[name].num_classes)
+    return _make(name, x_train, y_train, x_test, y_test, DATASETS[name].num_classes,
+                 source=f"{name} (tensorflow_datasets, data_dir={data_dir})")
 
 
 def load_data(dataset: str, data_dir: str | None = None, data_path: str | None = None) -> Data:
@@ -191,7 +280,8 @@ def load_data(dataset: str, data_dir: str | None = None, data_path: str | None =
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if dataset == "mnist1d":
-        return _make("mnist1d", *_mnist1d_arrays(), num_classes=10)
+        arrays, cache = _mnist1d_arrays()
+        return _make("mnist1d", *arrays, num_classes=MNIST1D_CLASSES, source=_mnist1d_source(cache))
     if dataset == "npz":
         return load_npz(data_path or "")
     return load_tfds(DATASETS[dataset].tfds_name, data_dir)

@@ -5,7 +5,8 @@ registered in global state (nothing to close, nothing leaks between calls or tes
 rendered by the canvas matplotlib picks for it (Agg for PNG) in any process.
 
 Like every finished file of a run folder, each file is written to a temporary name in the target folder
-and moved into place with os.replace, so a reader never sees half a figure.
+and moved into place with os.replace, so a reader never sees half a figure (synced before the rename, the
+folder after: lrbs_tf.durable).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from matplotlib.figure import Figure
+
+from lrbs_tf.durable import fsync_dir, named
 
 DEFAULT_FORMATS = ("png", "pdf")
 
@@ -44,11 +47,14 @@ def save(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = DEFAULT_
                 os.fsync(f.fileno())
         for tmp, path in rendered:
             os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(stem.parent)  # the renames are durable only once the folder is synced
+    except BaseException as e:
         for tmp, _ in rendered:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass  # already moved into place
+        if isinstance(e, OSError) and rendered:  # a full disk: name the figure, for the one-line error
+            raise named(e, rendered[-1][1]) from None
         raise
     return [path for _, path in rendered]

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lrbs_tf import checkpoints
 from lrbs_tf import members as mem
 from lrbs_tf import runfolder
 from lrbs_tf.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
@@ -63,21 +64,16 @@ def _load(cfg: TrainConfig) -> Data:
         raise UsageError(str(e)) from None
 
 
-def _latest_epoch(run_dir: Path) -> int:
-    """Epochs covered by the run folder's latest checkpoint (0 when it has none)."""
-    latest = tf.train.latest_checkpoint(str(run_dir / runfolder.CKPT_DIR))
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
-
-
 def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Callable[[], dict]) -> list[dict]:
     """Trains (or resumes) the unfinished runs `cfgs`, which differ only in `lr` and `run_name`.
 
     The devices and the data are set up first and every configuration is checked again against what they
     reveal (config.validate), before any run folder is written. Members can share batches only from a common
-    epoch, so they are grouped by the epoch their latest checkpoint reached (after an interrupted column, all
-    share one) and the groups are trained in turn. Under MultiWorkerMirroredStrategy only the chief writes
-    run folders; the other workers restore from the chief's checkpoints (a shared file system) and write
-    their copies to a scratch folder, deleted after. Returns each run's result.json content.
+    epoch, so they are grouped by the epoch they resume from (checkpoints.resume_epochs: after an interrupted
+    column, the newest one all members can restore) and the groups are trained in turn. Under
+    MultiWorkerMirroredStrategy only the chief writes run folders; the other workers restore from the chief's
+    checkpoints (a shared file system) and write their copies to a scratch folder, deleted after. Returns
+    each run's result.json content.
     """
     strategy = _setup_devices(cfgs[0])
     data = _load(cfgs[0])
@@ -86,8 +82,8 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
         validate(cfg, facts)
     scratch = None if is_chief(strategy) else tempfile.mkdtemp(prefix="lrbs_worker_")
     groups: dict[int, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        groups.setdefault(_latest_epoch(cfg.run_dir), []).append(i)
+    for i, epoch in enumerate(checkpoints.resume_epochs([cfg.run_dir for cfg in cfgs])):
+        groups.setdefault(epoch, []).append(i)
     results: list[dict | None] = [None] * len(cfgs)
     try:
         for _, indices in sorted(groups.items()):
@@ -239,8 +235,10 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
               "from the last checkpoint", file=sys.stderr, flush=True)
         raise KeyboardInterrupt from None
     except Exception as e:
-        mem.fail(active, e)
-        raise TrainingFailed(f"{', '.join(str(m.run_dir) for m in active)} failed: {type(e).__name__}: {e}") from e
+        unrecorded = mem.fail(active, e)
+        note = f" (not recorded in {', '.join(map(str, unrecorded))}: the same fault)" if unrecorded else ""
+        raise TrainingFailed(f"{', '.join(str(m.run_dir) for m in active)} failed: {mem.describe_error(e)}"
+                             f"{note}") from e
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         for member in members:

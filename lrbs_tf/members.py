@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrbs_tf import runfolder, summaries
+from lrbs_tf import checkpoints, durable, runfolder, summaries
 from lrbs_tf.config import MIXED_PRECISION, TrainConfig
 from lrbs_tf.data import Data
 from lrbs_tf.models import build_model, count_trainable_params
@@ -83,31 +83,55 @@ def _write_config(cfg: TrainConfig, flag_settings: dict, model: keras.Model, dat
         **provenance()})
 
 
+def _build(strategy: tf.distribute.Strategy, data: Data, cfg: TrainConfig, restore_dir: Path,
+           at_most: int) -> tuple[keras.Model, keras.optimizers.Optimizer, tf.Variable, tf.train.Checkpoint,
+                                  checkpoints.Found]:
+    """A member's model, SGD and epoch counter from its seed, with the newest checkpoint of `restore_dir` up
+    to epoch `at_most` that restores cleanly (and that metrics.jsonl covers) restored into them. Writes
+    nothing."""
+    keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
+    with strategy.scope():
+        model, optimizer = build_member(cfg, data)
+        optimizer.build(model.trainable_variables)
+        epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
+    recorded = runfolder.recorded_epochs(runfolder.read_metrics(restore_dir))
+    found = checkpoints.restore_newest(ckpt, restore_dir / runfolder.CKPT_DIR, recorded, at_most)
+    return model, optimizer, epochs_done, ckpt, found
+
+
 def build_members(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[TrainConfig],
                   settings: Sequence[dict], provenance: Callable[[], dict],
                   restore_dirs: Sequence[Path]) -> list[Member]:
     """One Member per configuration, each from the same initial weights (its seed), its config.json written
-    if the run is new, and its latest checkpoint in `restore_dirs` restored if there is one (its metrics.jsonl
-    trimmed to that checkpoint's epoch)."""
+    if the run is new, and the newest checkpoint in `restore_dirs` that restores cleanly restored if there
+    is one (its metrics.jsonl trimmed to that checkpoint's epoch; newer checkpoints that do not restore are
+    named on stderr, and retrained over). Members resume from the newest epoch they all can
+    (checkpoints.resume_epochs), so a column cut between two members' checkpoint saves goes on as one.
+
+    Every member is restored before anything is written, so when one has checkpoints of which none restores
+    (checkpoints.CheckpointError) or the members would resume from different epochs, no folder changes."""
     keras.backend.clear_session()
+    resume = checkpoints.resume_epochs(restore_dirs)  # the epoch loop.train grouped these members by
+    built = [_build(strategy, data, cfg, restore_dir, epoch)
+             for cfg, restore_dir, epoch in zip(cfgs, restore_dirs, resume)]
+    epochs = {cfg.run_name: int(b[2].numpy()) for cfg, b in zip(cfgs, built)}
+    if len(set(epochs.values())) > 1:  # only when a checkpoint that reads back whole held another model
+        raise checkpoints.CheckpointError(f"the runs of one column would resume from different epochs "
+                                          f"({', '.join(f'{k}: {v}' for k, v in epochs.items())}); nothing "
+                                          "was changed")
     lrs = [c.lr for c in cfgs]
     members = []
-    for cfg, flag_settings, restore_dir in zip(cfgs, settings, restore_dirs):
-        keras.utils.set_random_seed(cfg.seed)  # every member starts from the same initial weights
-        with strategy.scope():
-            model, optimizer = build_member(cfg, data)
-            optimizer.build(model.trainable_variables)
-            epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+    for cfg, flag_settings, restore_dir, (model, optimizer, epochs_done, ckpt, found) in zip(
+            cfgs, settings, restore_dirs, built):
         if not (cfg.run_dir / runfolder.CONFIG).exists():
             _write_config(cfg, flag_settings, model, data, strategy.num_replicas_in_sync, lrs, provenance)
         if (cfg.run_dir / runfolder.RESULT).exists():  # a failed run being retried is unfinished again
             (cfg.run_dir / runfolder.RESULT).unlink()
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs_done=epochs_done)
         manager = tf.train.CheckpointManager(ckpt, str(cfg.run_dir / runfolder.CKPT_DIR),
                                              max_to_keep=cfg.checkpoints_to_keep)
-        latest = tf.train.latest_checkpoint(str(restore_dir / runfolder.CKPT_DIR))
-        if latest:
-            ckpt.restore(latest).assert_existing_objects_matched()
+        checkpoints.report(found, restore_dir)
+        if found.prefix:
             print(f"resuming {restore_dir} after epoch {int(epochs_done.numpy())}", flush=True)
         rows = runfolder.trim_metrics(cfg.run_dir, int(epochs_done.numpy()))
         writer = summaries.RunWriter(cfg.run_dir / runfolder.TENSORBOARD_DIR, summaries.hparams_of(flag_settings),
@@ -154,6 +178,7 @@ def save_checkpoint(member: Member, epoch: int) -> None:
     leaves a line that the resume drops (runfolder.trim_metrics) and trains again."""
     member.epochs_done.assign(epoch)
     member.manager.save(checkpoint_number=epoch)
+    checkpoints.sync(member.run_dir / runfolder.CKPT_DIR, epoch)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -191,16 +216,44 @@ def finish(member: Member) -> None:
           f"{result['best_test_accuracy']} (epoch {result['best_epoch']})", flush=True)
 
 
-def fail(members: Sequence[Member], error: BaseException) -> None:
-    """Records each member as failed (result.json with the error and traceback): a rerun retries it."""
+def fail(members: Sequence[Member], error: BaseException) -> list[Path]:
+    """Records each member as failed (result.json with the error and traceback): a rerun retries it.
+
+    Returns the run folders where the record itself could not be written (the disk that failed training
+    is often full): they stay unfinished, which a rerun resumes the same way."""
+    unrecorded = []
     for member in members:
-        runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, {
-            **summary(member.rows), "status": runfolder.STATUS_FAILED,
-            "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        try:
+            runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, {
+                **summary(member.rows), "status": runfolder.STATUS_FAILED,
+                "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        except OSError:
+            unrecorded.append(member.run_dir)
+    return unrecorded
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what ended training; a storage fault (a full disk, as Python or TensorFlow reports
+    it) is named as such, with what to do, since nothing about the run itself is wrong."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    storage = (isinstance(error, OSError) and error.errno in durable.STORAGE_FAULTS
+               or isinstance(error, tf.errors.OpError) and "No space left on device" in text)
+    if storage:
+        return (f"a storage fault ({type(error).__name__}: {first}); free space (or fix the disk), then run "
+                "the same command again: it resumes from the last checkpoint")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _save_model(model: keras.Model, path: Path) -> None:
-    """model.keras, written to a temporary name first so a reader never sees half a file."""
+    """model.keras, written to a temporary name first so a reader never sees half a file, and synced before
+    and after the rename so a crash cannot leave a renamed but empty one."""
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    try:
+        model.save(tmp)
+        durable.replace_durably(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # Keras' zip writer names no file: a full disk says which one
+            raise durable.named(e, path) from None
+        raise

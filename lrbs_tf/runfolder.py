@@ -15,6 +15,8 @@ verbatim; a test checks that the two agree):
 
 `read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
 reads a run folder goes through them, so the contract's keys and their types are checked in one place.
+Every file is written through lrbs_tf.durable (atomic and synced, lines appended whole or not at all), and
+`read_metrics` never takes a torn last line for a record (docs/reliability.md lists the faults covered).
 This module has no TensorFlow dependency so that analysis tools stay fast to import.
 """
 
@@ -24,11 +26,11 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from lrbs_tf.config import DEFAULTS
+from lrbs_tf.durable import append_line, atomic_write_text  # atomic_write_text: every writer reaches it here
 from lrbs_tf.errors import RunFolderError
 
 CONFIG = "config.json"
@@ -66,28 +68,6 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and os.replace.
-
-    Readers see either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps(obj) + "\n")
 
@@ -104,43 +84,64 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
-    """Appends one JSON line and flushes it to disk."""
-    with open(path, "a") as f:
-        f.write(dumps(obj, indent=None) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends `obj` as one JSON line, whole or not at all, synced to disk (durable.append_line)."""
+    append_line(path, dumps(obj, indent=None))
+
+
+def _records(data: bytes) -> list[dict]:
+    """The JSON objects of `data`'s whole lines, up to the first line that is not one."""
+    rows = []
+    for line in data.split(b"\n")[:-1]:  # the last piece is a torn tail (or empty): never data
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
+    return rows
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """Returns the complete epoch records of `metrics.jsonl` (a partial trailing line is ignored)."""
+    """Returns the complete epoch records of `metrics.jsonl`.
+
+    A last line without its newline (a write cut short by a kill, a crash or a full disk) is not a record,
+    even when it happens to parse; nor is anything from the first line that is not a JSON object on.
+    """
     path = Path(run_dir) / METRICS
-    if not path.exists():
+    try:
+        return _records(path.read_bytes())
+    except FileNotFoundError:
         return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # a write cut off by a kill: not a record
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+
+
+def recorded_epochs(rows: list[dict]) -> int:
+    """How many epochs `rows` records without a gap from epoch 1: a checkpoint past that cannot be resumed
+    from, since the epochs it covers would be missing from metrics.jsonl."""
+    count = 0
+    for row in rows:
+        if row.get("epoch") != count + 1:
+            break
+        count += 1
+    return count
 
 
 def trim_metrics(run_dir: str | os.PathLike, num_epochs: int) -> list[dict]:
     """Keeps the first `num_epochs` records of metrics.jsonl (those covered by a checkpoint).
 
     Epoch records are appended before the epoch's checkpoint is saved, so a kill in between leaves a line
-    whose epoch will be trained again; dropping it keeps the log equal to an uninterrupted run's.
-    The file is replaced atomically, and only when something must go.
+    whose epoch will be trained again; dropping it (and any torn tail) keeps the log equal to an
+    uninterrupted run's. The file is replaced atomically, and only when something must go.
     """
     path = Path(run_dir) / METRICS
-    rows = read_metrics(run_dir)
-    kept = [r for r in rows if r.get("epoch", 0) <= num_epochs]
-    raw = path.read_text() if path.exists() else ""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = None
+    rows = _records(raw or b"")
+    kept = rows[:min(num_epochs, recorded_epochs(rows))]
     expected = "".join(dumps(r, indent=None) + "\n" for r in kept)
-    if raw != expected and (kept or path.exists()):
+    if raw is not None and raw != expected.encode():
         atomic_write_text(path, expected)
     return kept
 

@@ -96,11 +96,16 @@ def load_model(model_path: Path, config: runfolder.RunConfig | None) -> keras.Mo
     """Loads model.keras (compile=False) and checks it against config.json and for finite weights."""
     import keras
 
+    from lrbs_tf.checkpoints import describe_keras_file
     from lrbs_tf.models import count_trainable_params
 
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as e:  # zip, h5 and deserialisation errors all mean the same thing to the user
+        # Keras reports a damaged archive as "File not found"; say what is wrong with the file instead.
+        problem = describe_keras_file(model_path)
+        if problem is not None:
+            raise RunFolderError(f"{model_path} {problem}") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunFolderError(f"{model_path} is unreadable as a Keras model: {first}") from None
     if config is not None:

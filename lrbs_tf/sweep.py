@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lrbs_tf import grid as gridlib
-from lrbs_tf import provenance, runfolder, workers
+from lrbs_tf import durable, provenance, runfolder, workers
 from lrbs_tf.cli import run_app
 from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, UsageError
 from lrbs_tf.sweep_config import GRID_FLAGS, SweepConfig, config_from_flags
@@ -72,6 +72,7 @@ def check_sweep_record(workdir: Path, record: dict) -> None:
             pass  # another shard was first; compared below like any restart
         finally:
             tmp.unlink()
+        durable.fsync_dir(workdir)  # the link is what makes sweep.json exist: durable only once synced
     try:
         old = runfolder.read_json(path)["grid"]
     except (runfolder.RunFolderError, KeyError, TypeError):

@@ -167,3 +167,97 @@ def test_iter_run_dirs_reports_folders_it_cannot_list(tmp_path):
     gone = []  # the same error path, reachable as root too: a root that cannot be listed at all
     assert list(runfolder.iter_run_dirs(tmp_path / "missing", gone)) == []
     assert len(gone) == 1 and "missing" in gone[0] and "No such file" in gone[0]
+
+
+# --- data values, checked by every loader (docs/reliability.md) ------------------------------------------
+
+def _floats(n, shape=(4,), seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"x_train": np.where(np.arange(200).reshape(50, 4) % 37 == 5, np.nan, 1.0).astype(np.float32)},
+     "x_train: non-finite values (NaN or Inf as float32): 6 of 200, in 6 of 50 examples (the first: example 1)"),
+    ({"x_test": np.r_[_floats(19), np.full((1, 4), np.inf, np.float32)]},
+     "x_test: non-finite values (NaN or Inf as float32): 4 of 80, in 1 of 20 examples (the first: example 19)"),
+    ({"x_train": np.r_[_floats(49), np.full((1, 4), 1e300)]},  # finite in float64, infinite as trained
+     "x_train: non-finite values (NaN or Inf as float32): 4 of 200"),
+    ({"y_test": np.r_[np.zeros(17, int), [7, 7, 9]]},
+     "y_test: labels of classes the training split lacks (7, 9): 3 of 20; no model can learn them"),
+    ({"y_train": np.r_[np.zeros(48, int), [-1, -3]]},
+     "y_train: labels outside [0, 3): 2 of 50 (e.g. -1 at example 48; class labels are non-negative integers"),
+    ({"y_train": np.zeros(50), "y_test": np.zeros(20)}, "y_train must hold non-negative integer class labels, "
+                                                        "not float64 values"),
+    ({"x_train": np.zeros((0, 4), np.float32), "y_train": np.zeros(0, int)}, "the train split is empty"),
+    ({"x_test": np.zeros((0, 4), np.float32), "y_test": np.zeros(0, int)}, "the test split is empty"),
+])
+def test_npz_values_are_checked(tmp_path, overrides, message):
+    path = tmp_path / "values.npz"
+    arrays = {"x_train": _floats(50), "y_train": np.arange(50) % 3, "x_test": _floats(20, seed=1),
+              "y_test": np.arange(20) % 3, **overrides}
+    np.savez(path, **arrays)
+    with pytest.raises(data_lib.DataError) as info:
+        data_lib.load_npz(str(path))
+    assert str(info.value).startswith(f"npz file {path}: ") and message in str(info.value), str(info.value)
+
+
+def test_bad_npz_values_are_refused_before_a_run_folder_exists(tmp_path):
+    from lrbs_tf.config import UsageError
+    from lrbs_tf.train import run
+    from tests.helpers import small_config
+
+    path = tmp_path / "nan.npz"
+    x = _floats(64)
+    x[10, 2] = np.nan
+    np.savez(path, x_train=x, y_train=np.arange(64) % 2, x_test=_floats(8), y_test=np.arange(8) % 2)
+    with pytest.raises(UsageError, match=r"x_train: non-finite values .*: 1 of 256"):
+        run(small_config(tmp_path / "out", dataset="npz", data_path=str(path), batch_size=16))
+    assert not (tmp_path / "out").exists()  # never trained into a "diverged" result
+
+
+def _mock_split(labels: dict):
+    """A tfds mock `as_dataset` whose splits hold the given labels (images all zeros)."""
+    def as_dataset(self, split, *args, **kwargs):
+        ys = labels[str(split)]
+        return tf.data.Dataset.from_generator(
+            lambda: ({"image": np.zeros((32, 32, 3), np.uint8), "id": "x", "label": y} for y in ys),
+            output_signature=self.info.features.get_tensor_spec())
+    return as_dataset
+
+
+@pytest.mark.parametrize("labels,message", [
+    ({"train": [0, 1, 12, 3], "test": [0, 1]},
+     "cifar10 (tensorflow_datasets, data_dir=None): y_train: labels outside [0, 10): 1 of 4 (e.g. 12 at example 2"),
+    ({"train": [0, 1, 2, 3], "test": [0, 4, 5, 4, 1]},
+     "cifar10 (tensorflow_datasets, data_dir=None): y_test: labels of classes the training split lacks (4, 5): "
+     "3 of 5"),
+    ({"train": [0, 1], "test": []}, "cifar10 (tensorflow_datasets, data_dir=None): the test split is empty"),
+])
+def test_tfds_values_are_checked(labels, message):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(as_dataset_fn=_mock_split(labels)):
+        with pytest.raises(data_lib.DataError) as info:
+            data_lib.load_data("cifar10")
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_mnist1d_values_are_checked(monkeypatch, tmp_path):
+    import mnist1d.data
+
+    good = data_lib.load_data("mnist1d")
+    x = good.x_train.copy()
+    x[[3, 8], 0] = np.nan
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset",  # a generator gone wrong
+                        lambda args: {"x": x, "y": good.y_train, "x_test": good.x_test, "y_test": good.y_test})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data_lib._mnist1d_arrays.cache_clear()
+    try:
+        with pytest.raises(data_lib.DataError) as info:
+            data_lib.load_data("mnist1d")
+    finally:
+        data_lib._mnist1d_arrays.cache_clear()
+    assert str(info.value).startswith("mnist1d (generated by the mnist1d package ")
+    assert "x_train: non-finite values (NaN or Inf as float32): 2 of 160,000, in 2 of 4,000 examples" in str(info.value)
+    assert not list(tmp_path.rglob("*.npz"))  # bad data is never cached
