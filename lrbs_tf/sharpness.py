@@ -27,6 +27,7 @@ from lrbs_tf.cli import quiet_import_tensorflow, run_app
 from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
 from lrbs_tf.errors import RunFolderError, UsageError
+from lrbs_tf.theory.ou import stability_ratio
 from lrbs_tf.sharpness_targets import (Target, expand_ckpts, first_examples, load_checked_data, load_model,
                                        resolve_run_dir, resolve_target, results_targets, versions)
 
@@ -112,6 +113,8 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
                              ("arch", "dataset", "batch_size", "lr", "seed", "momentum", "weight_decay", "epochs")}
               if target.config else None,
               "versions": versions()}
+    record["stability_ratio"] = (stability_ratio(fields["lambda_max"], target.config.lr)
+                                 if fields["lambda_max"] is not None and target.config is not None else None)
     if spectrum is not None:
         grid, sigma = spectrum.default_grid()
         title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
