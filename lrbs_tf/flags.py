@@ -224,6 +224,12 @@ def define_correlate_flags() -> None:
                       "groups besides arch and dataset (other keys that vary inside a group are reported, not "
                       "split on).")
     flags.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
+    flags.DEFINE_float("target_train_loss", None, "Steps to result (Shallue et al.): each run's optimizer steps "
+                       "to a training loss at or below this (nats), interpolated between epoch rows; the fewest "
+                       "per batch size and McCandlish's S(B) = S_min (1 + B_crit / B) fitted to them "
+                       "(steps_to_result.csv, scaling_fit.csv). Not with --target_test_accuracy.")
+    flags.DEFINE_float("target_test_accuracy", None, "Steps to result for a test accuracy at or above this "
+                       "(fraction in (0, 1]), as --target_train_loss.")
 
 
 @_once
