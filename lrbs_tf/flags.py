@@ -272,6 +272,9 @@ def define_sharpness_flags() -> None:
                       "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
                       "depends on model and device, see benchmarks/curvature.md).")
     flags.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset).")
+    flags.DEFINE_integer("epoch", None, "Measure the run at the checkpoint of this epoch (1-based, one bin/train "
+                         "kept in ckpt/) instead of its final model, into sharpness-epoch<E>.json (sharpness.json "
+                         "untouched); e.g. --epoch=2 --quantities=noise_scale for B_simple early in training.")
     flags.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
                       "alpha theta_b instead of curvature; needs --out.")
     flags.DEFINE_list("alpha_range", ["-0.5", "1.5", "21"], "START,STOP,NUM: the interpolation alphas "
