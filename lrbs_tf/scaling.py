@@ -210,7 +210,7 @@ def critical_batch_table(done: pd.DataFrame, group_cols: list[str], labels: dict
     each run's earliest sharpness-epoch{E}.json with one) summarised over the group's done runs, beside the
     B_crit fitted to the steps to result (NaN without a target). Empty when no run has an early B_simple.
     McCandlish et al. predict B_crit ~ B_noise, of which B_simple is the estimate that ignores the
-    Hessian's conditioning; a ratio of order 1 (their Fig. 7: within a factor of ~10) is agreement."""
+    Hessian's conditioning; they find the two agree only roughly, so a ratio of order 1 is agreement."""
     rows = []
     have = done[done["noise_scale_early"].notna()]
     fits = {} if fit is None else {tuple(key_value(r[c]) for c in group_cols): r for r in fit.to_dict("records")}
