@@ -63,15 +63,20 @@ def critical_batch_section(a: Analysis) -> str:
                 "--quantities=noise_scale writes sharpness-epoch{E}.json; at the end of training G -> 0 and "
                 "B_simple means nothing).")
     text = ("McCandlish et al. predict B_crit ~ B_simple = tr(C) / |G|^2, measured early in training. B_simple "
-            "per run from its earliest sharpness-epoch{E}.json with a resolved noise_scale (runs.csv: "
+            "per run from its earliest sharpness-epoch{E}.json with a noise_scale (|G|^2 > 0; runs.csv: "
             "noise_scale_early, noise_scale_epoch), summarised over the group's done runs; B_crit from the fit "
             "above (— without --target_train_loss / --target_test_accuracy). critical_batch.csv.")
     rows = [[a.label(r), r["n_runs"], f"{r['epoch_min']}..{r['epoch_max']}" if r["epoch_min"] != r["epoch_max"]
              else r["epoch_min"], _g(r["b_simple_median"]), f"{_g(r['b_simple_min'])}..{_g(r['b_simple_max'])}",
              _g(r["b_simple_stderr_median"], 2), _g(r["b_crit"]), _interval(r["b_crit_low"], r["b_crit_high"]),
              _g(r["b_crit_over_b_simple"], 2)] for r in c.to_dict("records")]
+    late = [f"{a.label(r)}: {r['n_late']} of {r['n_runs']}" for r in c.to_dict("records") if r["n_late"]]
+    warn = ("Measured in the second half of the run's epochs, so not early in training (B_simple grows as G "
+            f"-> 0 and then overstates the early value): {'; '.join(late)} runs. Keep an early checkpoint "
+            "(bin/train's checkpoint settings) and measure it with --epoch.") if late else ""
     return "\n\n".join([head, text, md_table(["group", "runs", "epoch", "B_simple (median)", "range",
-                                              "median s.e.", "B_crit", "interval", "B_crit / B_simple"], rows)])
+                                              "median s.e.", "B_crit", "interval", "B_crit / B_simple"], rows),
+                         *([warn] if warn else [])])
 
 
 def stability_section(a: Analysis) -> str:

@@ -199,7 +199,7 @@ def steps_to_result(runs: pd.DataFrame, configs: dict[str, dict], results: Path,
     return StepsToResult(target, per_run, steps, fit_table(steps, group_cols, labels, target))
 
 
-CRITICAL_COLUMNS = ["n_runs", "epoch_min", "epoch_max", "b_simple_median", "b_simple_min", "b_simple_max",
+CRITICAL_COLUMNS = ["n_runs", "epoch_min", "epoch_max", "n_late", "b_simple_median", "b_simple_min", "b_simple_max",
                     "b_simple_stderr_median", "b_crit", "b_crit_low", "b_crit_high", "b_crit_over_b_simple",
                     "target"]
 
@@ -219,7 +219,10 @@ def critical_batch_table(done: pd.DataFrame, group_cols: list[str], labels: dict
         f = fits.get(tuple(keys.values()), {})
         b_crit = float(f.get("b_crit", math.nan))
         rows.append({**keys, "n_runs": len(g), "epoch_min": int(g["noise_scale_epoch"].min()),
-                     "epoch_max": int(g["noise_scale_epoch"].max()), "b_simple_median": float(np.median(b)),
+                     "epoch_max": int(g["noise_scale_epoch"].max()),
+                     # measured in the second half of the run's epochs: not "early", B_simple grows as G -> 0
+                     "n_late": int((g["noise_scale_epoch"] > 0.5 * g["epochs"].astype(float)).sum()),
+                     "b_simple_median": float(np.median(b)),
                      "b_simple_min": float(b.min()), "b_simple_max": float(b.max()),
                      "b_simple_stderr_median": float(np.nanmedian(g["noise_scale_early_stderr"].to_numpy(float)))
                      if g["noise_scale_early_stderr"].notna().any() else math.nan,

@@ -175,6 +175,7 @@ def test_early_b_simple_beside_b_crit_and_runs_at_the_stability_edge(tmp_path):
     assert a.runs["noise_scale_epoch"].tolist() == [2.0] * 15
     crit = pd.read_csv(tmp_path / "out" / correlate.CRITICAL_FILE).iloc[0]
     assert crit["n_runs"] == 15 and crit["b_simple_median"] == 107.0 and crit["b_simple_max"] == 114.0
+    assert crit["n_late"] == 0 and "second half" not in (tmp_path / "out" / correlate.REPORT_FILE).read_text()
     assert crit["b_crit"] == pytest.approx(128.0, rel=1e-6)
     assert crit["b_crit_over_b_simple"] == pytest.approx(128.0 / 107.0, rel=1e-6)
     assert a.runs["stability_ratio"].tolist()[5] == pytest.approx(1.0, rel=1e-12)
