@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import loop, members as mem, runfolder, steps
+from lrbs_tf import checkpoints, loop, members as mem, runfolder, steps
 from lrbs_tf.config import settings
 from lrbs_tf.data import Pipelines, load_data
 from tests.helpers import small_config
@@ -108,12 +108,12 @@ def test_run_epoch_trains_evaluates_and_leaves_the_state_in_the_member_models(tm
     np.testing.assert_array_equal(test_accuracy, stats.test_accuracy)
 
 
-def test_close_epoch_records_checkpoints_and_lets_diverged_and_early_stoppers_leave(tmp_path, data):
+def test_close_epoch_records_all_checkpoints_early_stoppers_and_lets_diverged_and_stoppers_leave(tmp_path, data):
     members = _members(tmp_path, data, [0.01, 0.02, 0.03], stop_at_train_loss=0.5)
     stats = loop.EpochStats(loss_sum=np.array([2.0 * 64, np.nan, 0.25 * 64]), correct=np.array([10, 0, 60]),
                             seen=np.array([64, 64, 64]), test_loss=np.array([2.1, 9.0, 0.3]),
                             test_accuracy=np.array([0.2, 0.1, 0.9]), seconds=1.5, train_seconds=1.0)
-    leaving = loop.close_epoch(members, 1, stats, labelled=True)
+    leaving = loop.close_epoch(members, 1, stats, labelled=True, checkpoint=False)  # no checkpoint due
     going_on, diverged, stopped = members
     assert leaving == [diverged, stopped]
     assert (diverged.status, diverged.diverged_epoch) == (runfolder.STATUS_DIVERGED, 1)
@@ -121,9 +121,14 @@ def test_close_epoch_records_checkpoints_and_lets_diverged_and_early_stoppers_le
     rows = [runfolder.read_metrics(m.run_dir) for m in members]
     assert rows[0][0]["train_loss"] == 2.0 and rows[0][0]["train_accuracy"] == 10 / 64
     assert rows[1][0]["train_loss"] is None and rows[1][0]["test_accuracy"] is None  # not a measurement
-    assert [tf.train.latest_checkpoint(str(m.run_dir / runfolder.CKPT_DIR)) is not None for m in members] == \
-        [True, False, True]
-    assert [int(m.epochs_done.numpy()) for m in members] == [1, 0, 1]
+    # A stopper is saved although no checkpoint was due (its final state); a diverged run never is.
+    assert [[e for e, _ in checkpoints.candidates(m.run_dir / runfolder.CKPT_DIR)] for m in members] == [[], [], [1]]
+    assert [int(m.epochs_done.numpy()) for m in members] == [0, 0, 1]
+    loop.close_epoch([going_on], 2, loop.EpochStats(loss_sum=np.array([64.0]), correct=np.array([30]),
+                     seen=np.array([64]), test_loss=np.array([1.0]), test_accuracy=np.array([0.5]), seconds=1.0,
+                     train_seconds=0.5), labelled=False, checkpoint=True)
+    assert [e for e, _ in checkpoints.candidates(going_on.run_dir / runfolder.CKPT_DIR)] == [2]
+    assert [r["epoch"] for r in runfolder.read_metrics(going_on.run_dir)] == [1, 2]
 
 
 def test_finish_writes_the_model_then_the_result(tmp_path, data):

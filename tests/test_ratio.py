@@ -262,4 +262,4 @@ def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_pa
     assert values["--seeds"] == "0,1,2" and values["--arch"] == "mlp" and values["--dataset"] == "mnist1d"
     proc = run_bin("sweep", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}", "--dry_list", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "shard 0 of 1: 27 of the grid's 27 runs, 0 finished, 9 work units to run"
+    assert proc.stdout.splitlines()[0] == "shard 0 of 1: 27 of the grid's 27 runs (100% of its optimizer steps), 0 finished, 9 work units to run"
