@@ -73,7 +73,7 @@ def critical_batch_section(a: Analysis) -> str:
     late = [f"{a.label(r)}: {r['n_late']} of {r['n_runs']}" for r in c.to_dict("records") if r["n_late"]]
     warn = ("Measured in the second half of the run's epochs, so not early in training (B_simple grows as G "
             f"-> 0 and then overstates the early value): {'; '.join(late)} runs. Keep an early checkpoint "
-            "(bin/train's checkpoint settings) and measure it with --epoch.") if late else ""
+            "(bin/train --checkpoint_epochs=1,2,...) and measure it with bin/sharpness --epoch.") if late else ""
     return "\n\n".join([head, text, md_table(["group", "runs", "epoch", "B_simple (median)", "range",
                                               "median s.e.", "B_crit", "interval", "B_crit / B_simple"], rows),
                          *([warn] if warn else [])])

@@ -26,12 +26,13 @@ SETTINGS = sharpness_bin.Settings(num_examples=128, top_k=2, quantities=("eigenv
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two 3-epoch BN MLPs: `kept` keeps every epoch's checkpoint, `newest` the default newest 2 only."""
+    """Two 3-epoch BN MLPs. `kept`: --checkpoint_epochs=1 and no time-based checkpoints, so ckpt/ holds
+    epochs 1 (kept for good) and 3 (the last); `newest`: a checkpoint every epoch, the newest 2 kept (2, 3)."""
     root = tmp_path_factory.mktemp("runs")
     dirs = []
-    for name, keep in (("kept", 3), ("newest", 2)):
-        cfg = small_config(root, mlp_depth=1, mlp_width=8, mlp_batch_norm=True, epochs=3, run_name=name,
-                           checkpoints_to_keep=keep)
+    for name, kw in (("kept", dict(checkpoint_epochs=(1,), checkpoint_seconds=1e9, checkpoints_to_keep=1)),
+                     ("newest", dict(checkpoint_seconds=0, checkpoints_to_keep=2))):
+        cfg = small_config(root, mlp_depth=1, mlp_width=8, mlp_batch_norm=True, epochs=3, run_name=name, **kw)
         assert train_run(cfg)["status"] == "done"
         dirs.append(cfg.resolved().run_dir)
     return dirs
@@ -53,7 +54,7 @@ def test_an_epoch_is_measured_at_its_checkpoint_into_its_own_file(runs, tmp_path
     # The oracle: the run's model with epoch 1's checkpoint restored, measured in float64.
     model = keras.models.load_model(run_dir / runfolder.MODEL, compile=False)
     final = [np.array(v.value) for v in model.trainable_variables]
-    tf.train.Checkpoint(model=model).restore(record["checkpoint"]).expect_partial()
+    tf.train.Checkpoint(model=model).read(record["checkpoint"]).expect_partial()
     assert not all(np.array_equal(a, np.array(v.value)) for a, v in zip(final, model.trainable_variables))
     x, y = _examples(128)
     loss, _, h = oracles.mlp_dense_hessian(model, x, y)
@@ -77,12 +78,12 @@ def test_an_epoch_is_measured_at_its_checkpoint_into_its_own_file(runs, tmp_path
 
 
 def test_an_epoch_not_kept_is_refused_in_one_line_naming_the_kept_ones(runs, tmp_path):
-    run_dir = shutil.copytree(runs[1], tmp_path / "newest")
+    run_dir = shutil.copytree(runs[0], tmp_path / "kept")
     before = sorted(p.name for p in run_dir.iterdir())
-    proc = run_bin("sharpness", f"--ckpt={run_dir}", "--epoch=1", "--quantities=eigenvalues", "--num_examples=64")
+    proc = run_bin("sharpness", f"--ckpt={run_dir}", "--epoch=2", "--quantities=eigenvalues", "--num_examples=64")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no checkpoint of epoch 1 (epochs kept: 2, 3)" in lines[0], proc.stderr
+    assert len(lines) == 1 and "no checkpoint of epoch 2 (epochs kept: 1, 3)" in lines[0], proc.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
