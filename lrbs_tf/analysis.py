@@ -47,7 +47,8 @@ FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
 FIG_HEATMAP = "fig3_accuracy_heatmap"
 FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
 FIG_EQUAL_RATIO = "fig5_equal_ratio_curves"
-FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS, FIG_EQUAL_RATIO)
+FIG_STEPS = "fig6_steps_to_result"  # with --target_train_loss / --target_test_accuracy (lrbs_tf.scaling)
+FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS, FIG_EQUAL_RATIO, FIG_STEPS)
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -62,6 +63,8 @@ class Analysis:
     cells: one row per (group, BS, LR) cell (cells.csv); noise: the pooled within-cell s.d. per group and
     measure; ratio_test, invariance: ratio_test.csv and ratio_invariance.csv; equal_ratios: per group and
     shared BS/LR value, its cells and how alike their runs are; families: every multiple-testing family.
+    steps_to_result: the steps to --target_train_loss / --target_test_accuracy and McCandlish's fit (None
+    without a target); critical_batch: early B_simple beside the fitted B_crit per group.
     """
 
     results: Path
@@ -82,6 +85,8 @@ class Analysis:
     equal_ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
     families: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[str] = field(default_factory=list)
+    steps_to_result: Any = None  # scaling.StepsToResult when a target was given (scaling imports this module)
+    critical_batch: pd.DataFrame = field(default_factory=pd.DataFrame)  # scaling.critical_batch_table
 
     @property
     def done(self) -> pd.DataFrame:

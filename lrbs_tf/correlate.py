@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import families, ratio, report
+from lrbs_tf import families, ratio, report, scaling
 from lrbs_tf import runfolder as rf
 from lrbs_tf import stats
 from lrbs_tf.analysis import (DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY, EXPECTED_SIGN,
@@ -38,6 +38,9 @@ TABLE_FILES = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3
 RUNS_FILE, PSI_FILE, REPORT_FILE = "runs.csv", "psi.csv", "report.md"
 CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE = ("cells.csv", "ratio_test.csv",
                                                                "ratio_invariance.csv", "families.csv")
+# Steps to result (with a target) and the critical batch size (lrbs_tf.scaling); names are a contract.
+STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE = ("steps_to_result.csv", "steps_to_result_runs.csv",
+                                                        "scaling_fit.csv", "critical_batch.csv")
 
 
 def _test(keys: dict, sub: pd.DataFrame, x: str, y: str, rank_only: bool = False, **extra: Any) -> dict:
@@ -169,16 +172,20 @@ def _read(results: Path, min_train_accuracy: float, group_by: Sequence[str]) -> 
 
 
 def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_ACCURACY,
-            alpha: float = DEFAULT_ALPHA, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> Analysis:
+            alpha: float = DEFAULT_ALPHA, group_by: Sequence[str] = DEFAULT_GROUP_BY,
+            target_train_loss: float | None = None, target_test_accuracy: float | None = None) -> Analysis:
     """Reads the runs below `results` and computes every test; writes nothing.
 
     min_train_accuracy: fraction in [0, 1]; done runs whose final training accuracy is below it (or unknown)
     are flagged as not meeting the paper's premise of ~zero training error.
     alpha: significance threshold for the raw p-values (the paper's 0.005).
+    target_train_loss (nats) / target_test_accuracy (fraction): at most one; each run's steps to reach it,
+    the fewest per batch size and McCandlish's fit (lrbs_tf.scaling).
     Raises UsageError on bad arguments or when there is no run with status done to analyse.
     """
     results = Path(results)
     _check_arguments(results, min_train_accuracy, alpha, group_by)
+    target = scaling.target_from(target_train_loss, target_test_accuracy)
     runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
     done = runs[runs["status"] == rf.STATUS_DONE]
@@ -199,6 +206,10 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
         varying = uncontrolled_settings(g, configs, ["arch", "dataset", *group_by])
         if varying:
             a.uncontrolled[label] = varying
+    if target is not None:
+        a.steps_to_result = scaling.steps_to_result(runs, configs, results, group_cols, labels, target)
+    a.critical_batch = scaling.critical_batch_table(done, group_cols, labels,
+                                                    a.steps_to_result.fit if a.steps_to_result else None)
     dup_cols = group_cols + ["batch_size", "lr", "seed"]
     a.duplicates = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
     return a
@@ -210,7 +221,7 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 
 def _output_names() -> set[str]:
     return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
-            *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES)}
+            STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES)}
 
 
 def _texts(analysis: Analysis) -> dict[str, str]:
@@ -221,12 +232,19 @@ def _texts(analysis: Analysis) -> dict[str, str]:
              FAMILIES_FILE: analysis.families.to_csv(index=False)}
     for name, table in analysis.tables.items():
         texts[TABLE_FILES[name]] = table.to_csv(index=False)
+    s = analysis.steps_to_result
+    if s is not None:
+        texts.update({STEPS_FILE: s.steps.to_csv(index=False), STEPS_RUNS_FILE: s.runs.to_csv(index=False),
+                      FIT_FILE: s.fit.to_csv(index=False)})
+    if len(analysis.critical_batch):
+        texts[CRITICAL_FILE] = analysis.critical_batch.to_csv(index=False)
     texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
     return texts
 
 
 def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: float = DEFAULT_MIN_TRAIN_ACCURACY,
-        alpha: float = DEFAULT_ALPHA, group_by: Sequence[str] = DEFAULT_GROUP_BY, figures: bool = True) -> Analysis:
+        alpha: float = DEFAULT_ALPHA, group_by: Sequence[str] = DEFAULT_GROUP_BY, figures: bool = True,
+        target_train_loss: float | None = None, target_test_accuracy: float | None = None) -> Analysis:
     """Analyses the runs below `results` and writes the CSV files, figures and report.md to `out`.
 
     out: default `<results>/correlate/`. Nothing in `out` changes unless the whole analysis (figures
@@ -235,7 +253,7 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     not produce (sharpness.csv when no run has sharpness any more, say) are removed, so the folder never
     mixes two analyses. Skipped run folders are also listed on stderr.
     """
-    analysis = analyse(results, min_train_accuracy, alpha, group_by)
+    analysis = analyse(results, min_train_accuracy, alpha, group_by, target_train_loss, target_test_accuracy)
     out = Path(out) if out else analysis.results / "correlate"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out={out} exists and is not a folder")
@@ -268,7 +286,8 @@ def _main(argv: Sequence[str]) -> int:
     if not FLAGS.results:
         raise UsageError("--results is required: the folder holding the run folders to analyse")
     analysis = run(results=FLAGS.results, out=FLAGS.out, min_train_accuracy=FLAGS.min_train_accuracy,
-                   alpha=FLAGS.alpha, group_by=list(FLAGS.group_by), figures=FLAGS.figures)
+                   alpha=FLAGS.alpha, group_by=list(FLAGS.group_by), figures=FLAGS.figures,
+                   target_train_loss=FLAGS.target_train_loss, target_test_accuracy=FLAGS.target_test_accuracy)
     counts = analysis.runs["status"].value_counts()
     out = Path(FLAGS.out) if FLAGS.out else analysis.results / "correlate"
     fams = analysis.families[analysis.families["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])]

@@ -19,10 +19,10 @@ from matplotlib import cm, colors
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from lrbs_tf import ratio_plots
+from lrbs_tf import ratio_plots, scaling_plots
 from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import (FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, Analysis, group_keys,
-                              measure_name)
+from lrbs_tf.analysis import (FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIG_STEPS, Analysis,
+                              group_keys, measure_name)
 from lrbs_tf.plot_style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
 from lrbs_tf.runtable import TARGET
 
@@ -179,6 +179,9 @@ def figure_sharpness(analysis: Analysis) -> Figure:
         for c, (_, label, g) in enumerate(groups):
             have = g[np.isfinite(g[q].to_numpy(float))]
             _points(ax, have, q, 1, f"C{c}", f"{label} (n={len(have)})", analysis.min_train_accuracy)
+            if q == "lambda_max":  # the edge of stability of plain SGD on the quadratic, per run
+                ax.scatter(have["ratio"], 2.0 / have["lr"], marker="_", s=40, color=f"C{c}", lw=1,
+                           alpha=0.6, label="2 / lr (plain-SGD stability edge)" if c == 0 else None)
             positive &= bool((have[q] > 0).all())
             drawn += len(have)
         ax.set_xscale("log")
@@ -208,4 +211,7 @@ def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     equal = ratio_plots.figure_equal_ratio(analysis)
     if equal is not None:
         built.append((FIG_EQUAL_RATIO, equal))
+    steps = scaling_plots.figure_steps(analysis)
+    if steps is not None:
+        built.append((FIG_STEPS, steps))
     return [save(fig, folder, name) for name, fig in built]

@@ -231,6 +231,12 @@ def define_correlate_flags() -> None:
                       "groups besides arch and dataset (other keys that vary inside a group are reported, not "
                       "split on).")
     flags.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
+    flags.DEFINE_float("target_train_loss", None, "Steps to result (Shallue et al.): each run's optimizer steps "
+                       "to a training loss at or below this (nats), interpolated between epoch rows; the fewest "
+                       "per batch size and McCandlish's S(B) = S_min (1 + B_crit / B) fitted to them "
+                       "(steps_to_result.csv, scaling_fit.csv). Not with --target_test_accuracy.")
+    flags.DEFINE_float("target_test_accuracy", None, "Steps to result for a test accuracy at or above this "
+                       "(fraction in (0, 1]), as --target_train_loss.")
 
 
 @_once
@@ -273,6 +279,9 @@ def define_sharpness_flags() -> None:
                       "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
                       "depends on model and device, see benchmarks/curvature.md).")
     flags.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset).")
+    flags.DEFINE_integer("epoch", None, "Measure the run at the checkpoint of this epoch (1-based, one bin/train "
+                         "kept in ckpt/) instead of its final model, into sharpness-epoch<E>.json (sharpness.json "
+                         "untouched); e.g. --epoch=2 --quantities=noise_scale for B_simple early in training.")
     flags.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
                       "alpha theta_b instead of curvature; needs --out.")
     flags.DEFINE_list("alpha_range", ["-0.5", "1.5", "21"], "START,STOP,NUM: the interpolation alphas "

@@ -16,10 +16,10 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from lrbs_tf import report_ratio
+from lrbs_tf import report_ratio, report_scaling
 from lrbs_tf import runfolder as rf
 from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS,
-                              Analysis, iter_groups, measure_name)
+                              FIG_STEPS, Analysis, iter_groups, measure_name)
 from lrbs_tf.report_format import fmt_coef, fmt_p, md_table
 from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
 from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N
@@ -34,10 +34,14 @@ CAPTIONS = {
                  "seeds written in each cell; D: only diverged runs, F: only failed runs, blank: no run.",
     FIG_SHARPNESS: "Sharpness quantities vs BS/LR (log scales where all values are positive), one point per run, "
                    "a colour per group (hollow: below the training-accuracy premise); where cells have several "
-                   "seeds, cell means with error bars of one s.d.",
+                   "seeds, cell means with error bars of one s.d.; beside lambda_max, each run's 2 / lr (a dash: "
+                   "the plain-SGD stability edge).",
     FIG_EQUAL_RATIO: "Equal-ratio runs: test accuracy (top) and training loss (bottom) vs epoch for the (BS, LR) "
                      "cells that share a BS/LR value, one panel per ratio, a colour per cell, one line per seed "
                      "(Jastrzebski et al. 2018, Fig. 2).",
+    FIG_STEPS: "Figure 6: fewest optimizer steps to the target vs batch size (log-log), the perfect-scaling line "
+               "through the smallest batch size, and McCandlish et al.'s fitted S(B) with B_crit dashed; x on "
+               "the top axis: batch sizes where no learning rate reached the target.",
 }
 
 LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every run
@@ -252,6 +256,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         full_rows(a, a.tables["table1"], ["lr"]), full_rows(a, a.tables["table2"], ["batch_size"]),
         report_ratio.families_section(a),
         sharpness_section(a),
+        *report_scaling.sections(a),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]

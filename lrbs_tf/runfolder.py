@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +38,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
 SHARPNESS = "sharpness.json"
+SHARPNESS_AT_EPOCH = "sharpness-epoch{epoch}.json"  # bin/sharpness --epoch=E: at epoch E's checkpoint
 MODEL = "model.keras"
 CKPT_DIR = "ckpt"
 TENSORBOARD_DIR = "tb"
@@ -101,6 +103,17 @@ def _records(data: bytes) -> list[dict]:
             break
         rows.append(row)
     return rows
+
+
+def sharpness_epoch_files(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """The sharpness-epoch{E}.json files of a run folder (bin/sharpness --epoch), by epoch E, ascending."""
+    pattern = re.compile("^" + re.escape(SHARPNESS_AT_EPOCH).replace(r"\{epoch\}", r"(\d+)") + "$")
+    try:
+        names = os.listdir(run_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found = {int(m.group(1)): Path(run_dir) / name for name in names if (m := pattern.match(name))}
+    return dict(sorted(found.items()))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

@@ -17,6 +17,7 @@ import pandas as pd
 from lrbs_tf import runfolder as rf
 from lrbs_tf.config import EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
 from lrbs_tf.runfolder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
+from lrbs_tf.theory.ou import stability_ratio
 
 STATUS_UNFINISHED = "unfinished"  # no result.json: never started, still running, or killed
 STATUS_SKIPPED = "skipped"        # corrupt, partial or unreadable: see the `problem` column
@@ -26,7 +27,11 @@ TARGET = "best_test_accuracy"     # the paper's measure of generalisation: the b
 # describe the measurement. Any of them may be absent: NaN in runs.csv, counted as missing in the tests.
 SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
                         "avg_sharpness")
-SHARPNESS_INFO = ("trace_stderr", "num_examples")
+SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio")
+# B_simple early in training: from the run's earliest sharpness-epoch{E}.json with a noise_scale
+# (bin/sharpness --epoch=E --quantities=noise_scale), its standard error and E. At the end of training
+# G -> 0 and B_simple means nothing, so sharpness.json's own noise_scale is not read here.
+EARLY_NOISE = ("noise_scale_epoch", "noise_scale_early", "noise_scale_early_stderr")
 CONFIG_COLUMN = {"epochs": "epochs_budget"}  # config key -> runs.csv column, where result.json has the name
 # Config keys not reported when they vary inside a group: the varied settings (batch size, learning rate,
 # seed), what bin/train records beside them that follows from them or from when and how it ran (the command
@@ -39,7 +44,7 @@ COLUMNS = ["run_dir", "status", "problem", "arch", "dataset", "batch_size", "lr"
            "weight_decay", "epochs_budget", "epochs", "best_test_accuracy", "best_epoch",
            "final_train_accuracy", "final_train_loss", "final_test_accuracy", "generalisation_gap",
            "reached_min_train_accuracy", "diverged_epoch", "error", "source",
-           *SHARPNESS_QUANTITIES, *SHARPNESS_INFO]
+           *SHARPNESS_QUANTITIES, *SHARPNESS_INFO, *EARLY_NOISE]
 
 
 def ratio(batch_size: int, lr: float) -> float:
@@ -134,6 +139,26 @@ def _sharpness(run_dir: Path) -> tuple[dict[str, float], str]:
     return values, (f"{path.name} has non-numeric {', '.join(bad)}" if bad else "")
 
 
+def _early_noise(run_dir: Path) -> tuple[dict[str, float], str]:
+    """EARLY_NOISE of a run (NaN when no sharpness-epoch file has a noise_scale), and a note naming any
+    such file that cannot be read."""
+    values = {k: math.nan for k in EARLY_NOISE}
+    notes = []
+    for epoch, path in rf.sharpness_epoch_files(run_dir).items():
+        try:
+            data = rf.read_json(path)
+        except rf.RunFolderError as e:
+            notes.append(f"ignored: {e}")
+            continue
+        b = data.get("noise_scale") if isinstance(data, dict) else None
+        if rf.is_number(b):
+            se = data.get("noise_scale_stderr")
+            values.update(noise_scale_epoch=float(epoch), noise_scale_early=float(b),
+                          noise_scale_early_stderr=float(se) if rf.is_number(se) else math.nan)
+            break
+    return values, "; ".join(notes)
+
+
 def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accuracy: float) -> tuple[dict, Any]:
     """One runs.csv row for `run_dir`, and its config (None when unreadable). Never raises for bad data."""
     rec: dict[str, Any] = {"run_dir": str(run_dir.relative_to(root)) if run_dir != root else ".",
@@ -155,8 +180,11 @@ def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accur
         rec.update(status=STATUS_SKIPPED, problem=str(e))
         return rec, config if isinstance(config, dict) else None
     sharp, note = _sharpness(run_dir)
-    rec.update(sharp)
-    rec["problem"] = "; ".join(p for p in (rec["problem"], note) if p)
+    if math.isnan(sharp["stability_ratio"]) and not math.isnan(sharp["lambda_max"]):
+        sharp["stability_ratio"] = stability_ratio(sharp["lambda_max"], typed.lr)  # a file from before it
+    early, early_note = _early_noise(run_dir)
+    rec.update(sharp, **early)
+    rec["problem"] = "; ".join(p for p in (rec["problem"], note, early_note) if p)
     acc = rec.get("final_train_accuracy", math.nan)
     # An unknown final training accuracy cannot show the premise holds, so it counts as not reached.
     rec["reached_min_train_accuracy"] = bool(rec["status"] == rf.STATUS_DONE and not math.isnan(acc)
@@ -179,7 +207,7 @@ def collect_runs(results: Path, group_by: Sequence[str],
     for col in ("batch_size", "seed", "epochs_budget", "epochs", "best_epoch", "diverged_epoch"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("lr", "ratio", "momentum", "weight_decay", *RESULT_NUMBERS[:1], *RESULT_NUMBERS[2:],
-                "generalisation_gap", *SHARPNESS_QUANTITIES, *SHARPNESS_INFO):
+                "generalisation_gap", *SHARPNESS_QUANTITIES, *SHARPNESS_INFO, *EARLY_NOISE):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     return frame, configs
 

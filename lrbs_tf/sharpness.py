@@ -4,6 +4,7 @@
     bin/sharpness --ckpt='outputs/quick/mlp-*'               # several runs (a comma list or globs), one process
     bin/sharpness --results=outputs/quick                    # every finished run there without a current one
     bin/sharpness --ckpt=path/model.keras --dataset=cifar10  # a bare model file
+    bin/sharpness --ckpt=outputs/<run> --epoch=2             # at epoch 2's checkpoint -> sharpness-epoch2.json
     bin/sharpness --interpolate=outputs/<a>,outputs/<b> --out=DIR   # -> DIR/interpolation.csv + plot
 
 The run folder's config.json says which model and data to use, so those flags are not repeated. Every
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from lrbs_tf import runfolder
@@ -27,8 +30,10 @@ from lrbs_tf.cli import quiet_import_tensorflow, run_app
 from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
 from lrbs_tf.errors import RunFolderError, UsageError
+from lrbs_tf.theory.ou import stability_ratio
 from lrbs_tf.sharpness_targets import (Target, expand_ckpts, first_examples, load_checked_data, load_model,
-                                       resolve_run_dir, resolve_target, results_targets, versions)
+                                       resolve_run_dir, resolve_target, restore_epoch_weights, results_targets,
+                                       sharpness_file, versions)
 
 if TYPE_CHECKING:
     import keras
@@ -74,19 +79,34 @@ class Session:
         return self.models[key]
 
 
+def _check_epoch(ckpt: str, epoch: int | None) -> None:
+    if epoch is None:
+        return
+    if epoch < 1:
+        raise UsageError(f"--epoch={epoch} is not an epoch (the first is 1)")
+    if not os.path.isdir(ckpt):
+        raise UsageError(f"--epoch={epoch} needs a run folder (its {runfolder.CKPT_DIR}/ holds the epochs' "
+                         f"checkpoints), not the model file {ckpt}")
+
+
 def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str | None = None,
-        data_path: str | None = None, out: str | None = None, log=print, session: Session | None = None) -> dict:
-    """Measures the run (or model file) `ckpt` and writes sharpness.json and the spectrum plot.
+        data_path: str | None = None, out: str | None = None, log=print, session: Session | None = None,
+        epoch: int | None = None) -> dict:
+    """Measures the run (or model file) `ckpt` and writes sharpness.json and the spectrum plot; with `epoch`,
+    the run at that epoch's checkpoint into sharpness-epoch<E>.json and hessian_spectrum-epoch<E>.* (no
+    TensorBoard scalars; sharpness.json is not touched).
 
     `dataset`, `data_dir`, `data_path`: None when not given; for a run folder a given data location replaces
     the recorded one. `session` shares data and traces with other runs measured in this process. Returns
-    what was written to sharpness.json.
+    what was written.
     """
     from lrbs_tf.curvature.plotting import plot_spectrum
 
     settings.validate()
     target = resolve_target(ckpt, dataset, data_dir, data_path, out)
+    _check_epoch(ckpt, epoch)
     model = load_model(target.model_path, target.config)
+    checkpoint = str(target.model_path) if epoch is None else restore_epoch_weights(model, Path(ckpt), epoch)
     from lrbs_tf.models import count_trainable_params
     num_params = count_trainable_params(model)
     if settings.top_k > num_params:
@@ -107,29 +127,35 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
               "settings": {**dataclasses.asdict(settings), "quantities": list(settings.quantities),
                            "hvp_batch_size": batch_size, "weight_decay": weight_decay if
                            settings.include_weight_decay else 0.0},
-              "checkpoint": str(target.model_path), "dataset": target.dataset,
+              "checkpoint": checkpoint, "epoch": epoch, "dataset": target.dataset,
               "run_config": {k: target.config.raw.get(k) for k in
                              ("arch", "dataset", "batch_size", "lr", "seed", "momentum", "weight_decay", "epochs")}
               if target.config else None,
               "versions": versions()}
+    record["stability_ratio"] = (stability_ratio(fields["lambda_max"], target.config.lr)
+                                 if fields["lambda_max"] is not None and target.config is not None else None)
     if spectrum is not None:
         grid, sigma = spectrum.default_grid()
         title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
-        plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / SPECTRUM_STEM,
-                      fields["top_eigenvalues"] or (), title=title)
-    runfolder.atomic_write_json(target.out_dir / runfolder.SHARPNESS, record)
-    if target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
+        stem = SPECTRUM_STEM if epoch is None else f"{SPECTRUM_STEM}-epoch{epoch}"
+        plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / stem,
+                      fields["top_eigenvalues"] or (), title=title + ("" if epoch is None else f", epoch {epoch}"))
+    path = target.out_dir / sharpness_file(epoch)
+    runfolder.atomic_write_json(path, record)
+    if epoch is None and target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
         from lrbs_tf.summaries import write_sharpness  # the run's TensorBoard session shows its curvature
 
         write_sharpness(target.out_dir, record)
-    log(f"wrote {target.out_dir / runfolder.SHARPNESS}: lambda_max={fields['lambda_max']}, "
+    log(f"wrote {path}: lambda_max={fields['lambda_max']}, "
         f"trace={fields['trace']}, {fields['num_hvps']} HVPs, {fields['seconds']:.1f} s")
     return record
 
 
 def run_many(ckpts: Sequence[str], settings: Settings, dataset: str | None = None, data_dir: str | None = None,
-             data_path: str | None = None, log=print) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Measures every run of `ckpts` in this process (see `Session`), each into its own sharpness.json.
+             data_path: str | None = None, log=print, epoch: int | None = None
+             ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Measures every run of `ckpts` in this process (see `Session`), each into its own sharpness.json (with
+    `epoch`: each at that epoch's checkpoint, into sharpness-epoch<E>.json; a run without it fails alone).
 
     A run that cannot be measured (bad folder, unfinished, diverged, non-finite weights, or an error while
     measuring) is reported as one line and skipped. Returns (the records written, [(ckpt, why) failed]).
@@ -140,7 +166,8 @@ def run_many(ckpts: Sequence[str], settings: Settings, dataset: str | None = Non
     for i, ckpt in enumerate(ckpts):
         log(f"[{i + 1}/{len(ckpts)}] {ckpt}")
         try:
-            records.append(run(ckpt, settings, dataset, data_dir, data_path, log=log, session=session))
+            records.append(run(ckpt, settings, dataset, data_dir, data_path, log=log, session=session,
+                               epoch=epoch))
         except (UsageError, RunFolderError) as e:
             failures.append((ckpt, str(e)))
         except Exception as e:  # a failure while measuring one run must not cost the others theirs
@@ -158,9 +185,9 @@ def _targets(flag_values, settings: Settings) -> tuple[list[str], bool]:
     if flag_values.results and flag_values.ckpt:
         raise UsageError(f"--ckpt and --results={flag_values.results}: give one")
     if flag_values.results:
-        todo, current = results_targets(flag_values.results, settings)
+        todo, current = results_targets(flag_values.results, settings, flag_values.epoch)
         print(f"sharpness: {flag_values.results}: {len(todo)} finished run(s) to measure, {current} with a current "
-              f"{runfolder.SHARPNESS} left alone", flush=True)
+              f"{sharpness_file(flag_values.epoch)} left alone", flush=True)
         return todo, False
     if not flag_values.ckpt:
         raise UsageError("--ckpt is required: a run folder or a model.keras file, several (a comma list or "
@@ -179,8 +206,8 @@ def _main(argv: Sequence[str]) -> int:
     if FLAGS.interpolate:
         from lrbs_tf.interpolation import interpolate, parse_alphas
 
-        if FLAGS.ckpt or FLAGS.results:
-            raise UsageError(f"--ckpt/--results and --interpolate={','.join(FLAGS.interpolate)}: give one "
+        if FLAGS.ckpt or FLAGS.results or FLAGS.epoch is not None:
+            raise UsageError(f"--ckpt/--results/--epoch and --interpolate={','.join(FLAGS.interpolate)}: give one "
                              "(curvature of runs, or the line between two runs)")
         if len(FLAGS.interpolate) != 2:
             raise UsageError(f"--interpolate={','.join(FLAGS.interpolate)}: give exactly two run folders, RUN_A,RUN_B")
@@ -192,14 +219,16 @@ def _main(argv: Sequence[str]) -> int:
     settings.quantities = tuple(settings.quantities)
     given = {name: getattr(FLAGS, name) if FLAGS[name].present else None
              for name in ("dataset", "data_dir", "data_path")}
+    if FLAGS.epoch is not None and FLAGS.epoch < 1:
+        raise UsageError(f"--epoch={FLAGS.epoch} is not an epoch (the first is 1)")
     ckpts, single = _targets(FLAGS, settings)
     if single:
-        run(ckpts[0], settings, out=FLAGS.out, **given)
+        run(ckpts[0], settings, out=FLAGS.out, epoch=FLAGS.epoch, **given)
         return 0
     if FLAGS.out:
         raise UsageError(f"--out={FLAGS.out} names one run's output folder; with several runs each writes "
                          "into its own run folder")
-    _, failures = run_many(ckpts, settings, **given)
+    _, failures = run_many(ckpts, settings, epoch=FLAGS.epoch, **given)
     return 1 if failures else 0
 
 

@@ -173,10 +173,31 @@ def expand_ckpts(values: Sequence[str]) -> list[str]:
     return out
 
 
-def is_current(run_dir: Path, settings) -> bool:
-    """Whether the run's sharpness.json was measured with these settings (every field of Settings) from the
-    model.keras that is there now (not older than it)."""
-    path = run_dir / runfolder.SHARPNESS
+def sharpness_file(epoch: int | None) -> str:
+    """The file bin/sharpness writes in a run folder: sharpness.json, or sharpness-epoch<E>.json with --epoch."""
+    return runfolder.SHARPNESS if epoch is None else runfolder.SHARPNESS_AT_EPOCH.format(epoch=epoch)
+
+
+def restore_epoch_weights(model: keras.Model, run_dir: Path, epoch: int) -> str:
+    """Sets `model` (the run's model.keras, for its architecture) to the weights of epoch `epoch`'s
+    checkpoint (lrbs_tf.checkpoints.restore_epoch); returns the checkpoint's prefix. RunFolderError (exit 2)
+    when that epoch was not kept, naming the epochs that were, or when it does not restore cleanly."""
+    import tensorflow as tf
+
+    from lrbs_tf.checkpoints import restore_epoch
+
+    found = restore_epoch(tf.train.Checkpoint(model=model), run_dir / runfolder.CKPT_DIR, epoch)
+    bad = [v.path for v in model.variables if not np.all(np.isfinite(np.asarray(v.value)))]
+    if bad:
+        raise RunFolderError(f"{found.prefix} (epoch {epoch}) has non-finite weights ({len(bad)} variables, first "
+                             f"{bad[0]}): nothing to measure")
+    return str(found.prefix)
+
+
+def is_current(run_dir: Path, settings, epoch: int | None = None) -> bool:
+    """Whether the run's sharpness.json (with `epoch`, its sharpness-epoch<E>.json) was measured with these
+    settings (every field of Settings) from the model.keras that is there now (not older than it)."""
+    path = run_dir / sharpness_file(epoch)
     try:
         recorded = runfolder.read_json(path).get("settings") or {}
     except (runfolder.RunFolderError, AttributeError):
@@ -188,10 +209,10 @@ def is_current(run_dir: Path, settings) -> bool:
     return same and path.stat().st_mtime >= (run_dir / runfolder.MODEL).stat().st_mtime
 
 
-def results_targets(root: str, settings) -> tuple[list[str], int]:
-    """--results=DIR: every finished run below DIR (status done, with model.keras) whose sharpness.json is not
-    current for `settings`, and how many were current (left alone). Diverged, failed and unfinished runs
-    have nothing to measure and are not listed."""
+def results_targets(root: str, settings, epoch: int | None = None) -> tuple[list[str], int]:
+    """--results=DIR: every finished run below DIR (status done, with model.keras) whose sharpness.json (with
+    `epoch`, sharpness-epoch<E>.json) is not current for `settings`, and how many were current (left alone).
+    Diverged, failed and unfinished runs have nothing to measure and are not listed."""
     path = Path(root)
     if not path.is_dir():
         raise UsageError(f"--results={root} is not a folder")
@@ -199,7 +220,7 @@ def results_targets(root: str, settings) -> tuple[list[str], int]:
     for run_dir in runfolder.iter_run_dirs(path):
         if runfolder.run_status(run_dir) != runfolder.STATUS_DONE or not (run_dir / runfolder.MODEL).is_file():
             continue
-        if is_current(run_dir, settings):
+        if is_current(run_dir, settings, epoch):
             current += 1
         else:
             todo.append(str(run_dir))

@@ -79,10 +79,11 @@ def mlp_weights(model) -> list[np.ndarray]:
     return [np.asarray(v.value, np.float64) for v in model.trainable_variables]
 
 
-def mlp_losses64(model, weights: list, x: np.ndarray, y: np.ndarray):
+def mlp_losses64(model, weights: list, x: np.ndarray, y: np.ndarray, batch_stats: bool = False):
     """Per-example cross-entropy (N,) of a Flatten/Dense/BatchNormalization/ReLU model, in float64 tf ops.
 
-    `weights` are in `model.trainable_variables` order; BN uses its moving statistics (inference mode).
+    `weights` are in `model.trainable_variables` order; BN uses its moving statistics (inference mode), or
+    with batch_stats the mean and (biased) variance of these N examples, as Keras does in training mode.
     """
     import keras
 
@@ -98,7 +99,10 @@ def mlp_losses64(model, weights: list, x: np.ndarray, y: np.ndarray):
         elif isinstance(layer, keras.layers.BatchNormalization):
             mean = np.asarray(layer.moving_mean.value, np.float64)
             var = np.asarray(layer.moving_variance.value, np.float64)
-            h = (weights[index[id(layer.gamma)]] * (h - mean) / np.sqrt(var + layer.epsilon)
+            if batch_stats:
+                mean, var = tf.reduce_mean(h, axis=0), tf.math.reduce_variance(h, axis=0)
+            # tf.sqrt, not np.sqrt: np.sqrt would turn a batch variance into a constant and drop its gradient.
+            h = (weights[index[id(layer.gamma)]] * (h - mean) / tf.sqrt(var + layer.epsilon)
                  + weights[index[id(layer.beta)]])
         elif isinstance(layer, keras.layers.ReLU):
             h = tf.nn.relu(h)
@@ -123,10 +127,11 @@ def mlp_dense_hessian(model, x: np.ndarray, y: np.ndarray) -> tuple[float, np.nd
     return float(loss), grad.numpy(), hess.numpy()
 
 
-def mlp_per_example_grads(model, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(N, d) per-example gradients, float64: the jacobian of the per-example losses."""
+def mlp_per_example_grads(model, x: np.ndarray, y: np.ndarray, batch_stats: bool = False) -> np.ndarray:
+    """(N, d) per-example gradients, float64: the jacobian of the per-example losses (with batch_stats, of
+    the losses normalised with these N examples' BN statistics, differentiated through them)."""
     ws = [tf.Variable(w) for w in mlp_weights(model)]
     with tf.GradientTape() as tape:
-        losses = mlp_losses64(model, ws, x, y)
+        losses = mlp_losses64(model, ws, x, y, batch_stats)
     jac = tape.jacobian(losses, ws)
     return np.concatenate([j.numpy().reshape(len(x), -1) for j in jac], axis=1)

@@ -83,9 +83,10 @@ def test_measurements_never_change_bn_statistics(conv_bn, objectives, bn_mode):
     obj.loss_and_gradient()
     sharpness_measures.eps_sharpness(obj, eps=1e-2, steps=2)
     sharpness_measures.average_sharpness(obj, sigma=1e-2, draws=2)
-    if bn_mode == "inference":  # per-example gradients exist only with inference-mode BN
-        sharpness_measures.grad_cov_trace(hvp.keras_losses_fn(model, bn_mode), obj.params, obj.batches)
-    else:
+    # Per-example gradients in either mode (batch mode: rows of each batch's Jacobian, training-mode calls).
+    sharpness_measures.grad_cov_trace(hvp.keras_losses_fn(model, bn_mode), obj.params, obj.batches,
+                                      jacobian=bn_mode == "batch")
+    if bn_mode == "batch":
         Evaluator(model).recompute_bn(trainable, before, obj.batches)  # training-mode forward passes
     for b, a in zip(before, _stats(model)):
         np.testing.assert_array_equal(a, b)

@@ -70,6 +70,15 @@ def test_sharpness_json_agrees_with_a_dense_hessian(runs, tmp_path):
     g = oracles.mlp_per_example_grads(_load(run_dir), x, y)
     assert record["grad_cov_trace"] == pytest.approx(np.mean(np.sum((g - g.mean(0)) ** 2, axis=1)), rel=1e-4)
     assert record["grad_norm"] == pytest.approx(np.linalg.norm(g.mean(0)), rel=1e-4)
+    # B_simple = tr(C) / |G|^2, both unbiased, from the same per-example gradients.
+    s = np.sum((g - g.mean(0)) ** 2) / (len(g) - 1)
+    u = g.mean(0) @ g.mean(0) - s / len(g)
+    assert record["noise_scale_cov_trace"] == pytest.approx(s, rel=1e-4)
+    assert record["noise_scale_grad_sq"] == pytest.approx(u, rel=1e-3, abs=1e-3 * s / len(g))
+    if u > 0:
+        assert record["noise_scale"] == pytest.approx(s / u, rel=1e-3)
+    assert record["costs"]["noise_scale"]["shared_with"] == "grad_cov"
+    assert record["stability_ratio"] == pytest.approx(record["lambda_max"] * 0.1 / 2, rel=1e-12)
     assert record["eps_sharpness"] > 0 and record["eps_sharpness_perturbed_loss"] > loss
     assert record["avg_sharpness_stderr"] > 0
     spectrum = record["spectrum"]

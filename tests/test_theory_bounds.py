@@ -42,9 +42,16 @@ def test_theorem2_equals_theorem1_when_c_commutes_with_a_and_not_otherwise():
     assert t2.gap == pytest.approx(t1.gap, rel=1e-10)
     assert t2.numerator * 2 == pytest.approx(t1.numerator, rel=1e-10)  # eq. 16 is eq. 18 times 2/2
     assert t2.logdet_sigma == pytest.approx(t1.logdet_sigma, rel=1e-10)
+    assert bounds.commutator_norm(a, c) < 1e-12
     a, c = _matrices(False)
-    t1, t2 = bounds.theorem1(a, c, lr, s, n, delta), bounds.theorem2_dense(a, c, lr, s, n, delta)
-    assert abs(t2.logdet_sigma - t1.logdet_sigma) > 0.05  # Assumption 1 matters
+    k = bounds.commutator_norm(a, c)
+    assert k == pytest.approx(np.linalg.norm(a @ c - c @ a) / (np.linalg.norm(a) * np.linalg.norm(c)), rel=1e-12)
+    with pytest.raises(ValueError, match=f"C and A do not commute .* = {k:.3g} > 1e-08"):
+        bounds.theorem2_dense(a, c, lr, s, n, delta)
+    with pytest.warns(RuntimeWarning, match=f"= {k:.3g}"):
+        t2 = bounds.theorem2_dense(a, c, lr, s, n, delta, allow_noncommuting=True)
+    t1 = bounds.theorem1(a, c, lr, s, n, delta)
+    assert abs(t2.logdet_sigma - t1.logdet_sigma) > 0.05  # Assumption 1 matters: hence the refusal
 
 
 def test_assumption2_holds_exactly_where_the_bound_falls_with_lr_over_s():

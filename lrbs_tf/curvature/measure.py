@@ -17,6 +17,10 @@ from lrbs_tf.errors import UsageError
 if TYPE_CHECKING:
     from lrbs_tf.curvature.slq import SpectrumResult
 
+# sharpness.json's noise_scale keys (curvature.noise_scale.NoiseScale.fields), null unless measured.
+NOISE_SCALE_KEYS = ("noise_scale", "noise_scale_stderr", "noise_scale_grad_sq", "noise_scale_grad_sq_stderr",
+                    "noise_scale_cov_trace", "noise_scale_groups", "noise_scale_resolved", "noise_scale_note")
+
 
 def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
             batch_size: int = DEFAULT_HVP_BATCH, log=print, traces: dict | None = None
@@ -44,7 +48,8 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     out: dict = {key: None for key in (
         "lambda_max", "top_eigenvalues", "eigen_converged", "eigen_solver", "trace", "trace_stderr",
         "trace_num_probes", "trace_converged", "frobenius_norm", "frobenius_stderr", "spectrum", "eps_sharpness",
-        "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm")}
+        "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm",
+        *NOISE_SCALE_KEYS)}
     out.update(num_examples=obj.num_examples, num_params=obj.dim, train_loss=loss, train_accuracy=accuracy)
     costs: dict = {}
     spectrum = None
@@ -88,11 +93,20 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
         res = timed("avg_sharpness", lambda: sharpness_measures.average_sharpness(
             obj, settings.noise_sigma, settings.noise_draws, seed=settings.seed_for("avg_sharpness")))
         out.update(avg_sharpness=res.mean_increase, avg_sharpness_stderr=res.stderr)
-    if "grad_cov" in q:
-        # Per-example gradients need per-example losses that ignore the rest of the batch: inference BN.
-        res = timed("grad_cov", lambda: sharpness_measures.grad_cov_trace(
-            hvp.keras_losses_fn(model, "inference", traces), obj.params, obj.batches, traces=traces))
-        out.update(grad_cov_trace=res.trace, grad_norm=res.grad_norm)
+    if q & {"grad_cov", "noise_scale"}:
+        # One per-example pass serves both, in the Hessian's BN mode (batch mode: the rows of each batch's
+        # Jacobian, differentiated through its statistics), so tr C / tr H in bin/bound is taken in one mode.
+        name = "grad_cov" if "grad_cov" in q else "noise_scale"
+        res = timed(name, lambda: sharpness_measures.grad_cov_trace(
+            hvp.keras_losses_fn(model, settings.bn_mode, traces), obj.params, obj.batches, traces=traces,
+            jacobian=settings.bn_mode == "batch"))
+        if "grad_cov" in q:
+            out.update(grad_cov_trace=res.trace, grad_norm=res.grad_norm)
+        if "noise_scale" in q:
+            out.update(res.noise.fields() if res.noise else {"noise_scale_note": "needs at least 2 examples"})
+            if name != "noise_scale":
+                costs["noise_scale"] = {"seconds": 0.0, "hvps": 0, "gradients": 0, "losses": 0,
+                                        "shared_with": name}
     out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
                num_losses=obj.num_losses,
                seconds=time.perf_counter() - start, costs=costs)

@@ -16,8 +16,9 @@ from lrbs_tf.errors import UsageError
 # Each quantity's random stream (Lanczos/power start vectors, Rademacher probes, weight noise) is keyed by
 # its name through this table, never by its position in a list: the ids are fixed forever, so adding,
 # removing or reordering quantities never changes another one's numbers. A new quantity takes a new id.
+# (grad_cov and noise_scale draw no random numbers today: their ids are reserved all the same.)
 QUANTITY_STREAMS = {"eigenvalues": 0, "trace": 1, "spectrum": 2, "eps_sharpness": 3, "avg_sharpness": 4,
-                    "grad_cov": 5}
+                    "grad_cov": 5, "noise_scale": 6}
 QUANTITIES = tuple(QUANTITY_STREAMS)     # --quantities: all of them by default
 EIG_METHODS = ("lanczos", "power")       # --eig_method
 BN_MODES = ("inference", "batch")        # --bn_mode: BN's moving statistics, or each chunk's own

@@ -1,5 +1,6 @@
 """Sharpness measures that are not spectra: Keskar's epsilon-sharpness, average sharpness under Gaussian
-weight noise, and the trace of the per-example gradient covariance tr(C).
+weight noise, and the trace of the per-example gradient covariance tr(C) with the gradient noise scale
+B_simple from the same per-example gradients (curvature.noise_scale).
 
 Losses are those of an `Objective` (mean cross-entropy over the fixed example set, in nats, plus the weight
 decay term when the objective includes it).
@@ -14,7 +15,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from lrbs_tf.curvature import noise_scale
 from lrbs_tf.curvature.hvp import LossesFn, Objective, ParamLayout, concat_flat
+from lrbs_tf.curvature.noise_scale import GROUPS, NoiseScale
 
 
 @dataclasses.dataclass
@@ -92,24 +95,39 @@ def average_sharpness(objective: Objective, sigma: float = 1e-2, draws: int = 10
     return AverageSharpness(float(inc.mean()), float(inc.std(ddof=1) / math.sqrt(draws)), float(f0), sigma, draws)
 
 
-def _sq_distances_fn(losses_fn: LossesFn, layout: ParamLayout, x0: tf.Tensor):
-    """A traced function: ||g_i - g_bar||^2 for every example i of a batch (per-example gradients)."""
+def _deviation_stats_fn(losses_fn: LossesFn, layout: ParamLayout, x0: tf.Tensor, jacobian: bool):
+    """A traced function of a chunk of examples: per example |d_i|^2 and g_bar . d_i, and |sum_i d_i|^2,
+    where d_i = g_i - g_bar and g_i is example i's gradient (the chunk's summary for tr C and B_simple).
+
+    jacobian False: g_i is the gradient of example i's loss computed alone (vectorized_map), for losses that
+    do not depend on the rest of the chunk. True: the rows of the Jacobian of the chunk's per-example losses
+    (batch-mode BN, where each loss depends on the chunk's statistics and g_i is differentiated through them),
+    so the rows average to exactly the chunk's gradient."""
     param_specs = [tf.TensorSpec(s, tf.float32) for s in layout.shapes]
 
     @tf.function(input_signature=[param_specs, tf.TensorSpec((layout.dim,), tf.float32),
                                   tf.TensorSpec((None,) + tuple(x0.shape[1:]), x0.dtype),
                                   tf.TensorSpec((None,), tf.int32)])
-    def sq_distances(params, gbar, x, y):
-        def one(example):
-            xi, yi = example
+    def deviation_stats(params, gbar, x, y):
+        if jacobian:
             with tf.GradientTape() as tape:
                 tape.watch(params)
-                loss = tf.reduce_sum(losses_fn(params, xi[None], yi[None]))
-            g = concat_flat(tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-            return tf.reduce_sum(tf.square(g - gbar))
-        return tf.vectorized_map(one, (x, y), fallback_to_while_loop=True)
+                losses = tf.cast(losses_fn(params, x, y), tf.float32)
+            jac = tape.jacobian(losses, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            g = tf.concat([tf.reshape(j, [tf.shape(x)[0], -1]) for j in jac], axis=1)
+        else:
+            def one(example):
+                xi, yi = example
+                with tf.GradientTape() as tape:
+                    tape.watch(params)
+                    loss = tf.reduce_sum(losses_fn(params, xi[None], yi[None]))
+                return concat_flat(tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+            g = tf.vectorized_map(one, (x, y), fallback_to_while_loop=True)
+        d = g - gbar[None, :]
+        return (tf.reduce_sum(tf.square(d), axis=1), tf.linalg.matvec(d, gbar),
+                tf.reduce_sum(tf.square(tf.reduce_sum(d, axis=0))))
 
-    return sq_distances
+    return deviation_stats
 
 
 @dataclasses.dataclass
@@ -117,20 +135,36 @@ class GradCov:
     trace: float            # tr(C) = mean_i ||g_i - g_bar||^2, (nats per parameter)^2
     grad_norm: float        # ||g_bar||, the full-batch gradient norm over the same examples
     num_examples: int
+    noise: NoiseScale | None = None  # B_simple from the same per-example gradients
+
+
+def _groups(batches: Sequence[tuple[tf.Tensor, tf.Tensor]], size: int | None):
+    """The per-example pass's chunks: each batch cut into the fewest pieces of at most `size` examples, of
+    sizes differing by at most one (None: whole batches)."""
+    for x, y in batches:
+        m = int(x.shape[0])
+        pieces = 1 if size is None else math.ceil(m / size)
+        bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(m), pieces)])
+        for i, j in zip(bounds[:-1], bounds[1:]):
+            yield x[i:j], tf.cast(y[i:j], tf.int32)
 
 
 def grad_cov_trace(losses_fn: LossesFn, params: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
-                   max_floats: int = 2 ** 26, traces: dict | None = None) -> GradCov:
-    """Trace of the per-example gradient covariance C = (1/N) sum_i (g_i - g_bar)(g_i - g_bar)' over the set.
+                   max_floats: int = 2 ** 26, traces: dict | None = None, jacobian: bool = False,
+                   groups: int = GROUPS) -> GradCov:
+    """Trace of the per-example gradient covariance C = (1/N) sum_i (g_i - g_bar)(g_i - g_bar)' over the set,
+    and the noise scale B_simple from the same gradients (curvature.noise_scale).
 
-    g_i is the gradient of example i's loss alone, so `losses_fn` must make each example's loss independent
-    of the rest of its batch (BN in inference mode). Weight decay adds the same w*theta to every g_i and
-    cancels. Two passes: g_bar first, then per-example gradients (tf.vectorized_map, chunks of at most
-    max_floats / d examples so a chunk's gradients fit in memory) and their squared distances to g_bar,
-    summed in float64. Subtracting g_bar before squaring avoids the cancellation in
-    mean ||g_i||^2 - ||g_bar||^2 when the mean gradient dominates. Cost: about 1 + (per-example pass)
-    gradients; convolutions' per-example filter gradients run as a loop inside vectorized_map.
-    traces: see hvp.Objective (one trace per losses_fn and shapes, shared by later calls).
+    jacobian False: g_i is the gradient of example i's loss alone, so `losses_fn` must make each example's
+    loss independent of the rest of its batch (BN in inference mode); the examples are cut into about
+    `groups` chunks of consecutive examples (at most max_floats / d each, so a chunk's gradients fit in
+    memory), the jackknife's groups. jacobian True (batch-mode BN): each batch is one chunk, never split,
+    since its statistics are part of every g_i (memory: batch x d floats), and one jackknife group.
+    g_bar is the objective's gradient over all batches (in batch mode the size-weighted mean of the
+    batches' gradients, which the Jacobian rows average to). Weight decay adds the same w*theta to every g_i
+    and cancels. Subtracting g_bar before squaring avoids the cancellation in mean ||g_i||^2 - ||g_bar||^2
+    when the mean gradient dominates. Cost: 1 gradient + one per-example pass (convolutions' per-example
+    filter gradients run as a loop inside vectorized_map). traces: see hvp.Objective.
     """
     layout = ParamLayout(tuple(tuple(int(d) for d in p.shape) for p in params))
     params = [tf.constant(np.asarray(p), dtype=tf.float32) for p in params]
@@ -138,15 +172,19 @@ def grad_cov_trace(losses_fn: LossesFn, params: Sequence, batches: Sequence[tupl
     obj = Objective(losses_fn, params, batches, traces=traces)
     _, gbar = obj.loss_and_gradient()
     x0 = batches[0][0]
-    key = ("sq_distances", losses_fn, layout.shapes, tuple(x0.shape[1:]), x0.dtype)
+    key = ("deviation_stats", losses_fn, layout.shapes, tuple(x0.shape[1:]), x0.dtype, jacobian)
     if key not in traces:
-        traces[key] = _sq_distances_fn(losses_fn, layout, x0)
-    sq_distances = traces[key]
-    chunk = max(1, max_floats // max(layout.dim, 1))
+        traces[key] = _deviation_stats_fn(losses_fn, layout, x0, jacobian)
+    stats = traces[key]
+    size = None if jacobian else max(1, min(max_floats // max(layout.dim, 1), math.ceil(obj.num_examples / groups)))
     gbar32 = tf.constant(gbar, tf.float32)
-    total = 0.0
-    for x, y in batches:
-        for i in range(0, int(x.shape[0]), chunk):
-            d2 = sq_distances(params, gbar32, x[i:i + chunk], tf.cast(y[i:i + chunk], tf.int32))
-            total += float(tf.reduce_sum(tf.cast(d2, tf.float64)))
-    return GradCov(total / obj.num_examples, float(np.linalg.norm(gbar)), obj.num_examples)
+    sizes, q, p, r = [], [], [], []
+    for x, y in _groups(batches, size):
+        sq, dots, sum_sq = stats(params, gbar32, x, y)
+        sizes.append(int(x.shape[0]))
+        q.append(float(tf.reduce_sum(tf.cast(sq, tf.float64))))
+        p.append(float(tf.reduce_sum(tf.cast(dots, tf.float64))))
+        r.append(float(sum_sq))
+    gbar_sq = float(gbar @ gbar)
+    noise = noise_scale.from_groups(gbar_sq, sizes, q, p, r) if obj.num_examples > 1 else None
+    return GradCov(sum(q) / obj.num_examples, math.sqrt(gbar_sq), obj.num_examples, noise)

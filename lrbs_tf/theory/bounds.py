@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -125,10 +126,31 @@ def theorem2(trace_cainv: float, logdet_cainv: float, dim: int, lr: float, batch
                  assumption2(trace_cainv, dim, lr, batch_size))
 
 
-def theorem2_dense(a: np.ndarray, c: np.ndarray, lr: float, batch_size: float, num_train: int,
-                   delta: float = 0.05) -> Bound:
-    """Eq. 18 from dense A and C (meaningful when they commute; otherwise Assumption 1 is violated)."""
+COMMUTE_RTOL = 1e-8  # ||AC - CA||_F / (||A||_F ||C||_F) above which A and C are taken not to commute
+
+
+def commutator_norm(a: np.ndarray, c: np.ndarray) -> float:
+    """||AC - CA||_F / (||A||_F ||C||_F): 0 when A and C commute (Assumption 1), at most 2."""
     a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
+    scale = np.linalg.norm(a) * np.linalg.norm(c)
+    return float(np.linalg.norm(a @ c - c @ a) / scale) if scale > 0 else 0.0
+
+
+def theorem2_dense(a: np.ndarray, c: np.ndarray, lr: float, batch_size: float, num_train: int,
+                   delta: float = 0.05, allow_noncommuting: bool = False) -> Bound:
+    """Eq. 18 from dense A and C. Eq. 18 takes Sigma = (lr / 2S) C A^-1, which is the stationary covariance
+    only when C and A commute (Assumption 1); otherwise its log det is not Sigma's and the number is not
+    He et al.'s bound (theorem1 takes any C). Raises ValueError, naming the relative commutator norm, when
+    it exceeds COMMUTE_RTOL; with allow_noncommuting a RuntimeWarning naming it instead."""
+    a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
+    k = commutator_norm(a, c)
+    if k > COMMUTE_RTOL:
+        message = (f"C and A do not commute (||AC - CA||_F / (||A||_F ||C||_F) = {k:.3g} > {COMMUTE_RTOL:g}): "
+                   "Theorem 2's Sigma = (lr/2S) C A^-1 is not the stationary covariance (Assumption 1); "
+                   "theorem1 takes any C")
+        if not allow_noncommuting:
+            raise ValueError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     return theorem2(float(np.trace(np.linalg.solve(a, c))), stable_logdet(c) - stable_logdet(a), a.shape[0],
                     lr, batch_size, num_train, delta)
 

@@ -49,6 +49,13 @@ def stability_limit(lambda_max: float) -> float:
     return 2.0 / float(lambda_max)
 
 
+def stability_ratio(lambda_max: float, lr: float) -> float:
+    """lr / stability_limit(lambda_max) = lambda_max lr / 2: plain SGD (and GD) on the quadratic diverges
+    along the top eigenvector above 1 (Cohen et al. 2021 find full-batch GD hovering at 1, the edge of
+    stability). Momentum mu moves the limit to 2 (1 + mu) / lr; this ratio is the plain-SGD one."""
+    return float(lambda_max) * float(lr) / 2.0
+
+
 def _eigh_positive(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, v = np.linalg.eigh(a)
     if h[0] <= 0:
