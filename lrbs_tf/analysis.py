@@ -61,7 +61,8 @@ class Analysis:
     labels: a readable name per group key. uncontrolled: per group label, config keys that vary inside it.
     cells: one row per (group, BS, LR) cell (cells.csv); noise: the pooled within-cell s.d. per group and
     measure; ratio_test, invariance: ratio_test.csv and ratio_invariance.csv; equal_ratios: per group and
-    shared BS/LR value, its cells and how alike their runs are; families: every multiple-testing family.
+    shared BS/LR value, its cells and how alike their runs are; families: every multiple-testing family;
+    intrinsic: the intrinsic-LR tables (intrinsic_lr.csv, intrinsic_lr_equal.csv).
     """
 
     results: Path
@@ -82,6 +83,7 @@ class Analysis:
     equal_ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
     families: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[str] = field(default_factory=list)
+    intrinsic: Any = None  # intrinsic_report.IntrinsicLR (that module imports this one)
 
     @property
     def done(self) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import families, ratio, report
+from lrbs_tf import families, intrinsic_report, ratio, report
 from lrbs_tf import runfolder as rf
 from lrbs_tf import stats
 from lrbs_tf.analysis import (DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY, EXPECTED_SIGN,
@@ -199,6 +199,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
         varying = uncontrolled_settings(g, configs, ["arch", "dataset", *group_by])
         if varying:
             a.uncontrolled[label] = varying
+    a.intrinsic = intrinsic_report.compute(runs, results, group_cols)
     dup_cols = group_cols + ["batch_size", "lr", "seed"]
     a.duplicates = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
     return a
@@ -210,7 +211,7 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 
 def _output_names() -> set[str]:
     return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
-            *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES)}
+            *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES), *intrinsic_report.FILES}
 
 
 def _texts(analysis: Analysis) -> dict[str, str]:
@@ -221,6 +222,7 @@ def _texts(analysis: Analysis) -> dict[str, str]:
              FAMILIES_FILE: analysis.families.to_csv(index=False)}
     for name, table in analysis.tables.items():
         texts[TABLE_FILES[name]] = table.to_csv(index=False)
+    texts.update(analysis.intrinsic.texts() if analysis.intrinsic is not None else {})
     texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
     return texts
 

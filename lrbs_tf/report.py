@@ -16,7 +16,7 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from lrbs_tf import report_ratio
+from lrbs_tf import intrinsic_report, report_ratio
 from lrbs_tf import runfolder as rf
 from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS,
                               Analysis, iter_groups, measure_name)
@@ -252,6 +252,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         full_rows(a, a.tables["table1"], ["lr"]), full_rows(a, a.tables["table2"], ["batch_size"]),
         report_ratio.families_section(a),
         sharpness_section(a),
+        intrinsic_report.section(a.intrinsic),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
