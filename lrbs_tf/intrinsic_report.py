@@ -22,12 +22,14 @@ Heavy-ball momentum is not covered by the theory: such runs are kept, and marked
 
 Equal intrinsic LR (intrinsic_lr_equal.csv): per group (arch, dataset and the --group_by settings but weight
 decay), batch size (G depends on it) and value of lr * wd (computed on the decimals written, so 0.1 * 0.01
-and 0.02 * 0.05 are one value) holding >= 2 learning rates: the effective LR of each (lr, wd) pair (mean over
-its seeds), `spread` = max / min over the pairs, and the `elasticity`: the OLS slope of log(effective LR) on
+and 0.02 * 0.05 are one value) held by >= 2 (lr, wd) pairs: the effective LR of each pair (mean over its
+seeds), `spread` = max / min over the pairs, and the `elasticity`: the OLS slope of log(effective LR) on
 log(lr) over the pairs, with a 95% t interval (n = pairs, df = n - 2; seeds are averaged first so they are
 not counted as independent pairs). The theory predicts elasticity 0 (norms in proportion to lr); norms that
 did not depend on lr would give 1. `seed_spread`: the median over pairs with >= 2 seeds of max / min over
-seeds, the noise floor of `spread`.
+seeds, the noise floor of `spread`. Where a batch size has several such values, a `pooled` row fits one
+slope within all of them (an intercept per value, df = pairs - values - 1): the same question with more
+power than any one value.
 No TensorFlow here.
 """
 
@@ -50,6 +52,7 @@ from lrbs_tf.theory import intrinsic_lr as ilr
 
 RUNS_FILE, EQUAL_FILE = "intrinsic_lr.csv", "intrinsic_lr_equal.csv"
 FILES = (RUNS_FILE, EQUAL_FILE)
+SCOPE_ONE, SCOPE_POOLED = "one lr*wd", "pooled"  # intrinsic_lr_equal.csv's rows: one value, or all together
 MIN_RELAXATION_TIMES = 5.0  # exp(-5) < 1%: what is left of a start near equilibrium, linearised
 MAX_DRIFT = 0.05            # |relative change of ||w||^2| over the last relaxation time
 BN_ARCH_PREFIXES = ("resnet", "vgg")  # every conv followed by batch norm (models.py); alexnet has none
@@ -60,7 +63,7 @@ RUN_COLUMNS = ["run_dir", "batch_size", "lr", "weight_decay", "seed", "intrinsic
                "relaxation_steps", "relaxation_times", "weight_norm_sq", "effective_lr", "grad_norm_sq",
                "unit_grad_norm_sq", "predicted_weight_norm_sq", "predicted_effective_lr", "norm_ratio",
                "norm_drift", "near_equilibrium", "note"]
-EQUAL_COLUMNS = ["batch_size", "intrinsic_lr", "n_runs", "n_pairs", "n_near_equilibrium", "pairs",
+EQUAL_COLUMNS = ["batch_size", "scope", "intrinsic_lr", "n_runs", "n_pairs", "n_near_equilibrium", "pairs",
                  "effective_lr_min", "effective_lr_max", "spread", "seed_spread", "elasticity",
                  "elasticity_ci_low", "elasticity_ci_high", "reading", "note"]
 
@@ -164,14 +167,19 @@ def _eligibility(results: Path, run: dict) -> tuple[str, rf.RunConfig | None]:
     return "", cfg
 
 
-def _pair_fit(log_lr: np.ndarray, log_eff: np.ndarray) -> tuple[float, float, float]:
-    """OLS slope of log_eff on log_lr and its 95% t interval (NaN bounds below 3 points)."""
-    if len(log_lr) < 3:
-        slope = (log_eff[1] - log_eff[0]) / (log_lr[1] - log_lr[0])
-        return float(slope), math.nan, math.nan
-    fit = sps.linregress(log_lr, log_eff)
-    half = sps.t.ppf(0.975, len(log_lr) - 2) * fit.stderr
-    return float(fit.slope), float(fit.slope - half), float(fit.slope + half)
+def fit_elasticity(log_lr: np.ndarray, log_eff: np.ndarray, sets: np.ndarray) -> tuple[float, float, float]:
+    """OLS slope of log_eff on log_lr with one intercept per value of `sets` (the lr * wd value: the slope is
+    taken within sets and pooled), and its 95% t interval (df = n - sets - 1; NaN bounds at df 0)."""
+    labels = np.unique(sets)
+    X = np.column_stack([*(sets == v for v in labels), log_lr]).astype(float)
+    beta = np.linalg.lstsq(X, log_eff, rcond=None)[0]
+    df = len(log_lr) - len(labels) - 1
+    if df < 1:
+        return float(beta[-1]), math.nan, math.nan
+    resid = log_eff - X @ beta
+    se = math.sqrt(resid @ resid / df * np.linalg.inv(X.T @ X)[-1, -1])
+    half = sps.t.ppf(0.975, df) * se
+    return float(beta[-1]), float(beta[-1] - half), float(beta[-1] + half)
 
 
 def reading(elasticity: float, low: float, high: float) -> str:
@@ -179,31 +187,57 @@ def reading(elasticity: float, low: float, high: float) -> str:
     if math.isnan(elasticity):
         return "no finite effective LR"
     if math.isnan(low):
-        return "2 pairs: no interval"
+        return "no interval (as many parameters as pairs)"
     if low <= 0 <= high and not low <= 1 <= high:
         return "equal: elasticity consistent with 0, not with 1"
     if low > 0 or high < 0:
-        return "not equal: effective LR still varies with lr at this lr*wd"
+        return "not equal: effective LR still varies with lr at equal lr*wd"
     return "undecided: the interval holds 0 and 1"
 
 
-def equal_row(sub: pd.DataFrame) -> dict | None:
-    """One intrinsic_lr_equal.csv row (without group keys) for runs sharing batch size and lr * wd."""
+def _pairs(sub: pd.DataFrame) -> pd.DataFrame:
+    """Per (lr, wd) pair of `sub`: the mean effective LR over its seeds, the seeds' max / min, the runs."""
     sub = sub[np.isfinite(sub["effective_lr"].to_numpy(float))]
-    pairs = sub.groupby(["lr", "weight_decay"], sort=True)["effective_lr"]
-    if pairs.ngroups < 2:
-        return None
-    means, lrs = pairs.mean().to_numpy(float), pairs.mean().index.get_level_values("lr").to_numpy(float)
-    seeded = [g.max() / g.min() for _, g in pairs if len(g) >= 2]
-    slope, low, high = _pair_fit(np.log(lrs), np.log(means))
+    g = sub.groupby(["lr", "weight_decay", "intrinsic_lr"], sort=True)["effective_lr"]
+    out = pd.DataFrame({"mean": g.mean(), "seed_spread": g.max() / g.min(), "runs": g.size()}).reset_index()
+    return out.assign(seed_spread=out["seed_spread"].where(out["runs"] >= 2))
+
+
+def equal_row(pairs: pd.DataFrame, sub: pd.DataFrame, scope: str) -> dict:
+    """One intrinsic_lr_equal.csv row (without group keys and batch size) from `_pairs` rows and their runs."""
+    means = pairs["mean"].to_numpy(float)
+    slope, low, high = fit_elasticity(np.log(pairs["lr"].to_numpy(float)), np.log(means),
+                                      pairs["intrinsic_lr"].to_numpy(float))
+    one = scope == SCOPE_ONE
     notes = [MOMENTUM_NOTE] if (sub["note"].str.contains(MOMENTUM_NOTE, regex=False)).any() else []
-    return {"n_runs": len(sub), "n_pairs": pairs.ngroups, "n_near_equilibrium": int(sub["near_equilibrium"].sum()),
-            "pairs": " ".join(f"{lr:g}x{wd:g}" for lr, wd in pairs.mean().index),
-            "effective_lr_min": float(means.min()), "effective_lr_max": float(means.max()),
-            "spread": float(means.max() / means.min()),
-            "seed_spread": float(np.median(seeded)) if seeded else math.nan, "elasticity": slope,
+    seeded = pairs["seed_spread"].dropna()
+    return {"scope": scope, "intrinsic_lr": float(pairs["intrinsic_lr"].iloc[0]) if one else math.nan,
+            "n_runs": int(pairs["runs"].sum()), "n_pairs": len(pairs),
+            "n_near_equilibrium": int(sub["near_equilibrium"].sum()),
+            "pairs": " ".join(f"{r.lr:g}x{r.weight_decay:g}" for r in pairs.itertuples()) if one else
+            "lr*wd = " + " ".join(f"{v:g}" for v in pairs["intrinsic_lr"].unique()),
+            "effective_lr_min": float(means.min()) if one else math.nan,
+            "effective_lr_max": float(means.max()) if one else math.nan,
+            "spread": float(means.max() / means.min()) if one else math.nan,
+            "seed_spread": float(seeded.median()) if len(seeded) else math.nan, "elasticity": slope,
             "elasticity_ci_low": low, "elasticity_ci_high": high, "reading": reading(slope, low, high),
             "note": "; ".join(notes)}
+
+
+def _equal_rows(g: pd.DataFrame) -> list[dict]:
+    """intrinsic_lr_equal.csv's rows of one group: per batch size, one per lr * wd value held by >= 2 pairs,
+    then one pooled over those values when there are several."""
+    rows = []
+    for bs, at_bs in g.groupby("batch_size", sort=True):
+        pairs = _pairs(at_bs)
+        shared = pairs.groupby("intrinsic_lr")["lr"].transform("size") >= 2
+        pairs = pairs[shared]
+        for lam, p in pairs.groupby("intrinsic_lr", sort=True):
+            rows.append({"batch_size": bs, **equal_row(p, at_bs[at_bs["intrinsic_lr"] == lam], SCOPE_ONE)})
+        if pairs["intrinsic_lr"].nunique() >= 2:
+            used = at_bs[at_bs["intrinsic_lr"].isin(pairs["intrinsic_lr"])]
+            rows.append({"batch_size": bs, **equal_row(pairs, used, SCOPE_POOLED)})
+    return rows
 
 
 def compute(runs: pd.DataFrame, results: str | Path, group_cols: Sequence[str]) -> IntrinsicLR:
@@ -224,12 +258,7 @@ def compute(runs: pd.DataFrame, results: str | Path, group_cols: Sequence[str]) 
     if len(table):
         table = table.sort_values([*cols, "batch_size", "intrinsic_lr", "lr", "seed", "run_dir"], kind="stable")
     labels = group_labels(table, cols) if len(table) else {}
-    equal = []
-    for keys, _, g in iter_groups(table, cols, labels):
-        for (bs, lam), sub in g.groupby(["batch_size", "intrinsic_lr"], sort=True):
-            row = equal_row(sub)
-            if row is not None:
-                equal.append({**keys, "batch_size": bs, "intrinsic_lr": lam, **row})
+    equal = [{**keys, **row} for keys, _, g in iter_groups(table, cols, labels) for row in _equal_rows(g)]
     return IntrinsicLR(runs=table, equal=pd.DataFrame(equal, columns=[*cols, *EQUAL_COLUMNS]), group_cols=cols,
                        labels=labels, excluded=excluded, done=len(done))
 
@@ -269,13 +298,13 @@ def _run_table(result: IntrinsicLR) -> str:
 def _equal_table(result: IntrinsicLR) -> str:
     if result.equal.empty:
         return "No batch size and lr * wd value is shared by two or more learning rates: nothing to compare."
-    rows = [[_label(result, r), r["batch_size"], _g(r["intrinsic_lr"]), r["n_pairs"], r["n_runs"],
+    rows = [[_label(result, r), r["batch_size"], _g(r["intrinsic_lr"]) or r["scope"], r["n_pairs"], r["n_runs"],
              r["n_near_equilibrium"], r["pairs"], _g(r["effective_lr_min"]), _g(r["effective_lr_max"]),
              _g(r["spread"]), _g(r["seed_spread"]), _g(r["elasticity"]),
              f"[{_g(r['elasticity_ci_low'])}, {_g(r['elasticity_ci_high'])}]", r["reading"]]
             for r in result.equal.to_dict("records")]
     rows, more = _cut(rows, "comparisons")
-    return md_table(["group", "BS", "lr*wd", "pairs (n)", "runs", "near equilibrium", "lr x wd",
+    return md_table(["group", "BS", "lr*wd", "pairs (n)", "runs", "near equilibrium", "lr x wd pairs",
                      "effective LR min", "max", "spread", "seed spread", "elasticity", "95% CI", "reading"],
                     rows) + more
 
@@ -305,7 +334,8 @@ def section(result: IntrinsicLR | None) -> str:
            "Per batch size and value of lr * wd shared by >= 2 (lr, wd) pairs: the effective LR of each pair "
            "(mean over seeds), spread = max / min, and the elasticity d log(effective LR) / d log(lr) over the "
            "pairs (OLS, 95% t interval, n = pairs): the theory predicts 0 (the norm grows like lr); norms that "
-           "did not depend on lr would give 1. Seed spread: the median max / min over the seeds of one pair.",
+           "did not depend on lr would give 1. Seed spread: the median max / min over the seeds of one pair. "
+           "`pooled`: one slope within all the lr * wd values of a batch size (an intercept per value).",
            _equal_table(result)]
     if runs["note"].str.contains(MOMENTUM_NOTE, regex=False).any():
         out.append(f"Runs marked `{MOMENTUM_NOTE}` are shown, but the equilibrium above is plain SGD's.")

@@ -151,3 +151,27 @@ def test_momentum_and_missing_gradient_norms_are_marked_not_dropped(tmp_path):
     assert "heavy-ball momentum is not covered by the theory" in report
     assert "2 eligible runs have no `grad_norm_sq`" in report
     assert "all trainable weights, not only the scale-invariant ones" in report
+
+
+def test_pooled_elasticity_is_the_within_value_slope_over_all_shared_values(tmp_path):
+    runs = tmp_path / "runs"
+    _pairs(runs, 1.0, seeds=(0,))  # lr * wd = 0.002, norms like lr (elasticity 0)
+    for (lr, wd), pair in zip(((0.1, 0.04), (0.2, 0.02), (0.4, 0.01)), (1.05, 0.9, 1.0)):
+        write_bn_run(runs, lr, wd, 40.0 * lr ** 0.7 * pair, epochs=12)  # lr * wd = 0.004, elasticity ~0.3
+    _, table, equal = analyse(tmp_path)
+    assert equal["scope"].tolist() == ["one lr*wd", "one lr*wd", "pooled"]
+    pooled = equal.iloc[2]
+    assert math.isnan(pooled["intrinsic_lr"]) and (pooled["n_pairs"], pooled["n_runs"]) == (7, 7)
+    assert pooled["pairs"] == "lr*wd = 0.002 0.004"
+    # Independently (Frisch-Waugh): centre log lr and log effective LR within each lr*wd value, then one slope.
+    t = table.assign(x=np.log(table["lr"]), y=np.log(table["effective_lr"]))
+    xc = t["x"] - t.groupby("intrinsic_lr")["x"].transform("mean")
+    yc = t["y"] - t.groupby("intrinsic_lr")["y"].transform("mean")
+    slope = float((xc * yc).sum() / (xc ** 2).sum())
+    assert pooled["elasticity"] == pytest.approx(slope, rel=1e-9)
+    resid = yc - slope * xc
+    se = math.sqrt((resid ** 2).sum() / (7 - 2 - 1) / (xc ** 2).sum())
+    half = 2.7764451051977987 * se  # t(0.975, df 4)
+    assert pooled["elasticity_ci_low"] == pytest.approx(slope - half, rel=1e-9)
+    assert pooled["elasticity_ci_high"] == pytest.approx(slope + half, rel=1e-9)
+    assert 0.0 < slope < 0.3  # between the two values' own slopes, 0 and ~0.3
