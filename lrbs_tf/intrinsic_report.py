@@ -270,7 +270,7 @@ def _g(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else f"{v:.3g}"
+        return "" if math.isnan(v) else f"{v:.4g}"
     return str(v)
 
 
@@ -301,7 +301,8 @@ def _equal_table(result: IntrinsicLR) -> str:
     rows = [[_label(result, r), r["batch_size"], _g(r["intrinsic_lr"]) or r["scope"], r["n_pairs"], r["n_runs"],
              r["n_near_equilibrium"], r["pairs"], _g(r["effective_lr_min"]), _g(r["effective_lr_max"]),
              _g(r["spread"]), _g(r["seed_spread"]), _g(r["elasticity"]),
-             f"[{_g(r['elasticity_ci_low'])}, {_g(r['elasticity_ci_high'])}]", r["reading"]]
+             f"[{_g(r['elasticity_ci_low'])}, {_g(r['elasticity_ci_high'])}]"
+             if np.isfinite(r["elasticity_ci_low"]) else "—", r["reading"]]
             for r in result.equal.to_dict("records")]
     rows, more = _cut(rows, "comparisons")
     return md_table(["group", "BS", "lr*wd", "pairs (n)", "runs", "near equilibrium", "lr x wd pairs",
