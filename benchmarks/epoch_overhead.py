@@ -11,7 +11,7 @@ outside: the loop's functions are wrapped by timers (nothing in lrbs_tf is chang
 - iterator: building the epoch's input pipeline and iterator, and releasing it;
 - evaluation: the whole test set, every member;
 - record: the metrics lines (appended and fsynced), TensorBoard scalars, the weight norms, the console line;
-- checkpoint: tf.train.CheckpointManager saves (one per member);
+- checkpoint: members.save_checkpoint (one per member, when due: --checkpoint_seconds, default 10 s);
 - other: the rest (chunk bookkeeping, the engine's unstack, Python).
 The first two epochs (tracing) are dropped; medians over the rest. Printed as markdown, saved as JSON.
 """

@@ -89,7 +89,8 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
             epochs = pd.DataFrame([{k: r.get(k) for k in runfolder.METRIC_KEYS} for r in rows],
                                   columns=list(runfolder.METRIC_KEYS))
             for key in reversed(keys):
-                epochs.insert(0, key, getattr(run, key))
+                value = getattr(run, key)
+                epochs.insert(0, key, [value] * len(epochs) if isinstance(value, (tuple, list)) else value)
             pieces.append(epochs)
     if not pieces:
         return pd.DataFrame(columns=[*keys, *runfolder.METRIC_KEYS])

@@ -1,8 +1,8 @@
 """Which saved state can be trusted: epoch checkpoints that restore cleanly, and model files that load.
 
-A run folder's `ckpt/` holds tf.train.CheckpointManager checkpoints `ckpt-<epoch>` (an `.index` file and its
-`.data-*` shards). A copy cut short, a file-system fault or a full disk can leave the newest of them
-unreadable while an older one beside it is intact. This module finds, restores and reports:
+A run folder's `ckpt/` holds checkpoints `ckpt-<epoch>` (an `.index` file and its `.data-*` shards; written
+by `write`, or by tf.train.CheckpointManager in folders of an older lrbs_tf). A copy cut short, a
+file-system fault or a full disk can leave the newest of them unreadable while an older one beside it is intact. This module finds, restores and reports:
 
 - `restore_newest(checkpoint, ckpt_dir)` restores the newest checkpoint that passes every check into a
   `tf.train.Checkpoint` and says which newer ones it skipped and why (bin/train's resume, through
@@ -12,6 +12,8 @@ unreadable while an older one beside it is intact. This module finds, restores a
 - `resume_epochs(run_dirs)` says, without a model, which epoch each run of one bin/train process resumes
   from: the newest epoch all of them can restore when there is one (loop.train groups a column's members
   by it before building them, and members.build_members restores it);
+- `write(checkpoint, ckpt_dir, epoch, keep_last, keep_epochs)` saves one, durably, and deletes the old ones
+  that are neither among the newest nor kept for good;
 - `sync(ckpt_dir, epoch)` makes a just-saved checkpoint durable (TensorFlow does not fsync it);
 - `describe_keras_file(path)` says what is wrong with a model.keras that Keras cannot load.
 
@@ -41,8 +43,8 @@ from lrbs_tf.errors import RunFolderError
 if TYPE_CHECKING:
     import tensorflow as tf
 
-CHECKPOINT_NAME = "ckpt"      # tf.train.CheckpointManager's checkpoint_name, as members saves them
-STATE_FILE = "checkpoint"     # the manager's list of checkpoints (a text proto)
+CHECKPOINT_NAME = "ckpt"      # checkpoints are <ckpt_dir>/ckpt-<epoch> (CheckpointManager's name, kept)
+STATE_FILE = "checkpoint"     # CheckpointManager's list of checkpoints (a text proto), in older run folders
 KERAS_CONFIG = "config.json"                          # what keras.models.load_model reads from a .keras zip:
 KERAS_WEIGHTS = ("model.weights.h5", "model.weights.npz")  # the architecture, and the weights in one of these
 _PREFIX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
@@ -111,9 +113,11 @@ def _check(epoch: int, prefix: str, recorded_epochs: int | None) -> str | None:
 
 
 def _restore(checkpoint: tf.train.Checkpoint, prefix: str) -> str | None:
-    """Restores `prefix` into `checkpoint`; what went wrong, or None."""
+    """Restores `prefix` into `checkpoint`; what went wrong, or None. Checkpoint.read, not .restore: restore
+    creates the checkpoint's save counter, which `write` does not save (CheckpointManager's did; read
+    leaves such a counter in an older folder's checkpoint unused)."""
     try:
-        status = checkpoint.restore(prefix)
+        status = checkpoint.read(prefix)
         status.assert_existing_objects_matched()
         status.expect_partial()  # a reader that builds only the model leaves the optimizer's values unused
     except Exception as e:  # an intact checkpoint of another model: names or shapes that do not match
@@ -225,6 +229,27 @@ def sync(ckpt_dir: str | os.PathLike, epoch: int) -> None:
         if path.name == STATE_FILE or path.name == f"{stem}.index" or path.name.startswith(f"{stem}.data-"):
             fsync_file(path)
     fsync_dir(ckpt_dir)
+
+
+def write(checkpoint: tf.train.Checkpoint, ckpt_dir: str | os.PathLike, epoch: int, keep_last: int,
+          keep_epochs: Sequence[int] = ()) -> str:
+    """Writes `checkpoint` as ckpt-<epoch> in `ckpt_dir`, synced, then deletes the checkpoints that are neither
+    among the `keep_last` newest nor of an epoch in `keep_epochs`. Returns the new checkpoint's prefix.
+
+    Written with tf.train.Checkpoint.write rather than a CheckpointManager, whose rolling deletion cannot
+    spare chosen epochs; readers find checkpoints by their files (`candidates`), not by a state file."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    prefix = checkpoint.write(str(ckpt_dir / f"{CHECKPOINT_NAME}-{epoch}"))
+    sync(ckpt_dir, epoch)
+    keep = set(keep_epochs)
+    rolling = [e for e, _ in candidates(ckpt_dir) if e not in keep]  # newest first
+    for old in rolling[keep_last:]:
+        stem = f"{CHECKPOINT_NAME}-{old}"
+        for path in ckpt_dir.iterdir():
+            if path.name == f"{stem}.index" or path.name.startswith(f"{stem}.data-"):
+                path.unlink(missing_ok=True)
+    return prefix
 
 
 def describe_keras_file(path: str | os.PathLike) -> str | None:

@@ -59,10 +59,20 @@ class TrainConfig:
     tf32: bool = False
     cpu_devices: int = 0
     checkpoints_to_keep: int = 2
+    checkpoint_seconds: float = 10.0      # a run's checkpoint at an epoch's end once this long since its last
+    checkpoint_epochs: tuple[int, ...] = ()  # epochs whose checkpoints are kept for good (bin/sharpness --epoch)
     progress: bool | None = None          # None: when stdout is a terminal
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     column_engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        # A list flag gives strings, config.json a list: one form (a tuple of ints) for comparing and recording.
+        try:
+            self.checkpoint_epochs = tuple(int(e) for e in self.checkpoint_epochs or ())
+        except (TypeError, ValueError):
+            raise UsageError(f"checkpoint_epochs={self.checkpoint_epochs!r}: give epochs as integers, e.g. 1,5,20") \
+                from None
 
     @classmethod
     def from_flags(cls, flag_values: Any, **overrides: Any) -> "TrainConfig":
@@ -98,6 +108,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainC
 # run is resumed. Everything else must match the run folder's config.json.
 EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
+                                "checkpoint_seconds", "checkpoint_epochs",
                                 "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 # Execution settings that can change float rounding (XLA fusion, TF32, op determinism, the reduction over
 # replicas, the column engine's kernels): a study that mixes them should say so, so bin/correlate reports them.
@@ -176,6 +187,14 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
         raise UsageError(f"weight_decay={cfg.weight_decay} must be >= 0")
     if not cfg.stop_at_train_loss >= 0.0:
         raise UsageError(f"stop_at_train_loss={cfg.stop_at_train_loss} must be >= 0")
+    if not cfg.checkpoint_seconds >= 0:
+        raise UsageError(f"checkpoint_seconds={cfg.checkpoint_seconds} must be >= 0 (0: every epoch)")
+    bad = [e for e in cfg.checkpoint_epochs if not e >= 1]
+    if bad:
+        raise UsageError(f"checkpoint_epochs holds {bad[0]}; epochs count from 1")
+    beyond = [e for e in cfg.checkpoint_epochs if e > cfg.epochs]
+    if beyond:
+        raise UsageError(f"checkpoint_epochs holds {beyond[0]}, beyond epochs={cfg.epochs}")
     for name in ("steps_per_call", "cpu_devices", "intra_op_threads", "inter_op_threads"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"{name}={getattr(cfg, name)} must be >= 0")

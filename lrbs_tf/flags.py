@@ -179,7 +179,14 @@ def _define_execution_flags() -> None:
                       "TF enables it by default, lrbs_tf does not).")
     flags.DEFINE_integer("cpu_devices", D["cpu_devices"], "Split the CPU into this many logical devices and mirror the model "
                          "over them (tests MirroredStrategy without GPUs); 0 = off.")
-    flags.DEFINE_integer("checkpoints_to_keep", D["checkpoints_to_keep"], "Epoch checkpoints kept in <run>/ckpt.")
+    flags.DEFINE_integer("checkpoints_to_keep", D["checkpoints_to_keep"], "Newest checkpoints kept in <run>/ckpt "
+                         "(besides --checkpoint_epochs).")
+    flags.DEFINE_float("checkpoint_seconds", D["checkpoint_seconds"], "Checkpoint a run at the end of an epoch "
+                       "once this many seconds have passed since its last checkpoint, and always at its last "
+                       "epoch; 0: every epoch. A resume retrains at most these seconds (plus an epoch), to the "
+                       "same metrics; short epochs then do not pay a checkpoint each.")
+    flags.DEFINE_list("checkpoint_epochs", list(D["checkpoint_epochs"]), "Epochs (1-based) whose checkpoints are "
+                      "saved and kept for good, e.g. 1,5,20: bin/sharpness --epoch measures them.")
     flags.DEFINE_bool("progress", D["progress"], "Per-epoch progress bar (default: when stdout is a terminal).")
     flags.DEFINE_integer("intra_op_threads", D["intra_op_threads"], "CPU threads inside one op (0: TensorFlow's default, "
                          "all cores, or the CPU quota of a container when it is lower); bin/sweep sets it so "

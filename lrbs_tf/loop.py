@@ -14,6 +14,7 @@ tf.function call, so Python is not in the step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import signal
 import sys
@@ -33,7 +34,7 @@ from lrbs_tf.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError
 from lrbs_tf.data import Data, DataError, Pipelines, load_data
 from lrbs_tf.distribute import (StrategyError, configure_numerics, configure_threads, distribute_train, is_chief,
                                 is_multi_worker, make_strategy)
-from lrbs_tf.steps import StepFunctions, make_step_functions
+from lrbs_tf.steps import StepFunctions, make_step_functions, zero_sums
 
 
 class _Preempted(BaseException):
@@ -133,13 +134,23 @@ class EpochStats:
     test_accuracy: np.ndarray
     seconds: float             # the whole epoch: training, evaluation, unstacking
     train_seconds: float       # its training steps alone
+    # float64: the mean over the steps counted of the squared L2 norm of the minibatch loss gradient (weight
+    # decay left out; steps with a non-finite gradient, which float16 loss scaling skips, left out too)
+    grad_norm_sq: np.ndarray | None = None
 
 
-def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Callable) -> tuple[np.ndarray, np.ndarray]:
-    """Mean test loss and accuracy of each member over the whole test set."""
+def test_batches(strategy: tf.distribute.Strategy, pipes: Pipelines):
+    """The test set as `evaluate` iterates it (distributed over the replicas); built once per column, since
+    distributing a dataset anew each epoch cost a few milliseconds of epochs of ~100 ms."""
+    return pipes.test() if is_multi_worker(strategy) else strategy.experimental_distribute_dataset(pipes.test())
+
+
+def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Callable,
+             test=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean test loss and accuracy of each member over the whole test set (`test`: test_batches' dataset,
+    when already built)."""
     loss_sum, correct = 0.0, 0
-    test = pipes.test() if is_multi_worker(strategy) else strategy.experimental_distribute_dataset(pipes.test())
-    for x, y in test:
+    for x, y in test_batches(strategy, pipes) if test is None else test:
         batch_loss, batch_correct = eval_step(x, y)
         loss_sum, correct = loss_sum + batch_loss.numpy(), correct + batch_correct.numpy()
     n = len(pipes.data.y_test)
@@ -147,16 +158,16 @@ def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Call
 
 
 def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: StepFunctions, cfg: TrainConfig,
-              epoch: int, num_members: int, chunk: int | CallPace, show_progress: bool) -> EpochStats:
+              epoch: int, num_members: int, chunk: int | CallPace, show_progress: bool, test=None) -> EpochStats:
     """Trains the active members through epoch `epoch` (0-based) in calls of `chunk` steps (a number, or a
-    CallPace sizing each call), then evaluates them and copies the engine's state back into the models."""
+    CallPace sizing each call), then evaluates them (on `test`, test_batches' dataset, when given) and
+    copies the engine's state back into the models."""
     start = time.time()
     pace = chunk if isinstance(chunk, CallPace) else CallPace(fixed=chunk)
     steps_per_epoch = pipes.data.num_train // cfg.batch_size
     iterator = iter(distribute_train(strategy, lambda: pipes.train(cfg.batch_size, cfg.seed, epoch), cfg.batch_size))
     bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
-    sums = (tf.zeros([num_members], tf.float64), tf.zeros([num_members], tf.int64), tf.zeros([num_members], tf.int64))
-    alive, steps = tf.ones([num_members], tf.bool), 0
+    sums, alive, steps = zero_sums(num_members), tf.ones([num_members], tf.bool), 0
     while steps < steps_per_epoch and bool(tf.reduce_any(alive)):
         todo = pace.steps(steps_per_epoch - steps)
         called = time.perf_counter()
@@ -171,26 +182,33 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     # (measured; MLP at batch 128, 150 ms epochs).
     del iterator
     train_seconds = time.time() - start
-    test_loss, test_accuracy = evaluate(strategy, pipes, functions.eval_step)
+    test_loss, test_accuracy = evaluate(strategy, pipes, functions.eval_step, test)
     functions.engine.unstack()  # the member models hold the state that is recorded, checkpointed, saved
-    return EpochStats(loss_sum, correct, seen, test_loss, test_accuracy, time.time() - start, train_seconds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grad_norm_sq = np.where(sums[4].numpy() > 0, sums[3].numpy() / sums[4].numpy(), np.nan)
+    return EpochStats(loss_sum, correct, seen, test_loss, test_accuracy, time.time() - start, train_seconds,
+                      grad_norm_sq)
 
 
-def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, labelled: bool) -> list[mem.Member]:
-    """Records epoch `epoch` (1-based) of every active member and checkpoints it; returns the members that end
-    with it: diverged (a non-finite loss or weight norm; not checkpointed) or done early
-    (--stop_at_train_loss reached)."""
+def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, labelled: bool,
+                checkpoint: bool = True) -> list[mem.Member]:
+    """Records epoch `epoch` (1-based) of every active member, checkpoints them when `checkpoint` (the loop's
+    members.checkpoint_due), and returns the members that end with it: diverged (a non-finite loss or weight
+    norm; not checkpointed) or done early (--stop_at_train_loss reached; always checkpointed)."""
     leaving = []
     for k, member in enumerate(active):
         row = mem.record_epoch(member, epoch, stats.loss_sum[k] / stats.seen[k], stats.correct[k] / stats.seen[k],
                                float(stats.test_loss[k]), float(stats.test_accuracy[k]), stats.seconds,
-                               stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "")
+                               stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "",
+                               grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]))
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
             leaving.append(member)
             continue
-        mem.save_checkpoint(member, epoch)
-        if member.cfg.stop_at_train_loss and row["train_loss"] <= member.cfg.stop_at_train_loss:
+        stops = bool(member.cfg.stop_at_train_loss) and row["train_loss"] <= member.cfg.stop_at_train_loss
+        if checkpoint or stops:
+            mem.save_checkpoint(member, epoch)
+        if stops:
             member.status, member.stopped_early = runfolder.STATUS_DONE, True
             leaving.append(member)
     return leaving
@@ -215,13 +233,20 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
         pace = CallPace(fixed=cfg.steps_per_call, most=max(1, steps_per_epoch // 50) if show_progress else 0)
     active = list(members)
     functions = make_step_functions(strategy, active)
+    test = test_batches(strategy, pipes)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
+    saved_at = time.monotonic()  # when the column's members were last checkpointed (or restored)
     try:
         for epoch in range(start_epoch, cfg.epochs):  # 0-based here, 1-based in metrics.jsonl
             if not active:
                 break
-            stats = run_epoch(strategy, pipes, functions, cfg, epoch, len(active), pace, show_progress)
-            leaving = close_epoch(active, epoch + 1, stats, labelled=len(members) > 1)
+            stats = run_epoch(strategy, pipes, functions, cfg, epoch, len(active), pace, show_progress, test)
+            # A clock would differ between workers, which must all save together: multi-worker saves every epoch.
+            due = is_multi_worker(strategy) or mem.checkpoint_due(cfg, epoch + 1, epoch + 1 == cfg.epochs,
+                                                                  time.monotonic() - saved_at)
+            leaving = close_epoch(active, epoch + 1, stats, labelled=len(members) > 1, checkpoint=due)
+            if due:
+                saved_at = time.monotonic()
             for member in leaving:  # a member that ends leaves the column; the others go on
                 mem.finish(member)
                 active.remove(member)

@@ -60,7 +60,7 @@ class Member:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     epochs_done: tf.Variable
-    manager: tf.train.CheckpointManager
+    checkpoint: tf.train.Checkpoint    # model, optimizer, epochs_done
     writer: summaries.RunWriter        # its TensorBoard writer (tb/)
     rows: list = dataclasses.field(default_factory=list)
     status: str | None = None          # set when the member ends: done / diverged
@@ -128,15 +128,13 @@ def build_members(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[T
             _write_config(cfg, flag_settings, model, data, strategy.num_replicas_in_sync, lrs, provenance)
         if (cfg.run_dir / runfolder.RESULT).exists():  # a failed run being retried is unfinished again
             (cfg.run_dir / runfolder.RESULT).unlink()
-        manager = tf.train.CheckpointManager(ckpt, str(cfg.run_dir / runfolder.CKPT_DIR),
-                                             max_to_keep=cfg.checkpoints_to_keep)
         checkpoints.report(found, restore_dir)
         if found.prefix:
             print(f"resuming {restore_dir} after epoch {int(epochs_done.numpy())}", flush=True)
         rows = runfolder.trim_metrics(cfg.run_dir, int(epochs_done.numpy()))
         writer = summaries.RunWriter(cfg.run_dir / runfolder.TENSORBOARD_DIR, summaries.hparams_of(flag_settings),
                                      trial_id=cfg.run_name)
-        members.append(Member(cfg, model, optimizer, epochs_done, manager, writer, rows))
+        members.append(Member(cfg, model, optimizer, epochs_done, ckpt, writer, rows))
     return members
 
 
@@ -150,16 +148,18 @@ def finite(x: float | None) -> bool:
 
 
 def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
-                 test_accuracy: float, seconds: float, train_seconds: float, label: str = "") -> dict:
-    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars; returns the row."""
+                 test_accuracy: float, seconds: float, train_seconds: float, label: str = "", *,
+                 grad_norm_sq: float = math.nan) -> dict:
+    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars; returns the row.
+    `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats)."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
     row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
-           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "seconds": seconds,
-           "train_seconds": train_seconds}
-    runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row)
+           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,
+           "seconds": seconds, "train_seconds": train_seconds}
+    runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row, sync=False)  # synced with its checkpoint
     member.rows.append(row)
     member.writer.epoch(epoch, row, summary(member.rows))
     print(f"{label}epoch {epoch}/{member.cfg.epochs}  train_loss {train_loss:.4f}  train_acc "
@@ -173,12 +173,29 @@ def is_diverged(row: dict) -> bool:
     return not all(finite(row[key]) for key in ("train_loss", "test_loss", "weight_norm_sq"))
 
 
+def checkpoint_due(cfg: TrainConfig, epoch: int, last: bool, seconds_since: float) -> bool:
+    """Whether epoch `epoch` (1-based) is checkpointed: the run's last epoch (`last`), an epoch kept for good
+    (--checkpoint_epochs), or --checkpoint_seconds since the last checkpoint (0: every epoch). The loop asks
+    once per column, so the members of a column keep their checkpoints at the same epochs and resume as one.
+    Skipping checkpoints costs nothing in exactness: a resume retrains from the last one to the same
+    metrics, since an epoch's batches are a function of (seed, epoch) alone."""
+    return last or epoch in cfg.checkpoint_epochs or seconds_since >= cfg.checkpoint_seconds
+
+
+def _sync_metrics(member: Member) -> None:
+    path = member.run_dir / runfolder.METRICS
+    if path.exists():
+        durable.fsync_file(path)
+
+
 def save_checkpoint(member: Member, epoch: int) -> None:
-    """Marks `epoch` (1-based) resumable: its metrics line is already appended, so a kill between the two
-    leaves a line that the resume drops (runfolder.trim_metrics) and trains again."""
+    """Marks `epoch` (1-based) resumable. The metrics lines it covers are synced to disk first (appends
+    only flush them), so a crash can never leave a checkpoint whose epochs the log lacks; lines after the
+    last checkpoint are retrained on resume anyway (runfolder.trim_metrics drops them)."""
+    _sync_metrics(member)
     member.epochs_done.assign(epoch)
-    member.manager.save(checkpoint_number=epoch)
-    checkpoints.sync(member.run_dir / runfolder.CKPT_DIR, epoch)
+    checkpoints.write(member.checkpoint, member.run_dir / runfolder.CKPT_DIR, epoch, member.cfg.checkpoints_to_keep,
+                      member.cfg.checkpoint_epochs)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -211,6 +228,7 @@ def finish(member: Member) -> None:
         result["diverged_epoch"] = member.diverged_epoch
     if member.stopped_early:
         result["stopped_early"] = True
+    _sync_metrics(member)  # the log result.json summarises is on disk first
     runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, result)
     print(f"{member.run_dir}: {member.status} after {result['epochs']} epochs, best test accuracy "
           f"{result['best_test_accuracy']} (epoch {result['best_epoch']})", flush=True)

@@ -14,9 +14,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def small_config(workdir: str | os.PathLike, **kw) -> TrainConfig:
     """A run that trains in seconds: an MNIST-1D MLP of 2 hidden layers x 32 units, batch 64, lr 0.1,
-    2 epochs, no progress bar, under `workdir`; `kw` overrides any setting."""
+    2 epochs, no progress bar, a checkpoint every epoch (the tests of resuming cut runs between any two
+    epochs; tests/test_checkpoint_policy.py covers the time-based default), under `workdir`; `kw` overrides
+    any setting."""
     base = dict(arch="mlp", dataset="mnist1d", mlp_depth=2, mlp_width=32, batch_size=64, lr=0.1, epochs=2,
-                workdir=str(workdir), progress=False)
+                workdir=str(workdir), progress=False, checkpoint_seconds=0.0)
     return TrainConfig(**{**base, **kw})
 
 

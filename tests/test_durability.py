@@ -133,7 +133,7 @@ def test_the_storage_fault_of_any_binary_is_one_line_and_exit_1(capsys):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/report.md")
 
     with pytest.raises(SystemExit) as info:
-        run_app(main, ["correlate"])
+        run_app(main, ["correlate"], binary="correlate")
     assert info.value.code == 1
     assert capsys.readouterr().err == "correlate: error: /data/out/report.md: No space left on device\n"
 
@@ -141,7 +141,7 @@ def test_the_storage_fault_of_any_binary_is_one_line_and_exit_1(capsys):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")  # not a storage fault
 
     with pytest.raises(FileNotFoundError):
-        run_app(bug, ["correlate"])
+        run_app(bug, ["correlate"], binary="correlate")
 
 
 def test_the_mnist1d_cache_is_generated_again_when_damaged(tmp_path, monkeypatch):
@@ -193,7 +193,7 @@ def test_checkpoints_and_the_model_file_are_synced_with_their_folders(tmp_path, 
     ckpt_dir = os.path.realpath(cfg.run_dir / runfolder.CKPT_DIR)
     synced = [p for kind, p in syncs if kind == "fsync"]
     assert {os.path.basename(p) for p in synced if os.path.dirname(p) == ckpt_dir} == {
-        "ckpt-1.index", "ckpt-1.data-00000-of-00001", "checkpoint"}
+        "ckpt-1.index", "ckpt-1.data-00000-of-00001"}  # Checkpoint.write keeps no state file
     assert synced[-1] == ckpt_dir  # the folder last, once every file in it is on disk
     member.status = runfolder.STATUS_DONE
     mem.finish(member)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import loop, members as mem, runfolder, steps
+from lrbs_tf import checkpoints, loop, members as mem, runfolder, steps
 from lrbs_tf.config import settings
 from lrbs_tf.data import Pipelines, load_data
 from tests.helpers import small_config
@@ -54,35 +54,44 @@ def test_build_members_resumes_from_the_checkpoint_and_trims_later_metric_lines(
 
 
 def test_train_chunk_stops_each_member_at_its_first_non_finite_loss():
-    """Members' sums include the batch whose loss is non-finite, then stop; the chunk ends when none is alive."""
+    """Members' sums include the batch whose loss is non-finite, then stop; the chunk ends when none is alive.
+    Gradient norms are summed over the same steps, less those whose norm is not finite (float16 overflow)."""
     losses = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0], [1.0, 5.0, np.inf], [1.0, 5.0, 7.0]])
     hits = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3]], np.int64)
-    batches = tf.data.Dataset.from_tensor_slices((losses, hits))
-    chunk = tf.function(lambda it, n, alive: steps.train_chunk(tf.distribute.get_strategy(), lambda l, h: (l, h),
-                                                               it, n, alive))
-    loss_sum, correct, counted, alive = chunk(iter(batches), tf.constant(4), tf.ones([3], tf.bool))
+    norms = np.array([[0.5, 1.0, 2.0], [np.inf, 3.0, 4.0], [0.5, 1.0, 8.0], [0.5, 1.0, 16.0]])
+    batches = tf.data.Dataset.from_tensor_slices((losses, hits, norms))
+    chunk = tf.function(lambda it, n, alive, *sums: steps.train_chunk(
+        tf.distribute.get_strategy(), lambda l, h, g: (l, h, g), it, n, alive, *sums))
+    loss_sum, correct, counted, grad_sq, normed, alive = chunk(iter(batches), tf.constant(4), tf.ones([3], tf.bool))
     assert counted.numpy().tolist() == [4, 2, 3]
     assert correct.numpy().tolist() == [4, 4, 9]
     assert loss_sum.numpy()[0] == 4.0 and math.isnan(loss_sum.numpy()[1]) and math.isinf(loss_sum.numpy()[2])
+    assert grad_sq.numpy().tolist() == [1.5, 4.0, 14.0] and normed.numpy().tolist() == [3, 2, 3]
     assert alive.numpy().tolist() == [True, False, False]
+    # Sums passed in are continued: two calls of two steps give the sums of one call of four.
+    it = iter(batches)
+    first = chunk(it, tf.constant(2), tf.ones([3], tf.bool))
+    second = chunk(it, tf.constant(2), first[-1], *first[:-1])
+    assert [t.numpy().tolist() for t in second[2:5]] == [[4, 2, 3], [1.5, 4.0, 14.0], [3, 2, 3]]
     dead = np.array([[np.nan, np.nan]] * 3)
-    _, _, counted, alive = chunk(iter(tf.data.Dataset.from_tensor_slices((dead, np.ones((3, 2), np.int64)))),
-                                 tf.constant(3), tf.ones([2], tf.bool))
+    batches = tf.data.Dataset.from_tensor_slices((dead, np.ones((3, 2), np.int64), np.ones((3, 2))))
+    _, _, counted, _, _, alive = chunk(iter(batches), tf.constant(3), tf.ones([2], tf.bool))
     assert counted.numpy().tolist() == [1, 1] and not alive.numpy().any()  # stopped after one batch, not three
 
 
 def test_forward_backward_adds_coupled_weight_decay_split_over_replicas(tmp_path, data):
     (member,) = _members(tmp_path, data, [0.1], weight_decay=0.5, batch_size=8)
     x, y = data.normalize(data.x_train[:4]), data.y_train[:4].astype(np.int32)
-    grads, loss_sum, correct = steps.forward_backward(member, 2, tf.constant(x), tf.constant(y))
+    grads, loss_grads, loss_sum, correct = steps.forward_backward(member, 2, tf.constant(x), tf.constant(y))
     tvars = member.model.trainable_variables
     with tf.GradientTape() as tape:
         logits = member.model(x, training=True)
         per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         loss = tf.reduce_sum(per_example) / 8  # this replica's 4 examples of a global batch of 8
     plain = tape.gradient(loss, tvars)
-    for g, p, v in zip(grads, plain, tvars):
+    for g, lg, p, v in zip(grads, loss_grads, plain, tvars):
         np.testing.assert_allclose(g.numpy(), p.numpy() + 0.25 * v.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(lg.numpy(), p.numpy(), rtol=1e-5, atol=1e-7)  # the decay left out
     assert loss_sum.dtype == tf.float64 and float(loss_sum) == pytest.approx(float(tf.reduce_sum(per_example)),
                                                                               rel=1e-6)
     assert int(correct) == int(np.sum(np.argmax(logits.numpy(), -1) == y))
@@ -98,6 +107,7 @@ def test_run_epoch_trains_evaluates_and_leaves_the_state_in_the_member_models(tm
     pipes = Pipelines(data, augment=False)
     stats = loop.run_epoch(strategy, pipes, functions, members[0].cfg, 0, 2, chunk=10, show_progress=False)
     assert stats.seen.tolist() == [62 * 64, 62 * 64]
+    assert np.all(np.isfinite(stats.grad_norm_sq) & (stats.grad_norm_sq > 0))
     assert np.all((0 <= stats.test_accuracy) & (stats.test_accuracy <= 1)) and np.all(stats.test_loss > 0)
     assert 0 < stats.train_seconds <= stats.seconds
     for m, w0 in zip(members, before):  # the stacked engine copied its weights back (unstack)
@@ -108,12 +118,12 @@ def test_run_epoch_trains_evaluates_and_leaves_the_state_in_the_member_models(tm
     np.testing.assert_array_equal(test_accuracy, stats.test_accuracy)
 
 
-def test_close_epoch_records_checkpoints_and_lets_diverged_and_early_stoppers_leave(tmp_path, data):
+def test_close_epoch_records_all_checkpoints_early_stoppers_and_lets_diverged_and_stoppers_leave(tmp_path, data):
     members = _members(tmp_path, data, [0.01, 0.02, 0.03], stop_at_train_loss=0.5)
     stats = loop.EpochStats(loss_sum=np.array([2.0 * 64, np.nan, 0.25 * 64]), correct=np.array([10, 0, 60]),
                             seen=np.array([64, 64, 64]), test_loss=np.array([2.1, 9.0, 0.3]),
                             test_accuracy=np.array([0.2, 0.1, 0.9]), seconds=1.5, train_seconds=1.0)
-    leaving = loop.close_epoch(members, 1, stats, labelled=True)
+    leaving = loop.close_epoch(members, 1, stats, labelled=True, checkpoint=False)  # no checkpoint due
     going_on, diverged, stopped = members
     assert leaving == [diverged, stopped]
     assert (diverged.status, diverged.diverged_epoch) == (runfolder.STATUS_DIVERGED, 1)
@@ -121,9 +131,14 @@ def test_close_epoch_records_checkpoints_and_lets_diverged_and_early_stoppers_le
     rows = [runfolder.read_metrics(m.run_dir) for m in members]
     assert rows[0][0]["train_loss"] == 2.0 and rows[0][0]["train_accuracy"] == 10 / 64
     assert rows[1][0]["train_loss"] is None and rows[1][0]["test_accuracy"] is None  # not a measurement
-    assert [tf.train.latest_checkpoint(str(m.run_dir / runfolder.CKPT_DIR)) is not None for m in members] == \
-        [True, False, True]
-    assert [int(m.epochs_done.numpy()) for m in members] == [1, 0, 1]
+    # A stopper is saved although no checkpoint was due (its final state); a diverged run never is.
+    assert [[e for e, _ in checkpoints.candidates(m.run_dir / runfolder.CKPT_DIR)] for m in members] == [[], [], [1]]
+    assert [int(m.epochs_done.numpy()) for m in members] == [0, 0, 1]
+    loop.close_epoch([going_on], 2, loop.EpochStats(loss_sum=np.array([64.0]), correct=np.array([30]),
+                     seen=np.array([64]), test_loss=np.array([1.0]), test_accuracy=np.array([0.5]), seconds=1.0,
+                     train_seconds=0.5), labelled=False, checkpoint=True)
+    assert [e for e, _ in checkpoints.candidates(going_on.run_dir / runfolder.CKPT_DIR)] == [2]
+    assert [r["epoch"] for r in runfolder.read_metrics(going_on.run_dir)] == [1, 2]
 
 
 def test_finish_writes_the_model_then_the_result(tmp_path, data):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from lrbs_tf import loop, runfolder
+from lrbs_tf import checkpoints, loop, runfolder
 from lrbs_tf.train import run
 from tests.helpers import REPO, small_config, without_seconds
 
@@ -47,7 +47,7 @@ def test_how_an_epoch_is_cut_into_calls_does_not_change_a_single_bit(tmp_path):
 
 EPOCH_ARGS = ["--arch=mlp", "--mlp_depth=4", "--mlp_width=1024", "--dataset=mnist1d", "--batch_sizes=16",
               "--lrs=0.01", "--epochs=1000", "--workers=1", "--nocorrelate", "--intra_op_threads=1",
-              "--inter_op_threads=1"]
+              "--inter_op_threads=1", "--checkpoint_seconds=0"]
 RUN = "mlp-mnist1d-bs16-lr0.01-s0"
 
 
@@ -95,7 +95,7 @@ def test_sigterm_to_a_sweep_stops_its_bin_train_mid_epoch_and_leaves_it_resumabl
     assert code == 130
     assert runfolder.run_status(workdir / RUN) is None  # unfinished: resumable, not failed
     assert len(runfolder.read_metrics(workdir / RUN)) == 2  # the interrupted epoch left no line
-    assert (workdir / RUN / runfolder.CKPT_DIR / "checkpoint").exists()
+    assert [e for e, _ in checkpoints.candidates(workdir / RUN / runfolder.CKPT_DIR)][0] == 2
     assert not list(workdir.glob("sweep_failures*"))  # an interruption is not a failure
 
 

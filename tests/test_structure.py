@@ -124,6 +124,7 @@ def test_flag_defaults_and_allowed_values_are_read_from_the_library():
     fv = absl_flags.FLAGS
     for name, default in config.DEFAULTS.items():
         expected = [str(default)] if name == "lr" else default
+        expected = [str(e) for e in expected] if isinstance(expected, tuple) else expected  # a list flag
         assert fv[name].default == expected, name
     for field in dataclasses.fields(curv.Settings):
         default = curv.DEFAULTS[field.name]

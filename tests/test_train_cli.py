@@ -32,7 +32,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
-ARGS = ["--arch=mlp", "--dataset=mnist1d", "--batch_size=16", "--lr=0.05", "--epochs=6", "--progress=false"]
+ARGS = ["--arch=mlp", "--dataset=mnist1d", "--batch_size=16", "--lr=0.05", "--epochs=6", "--progress=false",
+        "--checkpoint_seconds=0"]  # a checkpoint every epoch: the kill may land between any two
 
 
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
