@@ -64,7 +64,8 @@ class Analysis:
     measure; ratio_test, invariance: ratio_test.csv and ratio_invariance.csv; equal_ratios: per group and
     shared BS/LR value, its cells and how alike their runs are; families: every multiple-testing family.
     steps_to_result: the steps to --target_train_loss / --target_test_accuracy and McCandlish's fit (None
-    without a target); critical_batch: early B_simple beside the fitted B_crit per group.
+    without a target); critical_batch: early B_simple beside the fitted B_crit per group;
+    intrinsic: the intrinsic-LR tables (intrinsic_lr.csv, intrinsic_lr_equal.csv).
     """
 
     results: Path
@@ -87,6 +88,7 @@ class Analysis:
     figures: list[str] = field(default_factory=list)
     steps_to_result: Any = None  # scaling.StepsToResult when a target was given (scaling imports this module)
     critical_batch: pd.DataFrame = field(default_factory=pd.DataFrame)  # scaling.critical_batch_table
+    intrinsic: Any = None  # intrinsic_report.IntrinsicLR (that module imports this one)
 
     @property
     def done(self) -> pd.DataFrame:

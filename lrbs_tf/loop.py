@@ -14,6 +14,7 @@ tf.function call, so Python is not in the step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import signal
 import sys
@@ -33,7 +34,7 @@ from lrbs_tf.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError
 from lrbs_tf.data import Data, DataError, Pipelines, load_data
 from lrbs_tf.distribute import (StrategyError, configure_numerics, configure_threads, distribute_train, is_chief,
                                 is_multi_worker, make_strategy)
-from lrbs_tf.steps import StepFunctions, make_step_functions
+from lrbs_tf.steps import StepFunctions, make_step_functions, zero_sums
 
 
 class _Preempted(BaseException):
@@ -133,6 +134,9 @@ class EpochStats:
     test_accuracy: np.ndarray
     seconds: float             # the whole epoch: training, evaluation, unstacking
     train_seconds: float       # its training steps alone
+    # float64: the mean over the steps counted of the squared L2 norm of the minibatch loss gradient (weight
+    # decay left out; steps with a non-finite gradient, which float16 loss scaling skips, left out too)
+    grad_norm_sq: np.ndarray | None = None
 
 
 def test_batches(strategy: tf.distribute.Strategy, pipes: Pipelines):
@@ -163,8 +167,7 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     steps_per_epoch = pipes.data.num_train // cfg.batch_size
     iterator = iter(distribute_train(strategy, lambda: pipes.train(cfg.batch_size, cfg.seed, epoch), cfg.batch_size))
     bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
-    sums = (tf.zeros([num_members], tf.float64), tf.zeros([num_members], tf.int64), tf.zeros([num_members], tf.int64))
-    alive, steps = tf.ones([num_members], tf.bool), 0
+    sums, alive, steps = zero_sums(num_members), tf.ones([num_members], tf.bool), 0
     while steps < steps_per_epoch and bool(tf.reduce_any(alive)):
         todo = pace.steps(steps_per_epoch - steps)
         called = time.perf_counter()
@@ -181,7 +184,10 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     train_seconds = time.time() - start
     test_loss, test_accuracy = evaluate(strategy, pipes, functions.eval_step, test)
     functions.engine.unstack()  # the member models hold the state that is recorded, checkpointed, saved
-    return EpochStats(loss_sum, correct, seen, test_loss, test_accuracy, time.time() - start, train_seconds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grad_norm_sq = np.where(sums[4].numpy() > 0, sums[3].numpy() / sums[4].numpy(), np.nan)
+    return EpochStats(loss_sum, correct, seen, test_loss, test_accuracy, time.time() - start, train_seconds,
+                      grad_norm_sq)
 
 
 def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, labelled: bool,
@@ -193,7 +199,8 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
     for k, member in enumerate(active):
         row = mem.record_epoch(member, epoch, stats.loss_sum[k] / stats.seen[k], stats.correct[k] / stats.seen[k],
                                float(stats.test_loss[k]), float(stats.test_accuracy[k]), stats.seconds,
-                               stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "")
+                               stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "",
+                               grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]))
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
             leaving.append(member)

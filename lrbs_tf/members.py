@@ -148,15 +148,17 @@ def finite(x: float | None) -> bool:
 
 
 def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
-                 test_accuracy: float, seconds: float, train_seconds: float, label: str = "") -> dict:
-    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars; returns the row."""
+                 test_accuracy: float, seconds: float, train_seconds: float, label: str = "", *,
+                 grad_norm_sq: float = math.nan) -> dict:
+    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars; returns the row.
+    `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats)."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
     row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
-           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "seconds": seconds,
-           "train_seconds": train_seconds}
+           "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,
+           "seconds": seconds, "train_seconds": train_seconds}
     runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row, sync=False)  # synced with its checkpoint
     member.rows.append(row)
     member.writer.epoch(epoch, row, summary(member.rows))

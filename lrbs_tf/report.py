@@ -16,7 +16,7 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from lrbs_tf import report_ratio, report_scaling
+from lrbs_tf import intrinsic_report, report_ratio, report_scaling
 from lrbs_tf import runfolder as rf
 from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS,
                               FIG_STEPS, Analysis, iter_groups, measure_name)
@@ -257,6 +257,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         report_ratio.families_section(a),
         sharpness_section(a),
         *report_scaling.sections(a),
+        intrinsic_report.section(a.intrinsic),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]

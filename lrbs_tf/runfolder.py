@@ -6,7 +6,7 @@ verbatim; a test checks that the two agree):
 | file | written | content |
 |---|---|---|
 | `config.json` | once, atomically, before the first step | every resolved setting keyed by its flag name (`arch`, `dataset`, `batch_size`, `lr`, `seed`, `epochs`, `momentum`, `weight_decay`, `augment`, ...), plus `num_params`, `num_classes`, `input_shape`, `num_train`, `num_test`, `steps_per_epoch`, `replicas`, `column_lrs` (the learning rates trained in the same process), `normalization`, `versions`, `git_commit`, `created`, `command` |
-| `metrics.jsonl` | one line appended and flushed per finished epoch | `epoch` (1-based), `train_loss`, `train_accuracy` (over the epoch's training steps), `test_loss`, `test_accuracy` (whole test set), `weight_norm_sq` (squared L2 norm of all trainable weights), `effective_lr` (= lr / weight_norm_sq, the intrinsic-LR view of BN nets), `seconds` (the whole epoch, evaluation and checkpoint included; in a column, the column's epoch), `train_seconds` (its training steps alone) |
+| `metrics.jsonl` | one line appended and flushed per finished epoch | `epoch` (1-based), `train_loss`, `train_accuracy` (over the epoch's training steps), `test_loss`, `test_accuracy` (whole test set), `weight_norm_sq` (squared L2 norm of all trainable weights), `effective_lr` (= lr / weight_norm_sq, the intrinsic-LR view of BN nets), `grad_norm_sq` (the mean over the epoch's steps of the squared L2 norm of the minibatch loss gradient over all trainable weights, weight decay left out: E‖g‖² of theory/intrinsic_lr.py), `seconds` (the whole epoch, evaluation and checkpoint included; in a column, the column's epoch), `train_seconds` (its training steps alone) |
 | `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
 | `ckpt/` | at an epoch's end once `--checkpoint_seconds` (10) have passed since the last, at the last epoch, and at each of `--checkpoint_epochs`; atomically | `ckpt-<epoch>` checkpoints (model, optimizer state, epochs done): the `--checkpoints_to_keep` newest and those of `--checkpoint_epochs` |
 | `model.keras` | atomically, at the end | the final model: `keras.models.load_model(path)` |
@@ -49,7 +49,7 @@ STATUS_FAILED = "failed"
 TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)  # a failed run is retried when started again
 
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-               "weight_norm_sq", "effective_lr", "seconds", "train_seconds")
+               "weight_norm_sq", "effective_lr", "grad_norm_sq", "seconds", "train_seconds")
 RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
                   "final_test_accuracy")
 RESULT_KEYS = ("status", "epochs", *RESULT_NUMBERS)  # in every result.json

@@ -116,13 +116,16 @@ class StackedColumn:
         hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), labels)
         return per_example, tf.reduce_sum(tf.cast(hits, tf.int64), axis=1)
 
-    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """One SGD step of every member on batch (x, y); returns per-member loss sums (float64) and hits."""
+    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One SGD step of every member on batch (x, y); returns per-member loss sums (float64), hits and
+        squared L2 norms of the loss gradient (float64, weight decay left out: lrbs_tf.steps.grad_norm_sq)."""
         with tf.GradientTape() as tape:
             per_example, correct = self._scores(self.forward(x, training=True), y)
             # Members are independent, so the gradient of the sum gives each slice its own loss's gradient.
             loss = tf.reduce_sum(per_example) / self.batch_size
         grads = tape.gradient(loss, self.trainable)
+        norms = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float64)), axis=list(range(1, g.shape.rank)))
+                          for g in grads])
         for w, g, j in zip(self.trainable, grads, range(len(grads))):
             if self.weight_decay:
                 g = g + self.weight_decay * w
@@ -134,7 +137,7 @@ class StackedColumn:
             else:  # Keras SGD: w -= g * lr
                 w.assign_sub(g * lr)
         self.steps.assign_add(1)
-        return tf.reduce_sum(tf.cast(per_example, tf.float64), axis=1), correct
+        return tf.reduce_sum(tf.cast(per_example, tf.float64), axis=1), correct, norms
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         per_example, correct = self._scores(self.forward(x, training=False), y)

@@ -29,6 +29,7 @@ RESULT_GROUP = "result"
 SHARPNESS_DIR = "sharpness"            # inside the run's tb/: its own event files, written by bin/sharpness
 # The sharpness.json numbers drawn as metrics (lrbs_tf.runtable.SHARPNESS_QUANTITIES, which bin/correlate
 # tests, and the top eigenvalue's estimate); absent or non-finite ones are left out.
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32, the type of TensorBoard's scalars
 SHARPNESS_METRICS = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness", "avg_sharpness")
 
 
@@ -64,7 +65,8 @@ class RunWriter:
         with self._writer.as_default(step=epoch):
             for key in runfolder.METRIC_KEYS[1:]:
                 value = metrics.get(key)
-                if value is not None and math.isfinite(value):
+                # TensorBoard stores float32: a diverging run's 1e300 is left out, as a non-finite value is
+                if value is not None and math.isfinite(value) and abs(value) <= FLOAT32_MAX:
                     tf.summary.scalar(key, value)
             for key in runfolder.RESULT_NUMBERS:
                 value = result.get(key)

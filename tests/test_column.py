@@ -8,7 +8,8 @@ from lrbs_tf.cli import UsageError
 from lrbs_tf.train import run, run_column
 from tests.helpers import small_config as cfg_for
 
-KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "effective_lr")
+KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "effective_lr",
+        "grad_norm_sq")
 
 
 def assert_same_runs(column_dir, alone_dir, name, rtol=1e-6):

@@ -54,35 +54,44 @@ def test_build_members_resumes_from_the_checkpoint_and_trims_later_metric_lines(
 
 
 def test_train_chunk_stops_each_member_at_its_first_non_finite_loss():
-    """Members' sums include the batch whose loss is non-finite, then stop; the chunk ends when none is alive."""
+    """Members' sums include the batch whose loss is non-finite, then stop; the chunk ends when none is alive.
+    Gradient norms are summed over the same steps, less those whose norm is not finite (float16 overflow)."""
     losses = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0], [1.0, 5.0, np.inf], [1.0, 5.0, 7.0]])
     hits = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3]], np.int64)
-    batches = tf.data.Dataset.from_tensor_slices((losses, hits))
-    chunk = tf.function(lambda it, n, alive: steps.train_chunk(tf.distribute.get_strategy(), lambda l, h: (l, h),
-                                                               it, n, alive))
-    loss_sum, correct, counted, alive = chunk(iter(batches), tf.constant(4), tf.ones([3], tf.bool))
+    norms = np.array([[0.5, 1.0, 2.0], [np.inf, 3.0, 4.0], [0.5, 1.0, 8.0], [0.5, 1.0, 16.0]])
+    batches = tf.data.Dataset.from_tensor_slices((losses, hits, norms))
+    chunk = tf.function(lambda it, n, alive, *sums: steps.train_chunk(
+        tf.distribute.get_strategy(), lambda l, h, g: (l, h, g), it, n, alive, *sums))
+    loss_sum, correct, counted, grad_sq, normed, alive = chunk(iter(batches), tf.constant(4), tf.ones([3], tf.bool))
     assert counted.numpy().tolist() == [4, 2, 3]
     assert correct.numpy().tolist() == [4, 4, 9]
     assert loss_sum.numpy()[0] == 4.0 and math.isnan(loss_sum.numpy()[1]) and math.isinf(loss_sum.numpy()[2])
+    assert grad_sq.numpy().tolist() == [1.5, 4.0, 14.0] and normed.numpy().tolist() == [3, 2, 3]
     assert alive.numpy().tolist() == [True, False, False]
+    # Sums passed in are continued: two calls of two steps give the sums of one call of four.
+    it = iter(batches)
+    first = chunk(it, tf.constant(2), tf.ones([3], tf.bool))
+    second = chunk(it, tf.constant(2), first[-1], *first[:-1])
+    assert [t.numpy().tolist() for t in second[2:5]] == [[4, 2, 3], [1.5, 4.0, 14.0], [3, 2, 3]]
     dead = np.array([[np.nan, np.nan]] * 3)
-    _, _, counted, alive = chunk(iter(tf.data.Dataset.from_tensor_slices((dead, np.ones((3, 2), np.int64)))),
-                                 tf.constant(3), tf.ones([2], tf.bool))
+    batches = tf.data.Dataset.from_tensor_slices((dead, np.ones((3, 2), np.int64), np.ones((3, 2))))
+    _, _, counted, _, _, alive = chunk(iter(batches), tf.constant(3), tf.ones([2], tf.bool))
     assert counted.numpy().tolist() == [1, 1] and not alive.numpy().any()  # stopped after one batch, not three
 
 
 def test_forward_backward_adds_coupled_weight_decay_split_over_replicas(tmp_path, data):
     (member,) = _members(tmp_path, data, [0.1], weight_decay=0.5, batch_size=8)
     x, y = data.normalize(data.x_train[:4]), data.y_train[:4].astype(np.int32)
-    grads, loss_sum, correct = steps.forward_backward(member, 2, tf.constant(x), tf.constant(y))
+    grads, loss_grads, loss_sum, correct = steps.forward_backward(member, 2, tf.constant(x), tf.constant(y))
     tvars = member.model.trainable_variables
     with tf.GradientTape() as tape:
         logits = member.model(x, training=True)
         per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         loss = tf.reduce_sum(per_example) / 8  # this replica's 4 examples of a global batch of 8
     plain = tape.gradient(loss, tvars)
-    for g, p, v in zip(grads, plain, tvars):
+    for g, lg, p, v in zip(grads, loss_grads, plain, tvars):
         np.testing.assert_allclose(g.numpy(), p.numpy() + 0.25 * v.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(lg.numpy(), p.numpy(), rtol=1e-5, atol=1e-7)  # the decay left out
     assert loss_sum.dtype == tf.float64 and float(loss_sum) == pytest.approx(float(tf.reduce_sum(per_example)),
                                                                               rel=1e-6)
     assert int(correct) == int(np.sum(np.argmax(logits.numpy(), -1) == y))
@@ -98,6 +107,7 @@ def test_run_epoch_trains_evaluates_and_leaves_the_state_in_the_member_models(tm
     pipes = Pipelines(data, augment=False)
     stats = loop.run_epoch(strategy, pipes, functions, members[0].cfg, 0, 2, chunk=10, show_progress=False)
     assert stats.seen.tolist() == [62 * 64, 62 * 64]
+    assert np.all(np.isfinite(stats.grad_norm_sq) & (stats.grad_norm_sq > 0))
     assert np.all((0 <= stats.test_accuracy) & (stats.test_accuracy <= 1)) and np.all(stats.test_loss > 0)
     assert 0 < stats.train_seconds <= stats.seconds
     for m, w0 in zip(members, before):  # the stacked engine copied its weights back (unstack)

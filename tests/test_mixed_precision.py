@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import runfolder
+from lrbs_tf import checkpoints, runfolder
 from lrbs_tf.cli import UsageError
 from lrbs_tf.train import run, run_column
 from tests.helpers import small_config as cfg_for
 
-KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq")
+KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "grad_norm_sq")
 
 
 
@@ -57,6 +57,8 @@ def test_float16_with_loss_scaling_resumes_to_the_same_metrics(tmp_path):
     full = runfolder.read_metrics(tmp_path / "full" / name)
     assert all(np.isfinite(r[k]) for r in full for k in KEYS)
     assert full[-1]["train_loss"] < full[0]["train_loss"]
+    # The loss scale is divided out of grad_norm_sq: in scaled units it would be ~(2**15)**2 = 1e9 times larger.
+    assert all(0 < r["grad_norm_sq"] < 1e3 for r in full)
 
     def preempt():
         while len(runfolder.read_metrics(tmp_path / "cut" / name)) < 1:
@@ -72,7 +74,9 @@ def test_float16_with_loss_scaling_resumes_to_the_same_metrics(tmp_path):
     assert [{k: r[k] for k in KEYS} for r in cut] == [{k: r[k] for k in KEYS} for r in full]
 
     # The loss scale is checkpointed with the optimizer, and grew from Keras' initial 2**15 or shrank.
-    reader = tf.train.load_checkpoint(str(tmp_path / "full" / name / runfolder.CKPT_DIR))
+    # (the newest checkpoint's prefix: checkpoints.write keeps no 'checkpoint' state file to find it by)
+    (_, newest), *_ = checkpoints.candidates(tmp_path / "full" / name / runfolder.CKPT_DIR)
+    reader = tf.train.load_checkpoint(newest)
     scales = [k for k in reader.get_variable_to_shape_map() if "dynamic_scale" in k]
     assert len(scales) == 1, "the dynamic loss scale is not in the checkpoint"
     scale = float(reader.get_tensor(scales[0]))

@@ -96,10 +96,11 @@ def test_stop_at_train_loss(tmp_path):
 def _numpy_sgd(weights, batches, lr, momentum, weight_decay):
     """PyTorch's SGD (b = m b + g + wd w; w -= lr b) on a 1-hidden-layer ReLU MLP with mean softmax
     cross-entropy, written out in float64: an independent reference for the training step.
-    Returns the weights after every batch and each batch's loss (taken before its update)."""
+    Returns the final weights, each batch's loss and each batch's squared L2 norm of the loss gradient
+    (weight decay left out), both taken before the batch's update."""
     w = [np.asarray(v, np.float64) for v in weights]  # kernel1, bias1, kernel2, bias2 (Keras' order)
     buf = [np.zeros_like(v) for v in w]
-    losses = []
+    losses, norms = [], []
     for x, y in batches:
         x = np.asarray(x, np.float64)
         h = np.maximum(x @ w[0] + w[1], 0.0)
@@ -110,15 +111,17 @@ def _numpy_sgd(weights, batches, lr, momentum, weight_decay):
         dz = (p - np.eye(p.shape[1])[y]) / len(y)
         dh = (dz @ w[2].T) * (h > 0)
         grads = [x.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+        norms.append(float(sum(np.sum(g * g) for g in grads)))
         for i, g in enumerate(grads):
             buf[i] = momentum * buf[i] + g + weight_decay * w[i]
             w[i] = w[i] - lr * buf[i]
-    return w, losses
+    return w, losses, norms
 
 
 def test_momentum_and_weight_decay_follow_a_numpy_sgd_reference(tmp_path):
     """Two SGD steps with momentum 0.9 and weight decay 0.05 through bin/train's loop equal PyTorch's SGD
-    written out in numpy, from the same initial weights on the same two batches."""
+    written out in numpy, from the same initial weights on the same two batches; so do the epoch's training
+    loss and grad_norm_sq (the mean over its two steps of the squared loss gradient norm, decay left out)."""
     from lrbs_tf.data import Pipelines
     from lrbs_tf.models import build_model
 
@@ -138,14 +141,18 @@ def test_momentum_and_weight_decay_follow_a_numpy_sgd_reference(tmp_path):
     data = load_data("npz", data_path=str(path))
     batches = [(bx.numpy(), by.numpy()) for bx, by in Pipelines(data, augment=False).train(16, cfg.seed, 0)]
     assert len(batches) == 2
-    expected, losses = _numpy_sgd(initial, batches, cfg.lr, cfg.momentum, cfg.weight_decay)
+    expected, losses, norms = _numpy_sgd(initial, batches, cfg.lr, cfg.momentum, cfg.weight_decay)
     trained = keras.models.load_model(run_dir / runfolder.MODEL, compile=False)
     for got, want in zip([v.numpy() for v in trained.trainable_variables], expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert result["final_train_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
-    # The reference is sensitive to what it checks: doubling the decay moves the weights beyond the tolerance.
-    doubled, _ = _numpy_sgd(initial, batches, cfg.lr, cfg.momentum, 2 * cfg.weight_decay)
+    (row,) = runfolder.read_metrics(run_dir)
+    assert row["grad_norm_sq"] == pytest.approx(np.mean(norms), rel=1e-5)
+    # The reference is sensitive to what it checks: doubling the decay moves the weights beyond the tolerance,
+    # and the norm of the second step's gradient with the decay in it is another number.
+    doubled, _, _ = _numpy_sgd(initial, batches, cfg.lr, cfg.momentum, 2 * cfg.weight_decay)
     assert max(np.max(np.abs(a - b)) for a, b in zip(doubled, expected)) > 1e-4
+    assert abs(norms[1] - norms[0]) > 1e-3 * norms[0]  # the mean is over both steps, not the first alone
 
 
 def _snapshot(root):
@@ -230,6 +237,7 @@ def test_two_logical_devices_match_one(tmp_path):
     rows1 = runfolder.read_metrics(tmp_path / "one" / "mlp-mnist1d-bs64-lr0.1-s0")
     rows2 = runfolder.read_metrics(tmp_path / "two" / "mlp-mnist1d-bs64-lr0.1-s0")
     for a, b in zip(rows1, rows2):
-        for key in ("train_loss", "test_loss", "weight_norm_sq"):
+        # grad_norm_sq too: two replicas' gradient parts are summed before the norm is taken
+        for key in ("train_loss", "test_loss", "weight_norm_sq", "grad_norm_sq"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert one["final_test_accuracy"] == pytest.approx(two["final_test_accuracy"], abs=0.003)
