@@ -25,7 +25,9 @@ from lrbs_tf.runtable import CONFIG_COLUMN
 # bin/correlate's defaults, read by its flags (lrbs_tf.flags) and by correlate's signatures: one source.
 DEFAULT_MIN_TRAIN_ACCURACY = 0.99  # fraction: the premise of ~zero training error
 DEFAULT_ALPHA = 0.005              # the paper's significance threshold
-DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs")
+# The budget (epochs, max_steps, stop_at_train_loss) is in the group: runs of equal epochs and runs of equal
+# steps answer different questions (Hoffer et al. 2017), so they are never pooled.
+DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs", "max_steps", "stop_at_train_loss")
 
 PRIMARY_SUBSET = "with_flagged"  # every done run: the paper's analysis
 SUBSETS = (PRIMARY_SUBSET, "without_flagged")  # sharpness / Psi: all done runs, or premise met

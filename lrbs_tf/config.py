@@ -38,7 +38,8 @@ class TrainConfig:
     dataset_name: str | None = None       # what they are called (run name, bin/correlate); None: `dataset`
     batch_size: int = 64
     lr: float = 0.05
-    epochs: int = 200
+    epochs: int = 200                     # an upper bound when max_steps is given
+    max_steps: int | None = None          # a step budget: the run ends after exactly this many steps; None: none
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
@@ -92,12 +93,30 @@ class TrainConfig:
         spec = DATASETS.get(self.dataset_label, DATASETS[self.dataset])
         augment = spec.augment_by_default if self.augment is None else self.augment
         name = self.run_name or run_name(self.arch, self.dataset_label, self.batch_size, self.lr, self.seed,
-                                         self.momentum, self.weight_decay)
+                                         self.momentum, self.weight_decay, self.max_steps)
         return dataclasses.replace(self, augment=augment, run_name=name)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.workdir) / self.run_name
+
+    def budget_epochs(self, steps_per_epoch: int) -> int:
+        """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial)."""
+        if self.max_steps is None:
+            return self.epochs
+        return min(self.epochs, -(-self.max_steps // steps_per_epoch))
+
+    def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
+        """Optimizer steps of epoch `epoch` (0-based): a whole epoch, or what is left of --max_steps."""
+        if self.max_steps is None:
+            return steps_per_epoch
+        return max(0, min(steps_per_epoch, self.max_steps - epoch * steps_per_epoch))
+
+
+def budget_steps(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
+    """The optimizer steps a run of this budget takes, unless --stop_at_train_loss ends it sooner."""
+    full = epochs * steps_per_epoch
+    return full if max_steps is None else min(full, max_steps)
 
 
 # Every setting's default. A config.json or sweep.json written by an older lrbs_tf, before a setting existed,
@@ -189,6 +208,8 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
         raise UsageError(f"stop_at_train_loss={cfg.stop_at_train_loss} must be >= 0")
     if not cfg.checkpoint_seconds >= 0:
         raise UsageError(f"checkpoint_seconds={cfg.checkpoint_seconds} must be >= 0 (0: every epoch)")
+    if cfg.max_steps is not None and not cfg.max_steps > 0:
+        raise UsageError(f"max_steps={cfg.max_steps} must be > 0 (leave it unset for no step budget)")
     bad = [e for e in cfg.checkpoint_epochs if not e >= 1]
     if bad:
         raise UsageError(f"checkpoint_epochs holds {bad[0]}; epochs count from 1")
@@ -214,6 +235,23 @@ def _check_stacked(cfg: TrainConfig, replicas: int) -> None:
                          f"mixed_precision={cfg.mixed_precision}, {replicas} replica(s)")
 
 
+def _check_step_budget(cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """A step budget must fit in --epochs: a run cut short by its epochs would not have the steps its budget
+    says, and runs compared at equal steps would not be."""
+    if cfg.max_steps is None:
+        return
+    most = cfg.epochs * steps_per_epoch
+    if cfg.max_steps > most:
+        raise UsageError(f"max_steps={cfg.max_steps} is more than epochs={cfg.epochs} allow at batch_size="
+                         f"{cfg.batch_size} ({cfg.epochs} x {steps_per_epoch} steps = {most}); raise --epochs "
+                         "(an upper bound) or lower --max_steps")
+    epochs = cfg.budget_epochs(steps_per_epoch)
+    beyond = [e for e in cfg.checkpoint_epochs if e > epochs]
+    if beyond:
+        raise UsageError(f"checkpoint_epochs holds {beyond[0]}, beyond the {epochs} epochs of max_steps="
+                         f"{cfg.max_steps} at batch_size={cfg.batch_size}")
+
+
 def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
     """Checks `cfg`, raising UsageError naming the bad value. Nothing is read or written.
 
@@ -233,6 +271,8 @@ def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
     if facts.num_train is not None and cfg.batch_size > facts.num_train:
         raise UsageError(f"batch_size={cfg.batch_size} is larger than the training set ({facts.num_train} "
                          f"examples of {cfg.dataset})")
+    if facts.num_train is not None:
+        _check_step_budget(cfg, facts.num_train // cfg.batch_size)
     if facts.replicas is not None and cfg.batch_size % facts.replicas:
         raise UsageError(f"batch_size={cfg.batch_size} is not divisible by {facts.replicas} replicas")
 
@@ -256,11 +296,15 @@ def format_lr(lr: float) -> str:
 
 
 def run_name(arch: str, dataset: str, batch_size: int, lr: float, seed: int,
-             momentum: float = 0.0, weight_decay: float = 0.0) -> str:
-    """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero)."""
+             momentum: float = 0.0, weight_decay: float = 0.0, max_steps: int | None = None) -> str:
+    """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero, and
+    '-steps5000' for a step budget, so a grid at equal steps can share a workdir with its epoch-budget twin;
+    runs of other epoch budgets or loss targets share names, and a folder of another budget is refused)."""
     name = f"{arch}-{dataset}-bs{batch_size}-lr{format_lr(lr)}-s{seed}"
     if momentum:
         name += f"-m{format_lr(momentum)}"
     if weight_decay:
         name += f"-wd{format_lr(weight_decay)}"
+    if max_steps is not None:
+        name += f"-steps{max_steps}"
     return name

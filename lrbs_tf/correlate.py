@@ -28,6 +28,7 @@ from lrbs_tf import stats
 from lrbs_tf.analysis import (DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY, EXPECTED_SIGN,
                               FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns, group_keys,
                               group_labels, iter_groups)
+from lrbs_tf.config import DEFAULTS
 from lrbs_tf.durable import fsync_dir
 from lrbs_tf.errors import UsageError
 from lrbs_tf.runtable import (HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED, STATUS_UNFINISHED, TARGET,
@@ -160,7 +161,7 @@ def _read(results: Path, min_train_accuracy: float, group_by: Sequence[str]) -> 
     runs, configs = collect_runs(results, group_by, min_train_accuracy)
     if runs.empty:
         raise UsageError(f"no run folders (folders holding {rf.CONFIG}) under --results={results}")
-    unknown = [k for k in group_by if not any(k in c for c in configs.values())]
+    unknown = [k for k in group_by if k not in DEFAULTS and not any(k in c for c in configs.values())]
     if unknown:
         raise UsageError(f"--group_by={','.join(group_by)}: no run's {rf.CONFIG} has the key(s) "
                          f"{', '.join(unknown)}")

@@ -132,12 +132,16 @@ def _define_model_flags() -> None:
 
 @_once
 def _define_sgd_flags() -> None:
-    """How it is trained: constant-LR SGD (He et al. 2019), for a budget of epochs."""
+    """How it is trained: constant-LR SGD (He et al. 2019), for epochs or steps."""
     D = TRAIN_DEFAULTS
     flags.DEFINE_list("lr", [str(D["lr"])], "Learning rate, constant for the whole run. Several (0.01,0.02,...) "
                       "train a vectorised column: one process, shared batches, one run folder per rate.")
     flags.DEFINE_integer("batch_size", D["batch_size"], "Global batch size (examples per step, over all replicas).")
-    flags.DEFINE_integer("epochs", D["epochs"], "Number of epochs (passes over the training set); the paper uses 200.")
+    flags.DEFINE_integer("epochs", D["epochs"], "Number of epochs (passes over the training set); the paper uses 200. "
+                         "With --max_steps, an upper bound (a step budget beyond it is refused).")
+    flags.DEFINE_integer("max_steps", D["max_steps"], "A step budget: end the run after exactly this many optimizer "
+                         "steps (the last epoch may be partial; it is evaluated, recorded and checkpointed like "
+                         "any). Part of the run's identity and name (-steps<N>). Default: none, --epochs decides.")
     flags.DEFINE_float("momentum", D["momentum"], "Heavy-ball momentum (PyTorch convention); 0 = plain SGD.")
     flags.DEFINE_float("weight_decay", D["weight_decay"], "L2 coefficient wd: gradient += wd * w, i.e. loss += wd/2 ||w||^2 "
                        "(PyTorch convention), over all trainable weights.")

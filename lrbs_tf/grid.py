@@ -11,9 +11,10 @@ Terms:
 Sharding partitions *runs*, never folders twice: every run belongs to exactly one shard, computed from the
 grid alone, so shards started with the same flags never write the same run folder, whether or not they
 vectorise, and a resumed shard gets the same runs again. Shards are balanced by *work*, the optimizer steps
-of their runs (epochs x floor(num_train / batch_size) each): a batch-16 run takes 20 times the steps of a
-batch-320 one, so equal numbers of runs (or one batch size per shard) leave the array waiting for the
-smallest batch size's shard.
+of their runs (epochs x floor(num_train / batch_size) each, or --max_steps when a step budget ends them
+sooner): a batch-16 run takes 20 times the steps of a batch-320 one, so equal numbers of runs (or one batch
+size per shard) leave the array waiting for the smallest batch size's shard; at a step budget every run
+takes the same steps (though a step of a larger batch costs more).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import heapq
 import math
 from typing import Iterable, Mapping, Sequence
 
-from lrbs_tf.config import format_lr, run_name
+from lrbs_tf.config import budget_steps, format_lr, run_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Grid:
     weight_decay: float = 0.0
     num_train: int | None = None   # training examples; None: unknown (NOMINAL_TRAIN stands in, for ratios)
     epochs: int = 1
+    max_steps: int | None = None   # a step budget (bin/train --max_steps; in the run names), None: epochs alone
 
     @property
     def size(self) -> int:
@@ -75,12 +77,13 @@ class Grid:
 
     def steps(self, batch_size: int) -> int:
         """Optimizer steps of one run at `batch_size`: epochs x floor(num_train / batch_size) (training
-        batches drop the remainder). A run stopped early by --stop_at_train_loss takes fewer; none more."""
-        return self.epochs * ((self.num_train or NOMINAL_TRAIN) // batch_size)
+        batches drop the remainder), or max_steps if fewer. A run stopped early by --stop_at_train_loss takes
+        fewer; none more."""
+        return budget_steps(self.epochs, self.max_steps, (self.num_train or NOMINAL_TRAIN) // batch_size)
 
     def run(self, batch_size: int, lr: float, seed: int) -> Run:
         return Run(batch_size, lr, seed, run_name(self.arch, self.dataset, batch_size, lr, seed,
-                                                             self.momentum, self.weight_decay))
+                                                  self.momentum, self.weight_decay, self.max_steps))
 
     def runs(self) -> list[Run]:
         """Every run in the canonical order of `column_order` (the order shards are cut from)."""

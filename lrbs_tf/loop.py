@@ -137,6 +137,7 @@ class EpochStats:
     # float64: the mean over the steps counted of the squared L2 norm of the minibatch loss gradient (weight
     # decay left out; steps with a non-finite gradient, which float16 loss scaling skips, left out too)
     grad_norm_sq: np.ndarray | None = None
+    steps_before: int = 0      # optimizer steps of the epochs before this one (all whole: only a last is partial)
 
 
 def test_batches(strategy: tf.distribute.Strategy, pipes: Pipelines):
@@ -161,10 +162,12 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
               epoch: int, num_members: int, chunk: int | CallPace, show_progress: bool, test=None) -> EpochStats:
     """Trains the active members through epoch `epoch` (0-based) in calls of `chunk` steps (a number, or a
     CallPace sizing each call), then evaluates them (on `test`, test_batches' dataset, when given) and
-    copies the engine's state back into the models."""
+    copies the engine's state back into the models. The epoch is whole unless --max_steps ends the run in
+    it: then its first steps (its batches are the same whatever the budget)."""
     start = time.time()
     pace = chunk if isinstance(chunk, CallPace) else CallPace(fixed=chunk)
-    steps_per_epoch = pipes.data.num_train // cfg.batch_size
+    whole = pipes.data.num_train // cfg.batch_size
+    steps_per_epoch = cfg.epoch_steps(epoch, whole)
     iterator = iter(distribute_train(strategy, lambda: pipes.train(cfg.batch_size, cfg.seed, epoch), cfg.batch_size))
     bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
     sums, alive, steps = zero_sums(num_members), tf.ones([num_members], tf.bool), 0
@@ -187,7 +190,7 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     with np.errstate(invalid="ignore", divide="ignore"):
         grad_norm_sq = np.where(sums[4].numpy() > 0, sums[3].numpy() / sums[4].numpy(), np.nan)
     return EpochStats(loss_sum, correct, seen, test_loss, test_accuracy, time.time() - start, train_seconds,
-                      grad_norm_sq)
+                      grad_norm_sq, steps_before=epoch * whole)
 
 
 def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, labelled: bool,
@@ -200,9 +203,11 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
         row = mem.record_epoch(member, epoch, stats.loss_sum[k] / stats.seen[k], stats.correct[k] / stats.seen[k],
                                float(stats.test_loss[k]), float(stats.test_accuracy[k]), stats.seconds,
                                stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "",
-                               grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]))
+                               grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]),
+                               step=stats.steps_before + int(stats.seen[k]) // member.cfg.batch_size)
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
+            member.stop_reason = mem.STOP_DIVERGED
             leaving.append(member)
             continue
         stops = bool(member.cfg.stop_at_train_loss) and row["train_loss"] <= member.cfg.stop_at_train_loss
@@ -210,6 +215,7 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
             mem.save_checkpoint(member, epoch)
         if stops:
             member.status, member.stopped_early = runfolder.STATUS_DONE, True
+            member.stop_reason = mem.STOP_LOSS
             leaving.append(member)
     return leaving
 
@@ -225,6 +231,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     start_epoch = int(members[0].epochs_done.numpy())
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
     steps_per_epoch = data.num_train // cfg.batch_size
+    epochs = cfg.budget_epochs(steps_per_epoch)  # --epochs, or fewer under --max_steps (the last then partial)
     if is_multi_worker(strategy):
         # Every worker must make the same calls (each step all-reduces across them): a timed pace would differ
         # between workers and deadlock them, so a fixed 2% of an epoch per call (the sums do not depend on it).
@@ -237,12 +244,12 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
     saved_at = time.monotonic()  # when the column's members were last checkpointed (or restored)
     try:
-        for epoch in range(start_epoch, cfg.epochs):  # 0-based here, 1-based in metrics.jsonl
+        for epoch in range(start_epoch, epochs):  # 0-based here, 1-based in metrics.jsonl
             if not active:
                 break
             stats = run_epoch(strategy, pipes, functions, cfg, epoch, len(active), pace, show_progress, test)
             # A clock would differ between workers, which must all save together: multi-worker saves every epoch.
-            due = is_multi_worker(strategy) or mem.checkpoint_due(cfg, epoch + 1, epoch + 1 == cfg.epochs,
+            due = is_multi_worker(strategy) or mem.checkpoint_due(cfg, epoch + 1, epoch + 1 == epochs,
                                                                   time.monotonic() - saved_at)
             leaving = close_epoch(active, epoch + 1, stats, labelled=len(members) > 1, checkpoint=due)
             if due:
@@ -253,7 +260,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
             if leaving and active:
                 functions = make_step_functions(strategy, active)
         for member in active:
-            member.status = runfolder.STATUS_DONE
+            member.status, member.stop_reason = runfolder.STATUS_DONE, mem.budget_reason(member)
             mem.finish(member)
     except (KeyboardInterrupt, _Preempted):
         print(f"interrupted; run the same command again to resume {', '.join(str(m.run_dir) for m in active)} "

@@ -25,6 +25,11 @@ from lrbs_tf.data import Data
 from lrbs_tf.models import build_model, count_trainable_params
 
 
+# result.json's stop_reason: why a finished run ended.
+STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED = "epochs", "max_steps", "stop_at_train_loss", "diverged"
+STOP_REASONS = (STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED)
+
+
 def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
     """Keras SGD. With a constant LR its momentum form (v = m v - lr g; w += v) equals PyTorch's
     (b = m b + g; w -= lr b) with v = -lr b, so runs match the paper's PyTorch recipe."""
@@ -66,6 +71,7 @@ class Member:
     status: str | None = None          # set when the member ends: done / diverged
     diverged_epoch: int | None = None
     stopped_early: bool = False
+    stop_reason: str | None = None     # set when the member ends: one of STOP_REASONS
 
     @property
     def run_dir(self) -> Path:
@@ -149,20 +155,22 @@ def finite(x: float | None) -> bool:
 
 def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
                  test_accuracy: float, seconds: float, train_seconds: float, label: str = "", *,
-                 grad_norm_sq: float = math.nan) -> dict:
-    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars; returns the row.
-    `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats)."""
+                 grad_norm_sq: float = math.nan, step: int = 0) -> dict:
+    """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars (at `step`); returns
+    the row. `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats);
+    `step`: the optimizer steps trained by the epoch's end, from the run's start."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
-    row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+    row = {"epoch": epoch, "step": step, "examples_seen": step * member.cfg.batch_size,
+           "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
            "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,
            "seconds": seconds, "train_seconds": train_seconds}
     runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row, sync=False)  # synced with its checkpoint
     member.rows.append(row)
     member.writer.epoch(epoch, row, summary(member.rows))
-    print(f"{label}epoch {epoch}/{member.cfg.epochs}  train_loss {train_loss:.4f}  train_acc "
+    print(f"{label}epoch {epoch}/{member.cfg.epochs}  step {step}  train_loss {train_loss:.4f}  train_acc "
           f"{train_accuracy:.4f}  test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({seconds:.1f}s)",
           flush=True)
     return row
@@ -203,12 +211,19 @@ def summary(rows: list[dict]) -> dict:
     scored = [r for r in rows if finite(r.get("test_accuracy"))]
     best = max(scored, key=lambda r: r["test_accuracy"]) if scored else None  # first epoch wins ties
     last = rows[-1] if rows else {}
-    return {"epochs": len(rows),
+    return {"epochs": len(rows), "steps": last.get("step"),
             "best_test_accuracy": best["test_accuracy"] if best else None,
             "best_epoch": best["epoch"] if best else None,
             "final_train_loss": last.get("train_loss"),
             "final_train_accuracy": last.get("train_accuracy"),
             "final_test_accuracy": last.get("test_accuracy")}
+
+
+def budget_reason(member: Member) -> str:
+    """Why a member that trained to the end of its budget ended: its --max_steps, or its --epochs."""
+    last = member.rows[-1] if member.rows else {}
+    steps = member.cfg.max_steps
+    return STOP_STEPS if steps is not None and last.get("step") == steps else STOP_EPOCHS
 
 
 def finish(member: Member) -> None:
@@ -223,14 +238,15 @@ def finish(member: Member) -> None:
         twin.set_weights(model.get_weights())
         model = twin
     _save_model(model, member.run_dir / runfolder.MODEL)
-    result = {**summary(member.rows), "status": member.status}
+    result = {**summary(member.rows), "status": member.status, "stop_reason": member.stop_reason}
     if member.diverged_epoch is not None:
         result["diverged_epoch"] = member.diverged_epoch
     if member.stopped_early:
         result["stopped_early"] = True
     _sync_metrics(member)  # the log result.json summarises is on disk first
     runfolder.atomic_write_json(member.run_dir / runfolder.RESULT, result)
-    print(f"{member.run_dir}: {member.status} after {result['epochs']} epochs, best test accuracy "
+    print(f"{member.run_dir}: {member.status} after {result['epochs']} epochs ({result['steps']} steps; "
+          f"{member.stop_reason}), best test accuracy "
           f"{result['best_test_accuracy']} (epoch {result['best_epoch']})", flush=True)
 
 

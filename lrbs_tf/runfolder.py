@@ -5,12 +5,12 @@ verbatim; a test checks that the two agree):
 
 | file | written | content |
 |---|---|---|
-| `config.json` | once, atomically, before the first step | every resolved setting keyed by its flag name (`arch`, `dataset`, `batch_size`, `lr`, `seed`, `epochs`, `momentum`, `weight_decay`, `augment`, ...), plus `num_params`, `num_classes`, `input_shape`, `num_train`, `num_test`, `steps_per_epoch`, `replicas`, `column_lrs` (the learning rates trained in the same process), `normalization`, `versions`, `git_commit`, `created`, `command` |
-| `metrics.jsonl` | one line appended and flushed per finished epoch | `epoch` (1-based), `train_loss`, `train_accuracy` (over the epoch's training steps), `test_loss`, `test_accuracy` (whole test set), `weight_norm_sq` (squared L2 norm of all trainable weights), `effective_lr` (= lr / weight_norm_sq, the intrinsic-LR view of BN nets), `grad_norm_sq` (the mean over the epoch's steps of the squared L2 norm of the minibatch loss gradient over all trainable weights, weight decay left out: E‖g‖² of theory/intrinsic_lr.py), `seconds` (the whole epoch, evaluation and checkpoint included; in a column, the column's epoch), `train_seconds` (its training steps alone) |
-| `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
+| `config.json` | once, atomically, before the first step | every resolved setting keyed by its flag name (`arch`, `dataset`, `batch_size`, `lr`, `seed`, `epochs`, `max_steps`, `momentum`, `weight_decay`, `augment`, ...), plus `num_params`, `num_classes`, `input_shape`, `num_train`, `num_test`, `steps_per_epoch`, `replicas`, `column_lrs` (the learning rates trained in the same process), `normalization`, `versions`, `git_commit`, `created`, `command` |
+| `metrics.jsonl` | one line appended and flushed per finished epoch | `epoch` (1-based), `step` (optimizer steps from the run's start to the epoch's end), `examples_seen` (= step x batch_size), `train_loss`, `train_accuracy` (over the epoch's training steps), `test_loss`, `test_accuracy` (whole test set), `weight_norm_sq` (squared L2 norm of all trainable weights), `effective_lr` (= lr / weight_norm_sq, the intrinsic-LR view of BN nets), `grad_norm_sq` (the mean over the epoch's steps of the squared L2 norm of the minibatch loss gradient over all trainable weights, weight decay left out: E‖g‖² of theory/intrinsic_lr.py), `seconds` (the whole epoch, evaluation and checkpoint included; in a column, the column's epoch), `train_seconds` (its training steps alone) |
+| `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `steps` (optimizer steps trained), `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `stop_reason` (why a done or diverged run ended: `epochs`, `max_steps`, `stop_at_train_loss` or `diverged`); `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
 | `ckpt/` | at an epoch's end once `--checkpoint_seconds` (10) have passed since the last, at the last epoch, and at each of `--checkpoint_epochs`; atomically | `ckpt-<epoch>` checkpoints (model, optimizer state, epochs done): the `--checkpoints_to_keep` newest and those of `--checkpoint_epochs` |
 | `model.keras` | atomically, at the end | the final model: `keras.models.load_model(path)` |
-| `tb/` | every epoch, flushed | TensorBoard: the run's HParams (`arch`, `dataset`, `batch_size`, `lr`, `bs_over_lr`, `momentum`, `weight_decay`, `seed`, `epochs`, `stop_at_train_loss`), the metrics, and result.json's numbers so far under `result/`; `tb/sharpness/` is bin/sharpness's (its own writer): the curvature quantities |
+| `tb/` | every epoch, flushed | TensorBoard: the run's HParams (`arch`, `dataset`, `batch_size`, `lr`, `bs_over_lr`, `momentum`, `weight_decay`, `seed`, `epochs`, `max_steps` (0: none), `stop_at_train_loss`), the metrics on the step axis (`step`), and result.json's numbers so far under `result/`; `tb/sharpness/` is bin/sharpness's (its own writer): the curvature quantities |
 | `sharpness.json` | by `bin/sharpness` (its own writer), atomically | the curvature quantities and how they were measured (docs/curvature.md) |
 
 `read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
@@ -48,11 +48,11 @@ STATUS_DIVERGED = "diverged"
 STATUS_FAILED = "failed"
 TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)  # a failed run is retried when started again
 
-METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+METRIC_KEYS = ("epoch", "step", "examples_seen", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                "weight_norm_sq", "effective_lr", "grad_norm_sq", "seconds", "train_seconds")
 RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
                   "final_test_accuracy")
-RESULT_KEYS = ("status", "epochs", *RESULT_NUMBERS)  # in every result.json
+RESULT_KEYS = ("status", "epochs", "steps", *RESULT_NUMBERS)  # in every result.json (steps since issue 13)
 
 
 def _jsonable(value: Any) -> Any:
@@ -275,6 +275,8 @@ class RunResult:
     stopped_early: bool
     error: str | None
     raw: dict
+    steps: int | None = None           # optimizer steps trained; None in a result.json of an older lrbs_tf
+    stop_reason: str | None = None     # epochs, max_steps, stop_at_train_loss or diverged (done / diverged runs)
 
     @property
     def finished(self) -> bool:
@@ -303,8 +305,12 @@ def parse_result(raw: Any, path: Path) -> RunResult:
         numbers[key] = math.nan if v is None else float(v)
     for key in ACCURACIES:
         check_accuracy(key, numbers[key], path)
+    steps = raw.get("steps")
+    if steps is not None and not (is_int(steps) and steps >= 0):
+        raise RunFolderError(f"{path} has steps={steps!r}, not a count")
     return RunResult(status=status, epochs=raw.get("epochs"), **numbers, diverged_epoch=raw.get("diverged_epoch"),
-                     stopped_early=bool(raw.get("stopped_early", False)), error=raw.get("error"), raw=raw)
+                     stopped_early=bool(raw.get("stopped_early", False)), error=raw.get("error"), raw=raw,
+                     steps=steps, stop_reason=raw.get("stop_reason"))
 
 
 def read_result(run_dir: str | os.PathLike) -> RunResult | None:

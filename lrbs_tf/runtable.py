@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from lrbs_tf import runfolder as rf
-from lrbs_tf.config import EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
+from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
 from lrbs_tf.runfolder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
 from lrbs_tf.theory.ou import stability_ratio
 
@@ -169,7 +169,8 @@ def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accur
         typed = rf.parse_config(config, run_dir / rf.CONFIG)
         rec.update({k: _setting(getattr(typed, k)) for k in REQUIRED_CONFIG if k != "epochs"})
         rec["epochs_budget"] = typed.epochs
-        rec.update({CONFIG_COLUMN.get(k, k): _setting(config.get(k)) for k in group_by})
+        # A key an older lrbs_tf did not record reads as its default: the run was made with it.
+        rec.update({CONFIG_COLUMN.get(k, k): _setting(config.get(k, DEFAULTS.get(k))) for k in group_by})
         rec["ratio"] = ratio(typed.batch_size, typed.lr)
         result = rf.read_result(run_dir)
         if result is None:

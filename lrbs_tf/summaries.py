@@ -2,7 +2,8 @@
 
 `tensorboard --logdir outputs/quick` then shows the grid in the HParams dashboard: one session per run
 folder (its `tb/`), with the hyperparameters a study varies or fixes (HPARAMS) and, as metrics, the run's
-per-epoch scalars, its result.json numbers so far (`result/...`, rewritten every epoch, so the last value
+per-epoch scalars on the step axis (optimizer steps, so runs of different batch sizes or budgets line up
+by updates; `epoch` is a scalar of its own), its result.json numbers so far (`result/...`, rewritten every epoch, so the last value
 is the final one) and, once bin/sharpness has measured it, its curvature (`tb/sharpness/`, group
 "sharpness"). The dashboard infers the experiment from these sessions; nothing is written above the run
 folders, so every file keeps one writer: bin/train writes `tb/`, bin/sharpness writes `tb/sharpness/`.
@@ -24,7 +25,8 @@ from lrbs_tf import runfolder
 # The HParams of a session, in the order the dashboard lists them: config.json keys, except `dataset` (the
 # dataset's name: --dataset_name when given) and `bs_over_lr` (BS/LR, the ratio He et al. vary).
 HPARAMS = ("arch", "dataset", "batch_size", "lr", "bs_over_lr", "momentum", "weight_decay", "seed", "epochs",
-           "stop_at_train_loss")
+           "max_steps", "stop_at_train_loss")
+NO_STEP_BUDGET = 0  # max_steps' HParam for a run without one (an HParam cannot be None; 0 is no valid budget)
 RESULT_GROUP = "result"
 SHARPNESS_DIR = "sharpness"            # inside the run's tb/: its own event files, written by bin/sharpness
 # The sharpness.json numbers drawn as metrics (lrbs_tf.runtable.SHARPNESS_QUANTITIES, which bin/correlate
@@ -45,6 +47,8 @@ def hparams_of(settings: Mapping[str, Any]) -> dict[str, Any]:
     values = {k: settings[k] for k in HPARAMS if k in settings}
     values["dataset"] = settings.get("dataset_name") or settings["dataset"]
     values["bs_over_lr"] = bs_over_lr(settings["batch_size"], settings["lr"])
+    if values.get("max_steps") is None:
+        values["max_steps"] = NO_STEP_BUDGET
     return {k: values[k] for k in HPARAMS}
 
 
@@ -58,12 +62,13 @@ class RunWriter:
         self._writer.flush()
 
     def epoch(self, epoch: int, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> None:
-        """Epoch `epoch`'s metrics.jsonl row (finite values) and the result.json numbers so far, flushed.
+        """Epoch `epoch`'s metrics.jsonl row (finite values) and the result.json numbers so far, flushed, at
+        the row's `step` (optimizer steps so far).
 
         Result numbers are written even when not finite (NaN), so a diverged run's final train loss reads
         NaN as result.json's null does, rather than the last finite one."""
-        with self._writer.as_default(step=epoch):
-            for key in runfolder.METRIC_KEYS[1:]:
+        with self._writer.as_default(step=int(metrics["step"])):
+            for key in (k for k in runfolder.METRIC_KEYS if k != "step"):
                 value = metrics.get(key)
                 # TensorBoard stores float32: a diverging run's 1e300 is left out, as a non-finite value is
                 if value is not None and math.isfinite(value) and abs(value) <= FLOAT32_MAX:
@@ -79,9 +84,12 @@ class RunWriter:
 
 def write_sharpness(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
     """bin/sharpness's quantities as scalars in `<run_dir>/tb/sharpness/` (its own event file), at the
-    run's last epoch, so the run's HParams session shows them as the metric group "sharpness"."""
+    run's last step, so the run's HParams session shows them as the metric group "sharpness" (at its last
+    epoch for a result.json of an older lrbs_tf, whose scalars were on the epoch axis)."""
     result = runfolder.read_result(run_dir)
-    step = result.epochs if result is not None and isinstance(result.epochs, int) else 0
+    step = 0
+    if result is not None:
+        step = result.steps if result.steps is not None else result.epochs if isinstance(result.epochs, int) else 0
     log_dir = Path(run_dir) / runfolder.TENSORBOARD_DIR / SHARPNESS_DIR
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default(step=step):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from lrbs_tf import grid as gridlib
-from lrbs_tf.config import GRID_SETTINGS, TrainConfig, UsageError, validate
+from lrbs_tf.config import GRID_SETTINGS, RuntimeFacts, TrainConfig, UsageError, validate
 
 GRID_FLAGS = (*GRID_SETTINGS, "run_name")  # set per run by the grid, never by a flagfile
 # bin/train flags the sweep sets itself per worker (threads) or always (no progress bar in a log file).
@@ -91,10 +91,12 @@ def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     shared = {n: getattr(fv, n) for n in names if n not in GRID_FLAGS}
     train = TrainConfig(**shared, lr=lrs[0], batch_size=batch_sizes[0], seed=seeds[0])
+    num_train = gridlib.TRAIN_SIZES.get(train.dataset)
     grid = gridlib.Grid(batch_sizes, lrs, seeds, train.arch, train.dataset_label, train.momentum,
-                        train.weight_decay, num_train=gridlib.TRAIN_SIZES.get(train.dataset), epochs=train.epochs)
+                        train.weight_decay, num_train=num_train, epochs=train.epochs, max_steps=train.max_steps)
+    facts = RuntimeFacts(num_train=num_train)  # a known dataset's size: batch sizes and step budgets checked now
     for run_ in grid.runs():  # arch, dataset, ranges: every run is valid before any is started
-        validate(dataclasses.replace(train, lr=run_.lr, batch_size=run_.batch_size, seed=run_.seed))
+        validate(dataclasses.replace(train, lr=run_.lr, batch_size=run_.batch_size, seed=run_.seed), facts)
     if len({r.name for r in grid.runs()}) != grid.size:
         raise UsageError(f"--lrs={','.join(map(str, lrs))} holds rates equal to 10 significant digits: "
                          "their runs would share a folder")

@@ -67,7 +67,7 @@ def test_help_is_in_sections_with_defaults():
     titles = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert titles == ["Data: which dataset, and where it lives:",
                       "What is trained: the data's name and the model:",
-                      "How it is trained: constant-LR SGD (He et al. 2019), for a budget of epochs:",
+                      "How it is trained: constant-LR SGD (He et al. 2019), for epochs or steps:",
                       "Where results go:",
                       "Execution: how and where it runs (it may change when a run resumes):"]
     lr = out[out.index("  --lr: "):]

@@ -104,9 +104,9 @@ def test_the_column_loop_passes_one_pace_to_every_epoch(tmp_path, monkeypatch):
     seen = []
     real = loop.run_epoch
 
-    def spy(strategy, pipes, functions, cfg, epoch, num_members, chunk, show_progress):
+    def spy(strategy, pipes, functions, cfg, epoch, num_members, chunk, show_progress, test=None):
         seen.append(chunk)
-        return real(strategy, pipes, functions, cfg, epoch, num_members, chunk, show_progress)
+        return real(strategy, pipes, functions, cfg, epoch, num_members, chunk, show_progress, test)
 
     monkeypatch.setattr(loop, "run_epoch", spy)
     run(small_config(tmp_path, epochs=3))

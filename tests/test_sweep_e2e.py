@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from lrbs_tf import runfolder
+from lrbs_tf import checkpoints, runfolder
 from tests.helpers import REPO, run_bin, without_seconds
 
 EPOCHS = 8
 TINY = ["--arch=mlp", "--mlp_depth=1", "--mlp_width=16", "--dataset=mnist1d", f"--epochs={EPOCHS}",
-        "--batch_sizes=64,128", "--lrs=0.05,0.1", "--nocorrelate", "--vectorize"]
+        "--batch_sizes=64,128", "--lrs=0.05,0.1", "--nocorrelate", "--vectorize",
+        "--checkpoint_seconds=0"]  # a checkpoint every epoch: the kill below must find a half-trained run
 RUNS = [f"mlp-mnist1d-bs{bs}-lr{lr}-s0" for bs in (64, 128) for lr in (0.05, 0.1)]
 # Same CPU thread count in every sweep below: identical metrics are only promised for equal set-ups.
 ONE_THREAD = ["--intra_op_threads=1", "--inter_op_threads=1"]
@@ -88,7 +89,7 @@ def test_kill_9_mid_sweep_then_resume_trains_each_run_once_with_identical_metric
         while time.monotonic() < deadline and proc.poll() is None:
             finished = [n for n in RUNS if (workdir / n / runfolder.RESULT).exists()]
             partial = [n for n in RUNS if n not in finished
-                       and (workdir / n / runfolder.CKPT_DIR / "checkpoint").exists()]
+                       and checkpoints.candidates(workdir / n / runfolder.CKPT_DIR)]
             if finished and partial:
                 break
             time.sleep(0.02)

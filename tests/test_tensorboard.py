@@ -22,7 +22,10 @@ from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS
 
 LRS = (0.05, 0.1)
 HPARAM_NAMES = {"arch", "dataset", "batch_size", "lr", "bs_over_lr", "momentum", "weight_decay", "seed", "epochs",
-                "stop_at_train_loss"}
+                "max_steps", "stop_at_train_loss"}
+# The study's step budget: epochs of 62 steps (4000 // 64), so 62, 124, then a partial third epoch to 150.
+MAX_STEPS, STEPS = 150, [62, 124, 150]
+NAMES = [f"mlp-mnist1d-bs64-lr{lr}-s0-steps{MAX_STEPS}" for lr in LRS]
 
 
 def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -65,11 +68,12 @@ def dashboard(logdir: Path) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """A column of two runs, 3 epochs, the first measured by bin/sharpness (its largest eigenvalue only)."""
+    """A column of two runs of 150 steps (3 epochs, the last partial), the first measured by bin/sharpness
+    (its largest eigenvalue only)."""
     workdir = tmp_path_factory.mktemp("tb")
-    results = run_column(small_config(workdir, epochs=3), LRS)
-    assert [r["status"] for r in results] == ["done", "done"]
-    sharpness.run(str(workdir / "mlp-mnist1d-bs64-lr0.05-s0"),
+    results = run_column(small_config(workdir, epochs=3, max_steps=MAX_STEPS), LRS)
+    assert [(r["status"], r["steps"], r["epochs"]) for r in results] == [("done", 150, 3)] * 2
+    sharpness.run(str(workdir / NAMES[0]),
                   Settings(num_examples=256, top_k=1, quantities=("eigenvalues",)), log=lambda *_: None)
     return workdir
 
@@ -77,50 +81,55 @@ def study(tmp_path_factory) -> Path:
 def test_each_run_is_an_hparams_session_with_its_config_and_result(study):
     experiment, groups = dashboard(study)
     assert {h["name"] for h in experiment["hparamInfos"]} == HPARAM_NAMES
-    assert set(groups) == {"mlp-mnist1d-bs64-lr0.05-s0", "mlp-mnist1d-bs64-lr0.1-s0"}
-    for lr in LRS:
-        name = f"mlp-mnist1d-bs64-lr{lr}-s0"
+    assert set(groups) == set(NAMES)
+    for lr, name in zip(LRS, NAMES):
         assert groups[name]["hparams"] == {"arch": "mlp", "dataset": "mnist1d", "batch_size": 64.0, "lr": lr,
                                            "bs_over_lr": 64 / lr, "momentum": 0.0, "weight_decay": 0.0,
-                                           "seed": 0.0, "epochs": 3.0, "stop_at_train_loss": 0.0}
+                                           "seed": 0.0, "epochs": 3.0, "max_steps": 150.0, "stop_at_train_loss": 0.0}
         metrics = {(m["name"]["group"], m["name"]["tag"]): (m["value"], m["trainingStep"])
                    for m in groups[name]["metricValues"]}
         result = runfolder.read_result(study / name)
         for key in ("best_test_accuracy", "final_train_loss", "final_train_accuracy", "final_test_accuracy"):
             value, step = metrics[("", f"result/{key}")]
-            assert step == 3 and value == pytest.approx(getattr(result, key), rel=1e-6), key
+            assert step == MAX_STEPS and value == pytest.approx(getattr(result, key), rel=1e-6), key
         assert metrics[("", "result/best_epoch")][0] == result.best_epoch
-    measured = json.loads((study / "mlp-mnist1d-bs64-lr0.05-s0" / runfolder.SHARPNESS).read_text())
+    measured = json.loads((study / NAMES[0] / runfolder.SHARPNESS).read_text())
     lam = {(m["name"]["group"], m["name"]["tag"]): m["value"]
-           for m in groups["mlp-mnist1d-bs64-lr0.05-s0"]["metricValues"]}[("sharpness", "lambda_max")]
+           for m in groups[NAMES[0]]["metricValues"]}[("sharpness", "lambda_max")]
     assert lam == pytest.approx(measured["lambda_max"], rel=1e-6) and lam > 0
-    assert not any(m["name"]["group"] == "sharpness" for m in groups["mlp-mnist1d-bs64-lr0.1-s0"]["metricValues"])
+    assert not any(m["name"]["group"] == "sharpness" for m in groups[NAMES[1]]["metricValues"])
 
 
-def test_the_event_files_hold_every_epochs_metrics_line(study):
-    run_dir = study / "mlp-mnist1d-bs64-lr0.1-s0"
+def test_the_event_files_hold_every_epochs_metrics_line_on_the_step_axis(study):
+    run_dir = study / NAMES[1]
     rows = runfolder.read_metrics(run_dir)
+    assert [(r["epoch"], r["step"], r["examples_seen"]) for r in rows] == [(e + 1, s, s * 64) for e, s in
+                                                                          enumerate(STEPS)]
     got = scalars(run_dir / runfolder.TENSORBOARD_DIR)
-    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "effective_lr"):
-        assert sorted(got[key]) == [1, 2, 3], key
-        assert [got[key][r["epoch"]] for r in rows] == pytest.approx([r[key] for r in rows], rel=1e-6), key
+    for key in ("epoch", "examples_seen", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                "weight_norm_sq", "effective_lr", "grad_norm_sq"):
+        assert sorted(got[key]) == STEPS, key
+        assert [got[key][r["step"]] for r in rows] == pytest.approx([r[key] for r in rows], rel=1e-6), key
+    assert "step" not in got  # it is the axis
     # The result numbers so far, every epoch: epoch 2's best is the best of epochs 1-2.
     best2 = max(r["test_accuracy"] for r in rows[:2])
-    assert got["result/best_test_accuracy"][2] == pytest.approx(best2, rel=1e-6)
-    sharp = scalars(study / "mlp-mnist1d-bs64-lr0.05-s0" / runfolder.TENSORBOARD_DIR / summaries.SHARPNESS_DIR)
-    assert list(sharp) == ["lambda_max"] and list(sharp["lambda_max"]) == [3]  # at the run's last epoch
+    assert got["result/best_test_accuracy"][124] == pytest.approx(best2, rel=1e-6)
+    sharp = scalars(study / NAMES[0] / runfolder.TENSORBOARD_DIR / summaries.SHARPNESS_DIR)
+    assert list(sharp) == ["lambda_max"] and list(sharp["lambda_max"]) == [MAX_STEPS]  # at the run's last step
 
 
 def test_the_writer_flushes_every_epoch(tmp_path):
     """Without a flush, TensorFlow's writer holds up to 10 events or 2 minutes; a running study must show."""
     writer = summaries.RunWriter(tmp_path, {"arch": "mlp"}, trial_id="t")
-    row = {"train_loss": 0.5, "train_accuracy": 0.9, "test_loss": math.nan, "test_accuracy": None}
+    row = {"step": 62, "train_loss": 0.5, "train_accuracy": 0.9, "test_loss": math.nan, "test_accuracy": None,
+           "grad_norm_sq": 1e300}
     writer.epoch(1, row, {"best_test_accuracy": 0.25, "final_train_loss": None})
     got = scalars(tmp_path)  # read while the writer is still open
-    assert got["train_loss"] == {1: 0.5} and got["train_accuracy"] == {1: pytest.approx(0.9)}
-    assert "test_loss" not in got and "test_accuracy" not in got  # non-finite metrics are left out
-    assert got["result/best_test_accuracy"] == {1: 0.25}
-    assert math.isnan(got["result/final_train_loss"][1])  # as result.json's null: a diverged run reads NaN
+    assert got["train_loss"] == {62: 0.5} and got["train_accuracy"] == {62: pytest.approx(0.9)}
+    # non-finite metrics are left out, and so is one beyond float32 (TensorBoard's scalars)
+    assert "test_loss" not in got and "test_accuracy" not in got and "grad_norm_sq" not in got
+    assert got["result/best_test_accuracy"] == {62: 0.25}
+    assert math.isnan(got["result/final_train_loss"][62])  # as result.json's null: a diverged run reads NaN
 
 
 def test_bs_over_lr_is_bin_correlates_ratio():
@@ -132,8 +141,9 @@ def test_bs_over_lr_is_bin_correlates_ratio():
 
 def test_a_named_npz_is_the_named_dataset_in_the_hparams():
     settings = {"arch": "resnet20", "dataset": "npz", "dataset_name": "cifar10", "batch_size": 128, "lr": 0.1,
-                "momentum": 0.9, "weight_decay": 5e-4, "seed": 2, "epochs": 200, "stop_at_train_loss": 0.0}
+                "momentum": 0.9, "weight_decay": 5e-4, "seed": 2, "epochs": 200, "max_steps": None,
+                "stop_at_train_loss": 0.0}
     assert summaries.hparams_of(settings) == {**{k: v for k, v in settings.items() if k != "dataset_name"},
-                                              "dataset": "cifar10", "bs_over_lr": 1280.0}
+                                              "dataset": "cifar10", "bs_over_lr": 1280.0, "max_steps": 0}
     assert list(summaries.hparams_of(settings)) == list(summaries.HPARAMS)
     assert np.isfinite(summaries.hparams_of(settings)["bs_over_lr"])
