@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from lrbs_tf import runfolder
 
@@ -60,22 +61,42 @@ class RunWriter:
         with self._writer.as_default():
             hp.hparams(dict(hparams), trial_id=trial_id)  # the session's HParams (rewritten on resume: same values)
         self._writer.flush()
+        self._metric_keys = tuple(k for k in runfolder.METRIC_KEYS if k != "step")
+        self._names = (*self._metric_keys, *(f"{RESULT_GROUP}/{k}" for k in runfolder.RESULT_NUMBERS))
+        n = len(self._names)
+        # One tf.function call per epoch instead of one eager op per scalar: ~2 ms against ~12 ms a member
+        # (measured on 2 CPU cores), a tenth of a short epoch for a column of five.
+        self._write = tf.function(self._scalars, input_signature=[
+            tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.bool), tf.TensorSpec([], tf.int64)])
+
+    def _scalars(self, values: tf.Tensor, keep: tf.Tensor, step: tf.Tensor) -> None:
+        # tf.summary.write with the tag spelt out (what tf.summary.scalar writes): inside the conds that skip
+        # non-finite values, tf.summary.scalar's tag would gain the cond's name scope ("cond_3/test_loss").
+        metadata = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+        with self._writer.as_default(step=step):
+            for i, name in enumerate(self._names):
+                if keep[i]:
+                    tf.summary.write(name, values[i], metadata=metadata.SerializeToString())
 
     def epoch(self, epoch: int, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """Epoch `epoch`'s metrics.jsonl row (finite values) and the result.json numbers so far, flushed, at
         the row's `step` (optimizer steps so far).
 
         Result numbers are written even when not finite (NaN), so a diverged run's final train loss reads
-        NaN as result.json's null does, rather than the last finite one."""
-        with self._writer.as_default(step=int(metrics["step"])):
-            for key in (k for k in runfolder.METRIC_KEYS if k != "step"):
-                value = metrics.get(key)
-                # TensorBoard stores float32: a diverging run's 1e300 is left out, as a non-finite value is
-                if value is not None and math.isfinite(value) and abs(value) <= FLOAT32_MAX:
-                    tf.summary.scalar(key, value)
-            for key in runfolder.RESULT_NUMBERS:
-                value = result.get(key)
-                tf.summary.scalar(f"{RESULT_GROUP}/{key}", math.nan if value is None else float(value))
+        NaN as result.json's null does, rather than the last finite one. TensorBoard stores float32: a
+        diverging run's 1e300 is left out of the metrics (as a non-finite value is) and is NaN in results."""
+        values, keep = [], []
+        for key in self._metric_keys:
+            value = metrics.get(key)
+            ok = value is not None and math.isfinite(value) and abs(value) <= FLOAT32_MAX
+            values.append(float(value) if ok else math.nan)
+            keep.append(ok)
+        for key in runfolder.RESULT_NUMBERS:
+            value = result.get(key)
+            ok = value is not None and math.isfinite(float(value)) and abs(float(value)) <= FLOAT32_MAX
+            values.append(float(value) if ok else math.nan)
+            keep.append(True)
+        self._write(tf.constant(values, tf.float32), tf.constant(keep), tf.constant(int(metrics["step"]), tf.int64))
         self._writer.flush()
 
     def flush(self) -> None:
