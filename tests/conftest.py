@@ -33,3 +33,14 @@ def pytest_configure(config):
             cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     except RuntimeError:
         pass  # already initialised by an earlier plugin; strategy tests then check the device count
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one test process per core the machine lets this process use (a
+    container's affinity included), at most 4: every test process starts TensorFlow (about 1 GB), and
+    many tests start bin/* processes of their own."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))

@@ -13,6 +13,7 @@ from scipy import optimize
 
 from lrbs_tf import correlate, scaling
 from lrbs_tf import runfolder as rf
+from lrbs_tf.analysis import DEFAULT_GROUP_BY, group_columns
 from lrbs_tf.errors import UsageError
 from lrbs_tf.scaling_fit import fit_scaling, predict
 from tests.runfolders import law_steps, loss_rows, write_run, write_scaling_study
@@ -92,8 +93,11 @@ def test_a_known_law_is_recovered_through_bin_correlate(tmp_path):
                                 arch="mlp", dataset="mnist1d")
     a = correlate.run(root, tmp_path / "out", target_train_loss=0.05)
     steps = pd.read_csv(tmp_path / "out" / correlate.STEPS_FILE)
-    assert list(steps.columns[:5]) == ["arch", "dataset", "momentum", "weight_decay", "epochs_budget"]
-    assert list(steps.columns[5:10]) == ["batch_size", "min_steps", "best_lr", "n_runs", "n_reached"]
+    keys = group_columns(DEFAULT_GROUP_BY)  # arch, dataset, momentum, weight_decay and the budget
+    assert keys[:2] == ["arch", "dataset"] and "epochs_budget" in keys and "max_steps" in keys
+    assert list(steps.columns[:len(keys)]) == keys
+    assert list(steps.columns[len(keys):len(keys) + 5]) == ["batch_size", "min_steps", "best_lr", "n_runs",
+                                                          "n_reached"]
     assert steps["batch_size"].tolist() == list(BS) and (steps["n_runs"] == 3).all()
     # Reached iff the crossing falls within the 300 epochs (8192 // B steps each): kept either way.
     expected = [sum(truth[(bs, lr)] <= 300 * (8192 // bs) for lr in LRS) for bs in BS]
