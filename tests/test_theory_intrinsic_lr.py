@@ -58,7 +58,7 @@ def test_the_discrete_factor_2_minus_lambda_e_is_needed_at_large_lambda_e():
 
 
 def test_equal_intrinsic_lr_gives_equal_effective_lr(runs):
-    (n_a, g_a), (n_b, g_b), (n_c, g_c) = runs[(0.1, 0.01)], runs[(0.02, 0.05)], runs[(0.1, 0.04)]
+    (n_a, g_a), (n_b, _), (n_c, g_c) = runs[(0.1, 0.01)], runs[(0.02, 0.05)], runs[(0.1, 0.04)]
     eff_a, eff_b, eff_c = 0.1 / n_a, 0.02 / n_b, 0.1 / n_c
     assert ilr.intrinsic_lr(0.1, 0.01) == pytest.approx(ilr.intrinsic_lr(0.02, 0.05))
     assert eff_a == pytest.approx(eff_b, rel=0.03)
