@@ -36,11 +36,9 @@ def pytest_configure(config):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject's addopts): one test process per core the machine lets this process use (a
-    container's affinity included), at most 4: every test process starts TensorFlow (about 1 GB), and
-    many tests start bin/* processes of their own."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    """`-n auto` (pyproject's addopts): one test process per core this process may use (lrbs_tf.workers'
+    count, as bin/sweep sizes its workers: the affinity mask capped by a container's CPU quota), at most 4:
+    every test process starts TensorFlow (about 1 GB), and many tests start bin/* processes of their own."""
+    from lrbs_tf.workers import available_cores
+
+    return min(4, available_cores())
