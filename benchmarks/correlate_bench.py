@@ -2,7 +2,7 @@
 """Benchmark of bin/correlate: 1,600 generated runs (the paper's 4 settings x 20 x 20 grid), 200 epochs each.
 
 Generates run folders that follow the run-folder contract (config.json, a 200-line metrics.jsonl,
-result.json, sharpness.json), then times lrbs_tf.correlate.run() on them: with figures, and without
+result.json, sharpness.json), then times lrbs_tf.analysis.correlate.run() on them: with figures, and without
 (--nofigures), each in a fresh process so that import time is counted as a user would see it.
 
     .venv/bin/python benchmarks/correlate_bench.py            # numbers recorded in benchmarks/correlate.md
@@ -31,8 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrbs_tf import config as config_lib  # noqa: E402
-from lrbs_tf import runfolder as rf  # noqa: E402
+from lrbs_tf.runs import (
+    config as config_lib,  # noqa: E402
+    folder as rf,  # noqa: E402
+)
 
 SETTINGS = (("resnet110", "cifar10"), ("resnet110", "cifar100"), ("vgg19", "cifar10"), ("vgg19", "cifar100"))
 BATCH_SIZES = tuple(range(16, 321, 16))
@@ -102,7 +104,8 @@ def time_correlate(results: Path, out: Path, figures: bool) -> tuple[float, floa
 
 def time_run_in_process(results: Path, out: Path) -> dict[str, float]:
     """Seconds of the phases of run() in this process (imports done beforehand)."""
-    from lrbs_tf import correlate, correlate_plots, report  # noqa: F401  (imports not timed here)
+    from lrbs_tf.analysis import correlate
+    from lrbs_tf.analysis.report import document as report  # noqa: F401  (imports not timed here)
 
     start = time.perf_counter()
     analysis = correlate.analyse(results)
@@ -124,8 +127,8 @@ def time_phases(results: Path) -> dict[str, float]:
         "import json, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from lrbs_tf import correlate, ratio, correlate_plots, report\n"
-        "from lrbs_tf.analysis import group_columns, group_labels, DEFAULT_GROUP_BY\n"
-        "from lrbs_tf.runtable import collect_runs\n"
+        "from lrbs_tf.analysis.model import group_columns, group_labels, DEFAULT_GROUP_BY\n"
+        "from lrbs_tf.runs.table import collect_runs\n"
         "t = time.process_time\n"
         "s = t(); runs, _ = collect_runs(__import__('pathlib').Path(sys.argv[1]), DEFAULT_GROUP_BY, 0.99)\n"
         "read = t() - s\n"
@@ -137,7 +140,7 @@ def time_phases(results: Path) -> dict[str, float]:
         "s = t(); a = correlate.analyse(sys.argv[1]); full = t() - s\n"
         "s = t(); [f(a) for f in (correlate_plots.figure_ratio, correlate_plots.figure_curves,\n"
         "   correlate_plots.figure_heatmap, correlate_plots.figure_sharpness)]; figs = t() - s\n"
-        "s = t(); __import__('lrbs_tf.ratio_plots').ratio_plots.figure_equal_ratio(a); fig5 = t() - s\n"
+        "s = t(); __import__('lrbs_tf.analysis.plots.ratio').ratio_plots.figure_equal_ratio(a); fig5 = t() - s\n"
         "print(json.dumps({'CPU: read 1,600 folders': read, 'CPU: Tables 1-3 + sharpness tests': corr,\n"
         "  'CPU: ratio_test (20 fits)': rt, 'CPU: ratio_invariance (20 permutation tests)': inv,\n"
         "  'CPU: analyse() in all': full, 'CPU: build Figures 1-4 (not saved)': figs,\n"

@@ -43,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 from scipy.sparse.linalg import LinearOperator, eigsh  # noqa: E402
 
 from lrbs_tf.curvature import eigen, hvp, slq  # noqa: E402
-from lrbs_tf.models import build_model, count_trainable_params  # noqa: E402
+from lrbs_tf.models.builders import build_model, count_trainable_params  # noqa: E402
 
 REL = 1e-3
 
@@ -56,7 +56,7 @@ def setup(name: str, train_epochs: int, resnet_examples: int = 256
     if name == "mlp_init":
         name, train_epochs = "mlp", 0
     if name == "mlp":
-        from lrbs_tf.data import load_data
+        from lrbs_tf.data.loaders import load_data
 
         data = load_data("mnist1d")
         model = build_model("mlp", 10, data.input_shape)

@@ -46,9 +46,9 @@ def measure_column(batch_size: int, epochs: int, workdir: str) -> list[dict]:
     """Trains one quick-study column in this process with timers around the loop's parts; per-epoch seconds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
-    from lrbs_tf import loop, members, steps
-    from lrbs_tf.config import TrainConfig
-    from lrbs_tf.train import run_column
+    from lrbs_tf.runs.config import TrainConfig
+    from lrbs_tf.training import loop, members, steps
+    from lrbs_tf.training.run import run_column
 
     current: dict = {}
     epochs_log: list[dict] = []

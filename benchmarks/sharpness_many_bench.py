@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lrbs_tf import runfolder  # noqa: E402
+from lrbs_tf.runs import folder as runfolder  # noqa: E402
 
 QUICK_FLAGS = ["--quantities=eigenvalues,trace", "--top_k=1", "--num_examples=1024", "--hvp_batch_size=1024"]
 COMPARED = ("lambda_max", "trace")

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lrbs_tf import runfolder  # noqa: E402
+from lrbs_tf.runs import folder as runfolder  # noqa: E402
 
 
 def run_sweep(flagfile: str, workdir: Path) -> dict:

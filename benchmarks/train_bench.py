@@ -42,9 +42,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lrbs_tf import config, models, runfolder  # noqa: E402
-from lrbs_tf.data import Pipelines, load_data  # noqa: E402
-from lrbs_tf.train import TrainConfig, run_column  # noqa: E402
+from lrbs_tf.data.loaders import load_data  # noqa: E402
+from lrbs_tf.data.pipelines import Pipelines  # noqa: E402
+from lrbs_tf.models import builders as models
+from lrbs_tf.runs import (
+    config,
+    folder as runfolder,  # noqa: E402
+)
+from lrbs_tf.training.run import TrainConfig, run_column  # noqa: E402
 
 RESNET20_FWD_FLOPS = 2 * 40.55e6  # multiply-adds of resnet20 on 32x32 (He et al. 2016: 41M) x 2
 # Per architecture: images per epoch (None: the dataset's), rounds, measured epochs per measurement, column K,

@@ -27,7 +27,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import lrbs_tf  # noqa: E402
-from lrbs_tf.errors import UsageError  # noqa: E402
+from lrbs_tf.core.errors import UsageError  # noqa: E402
 
 
 def figure1(results: str | Path, out: str | Path) -> pd.DataFrame:

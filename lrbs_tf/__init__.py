@@ -21,10 +21,10 @@ __all__ = ["load_runs", "load_metrics", "train", "correlate", "TrainConfig", "__
 # lrbs_tf.train and lrbs_tf.correlate are also the modules behind bin/train and bin/correlate, and importing
 # a submodule binds its name on the package: a function of either name would be replaced by the module as
 # soon as the binary's code is imported. So those two modules are made callable instead (a documented use
-# of a module's __class__): lrbs_tf.train(...) is lrbs_tf.api.train(...), and lrbs_tf.train.run_column,
+# of a module's __class__): lrbs_tf.train(...) is lrbs_tf.api.train(...), and lrbs_tf.training.run.run_column,
 # `from lrbs_tf import correlate; correlate.run(...)` and the like keep working.
 _ENTRY_MODULES = ("train", "correlate")
-_LAZY = {"load_runs": "lrbs_tf.api", "load_metrics": "lrbs_tf.api", "TrainConfig": "lrbs_tf.config"}
+_LAZY = {"load_runs": "lrbs_tf.api", "load_metrics": "lrbs_tf.api", "TrainConfig": "lrbs_tf.runs.config"}
 
 
 class _EntryModule(types.ModuleType):

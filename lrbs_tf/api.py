@@ -6,9 +6,9 @@
     lrbs_tf.train(arch="mlp", lr=[0.05, 0.1], epochs=5, workdir="outputs/mine")    # as bin/train
     lrbs_tf.correlate("outputs/quick")                 # as bin/correlate
 
-Everything is read through the run-folder contract: lrbs_tf.runtable's table (bin/correlate's runs.csv, the
+Everything is read through the run-folder contract: lrbs_tf.runs.table's table (bin/correlate's runs.csv, the
 same statuses, premise flag and sharpness columns) beside each run's config.json settings read through the
-typed reader (lrbs_tf.runfolder), and metrics.jsonl. No TensorFlow is imported to read results.
+typed reader (lrbs_tf.runs.folder), and metrics.jsonl. No TensorFlow is imported to read results.
 docs/python_api.md documents every column and has the examples.
 """
 
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from lrbs_tf import runfolder, runtable
-from lrbs_tf.config import DEFAULTS, TrainConfig, UsageError
+from lrbs_tf.analysis.settings import DEFAULT_MIN_TRAIN_ACCURACY
+from lrbs_tf.runs import folder as runfolder, table as runtable
+from lrbs_tf.runs.config import DEFAULTS, TrainConfig, UsageError
 
 if TYPE_CHECKING:
-    from lrbs_tf.analysis import Analysis
+    from lrbs_tf.analysis.model import Analysis
 
 # config.json settings added to runtable's table, after its columns; `data_source` is config.json's
 # `dataset` (where the examples came from, e.g. npz: runtable's `dataset` is their name).
@@ -49,10 +50,10 @@ def _settings(config: dict | None) -> dict[str, Any]:
     return {k: values[k] for k in (*SETTING_COLUMNS, *RECORDED_COLUMNS)}
 
 
-def load_runs(root: str | Path, min_train_accuracy: float = 0.99) -> pd.DataFrame:
+def load_runs(root: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_ACCURACY) -> pd.DataFrame:
     """One row per run folder below `root` (recursively; `root` may be one run folder), sorted by run_dir.
 
-    Columns: lrbs_tf.runtable's (run_dir relative to `root`, status done / diverged / failed / unfinished /
+    Columns: lrbs_tf.runs.table's (run_dir relative to `root`, status done / diverged / failed / unfinished /
     skipped with the reason in `problem`, arch, dataset, batch_size, lr, ratio = BS/LR exactly, seed,
     momentum, weight_decay, epochs_budget, the result.json numbers, generalisation_gap,
     reached_min_train_accuracy: the premise flag at `min_train_accuracy`, and the sharpness.json
@@ -109,14 +110,14 @@ def _learning_rates(lr: Any) -> list[float]:
 
 
 def train(config: TrainConfig | None = None, /, **settings: Any) -> pd.DataFrame:
-    """Trains as bin/train does (lrbs_tf.train.run_column) and returns the trained runs' load_runs rows.
+    """Trains as bin/train does (lrbs_tf.training.run.run_column) and returns the trained runs' load_runs rows.
 
     `settings` are bin/train's flags (TrainConfig's fields), over `config` when one is given; `lr` may be a
     list, trained as one column (shared batches, one run folder per rate). Finished runs are left alone,
     interrupted ones resume. Raises UsageError for bad settings (as bin/train's exit 2) and
-    lrbs_tf.errors.TrainingFailed when training fails (the run is recorded as failed).
+    lrbs_tf.core.errors.TrainingFailed when training fails (the run is recorded as failed).
     """
-    from lrbs_tf import train as train_module
+    from lrbs_tf.training import run as train_module
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - fields)
@@ -132,10 +133,10 @@ def train(config: TrainConfig | None = None, /, **settings: Any) -> pd.DataFrame
 
 
 def correlate(results: str | Path, out: str | Path | None = None, **options: Any) -> "Analysis":
-    """bin/correlate (lrbs_tf.correlate.run): the tests, report.md, CSV tables and figures for the runs below
+    """bin/correlate (lrbs_tf.analysis.correlate.run): the tests, report.md, CSV tables and figures for the runs below
     `results`, written to `out` (default `<results>/correlate/`); returns the Analysis (its `runs` and
     `tables` are pandas frames). `options` are bin/correlate's other flags: min_train_accuracy, alpha,
     group_by, figures."""
-    from lrbs_tf import correlate as correlate_module
+    from lrbs_tf.analysis import correlate as correlate_module
 
     return correlate_module.run(results, out=out, **options)

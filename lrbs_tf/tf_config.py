@@ -1,6 +1,6 @@
 """`python -m lrbs_tf.tf_config`: the TF_CONFIG of this SLURM task, from TensorFlow's SlurmClusterResolver.
 
-One bin/train run over several hosts (MultiWorkerMirroredStrategy, lrbs_tf.distribute) needs each process
+One bin/train run over several hosts (MultiWorkerMirroredStrategy, lrbs_tf.training.distribute) needs each process
 to know the cluster and its own place in it: the TF_CONFIG environment variable. Under `srun`, SLURM
 already says both (SLURM_STEP_NODELIST, e.g. node[01-04], SLURM_STEP_TASKS_PER_NODE, SLURM_PROCID), and
 SlurmClusterResolver turns them into a cluster spec (hosts in sorted order, one port per task on a host,
@@ -26,7 +26,7 @@ def from_slurm(port: int = DEFAULT_PORT) -> dict:
     """TF_CONFIG for this task as a dict ({"cluster": {"worker": [host:port, ...]}, "task": {...}}).
 
     Raises RuntimeError (SlurmClusterResolver's) outside a SLURM step."""
-    from lrbs_tf.cli import quiet_import_tensorflow
+    from lrbs_tf.core.resources import quiet_import_tensorflow
 
     quiet_import_tensorflow()
     import tensorflow as tf

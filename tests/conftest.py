@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))
 
 
 def pytest_configure(config):
-    from lrbs_tf.cli import quiet_import_tensorflow
+    from lrbs_tf.core.resources import quiet_import_tensorflow
 
     try:
         # As the binaries do: TensorFlow's C++ start-up lines (CUDA probing on a machine without a GPU, the
@@ -36,9 +36,9 @@ def pytest_configure(config):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject's addopts): one test process per core this process may use (lrbs_tf.workers'
+    """`-n auto` (pyproject's addopts): one test process per core this process may use (lrbs_tf.sweep.workers'
     count, as bin/sweep sizes its workers: the affinity mask capped by a container's CPU quota), at most 4:
     every test process starts TensorFlow (about 1 GB), and many tests start bin/* processes of their own."""
-    from lrbs_tf.workers import available_cores
+    from lrbs_tf.core.resources import available_cores
 
     return min(4, available_cores())

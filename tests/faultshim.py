@@ -177,7 +177,7 @@ def main(argv: list[str]) -> None:
     disk = DiskFull(os.environ["LRBS_FAULT_ROOT"], pattern, int(n))
     if os.environ.get("LRBS_FAULT_TF") == "1":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from lrbs_tf.cli import quiet_import_tensorflow
+        from lrbs_tf.core.resources import quiet_import_tensorflow
 
         quiet_import_tensorflow()
     disk.__enter__()

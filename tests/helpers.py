@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from lrbs_tf.config import TrainConfig
+from lrbs_tf.runs.config import TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lrbs_tf import runfolder as rf
+from lrbs_tf.runs import folder as rf
 from tests.runfolders import write_run
 
 NUM_TRAIN = 4000  # MNIST-1D's training split

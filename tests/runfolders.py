@@ -1,4 +1,4 @@
-"""Writes run folders exactly as the run-folder contract says (lrbs_tf.runfolder), for tests and benchmarks.
+"""Writes run folders exactly as the run-folder contract says (lrbs_tf.runs.folder), for tests and benchmarks.
 
 No TensorFlow: a folder holds config.json, metrics.jsonl (one line per epoch), and result.json unless the
 run is unfinished; sharpness.json optionally. `write_scaling_study` writes a grid whose steps to a target
@@ -13,8 +13,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from lrbs_tf import config as config_lib
-from lrbs_tf import runfolder as rf
+from lrbs_tf.runs import config as config_lib, folder as rf
 
 PAPER_BATCH_SIZES = tuple(range(16, 321, 16))
 PAPER_LRS = tuple(round(0.01 * i, 2) for i in range(1, 21))

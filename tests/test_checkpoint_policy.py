@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import checkpoints, runfolder
-from lrbs_tf.config import TrainConfig
-from lrbs_tf.errors import UsageError
-from lrbs_tf.members import checkpoint_due
-from lrbs_tf.train import run
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import checkpoints, folder as runfolder
+from lrbs_tf.runs.config import TrainConfig
+from lrbs_tf.training.members import checkpoint_due
+from lrbs_tf.training.run import run
 from tests.helpers import small_config, without_seconds
 
 NAME = "mlp-mnist1d-bs64-lr0.1-s0"
@@ -49,7 +49,7 @@ def test_write_keeps_the_newest_and_the_chosen_epochs_and_deletes_the_rest(tmp_p
 @pytest.mark.parametrize("value, words", [("0", "epochs count from 1"), ("9", "beyond epochs=4"),
                                           ("x", "give epochs as integers")])
 def test_bad_checkpoint_epochs_are_refused(tmp_path, value, words):
-    from lrbs_tf.config import validate
+    from lrbs_tf.runs.config import validate
     with pytest.raises(UsageError, match=words):
         validate(small_config(tmp_path, epochs=4, checkpoint_epochs=value.split(",")))
 

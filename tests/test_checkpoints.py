@@ -13,9 +13,9 @@ import keras
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import runfolder
-from lrbs_tf.errors import RunFolderError
-from lrbs_tf.train import run, run_column
+from lrbs_tf.core.errors import RunFolderError
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.training.run import run, run_column
 from tests.helpers import run_bin, small_config, without_seconds
 
 EPOCHS = 4
@@ -172,8 +172,8 @@ def test_a_column_resumes_as_one_from_the_newest_epoch_both_can_restore(column, 
 def test_restore_epoch_reads_one_epochs_weights_or_says_why_not(reference, tmp_path):
     """What bin/sharpness --epoch needs: the model of one epoch, from a checkpoint that also holds the
     optimizer (left unused)."""
-    from lrbs_tf import checkpoints
-    from lrbs_tf.members import architecture
+    from lrbs_tf.runs import checkpoints
+    from lrbs_tf.training.members import architecture
 
     run_dir = interrupted(reference, tmp_path)
     cfg = _cfg(tmp_path).resolved()
@@ -223,7 +223,7 @@ MODEL_DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(MODEL_DAMAGE))
 def test_a_damaged_model_file_is_named_with_what_is_wrong(reference, tmp_path, damage):
-    from lrbs_tf import sharpness
+    from lrbs_tf.curvature import session as sharpness
     from lrbs_tf.curvature.settings import Settings
 
     run_dir = tmp_path / NAME

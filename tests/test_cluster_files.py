@@ -19,7 +19,8 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from lrbs_tf import grid as gridlib
+from lrbs_tf.data.specs import known_train_size
+from lrbs_tf.sweep import grid as gridlib
 from tests.helpers import REPO
 
 try:
@@ -46,7 +47,7 @@ def flagfile_grid(path) -> gridlib.Grid:
     return gridlib.Grid(tuple(int(b) for b in flags["batch_sizes"].split(",")),
                         tuple(float(v) for v in flags["lrs"].split(",")),
                         tuple(int(v) for v in flags.get("seeds", "0").split(",")), flags["arch"], flags["dataset"],
-                        num_train=gridlib.TRAIN_SIZES.get(flags["dataset"]), epochs=int(flags["epochs"]))
+                        num_train=known_train_size(flags["dataset"]), epochs=int(flags["epochs"]))
 
 
 def test_the_indexed_job_fails_fast_on_bad_input_and_ignores_disruptions():
@@ -131,8 +132,14 @@ def test_license_citation_and_entry_points():
     assert sorted(scripts) == sorted(f"lrbs-{b}" for b in ("train", "sweep", "sharpness", "correlate", "nqm", "bound"))
     for name, target in scripts.items():
         module, function = target.split(":")
-        assert module == f"lrbs_tf.{name.removeprefix('lrbs-')}"  # python -m <module> is the same binary
-        assert callable(getattr(importlib.import_module(module), function))
+        entry = getattr(importlib.import_module(module), function)
+        assert module.startswith("lrbs_tf.cli.") and callable(entry)
+        binary = name.removeprefix("lrbs-")
+        if binary == "sweep":  # lrbs_tf.sweep is the sweep's package: python -m runs its __main__
+            main_module = (REPO / "lrbs_tf" / "sweep" / "__main__.py").read_text()
+            assert f"from {module} import {function}" in main_module
+        else:  # python -m lrbs_tf.<binary> is the same binary
+            assert importlib.import_module(f"lrbs_tf.{binary}").main is entry
 
 
 SLURM_STEP = {"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NODELIST": "node[1-2]",

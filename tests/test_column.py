@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lrbs_tf import runfolder
-from lrbs_tf.cli import UsageError
-from lrbs_tf.train import run, run_column
+from lrbs_tf.cli.app import UsageError
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.training.run import run, run_column
 from tests.helpers import small_config as cfg_for
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "effective_lr",
@@ -108,8 +108,8 @@ def test_one_mismatched_member_refuses_the_whole_column(tmp_path):
 
 
 def test_stacked_and_graph_engines_equal_separate_runs_with_momentum_and_weight_decay(tmp_path):
-    from lrbs_tf import stacked
-    from lrbs_tf.models import build_model
+    from lrbs_tf.models.builders import build_model
+    from lrbs_tf.training import stacked
 
     assert stacked.supports(build_model("mlp", 10, (40,), mlp_batch_norm=True))
     assert stacked.supports(build_model("mlp", 10, (8, 8, 1)))
@@ -135,9 +135,9 @@ def test_stacked_steps_equal_keras_steps():
     import keras
     import tensorflow as tf
 
-    from lrbs_tf.data import load_data
-    from lrbs_tf.models import build_model
-    from lrbs_tf.stacked import StackedColumn
+    from lrbs_tf.data.loaders import load_data
+    from lrbs_tf.models.builders import build_model
+    from lrbs_tf.training.stacked import StackedColumn
 
     def make(lr):
         keras.utils.set_random_seed(0)

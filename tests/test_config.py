@@ -1,4 +1,4 @@
-"""lrbs_tf.config: validation before and after what data and devices reveal; identity vs execution settings;
+"""lrbs_tf.runs.config: validation before and after what data and devices reveal; identity vs execution settings;
 and the curvature quantities' seeds, keyed by name."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from lrbs_tf import config
-from lrbs_tf.config import RuntimeFacts, TrainConfig, UsageError, identity_differences, validate
 from lrbs_tf.curvature import settings as curv
+from lrbs_tf.runs import config
+from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, UsageError, identity_differences, validate
 
 
 def test_validation_before_data_uses_the_dataset_spec():

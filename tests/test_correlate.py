@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from absl import flags
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from lrbs_tf import analysis, correlate, correlate_plots, runfolder as rf
-from lrbs_tf.cli import UsageError
+from lrbs_tf.analysis import correlate, model as analysis
+from lrbs_tf.analysis.plots import paper as correlate_plots
+from lrbs_tf.cli import correlate as correlate_cli
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import folder as rf
 from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS, write_grid, write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,15 +348,14 @@ def test_main_in_process(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["correlate", f"--results={tmp_path / 'runs'}", f"--out={tmp_path / 'o'}",
                                       "--nofigures", "--min_train_accuracy=0.5", "--alpha=0.1"])
     with pytest.raises(SystemExit) as e:
-        correlate.main()
+        correlate_cli.main()
     assert e.value.code == 0
     assert "16 done" in capsys.readouterr().out
     t1 = pd.read_csv(tmp_path / "o" / "table1.csv")
     assert t1["spearman_significant"].all()  # exact p = 1/12 < alpha = 0.1
-    flags.FLAGS.unparse_flags()  # absl keeps the values of the previous parse in this process
-    monkeypatch.setattr(sys, "argv", ["correlate"])
+    monkeypatch.setattr(sys, "argv", ["correlate"])  # each parse starts from a fresh FlagValues
     with pytest.raises(SystemExit) as e:
-        correlate.main()
+        correlate_cli.main()
     assert e.value.code == 2 and "--results is required" in capsys.readouterr().err
 
 
@@ -386,10 +387,9 @@ def test_a_groups_families_do_not_change_with_what_else_is_in_the_folder(tmp_pat
 def test_the_flags_defaults_are_the_librarys():
     import inspect
 
-    from lrbs_tf.flags import define_correlate_flags
+    from lrbs_tf.cli.flags import binary_flags
 
-    define_correlate_flags()
-    fv = flags.FLAGS
+    fv = binary_flags("correlate").values
     assert fv["min_train_accuracy"].default == analysis.DEFAULT_MIN_TRAIN_ACCURACY
     assert fv["alpha"].default == analysis.DEFAULT_ALPHA
     assert fv["group_by"].default == list(analysis.DEFAULT_GROUP_BY)

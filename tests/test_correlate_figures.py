@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from lrbs_tf import correlate, correlate_plots, plot_style, ratio_plots
+from lrbs_tf.analysis import correlate
+from lrbs_tf.analysis.plots import paper as correlate_plots, ratio as ratio_plots, style as plot_style
 from tests.runfolders import write_grid, write_run
 
 QUICK_BS = (32, 48, 64, 80, 96)

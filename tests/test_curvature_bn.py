@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lrbs_tf.curvature import hvp, sharpness_measures
-from lrbs_tf.curvature.interpolate import Evaluator
-from lrbs_tf.models import batch_norm
+from lrbs_tf.curvature.line import Evaluator
+from lrbs_tf.models.builders import batch_norm
 
 
 @pytest.fixture(scope="module")

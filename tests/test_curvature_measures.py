@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from lrbs_tf.curvature import hvp, sharpness_measures, slq
-from lrbs_tf.curvature.interpolate import Evaluator, blend, interpolation_curve
-from lrbs_tf.models import build_model
+from lrbs_tf.curvature.line import Evaluator, blend, interpolation_curve
+from lrbs_tf.models.builders import build_model
 from tests import curvature_oracles as oracles
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lrbs_tf.curvature import eigen, hvp, sharpness_measures, trace
-from lrbs_tf.models import build_model
+from lrbs_tf.models.builders import build_model
 from tests import curvature_oracles as oracles
 
 MODES = hvp.HVP_MODES

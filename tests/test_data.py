@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import data as data_lib
+from lrbs_tf.data import loaders as data_lib, pipelines
 
 
 def _npz(path, n_train=50, n_test=20, shape=(8, 8), classes=3, **overrides):
@@ -69,7 +69,7 @@ def _epoch(pipes, bs, seed, epoch):
 def test_train_pipeline_is_a_seeded_per_epoch_permutation_without_remainder(tmp_path):
     d = data_lib.load_npz(_npz(tmp_path / "v.npz", shape=(4,)))
     d.x_train = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)  # row i identifies example i
-    pipes = data_lib.Pipelines(d, augment=False)
+    pipes = pipelines.Pipelines(d, augment=False)
     x0, _ = _epoch(pipes, 16, seed=3, epoch=0)
     assert x0.shape == (48, 4)  # 3 full batches, the 2 left over are dropped
     ids = (d.normalize(d.x_train)[:, 0])
@@ -84,21 +84,21 @@ def test_train_pipeline_is_a_seeded_per_epoch_permutation_without_remainder(tmp_
 
 def test_normalising_once_gives_the_batches_normalising_per_batch_gives(tmp_path, monkeypatch):
     d = data_lib.load_npz(_npz(tmp_path / "img.npz", n_train=50, shape=(8, 8, 3)))  # uint8 images
-    once = data_lib.Pipelines(d, augment=False)
-    monkeypatch.setattr(data_lib, "PRENORMALIZE_BYTES", 0)
-    per_batch = data_lib.Pipelines(d, augment=False)
+    once = pipelines.Pipelines(d, augment=False)
+    monkeypatch.setattr(pipelines, "PRENORMALIZE_BYTES", 0)
+    per_batch = pipelines.Pipelines(d, augment=False)
     assert once.prenormalized and not per_batch.prenormalized
     for epoch in (0, 1):
         x_once, y_once = _epoch(once, 16, seed=5, epoch=epoch)
         x_batch, y_batch = _epoch(per_batch, 16, seed=5, epoch=epoch)
         np.testing.assert_array_equal(x_once, x_batch)  # same order, bit-identical values
         np.testing.assert_array_equal(y_once, y_batch)
-    assert not data_lib.Pipelines(d, augment=True).prenormalized  # augmentation pads raw pixels per batch
+    assert not pipelines.Pipelines(d, augment=True).prenormalized  # augmentation pads raw pixels per batch
 
 
 def test_test_pipeline_keeps_every_example_in_order(tmp_path):
     d = data_lib.load_npz(_npz(tmp_path / "t.npz", n_test=23))
-    pipes = data_lib.Pipelines(d, augment=False, eval_batch_size=10)
+    pipes = pipelines.Pipelines(d, augment=False, eval_batch_size=10)
     batches = [x.numpy() for x, _ in pipes.test()]
     assert [len(b) for b in batches] == [10, 10, 3]
     np.testing.assert_allclose(np.concatenate(batches), d.normalize(d.x_test), rtol=1e-6)
@@ -107,7 +107,7 @@ def test_test_pipeline_keeps_every_example_in_order(tmp_path):
 def test_augmentation_is_a_padded_crop_or_its_mirror():
     rng = np.random.default_rng(1)
     images = rng.random((64, 32, 32, 3)).astype(np.float32) + 1.0  # no zeros, so padding is visible
-    out = data_lib.augment_batch(tf.constant(images), tf.constant([5, 7], tf.int64)).numpy()
+    out = pipelines.augment_batch(tf.constant(images), tf.constant([5, 7], tf.int64)).numpy()
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
     flips, offsets = 0, set()
     for i in range(len(images)):
@@ -123,7 +123,7 @@ def test_augmentation_is_a_padded_crop_or_its_mirror():
         flips += found[2]
         offsets.add(found[:2])
     assert 16 < flips < 48 and len(offsets) > 20
-    same = data_lib.augment_batch(tf.constant(images), tf.constant([5, 7], tf.int64)).numpy()
+    same = pipelines.augment_batch(tf.constant(images), tf.constant([5, 7], tf.int64)).numpy()
     np.testing.assert_array_equal(out, same)
 
 
@@ -134,7 +134,7 @@ def test_tfds_path_through_mock_data():
         d = data_lib.load_data("cifar10", data_dir=None)
     assert d.x_train.shape == (24, 32, 32, 3) and d.x_train.dtype == np.uint8
     assert d.y_test.shape == (24,) and d.num_classes == 10
-    pipes = data_lib.Pipelines(d, augment=True)
+    pipes = pipelines.Pipelines(d, augment=True)
     x, y = next(iter(pipes.train(8, seed=0, epoch=0)))
     assert x.shape == (8, 32, 32, 3) and x.dtype == tf.float32
 
@@ -147,7 +147,7 @@ def test_unknown_dataset_lists_valid_names():
 def test_iter_run_dirs_reports_folders_it_cannot_list(tmp_path):
     import os
 
-    from lrbs_tf import runfolder
+    from lrbs_tf.runs import folder as runfolder
 
     (tmp_path / "a" / "run1").mkdir(parents=True)
     (tmp_path / "a" / "run1" / "config.json").write_text("{}")
@@ -202,8 +202,8 @@ def test_npz_values_are_checked(tmp_path, overrides, message):
 
 
 def test_bad_npz_values_are_refused_before_a_run_folder_exists(tmp_path):
-    from lrbs_tf.config import UsageError
-    from lrbs_tf.train import run
+    from lrbs_tf.runs.config import UsageError
+    from lrbs_tf.training.run import run
     from tests.helpers import small_config
 
     path = tmp_path / "nan.npz"

@@ -12,9 +12,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lrbs_tf import config, runfolder, runtable, sharpness
-from lrbs_tf.config import RuntimeFacts, TrainConfig, UsageError, validate
-from lrbs_tf.train import run
+from lrbs_tf.curvature import session as sharpness
+from lrbs_tf.runs import config, folder as runfolder, table as runtable
+from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, UsageError, validate
+from lrbs_tf.training.run import run
 from tests.helpers import run_bin, small_config
 from tests.runfolders import write_run
 

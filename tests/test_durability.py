@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrbs_tf import runfolder
+from lrbs_tf.runs import folder as runfolder
 from tests.faultshim import DiskFull
 
 
@@ -61,7 +61,7 @@ def test_the_first_metrics_line_syncs_the_new_file_and_its_folder(tmp_path, sync
 def test_figures_sync_their_folder_after_the_renames(tmp_path, syncs):
     from matplotlib.figure import Figure
 
-    from lrbs_tf import figures
+    from lrbs_tf.core import figures
 
     fig = Figure()
     fig.add_subplot().plot([0, 1], [1, 0])
@@ -127,27 +127,27 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
 
 
 def test_the_storage_fault_of_any_binary_is_one_line_and_exit_1(capsys):
-    from lrbs_tf.cli import run_app
+    from lrbs_tf.cli.app import run_app
 
-    def main(argv):
+    def main(flag_values):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/report.md")
 
     with pytest.raises(SystemExit) as info:
-        run_app(main, ["correlate"], binary="correlate")
+        run_app("correlate", main, ["correlate"])
     assert info.value.code == 1
     assert capsys.readouterr().err == "correlate: error: /data/out/report.md: No space left on device\n"
 
-    def bug(argv):
+    def bug(flag_values):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")  # not a storage fault
 
     with pytest.raises(FileNotFoundError):
-        run_app(bug, ["correlate"], binary="correlate")
+        run_app("correlate", bug, ["correlate"])
 
 
 def test_the_mnist1d_cache_is_generated_again_when_damaged(tmp_path, monkeypatch):
     import mnist1d.data
 
-    from lrbs_tf import data
+    from lrbs_tf.data import loaders as data
 
     good = data.load_data("mnist1d")  # through the session's cache
     generated = []
@@ -180,9 +180,9 @@ def test_checkpoints_and_the_model_file_are_synced_with_their_folders(tmp_path, 
     """TensorFlow writes checkpoints and Keras writes model.keras without fsync: bin/train syncs them."""
     import tensorflow as tf
 
-    from lrbs_tf import members as mem
-    from lrbs_tf.config import settings
-    from lrbs_tf.data import load_data
+    from lrbs_tf.data.loaders import load_data
+    from lrbs_tf.runs.config import settings
+    from lrbs_tf.training import members as mem
     from tests.helpers import small_config
 
     cfg = small_config(tmp_path).resolved()
@@ -205,9 +205,9 @@ def test_tensorboard_shows_each_epoch_as_it_ends(tmp_path):
     """The summary writer is flushed per epoch: a run killed later still leaves its curves so far."""
     import tensorflow as tf
 
-    from lrbs_tf import members as mem
-    from lrbs_tf.config import settings
-    from lrbs_tf.data import load_data
+    from lrbs_tf.data.loaders import load_data
+    from lrbs_tf.runs.config import settings
+    from lrbs_tf.training import members as mem
     from tests.helpers import small_config
 
     cfg = small_config(tmp_path).resolved()

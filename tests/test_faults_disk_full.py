@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from lrbs_tf import runfolder
-from lrbs_tf.config import TrainingFailed
-from lrbs_tf.train import run
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs.config import TrainingFailed
+from lrbs_tf.training.run import run
 from tests import runfolders
 from tests.faultshim import DiskFull
 from tests.helpers import REPO, small_config, without_seconds
@@ -112,7 +112,7 @@ def _measurement(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def measured(reference, tmp_path_factory) -> dict:
     """An uninterrupted measurement with top_k=2."""
-    from lrbs_tf import sharpness
+    from lrbs_tf.curvature import session as sharpness
     from lrbs_tf.curvature.settings import Settings
 
     run_dir = tmp_path_factory.mktemp("measured") / NAME
@@ -123,7 +123,7 @@ def measured(reference, tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("pattern", [runfolder.SHARPNESS, pytest.param("hessian_spectrum", marks=pytest.mark.slow)])
 def test_sharpness_on_a_disk_that_fills_keeps_the_old_measurement(reference, measured, tmp_path, pattern):
-    from lrbs_tf import sharpness
+    from lrbs_tf.curvature import session as sharpness
     from lrbs_tf.curvature.settings import Settings
 
     run_dir = tmp_path / NAME
@@ -165,7 +165,7 @@ def _analysis(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("pattern,figures", [("report.md", False), pytest.param("fig2", True, marks=pytest.mark.slow)])
 def test_correlate_on_a_disk_that_fills_changes_nothing_in_its_output(tmp_path, pattern, figures):
-    from lrbs_tf import correlate
+    from lrbs_tf.analysis import correlate
 
     results, out = tmp_path / "runs", tmp_path / "runs" / "correlate"
     _grid(results, (0.01, 0.02))

@@ -27,8 +27,8 @@ from typing import Callable
 
 import pytest
 
-from lrbs_tf import runfolder
-from lrbs_tf.checkpoints import describe_keras_file
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs.checkpoints import describe_keras_file
 from tests import runfolders
 from tests.helpers import REPO, without_seconds
 

@@ -1,4 +1,4 @@
-"""lrbs_tf.figures.save, the one figure writer: both formats, the dpi and tight crop it is given, and
+"""lrbs_tf.core.figures.save, the one figure writer: both formats, the dpi and tight crop it is given, and
 all-or-nothing replacement when rendering fails."""
 
 import struct
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from lrbs_tf import figures
+from lrbs_tf.core import figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_no_plotting_module_imports_pyplot():
     # pyplot picks a GUI backend and keeps every figure in global state; a fresh interpreter shows
     # whether any figure module pulls it in.
     code = ("import sys\n"
-            "import lrbs_tf.figures, lrbs_tf.correlate_plots, lrbs_tf.curvature.plotting, lrbs_tf.theory.plots\n"
+            "import lrbs_tf.core.figures, lrbs_tf.analysis.plots.paper, lrbs_tf.curvature.plots, lrbs_tf.theory.plots\n"
             "print('matplotlib.figure' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

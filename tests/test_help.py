@@ -1,12 +1,12 @@
 """--help on every binary: its own flags, in sections, exit 0; --helpfull adds absl's; every way to start it.
 
 Each binary runs in a subprocess, as a user starts it (none of these imports TensorFlow, so each takes about
-a second). What a binary defines is read from a fresh process that calls only its define_<binary>_flags.
+a second). What a binary defines is read from lrbs_tf.cli.flags.binary_flags, which builds each binary's
+flags in a FlagValues of its own.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from lrbs_tf.cli.flags import binary_flags
 from tests.helpers import REPO, run_bin
 
 BINARIES = ("train", "sweep", "sharpness", "correlate", "nqm", "bound")
@@ -33,13 +34,8 @@ MUST_NOT = {"train": {"batch_sizes", "ckpt", "results"}, "sweep": {"ckpt", "opti
 
 
 def defined_alone(binary: str) -> list[str]:
-    """The flags lrbs_tf.flags defines when only this binary's define function runs (a fresh process)."""
-    code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from lrbs_tf import flags as f; "
-            f"f.define_{binary}_flags(); "
-            "print(json.dumps([fl.name for fl in f.FLAGS.flags_by_module_dict()['lrbs_tf.flags']]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-800:]
-    return json.loads(done.stdout)
+    """The flags lrbs_tf.cli.flags defines for this binary, in its --help sections' order."""
+    return [name for _, names in binary_flags(binary).sections for name in names]
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +92,17 @@ def test_python_dash_m_starts_the_same_binary(binary):
     assert set(FLAG_LINE.findall(proc.stdout)) == set(defined_alone(binary))
 
 
-def test_every_binarys_flags_in_one_process_list_as_when_alone():
-    """Shared names (out, seed, batch_sizes) are defined once when several binaries' flags share a process,
-    as in the tests; each binary's --help still lists what it lists alone, in either definition order."""
-    alone = {b: sorted(defined_alone(b)) for b in BINARIES}
-    for order in (BINARIES, BINARIES[::-1], ("nqm", "sharpness", "sweep", "bound", "correlate", "train")):
-        calls = "; ".join(f"f.define_{b}_flags()" for b in order)
-        code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from lrbs_tf import flags as f; {calls}; "
-                f"print(json.dumps({{b: sorted(fl.name for _, s in f.help_sections(b) for fl in s) "
-                f"for b in {list(BINARIES)!r}}}))")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr[-800:]
-        assert json.loads(done.stdout) == alone, order
+def test_binaries_that_share_a_flag_name_each_define_their_own():
+    """--out, --seed, --results and --batch_sizes mean different things to different binaries: each binary's
+    FlagValues holds its own definition, with its own help and default, whatever else was built before."""
+    built = {b: binary_flags(b) for b in BINARIES}
+    assert built["sharpness"].values["seed"].help != built["train"].values["seed"].help
+    assert built["nqm"].values["out"].help != built["correlate"].values["out"].help
+    assert built["sweep"].values["batch_sizes"].help != built["nqm"].values["batch_sizes"].help
+    assert "results" in built["sharpness"].values and "results" not in built["train"].values
+    again = binary_flags("sharpness")  # a fresh FlagValues: nothing of the first build is shared
+    assert again.values is not built["sharpness"].values
+    assert defined_alone("sharpness") == [n for _, names in again.sections for n in names]
 
 
 def test_a_missing_flagfile_is_one_line_naming_it(tmp_path):

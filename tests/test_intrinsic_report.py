@@ -1,4 +1,4 @@
-"""The intrinsic LR beside measurement (lrbs_tf.intrinsic_report through bin/correlate) on generated run folders."""
+"""The intrinsic LR beside measurement (lrbs_tf.analysis.intrinsic through bin/correlate) on generated run folders."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrbs_tf import correlate, intrinsic_report as ir
+from lrbs_tf.analysis import correlate, intrinsic as ir
 from tests.intrinsic_folders import NUM_TRAIN, write_bn_run
 from tests.runfolders import write_run
 

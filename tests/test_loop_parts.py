@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import checkpoints, loop, members as mem, runfolder, steps
-from lrbs_tf.config import settings
-from lrbs_tf.data import Pipelines, load_data
+from lrbs_tf.data.loaders import load_data
+from lrbs_tf.data.pipelines import Pipelines
+from lrbs_tf.runs import checkpoints, folder as runfolder
+from lrbs_tf.runs.config import settings
+from lrbs_tf.training import loop, members as mem, steps
 from tests.helpers import small_config
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import checkpoints, runfolder
-from lrbs_tf.cli import UsageError
-from lrbs_tf.train import run, run_column
+from lrbs_tf.cli.app import UsageError
+from lrbs_tf.runs import checkpoints, folder as runfolder
+from lrbs_tf.training.run import run, run_column
 from tests.helpers import small_config as cfg_for
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm_sq", "grad_norm_sq")
@@ -84,8 +84,8 @@ def test_float16_with_loss_scaling_resumes_to_the_same_metrics(tmp_path):
 
 
 def test_members_are_built_under_the_runs_policy():
-    from lrbs_tf.data import load_data
-    from lrbs_tf.members import build_member
+    from lrbs_tf.data.loaders import load_data
+    from lrbs_tf.training.members import build_member
 
     data = load_data("mnist1d")
     for setting, policy, compute in (("off", "float32", tf.float32), ("bfloat16", "mixed_bfloat16", tf.bfloat16),

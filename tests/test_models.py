@@ -2,12 +2,12 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-from lrbs_tf import models
-from lrbs_tf.model_names import ARCH_NAMES
+from lrbs_tf.models import builders as models
+from lrbs_tf.models.registry import ARCH_NAMES
 
 
 @pytest.mark.parametrize("arch,num_classes,expected", [

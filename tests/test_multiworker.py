@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from lrbs_tf import runfolder
-from lrbs_tf.train import run
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.training.run import run
 from tests.helpers import REPO, small_config
 
 

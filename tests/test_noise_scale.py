@@ -13,7 +13,7 @@ import pytest
 
 from lrbs_tf.curvature import hvp, noise_scale, sharpness_measures
 from lrbs_tf.curvature.settings import QUANTITY_STREAMS
-from lrbs_tf.models import build_model
+from lrbs_tf.models.builders import build_model
 from tests import curvature_oracles as oracles
 
 

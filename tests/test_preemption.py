@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 
-from lrbs_tf import checkpoints, loop, runfolder
-from lrbs_tf.train import run
+from lrbs_tf.runs import checkpoints, folder as runfolder
+from lrbs_tf.training import loop
+from lrbs_tf.training.run import run
 from tests.helpers import REPO, small_config, without_seconds
 
 

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 import lrbs_tf
-from lrbs_tf import api, runfolder, runtable
-from lrbs_tf.errors import UsageError
+from lrbs_tf import api
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import folder as runfolder, table as runtable
 from tests.helpers import REPO
 from tests.runfolders import write_grid, write_run
 
@@ -109,7 +110,7 @@ def test_an_empty_folder_gives_empty_frames_and_a_missing_one_is_refused(tmp_pat
 
 
 def test_train_trains_a_column_as_bin_train_and_returns_its_rows(tmp_path):
-    assert callable(lrbs_tf.train) and lrbs_tf.train.run_column is not None  # a module and the function
+    assert callable(lrbs_tf.train) and lrbs_tf.training.run.run_column is not None  # a module and the function
     rows = lrbs_tf.train(arch="mlp", mlp_depth=1, mlp_width=16, batch_size=128, lr=[0.05, 0.1], epochs=1,
                          workdir=str(tmp_path))
     assert list(rows["run_dir"]) == ["mlp-mnist1d-bs128-lr0.05-s0", "mlp-mnist1d-bs128-lr0.1-s0"]
@@ -132,9 +133,9 @@ def test_correlate_is_bin_correlates_run(tmp_path):
     analysis = lrbs_tf.correlate(tmp_path / "q", figures=False)
     assert (tmp_path / "q" / "correlate" / "report.md").is_file()
     assert len(analysis.runs) == 25 and set(analysis.runs["status"]) == {"done"}
-    from lrbs_tf import correlate
+    from lrbs_tf.analysis import correlate
 
-    assert correlate.run is lrbs_tf.correlate.run and callable(correlate)
+    assert correlate.run is lrbs_tf.analysis.correlate.run and callable(correlate)
 
 
 def python_blocks(markdown: str) -> list[str]:

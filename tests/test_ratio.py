@@ -1,4 +1,4 @@
-"""Does the ratio alone govern? lrbs_tf.ratio_stats against statsmodels and scipy computed independently, and
+"""Does the ratio alone govern? lrbs_tf.analysis.ratio_stats against statsmodels and scipy computed independently, and
 bin/correlate's ratio analyses on run folders generated from known laws (the issue's acceptance test)."""
 
 import itertools
@@ -10,7 +10,7 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
-from lrbs_tf import correlate, ratio, ratio_stats
+from lrbs_tf.analysis import correlate, ratio, ratio_stats
 from tests.runfolders import write_grid, write_run
 
 BS = (16, 32, 64, 128)
@@ -248,7 +248,7 @@ def test_ratio_outputs_have_the_issues_columns(tmp_path):
 def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_path):
     from collections import Counter
 
-    from lrbs_tf.runtable import ratio as exact_ratio
+    from lrbs_tf.runs.table import ratio as exact_ratio
     from tests.helpers import REPO, run_bin
 
     path = REPO / "flags" / "jastrzebski" / "ratio_invariance.flags"

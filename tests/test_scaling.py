@@ -1,4 +1,4 @@
-"""Steps to result and McCandlish's fit (lrbs_tf.scaling, lrbs_tf.scaling_fit, bin/correlate --target_*):
+"""Steps to result and McCandlish's fit (lrbs_tf.analysis.scaling, lrbs_tf.analysis.scaling_fit, bin/correlate --target_*):
 the crossing against hand-computed interpolations, the fit against scipy's curve_fit, and run folders
 generated with a known law S(B) = S_min (1 + B_crit / B) recovered through bin/correlate."""
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from scipy import optimize
 
-from lrbs_tf import correlate, scaling
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import DEFAULT_GROUP_BY, group_columns
-from lrbs_tf.errors import UsageError
-from lrbs_tf.scaling_fit import fit_scaling, predict
+from lrbs_tf.analysis import correlate, scaling
+from lrbs_tf.analysis.model import DEFAULT_GROUP_BY, group_columns
+from lrbs_tf.analysis.scaling_fit import fit_scaling, predict
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import folder as rf
 from tests.runfolders import law_steps, loss_rows, write_run, write_scaling_study
 
 LOSS = scaling.Target("train_loss", 0.4)

@@ -10,13 +10,12 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from absl import flags as absl_flags
 
-from lrbs_tf import runfolder
-from lrbs_tf import sharpness as sharpness_bin
-from lrbs_tf.data import load_data
-from lrbs_tf.flags import define_sharpness_flags
-from lrbs_tf.train import run as train_run
+from lrbs_tf.cli import sharpness as sharpness_cli
+from lrbs_tf.curvature import session as sharpness_bin
+from lrbs_tf.data.loaders import load_data
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.training.run import run as train_run
 from tests import curvature_oracles as oracles
 from tests.helpers import run_bin, small_config
 
@@ -151,18 +150,15 @@ def _bad_cases(runs, tmp_path):
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys):
-    define_sharpness_flags()
     for name, args, folder, needle in _bad_cases(runs, tmp_path):
-        absl_flags.FLAGS.unparse_flags()
         with pytest.raises(SystemExit) as exc:
-            sharpness_bin.run_app(sharpness_bin._main, ["sharpness", *args])
+            sharpness_cli.main(["sharpness", *args])
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2, name
         assert len(err.splitlines()) == 1 and err.startswith("sharpness: error:") and needle in err, (name, err)
         folder = folder or tmp_path / name
         if folder.exists():
             assert not any((folder / w).exists() for w in WRITTEN), name
-    absl_flags.FLAGS.unparse_flags()
 
 
 def test_a_run_folders_recorded_data_location_can_be_overridden(runs):
@@ -176,14 +172,11 @@ def test_a_run_folders_recorded_data_location_can_be_overridden(runs):
 
 
 def test_interpolation_endpoints_reproduce_each_run(runs, tmp_path, capsys):
-    define_sharpness_flags()
-    absl_flags.FLAGS.unparse_flags()
     out = tmp_path / "line"
     with pytest.raises(SystemExit) as exc:
-        sharpness_bin.run_app(sharpness_bin._main, [
+        sharpness_cli.main([
             "sharpness", f"--interpolate={runs[0]},{runs[1]}", f"--out={out}", "--alpha_range=-0.5,1.5,5",
             "--num_examples=300"])
-    absl_flags.FLAGS.unparse_flags()
     assert exc.value.code == 0, capsys.readouterr().err
     with open(out / "interpolation.csv", newline="") as f:
         rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]

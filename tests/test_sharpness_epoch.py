@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import runfolder
-from lrbs_tf import sharpness as sharpness_bin
-from lrbs_tf.data import load_data
-from lrbs_tf.runtable import collect_runs
-from lrbs_tf.sharpness_targets import results_targets
-from lrbs_tf.train import run as train_run
+from lrbs_tf.curvature import session as sharpness_bin
+from lrbs_tf.curvature.targets import results_targets
+from lrbs_tf.data.loaders import load_data
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs.table import collect_runs
+from lrbs_tf.training.run import run as train_run
 from tests import curvature_oracles as oracles
 from tests.helpers import run_bin, small_config
 

@@ -7,12 +7,10 @@ import json
 import shutil
 
 import pytest
-from absl import flags as absl_flags
 
-from lrbs_tf import runfolder
-from lrbs_tf import sharpness as sharpness_bin
-from lrbs_tf.flags import define_sharpness_flags
-from lrbs_tf.train import run as train_run
+from lrbs_tf.cli import sharpness as sharpness_cli
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.training.run import run as train_run
 from tests.helpers import run_bin, small_config
 
 # Every quantity, on settings small enough for a test. The spectrum and the sharpness measures use random
@@ -46,13 +44,8 @@ def _numbers(run_dir):
 
 
 def _main(args, capsys):
-    define_sharpness_flags()
-    absl_flags.FLAGS.unparse_flags()
-    try:
-        with pytest.raises(SystemExit) as exc:
-            sharpness_bin.run_app(sharpness_bin._main, ["sharpness", *args])
-    finally:
-        absl_flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exc:
+        sharpness_cli.main(["sharpness", *args])
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
 

@@ -1,14 +1,14 @@
-"""lrbs_tf.stats against scipy and statsmodels, and against hand-computed values."""
+"""lrbs_tf.analysis.stats against scipy and statsmodels, and against hand-computed values."""
 
-import math
 import itertools
+import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from lrbs_tf import stats
+from lrbs_tf.analysis import stats
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from lrbs_tf import checkpoints, runfolder
-from lrbs_tf.config import RuntimeFacts, TrainConfig, budget_steps, run_name, validate
-from lrbs_tf.errors import UsageError
-from lrbs_tf.train import run, run_column
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import checkpoints, folder as runfolder
+from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, budget_steps, run_name, validate
+from lrbs_tf.training.run import run, run_column
 from tests.helpers import run_bin, small_config, without_seconds
 
 # MNIST-1D's 4000 training examples at batch 64: 62 steps per epoch, so 150 steps are 62 + 62 + 26.

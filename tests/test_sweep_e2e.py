@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lrbs_tf import checkpoints, runfolder
+from lrbs_tf.runs import checkpoints, folder as runfolder
 from tests.helpers import REPO, run_bin, without_seconds
 
 EPOCHS = 8

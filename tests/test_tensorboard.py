@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrbs_tf import runfolder, runtable, sharpness, summaries
+from lrbs_tf.curvature import session as sharpness
 from lrbs_tf.curvature.settings import Settings
-from lrbs_tf.train import run_column
+from lrbs_tf.runs import folder as runfolder, table as runtable, tensorboard as summaries
+from lrbs_tf.training.run import run_column
 from tests.helpers import small_config
 from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS
 
@@ -41,8 +42,7 @@ def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 def dashboard(logdir: Path) -> tuple[dict, dict]:
     """The HParams dashboard's experiment and session groups, from TensorBoard's own plugin over `logdir`."""
-    from tensorboard.backend.event_processing import data_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer as pem
     from tensorboard.plugins import base_plugin
     from tensorboard.plugins.hparams import hparams_plugin
     from werkzeug.test import Client

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrbs_tf.cli import UsageError
-from lrbs_tf.runfolder import RunFolderError
+from lrbs_tf.cli import theory as theory_cli
+from lrbs_tf.cli.app import UsageError
+from lrbs_tf.runs.folder import RunFolderError
 from lrbs_tf.theory import bounds, nqm
-from lrbs_tf.theory import cli as theory_cli
 from tests.runfolders import config as run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_bound_reads_the_training_set_size_the_run_recorded(tmp_path):
     """An npz run has no known size; its config.json's num_train is what N must be."""
     import json
 
-    from lrbs_tf.theory.cli import bound_request
+    from lrbs_tf.cli.theory import bound_request
 
     (tmp_path / "config.json").write_text(json.dumps(run_config(arch="mlp", dataset="npz", lr=0.1, batch_size=32,
                                                                 num_train=1234)))

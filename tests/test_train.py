@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from lrbs_tf import runfolder
-from lrbs_tf.cli import UsageError
-from lrbs_tf.data import load_data
-from lrbs_tf.config import TrainConfig
-from lrbs_tf.train import run
+from lrbs_tf.cli.app import UsageError
+from lrbs_tf.data.loaders import load_data
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs.config import TrainConfig
+from lrbs_tf.training.run import run
 from tests.helpers import small_config, without_seconds
 
 
@@ -122,8 +122,8 @@ def test_momentum_and_weight_decay_follow_a_numpy_sgd_reference(tmp_path):
     """Two SGD steps with momentum 0.9 and weight decay 0.05 through bin/train's loop equal PyTorch's SGD
     written out in numpy, from the same initial weights on the same two batches; so do the epoch's training
     loss and grad_norm_sq (the mean over its two steps of the squared loss gradient norm, decay left out)."""
-    from lrbs_tf.data import Pipelines
-    from lrbs_tf.models import build_model
+    from lrbs_tf.data.pipelines import Pipelines
+    from lrbs_tf.models.builders import build_model
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(40, 6)).astype(np.float32)

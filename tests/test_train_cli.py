@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lrbs_tf import runfolder
+from lrbs_tf.runs import folder as runfolder
 from tests.helpers import REPO, run_bin, without_seconds
 
 
@@ -66,13 +66,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
-def test_help_lists_the_flags_and_all_flag_sets_coexist(tmp_path):
+def test_helpfull_lists_the_training_flags_and_writes_nothing(tmp_path):
     proc = run_bin("train", "--helpfull", cwd=tmp_path)
     assert "--column_engine" in proc.stdout and "--stop_at_train_loss" in proc.stdout
     assert list(tmp_path.iterdir()) == []
-    # Every binary's flags in one process, in both orders (shared names are defined once).
-    for order in ("nqm, sweep, sharpness, correlate, bound", "bound, sweep, correlate, sharpness, nqm"):
-        calls = "; ".join(f"f.define_{name.strip()}_flags()" for name in order.split(","))
-        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from lrbs_tf import flags as f; {calls}"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-500:]

@@ -1,6 +1,6 @@
 """`bin/correlate`: He et al.'s Tables 1-3 and Figures 1-2, with Pearson, Kendall, Psi and corrections.
 
-Reads every run folder below `--results` (the run-folder contract of `lrbs_tf.runfolder`), builds one tidy
+Reads every run folder below `--results` (the run-folder contract of `lrbs_tf.runs.folder`), builds one tidy
 table of runs, and tests, per group of runs (arch, dataset and the `group_by` settings), the correlation
 of the best test accuracy with batch size at each learning rate (Table 1), with the learning rate at each
 batch size (Table 2), and with BS/LR over the whole group (Table 3); and of each sharpness quantity with
@@ -22,24 +22,42 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import families, intrinsic_report, ratio, report, scaling
-from lrbs_tf import runfolder as rf
-from lrbs_tf import stats
-from lrbs_tf.analysis import (DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY, EXPECTED_SIGN,
-                              FIGURE_FORMATS, FIGURE_NAMES, SUBSETS, Analysis, group_columns, group_keys,
-                              group_labels, iter_groups)
-from lrbs_tf.config import DEFAULTS
-from lrbs_tf.durable import fsync_dir
-from lrbs_tf.errors import UsageError
-from lrbs_tf.runtable import (HYPERPARAMETERS, SHARPNESS_QUANTITIES, STATUS_SKIPPED, STATUS_UNFINISHED, TARGET,
-                              collect_runs, uncontrolled_settings)
+from lrbs_tf.analysis import families, intrinsic as intrinsic_report, ratio, scaling, stats
+from lrbs_tf.analysis.model import (
+    DEFAULT_ALPHA,
+    DEFAULT_GROUP_BY,
+    DEFAULT_MIN_TRAIN_ACCURACY,
+    EXPECTED_SIGN,
+    FIGURE_FORMATS,
+    FIGURE_NAMES,
+    SUBSETS,
+    Analysis,
+    group_columns,
+    group_keys,
+    group_labels,
+    iter_groups,
+)
+from lrbs_tf.analysis.report import document as report
+from lrbs_tf.core.durable import fsync_dir
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.config import DEFAULTS
+from lrbs_tf.runs.table import (
+    HYPERPARAMETERS,
+    SHARPNESS_QUANTITIES,
+    STATUS_SKIPPED,
+    STATUS_UNFINISHED,
+    TARGET,
+    collect_runs,
+    uncontrolled_settings,
+)
 
 TABLE_FILES = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3.csv",
                "sharpness": "sharpness.csv"}
 RUNS_FILE, PSI_FILE, REPORT_FILE = "runs.csv", "psi.csv", "report.md"
 CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE = ("cells.csv", "ratio_test.csv",
                                                                "ratio_invariance.csv", "families.csv")
-# Steps to result (with a target) and the critical batch size (lrbs_tf.scaling); names are a contract.
+# Steps to result (with a target) and the critical batch size (lrbs_tf.analysis.scaling); names are a contract.
 STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE = ("steps_to_result.csv", "steps_to_result_runs.csv",
                                                         "scaling_fit.csv", "critical_batch.csv")
 
@@ -181,7 +199,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     are flagged as not meeting the paper's premise of ~zero training error.
     alpha: significance threshold for the raw p-values (the paper's 0.005).
     target_train_loss (nats) / target_test_accuracy (fraction): at most one; each run's steps to reach it,
-    the fewest per batch size and McCandlish's fit (lrbs_tf.scaling).
+    the fewest per batch size and McCandlish's fit (lrbs_tf.analysis.scaling).
     Raises UsageError on bad arguments or when there is no run with status done to analyse.
     """
     results = Path(results)
@@ -267,7 +285,7 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         if figures:
-            from lrbs_tf import correlate_plots  # matplotlib: imported only when drawing
+            from lrbs_tf.analysis.plots import paper as correlate_plots  # matplotlib: imported only when drawing
 
             analysis.figures = correlate_plots.write_figures(analysis, staging)
         texts = _texts(analysis)
@@ -284,35 +302,5 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     return analysis
 
 
-def _main(argv: Sequence[str]) -> int:
-    from lrbs_tf.flags import FLAGS
+__all__ = ["Analysis", "analyse", "run", "STATUS_UNFINISHED", "STATUS_SKIPPED"]
 
-    if not FLAGS.results:
-        raise UsageError("--results is required: the folder holding the run folders to analyse")
-    analysis = run(results=FLAGS.results, out=FLAGS.out, min_train_accuracy=FLAGS.min_train_accuracy,
-                   alpha=FLAGS.alpha, group_by=list(FLAGS.group_by), figures=FLAGS.figures,
-                   target_train_loss=FLAGS.target_train_loss, target_test_accuracy=FLAGS.target_test_accuracy)
-    counts = analysis.runs["status"].value_counts()
-    out = Path(FLAGS.out) if FLAGS.out else analysis.results / "correlate"
-    fams = analysis.families[analysis.families["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])]
-    print(f"correlate: {len(analysis.runs)} run folders ("
-          + ", ".join(f"{counts[s]} {s}" for s in counts.index)
-          + f"), {len(analysis.labels)} groups, {int(fams['tests'].sum())} tests in {len(fams)} families; "
-          f"wrote {out / REPORT_FILE}")
-    return 0
-
-
-def main() -> None:
-    """Entry point of `bin/correlate` and the `lrbs-correlate` console script."""
-    from lrbs_tf.cli import run_app
-    from lrbs_tf.flags import define_correlate_flags
-
-    define_correlate_flags()
-    run_app(_main)
-
-
-__all__ = ["Analysis", "analyse", "run", "main", "STATUS_UNFINISHED", "STATUS_SKIPPED"]
-
-
-if __name__ == "__main__":  # python -m lrbs_tf.correlate
-    main()

@@ -30,8 +30,8 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import stats
-from lrbs_tf.analysis import PRIMARY_SUBSET
+from lrbs_tf.analysis import stats
+from lrbs_tf.analysis.model import PRIMARY_SUBSET
 
 KINDS = ("table1", "table2", "table3", "table3_sensitivity", "sharpness", "sharpness_sensitivity",
          "ratio_test", "ratio_invariance")

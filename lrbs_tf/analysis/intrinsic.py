@@ -45,9 +45,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import group_labels, iter_groups, key_value
-from lrbs_tf.report_format import md_table
+from lrbs_tf.analysis.model import group_labels, iter_groups, key_value
+from lrbs_tf.analysis.report.format import md_table
+from lrbs_tf.runs import folder as rf
 from lrbs_tf.theory import intrinsic_lr as ilr
 
 RUNS_FILE, EQUAL_FILE = "intrinsic_lr.csv", "intrinsic_lr_equal.csv"

@@ -19,15 +19,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import runfolder as rf
-from lrbs_tf.runtable import CONFIG_COLUMN
-
-# bin/correlate's defaults, read by its flags (lrbs_tf.flags) and by correlate's signatures: one source.
-DEFAULT_MIN_TRAIN_ACCURACY = 0.99  # fraction: the premise of ~zero training error
-DEFAULT_ALPHA = 0.005              # the paper's significance threshold
-# The budget (epochs, max_steps, stop_at_train_loss) is in the group: runs of equal epochs and runs of equal
-# steps answer different questions (Hoffer et al. 2017), so they are never pooled.
-DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs", "max_steps", "stop_at_train_loss")
+from lrbs_tf.analysis.settings import DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY  # noqa: F401 (re-exported)
+from lrbs_tf.core.figures import DEFAULT_FORMATS as FIGURE_FORMATS  # noqa: F401 (re-exported)
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.table import CONFIG_COLUMN
 
 PRIMARY_SUBSET = "with_flagged"  # every done run: the paper's analysis
 SUBSETS = (PRIMARY_SUBSET, "without_flagged")  # sharpness / Psi: all done runs, or premise met
@@ -49,9 +44,8 @@ FIG_CURVES = "fig2_accuracy_vs_batch_size_and_lr"
 FIG_HEATMAP = "fig3_accuracy_heatmap"
 FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
 FIG_EQUAL_RATIO = "fig5_equal_ratio_curves"
-FIG_STEPS = "fig6_steps_to_result"  # with --target_train_loss / --target_test_accuracy (lrbs_tf.scaling)
+FIG_STEPS = "fig6_steps_to_result"  # with --target_train_loss / --target_test_accuracy (lrbs_tf.analysis.scaling)
 FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS, FIG_EQUAL_RATIO, FIG_STEPS)
-FIGURE_FORMATS = ("png", "pdf")
 
 
 @dataclass

@@ -4,8 +4,8 @@
   runs (its seeds) of the best test accuracy and of each sharpness quantity.
 - `noise_table`: per group and measure, the pooled within-cell s.d. (the seed noise) beside the range the
   cell means span, so a reader can tell an effect of BS or LR from the noise of one seed.
-- `ratio_test_table` (ratio_test.csv): lrbs_tf.ratio_stats.ratio_sufficiency per group and measure.
-- `invariance_table` (ratio_invariance.csv): lrbs_tf.ratio_stats.invariance_test per group and measure, and
+- `ratio_test_table` (ratio_test.csv): lrbs_tf.analysis.ratio_stats.ratio_sufficiency per group and measure.
+- `invariance_table` (ratio_invariance.csv): lrbs_tf.analysis.ratio_stats.invariance_test per group and measure, and
   `equal_ratio_table`, per shared ratio, what the figure of equal-ratio curves and the report show.
 
 Accuracy is analysed as a fraction; each sharpness quantity on a natural-log scale where all its values are
@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import ratio_stats
-from lrbs_tf.analysis import iter_groups
-from lrbs_tf.runtable import TARGET
+from lrbs_tf.analysis import ratio_stats
+from lrbs_tf.analysis.model import iter_groups
+from lrbs_tf.runs.table import TARGET
 
 CELL = ["batch_size", "lr"]
 

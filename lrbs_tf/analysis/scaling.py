@@ -1,5 +1,5 @@
 """Steps to result (Shallue et al. 2019): how many optimizer steps each run needs to reach a target, the
-fewest over learning rates at each batch size, and McCandlish et al.'s fit of them (lrbs_tf.scaling_fit).
+fewest over learning rates at each batch size, and McCandlish et al.'s fit of them (lrbs_tf.analysis.scaling_fit).
 
 A run's steps to result come from its metrics.jsonl: the first epoch row that meets the target (training
 loss at or below it, or test accuracy at or above it) and the row before it bracket the crossing, and the
@@ -26,10 +26,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import iter_groups, key_value
-from lrbs_tf.errors import UsageError
-from lrbs_tf.scaling_fit import LEVEL, fit_scaling
+from lrbs_tf.analysis.model import iter_groups, key_value
+from lrbs_tf.analysis.scaling_fit import LEVEL, fit_scaling
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import folder as rf
 
 USED_STATUSES = (rf.STATUS_DONE, rf.STATUS_DIVERGED)
 STEPS_COLUMNS = ["batch_size", "min_steps", "best_lr", "n_runs", "n_reached", "target", "n_lrs", "best_n_seeds",

@@ -24,8 +24,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize
-from scipy import stats as sps
+from scipy import optimize, stats as sps
 
 LEVEL = 0.95            # the intervals' coverage
 SPAN = math.log(1e4)    # v is searched from B_lo / 1e4 to B_hi * 1e4: beyond, the data cannot tell

@@ -5,49 +5,25 @@ status 2; never a traceback. Library code raises `UsageError` (or `RunFolderErro
 values in the message; `run_app` turns it into that line. A storage fault (a full disk: an OSError whose
 errno is in durable.STORAGE_FAULTS) is one such line too, with exit status 1.
 
-`--help` (also `-?`, `--helpshort`) lists the binary's own flags in the sections lrbs_tf.flags recorded
-while defining them, and exits 0; `--helpfull` adds every other flag defined in the process (absl's own),
+`--help` (also `-?`, `--helpshort`) lists the binary's own flags in the sections lrbs_tf.cli.flags recorded
+while defining them, and exits 0; `--helpfull` adds the flags absl and the loaded libraries define,
 as absl lists them. absl.app's help flags exit 1 and show only the flags of the `__main__` module, which
 for a thin bin/ script is none, hence these.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable, Sequence
 
 from absl import app, flags
 
-from lrbs_tf import flags as lrbs_flags
-from lrbs_tf.durable import STORAGE_FAULTS
-from lrbs_tf.errors import RunFolderError, UsageError
+from lrbs_tf.cli.flags import BinaryFlags, binary_flags
+from lrbs_tf.core.durable import STORAGE_FAULTS
+from lrbs_tf.core.errors import RunFolderError, UsageError
 
 # How each binary can be started besides bin/<name> (pyproject.toml's console scripts, python -m).
 ALSO_RUN_AS = "python -m lrbs_tf.{name}, or the console script lrbs-{name}"
-
-
-def quiet_import_tensorflow() -> None:
-    """Imports TensorFlow with its C++ start-up chatter (CUDA probing, absl log init) kept off stderr.
-
-    A binary's stderr then carries only what lrbs_tf says, so bad input stays one line. Python-level import
-    errors are unaffected: they are raised after stderr is restored.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow
-
-        tensorflow.config.list_physical_devices()  # CUDA probing logs here on machines without a GPU
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def fail(prog: str, message: str, code: int = 2) -> None:
@@ -68,29 +44,32 @@ def _render_flag(flag: flags.Flag) -> str:
     return text
 
 
-def help_text(binary: str, footer: bool = True) -> str:
+def help_text(binary: BinaryFlags, footer: bool = True) -> str:
     """What `bin/<binary> --help` prints: what it does, how to start it, and its flags by section."""
-    lines = [flags.text_wrap(lrbs_flags.binary_summary(binary)), "",
-             f"usage: bin/{binary} [--name=value ...] [--flagfile=FILE]",
-             f"       (also {ALSO_RUN_AS.format(name=binary)})",
+    lines = [flags.text_wrap(binary.summary), "",
+             f"usage: bin/{binary.name} [--name=value ...] [--flagfile=FILE]",
+             f"       (also {ALSO_RUN_AS.format(name=binary.name)})",
              "Booleans are --name / --noname; list flags take comma-separated values.", ""]
-    for title, section in lrbs_flags.help_sections(binary):
+    for title, names in binary.sections:
         lines.append(flags.text_wrap(f"{title.rstrip('.')}:"))
-        lines += [_render_flag(f) for f in section]
+        lines += [_render_flag(binary.values[n]) for n in names]
         lines.append("")
     if footer:
         lines.append("--helpfull also lists the flags of absl and of the libraries this binary loads.")
     return "\n".join(lines) + "\n"
 
 
-def full_help_text(binary: str) -> str:
-    """What `--helpfull` prints: --help's text, then every other flag of the process, per module, as absl
-    lists them (absl's --helpfull lists the same, sorted by module name, so its own flags came first)."""
-    by_module = lrbs_flags.FLAGS.flags_by_module_dict()
-    others = [m for m in sorted(by_module) if m != lrbs_flags.__name__]
+def full_help_text(binary: BinaryFlags) -> str:
+    """What `--helpfull` prints: --help's text, then the flags absl and the loaded libraries define in the
+    process-wide absl.flags.FLAGS, per module, as absl lists them."""
+    by_module = flags.FLAGS.flags_by_module_dict()
     parts = [help_text(binary, footer=False)]
-    for module in others:
-        parts.append(f"\n{lrbs_flags.FLAGS.module_help(module)}\n")  # it starts with "<module>:"
+    listed = {n for _, names in binary.sections for n in names}
+    extra = [binary.values[n] for n in binary.values if n not in listed and n == binary.values[n].name]
+    if extra:  # --help, --helpfull, --flagfile...: every binary's, so not in its sections
+        parts.append("\nEvery binary:\n" + "\n".join(_render_flag(f) for f in extra) + "\n")
+    for module in sorted(by_module):
+        parts.append(f"\n{flags.FLAGS.module_help(module)}\n")  # it starts with "<module>:"
     return "".join(parts)
 
 
@@ -101,7 +80,7 @@ class _HelpFlag(flags.BooleanFlag):
         what = "every flag (absl's included)" if full else "this binary's flags"
         super().__init__(name, False, f"show {what} and exit", short_name=short_name, allow_hide_cpp=True)
         self.full = full
-        self.binary: str | None = None
+        self.binary: BinaryFlags | None = None
 
     def parse(self, argument) -> None:
         if self._parse(argument):
@@ -111,18 +90,13 @@ class _HelpFlag(flags.BooleanFlag):
             sys.exit(0)
 
 
-def _define_help_flags(binary: str) -> None:
-    """Our help flags, told which binary they describe (replacing absl.app's where those were defined)."""
-    specs = (("help", "?", False), ("helpshort", None, False), ("helpfull", None, True))
-    for name, short, full in specs:
-        existing = lrbs_flags.FLAGS[name] if name in lrbs_flags.FLAGS else None
-        if not isinstance(existing, _HelpFlag):
-            if existing is not None:
-                delattr(lrbs_flags.FLAGS, name)
-            flags.DEFINE_flag(_HelpFlag(name, short, full))
-        lrbs_flags.FLAGS[name].binary = binary
-    if "helpxml" not in lrbs_flags.FLAGS:
-        flags.DEFINE_flag(app.HelpXMLFlag())
+def _define_help_flags(binary: BinaryFlags) -> None:
+    """Our help flags, told which binary they describe, and absl's --helpxml."""
+    for name, short, full in (("help", "?", False), ("helpshort", None, False), ("helpfull", None, True)):
+        flag = _HelpFlag(name, short, full)
+        flag.binary = binary
+        flags.DEFINE_flag(flag, flag_values=binary.values)
+    flags.DEFINE_flag(app.HelpXMLFlag(), flag_values=binary.values)
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -135,28 +109,25 @@ def _flag_error(error: flags.Error) -> str:
     return text
 
 
-def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None,
-            binary: str | None = None) -> None:
-    """Parses absl flags (flagfiles included) and runs `main(argv)`, mapping bad input to one line.
+def run_app(binary: str, main: Callable[[flags.FlagValues], int | None],
+            argv: Sequence[str] | None = None) -> None:
+    """Parses `binary`'s flags (flagfiles included) from `argv` (default sys.argv) into a fresh FlagValues
+    and runs `main(values)`, mapping bad input to one line; always ends in sys.exit.
 
-    `binary` ('train', 'sweep', ...) is whose flags --help lists; default the binary whose
-    define_<binary>_flags ran last. Unlike absl.app.run, a flag error is one line (no usage dump) and exit
-    status 2, and --help exits 0.
+    Unlike absl.app.run, a flag error is one line (no usage dump) and exit status 2, and --help exits 0.
     """
     argv = list(sys.argv if argv is None else argv)
-    binary = binary or lrbs_flags.binary_being_defined()
-    if binary is None:
-        raise RuntimeError("run_app: no define_<binary>_flags was called; say which binary this is")
     prog = binary  # the same name in messages whether started as bin/x, python -m lrbs_tf.x or lrbs-x
-    _define_help_flags(binary)
+    spec = binary_flags(binary)
+    _define_help_flags(spec)
     try:
-        rest = lrbs_flags.FLAGS(argv)
+        rest = spec.values(argv)
     except flags.Error as e:
         fail(prog, _flag_error(e))
     if len(rest) > 1:
         fail(prog, f"unexpected arguments {rest[1:]} (flags are written --name=value)")
     try:
-        code = main(rest)
+        code = main(spec.values)
     except (UsageError, RunFolderError) as e:
         fail(prog, str(e))
     except OSError as e:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
 _REEXEC = "LRBS_TF_REEXEC"  # set on the second start, so a broken .venv cannot loop
 

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from absl import flags
 
-from lrbs_tf import flags as flags_mod
-from lrbs_tf import provenance, runfolder
-from lrbs_tf.cli import run_app
-from lrbs_tf.errors import UsageError
+from lrbs_tf.cli.app import run_app
+from lrbs_tf.core import provenance
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.data.specs import known_train_size
+from lrbs_tf.runs import folder as runfolder
 from lrbs_tf.theory import bounds, nqm
 
 CSV_COLUMNS = ("batch_size", "optimizer", "steps_to_target", "best_lr", "best_momentum", "best_ema_decay",
@@ -204,18 +206,16 @@ def run_nqm(req: NQMRequest, log: Callable[[str], None] = print) -> dict:
     return summary
 
 
-def _main(argv: Sequence[str]) -> int:
-    f = flags_mod.FLAGS
+def _main(f: flags.FlagValues) -> int:
     req = nqm_request(f.batch_sizes, f.optimizers, f.momenta, f.ema_decays, f.precond_power, f.nqm_dim,
                       f.target_loss, f.lr_per_decade, f.nqm_max_steps, f.out)
     run_nqm(req)
     return 0
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """bin/nqm, python -m lrbs_tf.nqm and the lrbs-nqm console script."""
-    flags_mod.define_nqm_flags()
-    run_app(_main, binary="nqm")
+    run_app("nqm", _main, argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +256,7 @@ def bound_request(sharpness_json: str | None, num_train: int | None, delta: floa
         raise UsageError(f"batch size {batch_size!r} is not a positive integer (pass --bound_batch_size)")
     dataset = record.get("dataset") or config.get("dataset")
     if num_train is None:  # the run's own count (config.json records it), else the dataset's known size
-        num_train = config.get("num_train") or bounds.KNOWN_TRAIN_SIZES.get(dataset)
+        num_train = config.get("num_train") or known_train_size(dataset)
         if num_train is None:
             raise UsageError(f"training-set size of dataset {dataset!r} is unknown: pass --num_train")
     if num_train < 1:
@@ -317,14 +317,12 @@ def run_bound(req: BoundRequest, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _bound_main(argv: Sequence[str]) -> int:
-    f = flags_mod.FLAGS
+def _bound_main(f: flags.FlagValues) -> int:
     run_bound(bound_request(f.sharpness_json, f.num_train, f.delta, f.noise_model, f.bound_lr,
                             f.bound_batch_size, f.out))
     return 0
 
 
-def bound_main() -> None:
+def bound_main(argv: Sequence[str] | None = None) -> None:
     """bin/bound, python -m lrbs_tf.bound and the lrbs-bound console script."""
-    flags_mod.define_bound_flags()
-    run_app(_bound_main, binary="bound")
+    run_app("bound", _bound_main, argv)

@@ -1,7 +1,7 @@
 """The error types every lrbs_tf module raises, in one leaf module (no imports), so any module can raise them
 without depending on the command-line layer or on TensorFlow.
 
-How each is reported (lrbs_tf.cli): bad input (`UsageError`, `RunFolderError`, and `DataError` once a binary
+How each is reported (lrbs_tf.cli.app): bad input (`UsageError`, `RunFolderError`, and `DataError` once a binary
 has turned it into a UsageError) is one line on stderr and exit status 2; `TrainingFailed` is one line and
 exit status 1, with the run folder recording status `failed`.
 """

@@ -6,7 +6,7 @@ rendered by the canvas matplotlib picks for it (Agg for PNG) in any process.
 
 Like every finished file of a run folder, each file is written to a temporary name in the target folder
 and moved into place with os.replace, so a reader never sees half a figure (synced before the rename, the
-folder after: lrbs_tf.durable).
+folder after: lrbs_tf.core.durable).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from lrbs_tf.durable import fsync_dir, named
+from lrbs_tf.core.durable import fsync_dir, named
 
 DEFAULT_FORMATS = ("png", "pdf")
 

@@ -36,7 +36,6 @@ import tensorflow as tf
 
 from lrbs_tf.curvature.settings import BN_MODES, HVP_MODES
 
-
 # losses_fn(params, x, y) -> per-example losses, shape (B,), float32. `params` is a list of float32 tensors
 # in the layout's order; x is a batch of inputs (B, ...), y the integer labels (B,).
 LossesFn = Callable[[Sequence[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]

@@ -16,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from lrbs_tf import runfolder
+from lrbs_tf.core.errors import UsageError
 from lrbs_tf.curvature.settings import INTERP_BN_STATS
-from lrbs_tf.errors import UsageError
-from lrbs_tf.sharpness_targets import first_examples, load_checked_data, load_model, resolve_run_dir, versions
+from lrbs_tf.curvature.targets import first_examples, load_checked_data, load_model, resolve_run_dir, versions
+from lrbs_tf.runs import folder as runfolder
 
 INTERPOLATION_CSV = "interpolation.csv"
 INTERPOLATION_JSON = "interpolation.json"
@@ -44,8 +44,8 @@ def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float], num_e
     examples and the first min(num_examples, test size) test examples (0 = all), in chunks of batch_size.
     Writes out/interpolation.csv, out/interpolation.json and the plot; returns the rows."""
     from lrbs_tf.curvature.hvp import make_batches
-    from lrbs_tf.curvature.interpolate import check_same_architecture, interpolation_curve
-    from lrbs_tf.curvature.plotting import plot_interpolation
+    from lrbs_tf.curvature.line import check_same_architecture, interpolation_curve
+    from lrbs_tf.curvature.plots import plot_interpolation
 
     if not out:
         raise UsageError("--interpolate needs --out=DIR for the curve")

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lrbs_tf.core.errors import UsageError
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
-from lrbs_tf.errors import UsageError
 
 if TYPE_CHECKING:
     from lrbs_tf.curvature.slq import SpectrumResult
@@ -33,7 +33,7 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     once, not once per call; the numbers are the same either way.
     """
     from lrbs_tf.curvature import eigen, hvp, sharpness_measures, slq, trace
-    from lrbs_tf.curvature.interpolate import Evaluator
+    from lrbs_tf.curvature.line import Evaluator
 
     start = time.perf_counter()
     wd = weight_decay if settings.include_weight_decay else 0.0

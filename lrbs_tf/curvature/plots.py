@@ -1,7 +1,7 @@
 """Figures of bin/sharpness: the Hessian spectrum and the interpolation curve, each saved as PNG and PDF.
 
 Drawn on `matplotlib.figure.Figure` objects (no pyplot, no backend to choose) and written by
-`lrbs_tf.figures.save`: a temporary name in the target folder, then os.replace, like every finished file
+`lrbs_tf.core.figures.save`: a temporary name in the target folder, then os.replace, like every finished file
 of a run folder, so a reader never sees half a figure.
 """
 
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from lrbs_tf import figures
+from lrbs_tf.core import figures
 
 
 def plot_spectrum(grid: np.ndarray, density: np.ndarray, sigma: float, stem: str | os.PathLike,

@@ -25,20 +25,27 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from lrbs_tf import runfolder
-from lrbs_tf.cli import quiet_import_tensorflow, run_app
+from lrbs_tf.core.errors import RunFolderError, UsageError
 from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
-from lrbs_tf.errors import RunFolderError, UsageError
+from lrbs_tf.curvature.targets import (
+    Target,
+    first_examples,
+    load_checked_data,
+    load_model,
+    resolve_run_dir,
+    resolve_target,
+    restore_epoch_weights,
+    sharpness_file,
+    versions,
+)
+from lrbs_tf.runs import folder as runfolder
 from lrbs_tf.theory.ou import stability_ratio
-from lrbs_tf.sharpness_targets import (Target, expand_ckpts, first_examples, load_checked_data, load_model,
-                                       resolve_run_dir, resolve_target, restore_epoch_weights, results_targets,
-                                       sharpness_file, versions)
 
 if TYPE_CHECKING:
     import keras
 
-    from lrbs_tf.data import Data
+    from lrbs_tf.data.loaders import Data
 
 __all__ = ["Session", "Settings", "Target", "UsageError", "resolve_run_dir", "resolve_target", "run", "run_many"]
 
@@ -100,14 +107,14 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     the recorded one. `session` shares data and traces with other runs measured in this process. Returns
     what was written.
     """
-    from lrbs_tf.curvature.plotting import plot_spectrum
+    from lrbs_tf.curvature.plots import plot_spectrum
 
     settings.validate()
     target = resolve_target(ckpt, dataset, data_dir, data_path, out)
     _check_epoch(ckpt, epoch)
     model = load_model(target.model_path, target.config)
     checkpoint = str(target.model_path) if epoch is None else restore_epoch_weights(model, Path(ckpt), epoch)
-    from lrbs_tf.models import count_trainable_params
+    from lrbs_tf.models.builders import count_trainable_params
     num_params = count_trainable_params(model)
     if settings.top_k > num_params:
         raise UsageError(f"--top_k={settings.top_k} is more than the model's {num_params} parameters")
@@ -143,7 +150,7 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     path = target.out_dir / sharpness_file(epoch)
     runfolder.atomic_write_json(path, record)
     if epoch is None and target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
-        from lrbs_tf.summaries import write_sharpness  # the run's TensorBoard session shows its curvature
+        from lrbs_tf.runs.tensorboard import write_sharpness  # the run's TensorBoard session shows its curvature
 
         write_sharpness(target.out_dir, record)
     log(f"wrote {path}: lambda_max={fields['lambda_max']}, "
@@ -177,67 +184,3 @@ def run_many(ckpts: Sequence[str], settings: Settings, dataset: str | None = Non
     log(f"measured {len(records)} of {len(ckpts)} runs" + (f"; {len(failures)} failed: "
                                                              f"{', '.join(c for c, _ in failures)}" if failures else ""))
     return records, failures
-
-
-def _targets(flag_values, settings: Settings) -> tuple[list[str], bool]:
-    """The runs to measure from --ckpt or --results, and whether the user named exactly one (the single-run
-    contract: any problem is bad input, exit 2)."""
-    if flag_values.results and flag_values.ckpt:
-        raise UsageError(f"--ckpt and --results={flag_values.results}: give one")
-    if flag_values.results:
-        todo, current = results_targets(flag_values.results, settings, flag_values.epoch)
-        print(f"sharpness: {flag_values.results}: {len(todo)} finished run(s) to measure, {current} with a current "
-              f"{sharpness_file(flag_values.epoch)} left alone", flush=True)
-        return todo, False
-    if not flag_values.ckpt:
-        raise UsageError("--ckpt is required: a run folder or a model.keras file, several (a comma list or "
-                         "globs), or --results=DIR (or use --interpolate)")
-    ckpts = expand_ckpts(flag_values.ckpt)
-    return ckpts, len(flag_values.ckpt) == 1 and ckpts == list(flag_values.ckpt)
-
-
-def _main(argv: Sequence[str]) -> int:
-    quiet_import_tensorflow()
-    import tensorflow as tf
-
-    from lrbs_tf.flags import FLAGS
-
-    tf.get_logger().setLevel("ERROR")  # vectorized_map's per-op fallback notices are not for the user
-    if FLAGS.interpolate:
-        from lrbs_tf.interpolation import interpolate, parse_alphas
-
-        if FLAGS.ckpt or FLAGS.results or FLAGS.epoch is not None:
-            raise UsageError(f"--ckpt/--results/--epoch and --interpolate={','.join(FLAGS.interpolate)}: give one "
-                             "(curvature of runs, or the line between two runs)")
-        if len(FLAGS.interpolate) != 2:
-            raise UsageError(f"--interpolate={','.join(FLAGS.interpolate)}: give exactly two run folders, RUN_A,RUN_B")
-        interpolate(FLAGS.interpolate[0], FLAGS.interpolate[1], FLAGS.out, parse_alphas(FLAGS.alpha_range),
-                    num_examples=FLAGS.num_examples,
-                    batch_size=FLAGS.hvp_batch_size or 1000, bn_stats=FLAGS.interp_bn_stats)
-        return 0
-    settings = Settings(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Settings)})
-    settings.quantities = tuple(settings.quantities)
-    given = {name: getattr(FLAGS, name) if FLAGS[name].present else None
-             for name in ("dataset", "data_dir", "data_path")}
-    if FLAGS.epoch is not None and FLAGS.epoch < 1:
-        raise UsageError(f"--epoch={FLAGS.epoch} is not an epoch (the first is 1)")
-    ckpts, single = _targets(FLAGS, settings)
-    if single:
-        run(ckpts[0], settings, out=FLAGS.out, epoch=FLAGS.epoch, **given)
-        return 0
-    if FLAGS.out:
-        raise UsageError(f"--out={FLAGS.out} names one run's output folder; with several runs each writes "
-                         "into its own run folder")
-    _, failures = run_many(ckpts, settings, epoch=FLAGS.epoch, **given)
-    return 1 if failures else 0
-
-
-def main() -> None:
-    from lrbs_tf import flags
-
-    flags.define_sharpness_flags()
-    run_app(_main)
-
-
-if __name__ == "__main__":  # python -m lrbs_tf.sharpness
-    main()

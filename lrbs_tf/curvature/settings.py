@@ -1,6 +1,6 @@
 """What bin/sharpness measures and how: the quantities, the allowed values of every choice, the defaults.
 
-The one source of these facts: `lrbs_tf.flags` defines bin/sharpness's flags from `Settings`' defaults and
+The one source of these facts: `lrbs_tf.cli.flags` defines bin/sharpness's flags from `Settings`' defaults and
 the lists here, the estimators (hvp, eigen, interpolate) check against the same lists, and sharpness.json
 records the Settings verbatim. No TensorFlow here.
 """
@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from lrbs_tf.errors import UsageError
+from lrbs_tf.core.errors import UsageError
 
 # Each quantity's random stream (Lanczos/power start vectors, Rademacher probes, weight noise) is keyed by
 # its name through this table, never by its position in a list: the ids are fixed forever, so adding,

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lrbs_tf import provenance, runfolder
-from lrbs_tf.errors import RunFolderError, UsageError
+from lrbs_tf.core import provenance
+from lrbs_tf.core.errors import RunFolderError, UsageError
+from lrbs_tf.runs import folder as runfolder
 
 if TYPE_CHECKING:
     import keras
 
-    from lrbs_tf.data import Data
+    from lrbs_tf.data.loaders import Data
 
 # The packages whose versions sharpness.json and interpolation.json record (beside Python's and the device).
 RECORDED_PACKAGES = ("tensorflow", "keras", "numpy", "scipy")
@@ -96,8 +97,8 @@ def load_model(model_path: Path, config: runfolder.RunConfig | None) -> keras.Mo
     """Loads model.keras (compile=False) and checks it against config.json and for finite weights."""
     import keras
 
-    from lrbs_tf.checkpoints import describe_keras_file
-    from lrbs_tf.models import count_trainable_params
+    from lrbs_tf.models.builders import count_trainable_params
+    from lrbs_tf.runs.checkpoints import describe_keras_file
 
     try:
         model = keras.models.load_model(model_path, compile=False)
@@ -133,7 +134,7 @@ def load_checked_data(dataset: str, data_dir: str | None, data_path: str | None,
                       loaded: Data | None = None) -> Data:
     """Loads the dataset (or takes the `loaded` one) and checks that it fits the model (input shape, number
     of classes)."""
-    from lrbs_tf.data import DataError, load_data
+    from lrbs_tf.data.loaders import DataError, load_data
 
     try:
         data = loaded if loaded is not None else load_data(dataset, data_dir=data_dir, data_path=data_path)
@@ -180,11 +181,11 @@ def sharpness_file(epoch: int | None) -> str:
 
 def restore_epoch_weights(model: keras.Model, run_dir: Path, epoch: int) -> str:
     """Sets `model` (the run's model.keras, for its architecture) to the weights of epoch `epoch`'s
-    checkpoint (lrbs_tf.checkpoints.restore_epoch); returns the checkpoint's prefix. RunFolderError (exit 2)
+    checkpoint (lrbs_tf.runs.checkpoints.restore_epoch); returns the checkpoint's prefix. RunFolderError (exit 2)
     when that epoch was not kept, naming the epochs that were, or when it does not restore cleanly."""
     import tensorflow as tf
 
-    from lrbs_tf.checkpoints import restore_epoch
+    from lrbs_tf.runs.checkpoints import restore_epoch
 
     found = restore_epoch(tf.train.Checkpoint(model=model), run_dir / runfolder.CKPT_DIR, epoch)
     bad = [v.path for v in model.variables if not np.all(np.isfinite(np.asarray(v.value)))]

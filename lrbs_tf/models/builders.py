@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 from keras import layers
 
-from lrbs_tf.config import check_arch_input
+from lrbs_tf.models.registry import ARCHITECTURES, builder_arguments, check_arch_input
 
 BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum=0.1 (new-statistics weight) == Keras momentum 0.9
 BN_EPSILON = 1e-5  # PyTorch default
@@ -155,7 +155,7 @@ def alexnet(num_classes: int, input_shape: tuple) -> keras.Model:
 
 # --- MLP (Jastrzebski et al.'s 4-layer BN ReLU MLP; the rebuttal's MLP on MNIST) ---------------------------
 
-def mlp(num_classes: int, input_shape: tuple, depth: int = 4, width: int = 256,
+def mlp(num_classes: int, input_shape: tuple, depth: int, width: int,
         batch_norm_layers: bool = False) -> keras.Model:
     """`depth` hidden layers of `width` units (Dense [-> BN] -> ReLU), then a Dense classifier.
 
@@ -174,27 +174,25 @@ def mlp(num_classes: int, input_shape: tuple, depth: int = 4, width: int = 256,
     return keras.Model(inputs, outputs, name=f"mlp{depth}x{width}{'_bn' if batch_norm_layers else ''}")
 
 
+# The builder families the registry's entries name (lrbs_tf.models.registry.ARCHITECTURES).
+FAMILIES: dict[str, Callable[..., keras.Model]] = {"resnet": resnet, "vgg": vgg, "alexnet": alexnet, "mlp": mlp}
 ARCHS: dict[str, Callable[..., keras.Model]] = {
-    **{f"resnet{d}": functools.partial(resnet, depth=d) for d in (20, 32, 44, 56, 110)},
-    **{f"vgg{d}": functools.partial(vgg, depth=d) for d in (11, 13, 16, 19)},
-    "alexnet": alexnet,
-    "mlp": mlp,
-}
+    name: functools.partial(FAMILIES[spec.family], **dict(spec.fixed)) for name, spec in ARCHITECTURES.items()}
 
 
-def build_model(arch: str, num_classes: int, input_shape: tuple, *, mlp_depth: int = 4,
-                mlp_width: int = 256, mlp_batch_norm: bool = False) -> keras.Model:
+def build_model(arch: str, num_classes: int, input_shape: tuple, **settings: Any) -> keras.Model:
     """Builds `arch` for `num_classes` classes and inputs of `input_shape` (without the batch axis).
 
-    Initial weights come from Keras' global seed: call `keras.utils.set_random_seed` first.
+    `settings`: the run settings the architecture takes (the MLP's mlp_depth, mlp_width, mlp_batch_norm;
+    registry.MLP_DEFAULTS where not given); others are refused. Initial weights come from Keras' global
+    seed: call `keras.utils.set_random_seed` first.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
     check_arch_input(arch, tuple(input_shape))
-    if arch == "mlp":
-        return mlp(num_classes, tuple(input_shape), depth=mlp_depth, width=mlp_width,
-                   batch_norm_layers=mlp_batch_norm)
-    return ARCHS[arch](num_classes, tuple(input_shape))
+    unknown = set(settings) - set(ARCHITECTURES[arch].options)
+    if unknown:
+        raise ValueError(f"arch {arch!r} takes no {', '.join(sorted(unknown))}")
+    return FAMILIES[ARCHITECTURES[arch].family](num_classes, tuple(input_shape),
+                                                **builder_arguments(arch, settings))
 
 
 def count_trainable_params(model: keras.Model) -> int:

@@ -36,9 +36,9 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from lrbs_tf import runfolder
-from lrbs_tf.durable import fsync_dir, fsync_file
-from lrbs_tf.errors import RunFolderError
+from lrbs_tf.core.durable import fsync_dir, fsync_file
+from lrbs_tf.core.errors import RunFolderError
+from lrbs_tf.runs import folder as runfolder
 
 if TYPE_CHECKING:
     import tensorflow as tf

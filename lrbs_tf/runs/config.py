@@ -1,7 +1,7 @@
 """The training configuration: every setting of a run, its default, its allowed values and its validation.
 
-This module is the one source of these facts. `lrbs_tf.flags` defines bin/train's flags from `DEFAULTS` and
-the allowed-value lists here; `lrbs_tf.train` (the command line), `lrbs_tf.loop` (the training loop) and
+This module is the one source of these facts. `lrbs_tf.cli.flags` defines bin/train's flags from `DEFAULTS` and
+the allowed-value lists here; `lrbs_tf.train` (the command line), `lrbs_tf.training.loop` (the training loop) and
 `lrbs_tf.sweep` (grids) all build and check a `TrainConfig` through it. It imports neither TensorFlow nor
 absl, so bad flags are refused in a fraction of a second, and a notebook can build configurations cheaply.
 
@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from lrbs_tf.data import DATASETS
-from lrbs_tf.errors import TrainingFailed, UsageError  # noqa: F401  (the error types of a configuration)
-from lrbs_tf.model_names import ARCH_NAMES
+from lrbs_tf.core.errors import TrainingFailed, UsageError  # noqa: F401  (the error types of a configuration)
+from lrbs_tf.data.specs import DATASETS
+from lrbs_tf.models.registry import ARCH_NAMES, ARCHITECTURES, MLP_DEFAULTS, check_arch_input
 
 # --mixed_precision -> the Keras dtype policy the models are built under.
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -45,9 +45,9 @@ class TrainConfig:
     seed: int = 0
     augment: bool | None = None           # None: the dataset's default (DATASETS[...].augment_by_default)
     stop_at_train_loss: float = 0.0
-    mlp_depth: int = 4
-    mlp_width: int = 256
-    mlp_batch_norm: bool = False
+    mlp_depth: int = MLP_DEFAULTS["mlp_depth"]
+    mlp_width: int = MLP_DEFAULTS["mlp_width"]
+    mlp_batch_norm: bool = MLP_DEFAULTS["mlp_batch_norm"]
     mixed_precision: str = "off"
     data_dir: str | None = None
     data_path: str | None = None
@@ -84,7 +84,7 @@ class TrainConfig:
     @property
     def dataset_label(self) -> str:
         """The dataset's name in the run name, config.json's readers and bin/correlate's groups: an npz
-        named `cifar10` is CIFAR-10 to the study (lrbs_tf.runfolder.RunConfig.dataset reads it back)."""
+        named `cifar10` is CIFAR-10 to the study (lrbs_tf.runs.folder.RunConfig.dataset reads it back)."""
         return self.dataset_name or self.dataset
 
     def resolved(self) -> "TrainConfig":
@@ -144,14 +144,6 @@ class RuntimeFacts:
     num_train: int | None = None
     replicas: int | None = None
     num_classes: int | None = None
-
-
-def check_arch_input(arch: str, input_shape: tuple, source: str = "the input") -> None:
-    """Refuses a convolutional arch on vector inputs (every arch but mlp needs (H, W, C) images); `source`
-    names where the examples come from in the message, e.g. "dataset 'mnist1d'"."""
-    if arch != "mlp" and len(input_shape) != 3:
-        raise UsageError(f"arch {arch!r} needs image inputs; {source} has examples of shape "
-                         f"{tuple(input_shape)} (use --arch=mlp)")
 
 
 def _check_shape(cfg: TrainConfig, shape: tuple) -> None:
@@ -280,6 +272,11 @@ def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
 def settings(cfg: TrainConfig) -> dict:
     """The flag-keyed settings recorded in config.json."""
     return dataclasses.asdict(cfg)
+
+
+def model_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The run settings `cfg.arch`'s builder takes (the MLP's), for lrbs_tf.models.builders.build_model."""
+    return {name: getattr(cfg, name) for name in ARCHITECTURES[cfg.arch].options}
 
 
 def identity_differences(recorded: Mapping[str, Any], cfg: TrainConfig) -> list[str]:

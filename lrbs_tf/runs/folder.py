@@ -15,7 +15,7 @@ verbatim; a test checks that the two agree):
 
 `read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
 reads a run folder goes through them, so the contract's keys and their types are checked in one place.
-Every file is written through lrbs_tf.durable (atomic and synced, lines appended whole or not at all), and
+Every file is written through lrbs_tf.core.durable (atomic and synced, lines appended whole or not at all), and
 `read_metrics` never takes a torn last line for a record (docs/reliability.md lists the faults covered).
 This module has no TensorFlow dependency so that analysis tools stay fast to import.
 """
@@ -30,9 +30,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from lrbs_tf.config import DEFAULTS
-from lrbs_tf.durable import append_line, atomic_write_text  # atomic_write_text: every writer reaches it here
-from lrbs_tf.errors import RunFolderError
+from lrbs_tf.core.durable import append_line, atomic_write_text  # atomic_write_text: every writer reaches it here
+from lrbs_tf.core.errors import RunFolderError
+from lrbs_tf.runs.config import DEFAULTS
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"

@@ -1,4 +1,4 @@
-"""The tidy table of runs: one row per run folder, read through the run-folder contract (lrbs_tf.runfolder).
+"""The tidy table of runs: one row per run folder, read through the run-folder contract (lrbs_tf.runs.folder).
 
 A folder is never fatal: an unreadable or inconsistent folder becomes a row with status `skipped` and the
 reason in `problem`; a folder without result.json is `unfinished`. Only rows with status `done` are analysed.
@@ -10,14 +10,15 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import pandas as pd
-
-from lrbs_tf import runfolder as rf
-from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
-from lrbs_tf.runfolder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
+from lrbs_tf.runs.folder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
 from lrbs_tf.theory.ou import stability_ratio
+
+if TYPE_CHECKING:  # pandas is imported when the table is built, not with this module
+    import pandas as pd
 
 STATUS_UNFINISHED = "unfinished"  # no result.json: never started, still running, or killed
 STATUS_SKIPPED = "skipped"        # corrupt, partial or unreadable: see the `problem` column
@@ -196,6 +197,8 @@ def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accur
 def collect_runs(results: Path, group_by: Sequence[str],
                  min_train_accuracy: float) -> tuple[pd.DataFrame, dict[str, dict]]:
     """The tidy table of every run folder below `results` (recursively), and each readable config by run_dir."""
+    import pandas as pd
+
     rows, configs = [], {}
     for run_dir in rf.iter_run_dirs(results):
         rec, config = read_run(run_dir, results, group_by, min_train_accuracy)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import tensorflow as tf
-from tensorboard.plugins.hparams import api as hp
-from tensorboard.plugins.scalar import metadata as scalar_metadata
+from lrbs_tf.runs import folder as runfolder
 
-from lrbs_tf import runfolder
+if TYPE_CHECKING:  # TensorFlow and TensorBoard are imported when a writer is made, not with this module
+    import tensorflow as tf
 
 # The HParams of a session, in the order the dashboard lists them: config.json keys, except `dataset` (the
 # dataset's name: --dataset_name when given) and `bs_over_lr` (BS/LR, the ratio He et al. vary).
@@ -30,7 +29,7 @@ HPARAMS = ("arch", "dataset", "batch_size", "lr", "bs_over_lr", "momentum", "wei
 NO_STEP_BUDGET = 0  # max_steps' HParam for a run without one (an HParam cannot be None; 0 is no valid budget)
 RESULT_GROUP = "result"
 SHARPNESS_DIR = "sharpness"            # inside the run's tb/: its own event files, written by bin/sharpness
-# The sharpness.json numbers drawn as metrics (lrbs_tf.runtable.SHARPNESS_QUANTITIES, which bin/correlate
+# The sharpness.json numbers drawn as metrics (lrbs_tf.runs.table.SHARPNESS_QUANTITIES, which bin/correlate
 # tests, and the top eigenvalue's estimate); absent or non-finite ones are left out.
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32, the type of TensorBoard's scalars
 SHARPNESS_METRICS = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness", "avg_sharpness")
@@ -44,7 +43,7 @@ def bs_over_lr(batch_size: int, lr: float) -> float:
 
 
 def hparams_of(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's HParams from its config.json settings (flag-keyed, as lrbs_tf.config.settings gives them)."""
+    """A run's HParams from its config.json settings (flag-keyed, as lrbs_tf.runs.config.settings gives them)."""
     values = {k: settings[k] for k in HPARAMS if k in settings}
     values["dataset"] = settings.get("dataset_name") or settings["dataset"]
     values["bs_over_lr"] = bs_over_lr(settings["batch_size"], settings["lr"])
@@ -57,6 +56,9 @@ class RunWriter:
     """The TensorBoard writer of one run folder's tb/: HParams once per process start, scalars per epoch."""
 
     def __init__(self, log_dir: str | Path, hparams: Mapping[str, Any], trial_id: str) -> None:
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hp
+
         self._writer = tf.summary.create_file_writer(str(log_dir))
         with self._writer.as_default():
             hp.hparams(dict(hparams), trial_id=trial_id)  # the session's HParams (rewritten on resume: same values)
@@ -64,14 +66,17 @@ class RunWriter:
         self._metric_keys = tuple(k for k in runfolder.METRIC_KEYS if k != "step")
         self._names = (*self._metric_keys, *(f"{RESULT_GROUP}/{k}" for k in runfolder.RESULT_NUMBERS))
         n = len(self._names)
-        # One tf.function call per epoch instead of one eager op per scalar: ~2 ms against ~12 ms a member
-        # (measured on 2 CPU cores), a tenth of a short epoch for a column of five.
+        # One tf.function call per epoch instead of one eager op per scalar (benchmarks/sweep.md has the
+        # per-epoch overhead this removed).
         self._write = tf.function(self._scalars, input_signature=[
             tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.bool), tf.TensorSpec([], tf.int64)])
 
     def _scalars(self, values: tf.Tensor, keep: tf.Tensor, step: tf.Tensor) -> None:
         # tf.summary.write with the tag spelt out (what tf.summary.scalar writes): inside the conds that skip
         # non-finite values, tf.summary.scalar's tag would gain the cond's name scope ("cond_3/test_loss").
+        import tensorflow as tf
+        from tensorboard.plugins.scalar import metadata as scalar_metadata
+
         metadata = scalar_metadata.create_summary_metadata(display_name=None, description=None)
         with self._writer.as_default(step=step):
             for i, name in enumerate(self._names):
@@ -96,6 +101,8 @@ class RunWriter:
             ok = value is not None and math.isfinite(float(value)) and abs(float(value)) <= FLOAT32_MAX
             values.append(float(value) if ok else math.nan)
             keep.append(True)
+        import tensorflow as tf
+
         self._write(tf.constant(values, tf.float32), tf.constant(keep), tf.constant(int(metrics["step"]), tf.int64))
         self._writer.flush()
 
@@ -111,6 +118,8 @@ def write_sharpness(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
     step = 0
     if result is not None:
         step = result.steps if result.steps is not None else result.epochs if isinstance(result.epochs, int) else 0
+    import tensorflow as tf
+
     log_dir = Path(run_dir) / runfolder.TENSORBOARD_DIR / SHARPNESS_DIR
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default(step=step):

@@ -13,8 +13,9 @@ import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from lrbs_tf import grid as gridlib
-from lrbs_tf.config import GRID_SETTINGS, RuntimeFacts, TrainConfig, UsageError, validate
+from lrbs_tf.data.specs import known_train_size
+from lrbs_tf.runs.config import GRID_SETTINGS, RuntimeFacts, TrainConfig, UsageError, validate
+from lrbs_tf.sweep import grid as gridlib
 
 GRID_FLAGS = (*GRID_SETTINGS, "run_name")  # set per run by the grid, never by a flagfile
 # bin/train flags the sweep sets itself per worker (threads) or always (no progress bar in a log file).
@@ -91,7 +92,7 @@ def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     shared = {n: getattr(fv, n) for n in names if n not in GRID_FLAGS}
     train = TrainConfig(**shared, lr=lrs[0], batch_size=batch_sizes[0], seed=seeds[0])
-    num_train = gridlib.TRAIN_SIZES.get(train.dataset)
+    num_train = known_train_size(train.dataset)  # npz: unknown, so shards are cut from the flags alone
     grid = gridlib.Grid(batch_sizes, lrs, seeds, train.arch, train.dataset_label, train.momentum,
                         train.weight_decay, num_train=num_train, epochs=train.epochs, max_steps=train.max_steps)
     facts = RuntimeFacts(num_train=num_train)  # a known dataset's size: batch sizes and step budgets checked now

@@ -24,7 +24,7 @@ import heapq
 import math
 from typing import Iterable, Mapping, Sequence
 
-from lrbs_tf.config import budget_steps, format_lr, run_name
+from lrbs_tf.runs.config import budget_steps, format_lr, run_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +106,6 @@ class Grid:
         return [(seed, bs) for seed in self.seeds for bs in interleaved]
 
 
-# Training-set sizes of the datasets the loaders know (the same as lrbs_tf.theory.bounds.KNOWN_TRAIN_SIZES,
-# which a test checks; that module loads scipy). An npz's size is left unknown, so that every shard cuts the
-# grid from the flags alone, without reading the file.
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000, "mnist1d": 4_000}
 # Stands in for an unknown training-set size: shards only compare steps between batch sizes, and the floor
 # in num_train // batch_size then changes the ratios by less than 1 / (NOMINAL_TRAIN / largest batch).
 NOMINAL_TRAIN = 1_000_000

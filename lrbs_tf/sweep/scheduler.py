@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lrbs_tf import grid as gridlib
-from lrbs_tf import durable, provenance, runfolder, workers
-from lrbs_tf.cli import run_app
-from lrbs_tf.config import DEFAULTS, EXECUTION_SETTINGS, UsageError
-from lrbs_tf.sweep_config import GRID_FLAGS, SweepConfig, config_from_flags
+from lrbs_tf.core import durable, provenance, resources
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, UsageError
+from lrbs_tf.sweep import grid as gridlib, workers
+from lrbs_tf.sweep.config import GRID_FLAGS, SweepConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SWEEP_RECORD = "sweep.json"
 LOG_DIR = "sweep_logs"
 CORRELATE_LOCK = "correlate.lock"
@@ -239,9 +239,9 @@ def run(cfg: SweepConfig) -> int:
     workdir = cfg.workdir
     todo = [r for r in shard if runfolder.run_status(workdir / r.name) not in runfolder.TERMINAL_STATUSES]
     units = gridlib.work_units(todo, cfg.vectorize, cfg.column_size)
-    gpus = workers.visible_gpus()
-    num_workers = cfg.workers or len(gpus) or workers.available_cores()
-    threads = max(1, workers.available_cores() // num_workers)
+    gpus = resources.visible_gpus()
+    num_workers = cfg.workers or len(gpus) or resources.available_cores()
+    threads = max(1, resources.available_cores() // num_workers)
     if cfg.dry_list:
         steps = gridlib.shard_steps(cfg.grid, shard)
         print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
@@ -263,11 +263,11 @@ def run(cfg: SweepConfig) -> int:
     if cfg.sharpness:
         waiting = [r for r in shard if _needs_sharpness(workdir / r.name)]
         tasks += [session.sharpness_task(u) for u in gridlib.work_units(waiting, vectorize=True)]
-    where = f"{len(gpus)} GPU(s)" if gpus else f"{workers.available_cores()} CPU core(s), {threads} thread(s) each"
+    where = f"{len(gpus)} GPU(s)" if gpus else f"{resources.available_cores()} CPU core(s), {threads} thread(s) each"
     print(f"sweep: {workdir}: shard {cfg.shard_index}/{cfg.num_shards} holds {len(shard)} of {cfg.grid.size} "
           f"runs; {len(shard) - len(todo)} finished, {len(todo)} to run in {len(units)} processes; "
           f"{num_workers} worker(s) on {where}", flush=True)
-    pool = workers.Pool(workers.slot_environments(num_workers, workers.available_cores(), gpus))
+    pool = workers.Pool(workers.slot_environments(num_workers, resources.available_cores(), gpus))
     try:
         pool.run(tasks, session.on_start, session.on_finish, session.progress.tick)
     except workers.Interrupted as e:
@@ -290,20 +290,3 @@ def run(cfg: SweepConfig) -> int:
         else:
             code = correlate(cfg) or code
     return code
-
-
-def _main(argv: Sequence[str]) -> int:
-    from lrbs_tf.flags import FLAGS
-
-    return run(config_from_flags(FLAGS, os.environ))
-
-
-def main() -> None:
-    from lrbs_tf import flags
-
-    flags.define_sweep_flags()
-    run_app(_main)
-
-
-if __name__ == "__main__":
-    main()

@@ -29,10 +29,8 @@ import numpy as np
 
 from lrbs_tf.theory import ou
 
-NOISE_MODELS = ("proportional", "isotropic")
-# Training-set sizes of the datasets bin/train knows (the run's config does not record N).
-KNOWN_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000,
-                     "mnist1d": 4_000}
+NOISE_MODELS = ("proportional", "isotropic")  # the first is bin/bound's default
+DEFAULT_DELTA = 0.05  # the bound holds with probability at least 1 - delta
 
 
 @dataclasses.dataclass(frozen=True)

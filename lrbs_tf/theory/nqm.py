@@ -29,8 +29,15 @@ from lrbs_tf.theory.nqm_tune import Tuned, tune_grid, tune_local
 
 OPTIMIZERS = ("sgd", "momentum", "precond", "precond_momentum", "ema")
 DEFAULT_BATCH_SIZES = tuple(2 ** k for k in range(2, 22))
-DEFAULT_MOMENTA = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999)  # as bin/nqm's --momenta default
-DEFAULT_EMA_DECAYS = (0.0, 0.5, 0.9, 0.99, 0.999)  # as bin/nqm's --ema_decays default
+DEFAULT_MOMENTA = (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999)  # bin/nqm's --momenta default
+DEFAULT_EMA_DECAYS = (0.0, 0.5, 0.9, 0.99, 0.999)  # bin/nqm's --ema_decays default
+# bin/nqm's other defaults (lrbs_tf.cli.flags reads them here).
+DEFAULT_OPTIMIZERS = ("sgd", "momentum", "precond")
+DEFAULT_PRECOND_POWER = 0.5    # p in P = H^-p
+DEFAULT_DIM = 10_000           # coordinates d of h_i = 1/i
+DEFAULT_TARGET_LOSS = 0.01     # units of 0.5 sum_i h_i theta_i^2
+DEFAULT_LR_PER_DECADE = 4      # learning rates per decade of the search grid
+DEFAULT_MAX_STEPS = 10 ** 9    # settings needing more steps never reach the target
 VERIFY_BELOW = 20_000  # crossings up to this many steps are checked step by step when the loss may oscillate
 
 

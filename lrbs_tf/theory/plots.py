@@ -1,5 +1,5 @@
 """Figures of the theory binaries, drawn on `matplotlib.figure.Figure` objects (no pyplot, no backend to
-choose) and written atomically as PNG and PDF by `lrbs_tf.figures.save`."""
+choose) and written atomically as PNG and PDF by `lrbs_tf.core.figures.save`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from lrbs_tf import figures
+from lrbs_tf.core import figures
 from lrbs_tf.theory.nqm_tune import Tuned
 
 

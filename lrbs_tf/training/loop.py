@@ -5,8 +5,8 @@ each with its own learning rate, run folder, optimizer and batch-norm statistics
 The members' steps are one computation, so a column costs one input pipeline and one dispatch per chunk of
 steps instead of K; each member's arithmetic is exactly what it would be alone.
 
-Read top to bottom: devices and data (`train`) -> members (lrbs_tf.members: model, optimizer, run folder,
-checkpoint) -> step functions (lrbs_tf.steps) -> epochs (`train_column`: `run_epoch` trains and evaluates
+Read top to bottom: devices and data (`train`) -> members (lrbs_tf.training.members: model, optimizer, run folder,
+checkpoint) -> step functions (lrbs_tf.training.steps) -> epochs (`train_column`: `run_epoch` trains and evaluates
 one epoch, `close_epoch` records it and decides who goes on) -> results. Many steps run inside one
 tf.function call, so Python is not in the step.
 """
@@ -27,14 +27,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrbs_tf import checkpoints
-from lrbs_tf import members as mem
-from lrbs_tf import runfolder
-from lrbs_tf.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
-from lrbs_tf.data import Data, DataError, Pipelines, load_data
-from lrbs_tf.distribute import (StrategyError, configure_numerics, configure_threads, distribute_train, is_chief,
-                                is_multi_worker, make_strategy)
-from lrbs_tf.steps import StepFunctions, make_step_functions, zero_sums
+from lrbs_tf.data.loaders import Data, DataError, load_data
+from lrbs_tf.data.pipelines import Pipelines
+from lrbs_tf.runs import checkpoints, folder as runfolder
+from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
+from lrbs_tf.training import members as mem
+from lrbs_tf.training.distribute import (
+    StrategyError,
+    configure_numerics,
+    configure_threads,
+    distribute_train,
+    is_chief,
+    is_multi_worker,
+    make_strategy,
+)
+from lrbs_tf.training.steps import StepFunctions, make_step_functions, zero_sums
 
 
 class _Preempted(BaseException):

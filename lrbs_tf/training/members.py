@@ -2,9 +2,9 @@
 
 `build_members` makes each member (its model under the run's dtype policy, its SGD, its config.json, its
 checkpoint restored when the run resumes); `record_epoch` appends an epoch's metrics line and writes its
-TensorBoard scalars (lrbs_tf.summaries: the metrics and the result numbers so far, flushed every epoch);
+TensorBoard scalars (lrbs_tf.runs.tensorboard: the metrics and the result numbers so far, flushed every epoch);
 `save_checkpoint` marks the epoch resumable; `finish` writes model.keras and result.json, and `fail` records
-a failed run. bin/train (through lrbs_tf.loop) is the only writer of these files.
+a failed run. bin/train (through lrbs_tf.training.loop) is the only writer of these files.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrbs_tf import checkpoints, durable, runfolder, summaries
-from lrbs_tf.config import MIXED_PRECISION, TrainConfig
-from lrbs_tf.data import Data
-from lrbs_tf.models import build_model, count_trainable_params
-
+from lrbs_tf.core import durable
+from lrbs_tf.data.loaders import Data
+from lrbs_tf.models.builders import build_model, count_trainable_params
+from lrbs_tf.runs import checkpoints, folder as runfolder, tensorboard as summaries
+from lrbs_tf.runs.config import MIXED_PRECISION, TrainConfig, model_settings
 
 # result.json's stop_reason: why a finished run ended.
 STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED = "epochs", "max_steps", "stop_at_train_loss", "diverged"
@@ -38,8 +38,7 @@ def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
 
 def architecture(cfg: TrainConfig, num_classes: int, input_shape: tuple) -> keras.Model:
     """The run's model, under whatever Keras dtype policy is current."""
-    return build_model(cfg.arch, num_classes, input_shape, mlp_depth=cfg.mlp_depth, mlp_width=cfg.mlp_width,
-                       mlp_batch_norm=cfg.mlp_batch_norm)
+    return build_model(cfg.arch, num_classes, input_shape, **model_settings(cfg))
 
 
 def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optimizers.Optimizer]:

@@ -1,7 +1,7 @@
-"""bin/train: the command line over `lrbs_tf.config`, and the run folder's life cycle (new, resumed, finished,
+"""bin/train: the command line over `lrbs_tf.runs.config`, and the run folder's life cycle (new, resumed, finished,
 refused).
 
-The configuration, its defaults and its checks are `lrbs_tf.config`; the training loop is `lrbs_tf.loop`,
+The configuration, its defaults and its checks are `lrbs_tf.runs.config`; the training loop is `lrbs_tf.training.loop`,
 imported only once there is something to train, so bad flags are reported in a fraction of a second, on
 one line, without TensorFlow.
 """
@@ -9,15 +9,22 @@ one line, without TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from lrbs_tf import provenance, runfolder
-from lrbs_tf.cli import quiet_import_tensorflow, run_app
-from lrbs_tf.config import (RuntimeFacts, TrainConfig, TrainingFailed, UsageError, identity_differences, settings,
-                            validate)
-from lrbs_tf.data import DATASETS
+from lrbs_tf.core import provenance
+from lrbs_tf.core.resources import quiet_import_tensorflow
+from lrbs_tf.data.specs import DATASETS
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs.config import (
+    RuntimeFacts,
+    TrainConfig,
+    UsageError,
+    identity_differences,
+    model_settings,
+    settings,
+    validate,
+)
 
 # The packages whose versions config.json records (beside Python's).
 RECORDED_PACKAGES = ("tensorflow", "keras", "numpy", "tensorflow_datasets", "mnist1d")
@@ -38,8 +45,8 @@ def check_same_configuration(run_dir: Path, cfg: TrainConfig) -> None:
 
 def dry_run(cfg: TrainConfig) -> None:
     """Prints the model summary and its trainable parameter count; reads no data and writes nothing."""
-    from lrbs_tf import models
-    from lrbs_tf.data import DataError, npz_shape
+    from lrbs_tf.data.loaders import DataError, npz_shape
+    from lrbs_tf.models import builders as models
 
     spec = DATASETS[cfg.dataset]
     if spec.input_shape is None:
@@ -50,8 +57,7 @@ def dry_run(cfg: TrainConfig) -> None:
         validate(cfg, RuntimeFacts(input_shape=input_shape, num_classes=num_classes))
     else:
         input_shape, num_classes = spec.input_shape, spec.num_classes
-    model = models.build_model(cfg.arch, num_classes, input_shape, mlp_depth=cfg.mlp_depth,
-                               mlp_width=cfg.mlp_width, mlp_batch_norm=cfg.mlp_batch_norm)
+    model = models.build_model(cfg.arch, num_classes, input_shape, **model_settings(cfg))
     model.summary(print_fn=lambda line, **_: print(line))
     print(f"trainable parameters: {models.count_trainable_params(model):,}")
 
@@ -60,7 +66,7 @@ def within_cpu_quota(cfg: TrainConfig) -> TrainConfig:
     """--intra_op_threads=0 is TensorFlow's default, a thread per core of the affinity mask: in a container
     whose CPU quota is lower (a pod's limits.cpu), that many threads are throttled in turn. The quota's
     cores are used instead; an execution setting, so a resumed run may differ in it."""
-    from lrbs_tf.workers import available_cores, cgroup_cpu_limit
+    from lrbs_tf.core.resources import available_cores, cgroup_cpu_limit
 
     if cfg.intra_op_threads or cgroup_cpu_limit() is None:
         return cfg
@@ -107,49 +113,9 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
     todo = [i for i, r in enumerate(results) if r is None]
     if todo:
         quiet_import_tensorflow()
-        from lrbs_tf import loop
+        from lrbs_tf.training import loop
 
         trained = loop.train([cfgs[i] for i in todo], [settings(cfgs[i]) for i in todo], run_provenance)
         for i, result in zip(todo, trained):
             results[i] = result
     return results
-
-
-def parse_lrs(values: Sequence[str]) -> list[float]:
-    """--lr=0.01,0.02 -> [0.01, 0.02], naming the entry that is not a number."""
-    lrs = []
-    for v in values:
-        try:
-            lrs.append(float(v))
-        except ValueError:
-            raise UsageError(f"lr={v!r} is not a number") from None
-    return lrs
-
-
-def _main(argv: Sequence[str]) -> int:
-    from absl import flags
-
-    lrs = parse_lrs(flags.FLAGS.lr)
-    cfg = TrainConfig.from_flags(flags.FLAGS, lr=lrs[0] if lrs else 0.0)
-    if flags.FLAGS.dry_run:
-        validate(cfg)
-        quiet_import_tensorflow()
-        dry_run(cfg.resolved())
-        return 0
-    try:
-        results = run_column(cfg, lrs)
-    except TrainingFailed as e:
-        print(f"train: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 1 if any(r.get("status") == runfolder.STATUS_FAILED for r in results) else 0
-
-
-def main() -> None:
-    from lrbs_tf import flags as lrbs_flags
-
-    lrbs_flags.define_train_flags()
-    run_app(_main)
-
-
-if __name__ == "__main__":
-    main()

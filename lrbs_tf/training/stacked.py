@@ -1,6 +1,6 @@
 """Stacked execution of a learning-rate column: K copies of an MLP as weights with a leading K axis.
 
-The generic column (lrbs_tf.loop) runs K separate models in one graph: correct for every architecture, but
+The generic column (lrbs_tf.training.loop) runs K separate models in one graph: correct for every architecture, but
 at small batch sizes each of the K models' tiny ops pays its own dispatch. For chains of Dense / BatchNorm /
 ReLU / Flatten layers (the `mlp` architecture) this engine instead holds each weight as one (K, ...) variable
 and runs every layer for all K members at once (one batched matmul per layer), which is what makes a column
@@ -118,7 +118,7 @@ class StackedColumn:
 
     def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One SGD step of every member on batch (x, y); returns per-member loss sums (float64), hits and
-        squared L2 norms of the loss gradient (float64, weight decay left out: lrbs_tf.steps.grad_norm_sq)."""
+        squared L2 norms of the loss gradient (float64, weight decay left out: lrbs_tf.training.steps.grad_norm_sq)."""
         with tf.GradientTape() as tape:
             per_example, correct = self._scores(self.forward(x, training=True), y)
             # Members are independent, so the gradient of the sum gives each slice its own loss's gradient.

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import keras
 import tensorflow as tf
 
-from lrbs_tf import stacked
-from lrbs_tf.distribute import is_multi_worker
+from lrbs_tf.training import stacked
+from lrbs_tf.training.distribute import is_multi_worker
 
 if TYPE_CHECKING:
-    from lrbs_tf.members import Member
+    from lrbs_tf.training.members import Member
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 

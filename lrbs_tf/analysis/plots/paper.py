@@ -1,10 +1,10 @@
 """Figures of bin/correlate (PNG and PDF): He et al.'s Figures 1-2, an accuracy heatmap, sharpness vs BS/LR,
-and the equal-ratio curves (lrbs_tf.ratio_plots).
+and the equal-ratio curves (lrbs_tf.analysis.plots.ratio).
 
 Uses matplotlib's object API (`matplotlib.figure.Figure`), never pyplot, so no GUI backend and no global
 state are involved: figures render with Agg in any process, tests included. Speed matters (1,600 runs must
 be drawn in seconds): fixed margins instead of constrained layout (which redraws every tick label several
-times), explicit plain-text ticks (lrbs_tf.plot_style). Accuracies are drawn in percent, as in the paper; runs
+times), explicit plain-text ticks (lrbs_tf.analysis.plots.style). Accuracies are drawn in percent, as in the paper; runs
 that did not reach --min_train_accuracy are drawn hollow so the premise stays visible, diverged runs as
 crosses on the bottom axis; where cells hold several seeds, cell means carry error bars of one s.d.
 """
@@ -19,12 +19,21 @@ from matplotlib import cm, colors
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from lrbs_tf import ratio_plots, scaling_plots
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import (FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIG_STEPS, Analysis,
-                              group_keys, measure_name)
-from lrbs_tf.plot_style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
-from lrbs_tf.runtable import TARGET
+from lrbs_tf.analysis.model import (
+    FIG_CURVES,
+    FIG_EQUAL_RATIO,
+    FIG_HEATMAP,
+    FIG_RATIO,
+    FIG_SHARPNESS,
+    FIG_STEPS,
+    Analysis,
+    group_keys,
+    measure_name,
+)
+from lrbs_tf.analysis.plots import ratio as ratio_plots, scaling as scaling_plots
+from lrbs_tf.analysis.plots.style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.table import TARGET
 
 MEAN_STYLE = dict(fmt="o", ms=4, capsize=2, lw=0.9, zorder=3)
 

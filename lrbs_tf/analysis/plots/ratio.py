@@ -15,9 +15,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import Analysis
-from lrbs_tf.plot_style import line_cmap, log_axis, panel_grid
+from lrbs_tf.analysis.model import Analysis
+from lrbs_tf.analysis.plots.style import line_cmap, log_axis, panel_grid
+from lrbs_tf.runs import folder as rf
 
 MAX_RATIOS = 4  # panels per group: the shared ratios with the most cells
 MAX_PANELS = 8  # in all: with many groups each gets fewer (at least one), so the figure draws in a second

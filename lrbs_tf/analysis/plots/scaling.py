@@ -15,9 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from lrbs_tf.analysis import Analysis, key_value
-from lrbs_tf.plot_style import log_axis, new_figure, panel_grid
-from lrbs_tf.scaling_fit import predict
+from lrbs_tf.analysis.model import Analysis, key_value
+from lrbs_tf.analysis.plots.style import log_axis, new_figure, panel_grid
+from lrbs_tf.analysis.scaling_fit import predict
 
 
 def _panel(ax, label: str, steps, fit: dict) -> None:

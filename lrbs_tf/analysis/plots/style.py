@@ -15,8 +15,7 @@ from matplotlib import colormaps, colors
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from lrbs_tf import figures
-from lrbs_tf.analysis import FIGURE_FORMATS
+from lrbs_tf.core import figures
 
 # Mantissas tried in turn until an axis gets at least MIN_TICKS labelled ticks: BS/LR 178-1600 spans less
 # than a decade, where decades alone would label only '1000'.
@@ -91,5 +90,5 @@ def new_figure(nrows: int, ncols: int, width: float, height: float) -> Figure:
 def save(fig: Figure, folder: Path, name: str) -> str:
     """Writes `fig` as folder/name.png and .pdf; returns `name`."""
     # Fixed margins (new_figure) already fit the labels: a tight bounding box would draw every figure twice.
-    figures.save(fig, folder / name, formats=FIGURE_FORMATS, dpi=DPI, tight=False)
+    figures.save(fig, folder / name, dpi=DPI, tight=False)
     return name

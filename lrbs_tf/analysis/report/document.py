@@ -2,7 +2,7 @@
 
 Formatting only: every number comes from the Analysis (the same numbers as the CSV files).
 p-values in **bold** are below alpha (the paper bolds significant ones); a trailing `*` marks those still
-below alpha after Holm's correction within its multiple-testing family (lrbs_tf.families).
+below alpha after Holm's correction within its multiple-testing family (lrbs_tf.analysis.families).
 The sections on ratio sufficiency, equal-ratio invariance, seeds and families are in report_ratio.
 """
 
@@ -16,13 +16,24 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from lrbs_tf import intrinsic_report, report_ratio, report_scaling
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS,
-                              FIG_STEPS, Analysis, iter_groups, measure_name)
-from lrbs_tf.report_format import fmt_coef, fmt_p, md_table
-from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
-from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N
+from lrbs_tf.analysis import intrinsic as intrinsic_report
+from lrbs_tf.analysis.model import (
+    EXPECTED_SIGN,
+    FIG_CURVES,
+    FIG_EQUAL_RATIO,
+    FIG_HEATMAP,
+    FIG_RATIO,
+    FIG_SHARPNESS,
+    FIG_STEPS,
+    Analysis,
+    iter_groups,
+    measure_name,
+)
+from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling
+from lrbs_tf.analysis.report.format import fmt_coef, fmt_p, md_table
+from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.table import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
 
 CAPTIONS = {
     FIG_RATIO: "Figure 1: best test accuracy vs BS/LR (log scale), one point per run (hollow: final training "

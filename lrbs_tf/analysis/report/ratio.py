@@ -13,12 +13,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from lrbs_tf import families as fam
-from lrbs_tf import runfolder as rf
-from lrbs_tf.analysis import Analysis, iter_groups, measure_name
-from lrbs_tf.ratio_stats import CI_LEVEL
-from lrbs_tf.report_format import fmt_p, md_table
-from lrbs_tf.runtable import TARGET
+from lrbs_tf.analysis import families as fam
+from lrbs_tf.analysis.model import Analysis, iter_groups, measure_name
+from lrbs_tf.analysis.ratio_stats import CI_LEVEL
+from lrbs_tf.analysis.report.format import fmt_p, md_table
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.table import TARGET
 
 FEW_CLUSTERS = 30  # below about this many clusters, cluster-robust errors are known to be too small
 

@@ -1,5 +1,5 @@
 """The sections of report.md on optimisation rather than generalisation: steps to result and McCandlish's
-fit (lrbs_tf.scaling), early B_simple beside the fitted B_crit, and the edge of stability.
+fit (lrbs_tf.analysis.scaling), early B_simple beside the fitted B_crit, and the edge of stability.
 
 Formatting only: every number comes from the Analysis (the same numbers as the CSV files).
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from lrbs_tf.analysis import Analysis
-from lrbs_tf.report_format import md_table
+from lrbs_tf.analysis.model import Analysis
+from lrbs_tf.analysis.report.format import md_table
 
 STABILITY_EDGE = 1.0  # lambda_max lr / 2 at which plain SGD on the quadratic diverges
 

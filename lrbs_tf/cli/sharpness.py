@@ -1,0 +1,74 @@
+"""bin/sharpness's command line: flag values -> Settings and targets -> lrbs_tf.curvature.session (or the
+loss along the line between two runs, lrbs_tf.curvature.interpolation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from absl import flags
+
+from lrbs_tf.cli.app import run_app
+from lrbs_tf.core.errors import UsageError
+from lrbs_tf.core.resources import quiet_import_tensorflow
+from lrbs_tf.curvature.session import run, run_many
+from lrbs_tf.curvature.settings import Settings
+from lrbs_tf.curvature.targets import expand_ckpts, results_targets, sharpness_file
+
+
+def _targets(flag_values, settings: Settings) -> tuple[list[str], bool]:
+    """The runs to measure from --ckpt or --results, and whether the user named exactly one (the single-run
+    contract: any problem is bad input, exit 2)."""
+    if flag_values.results and flag_values.ckpt:
+        raise UsageError(f"--ckpt and --results={flag_values.results}: give one")
+    if flag_values.results:
+        todo, current = results_targets(flag_values.results, settings, flag_values.epoch)
+        print(f"sharpness: {flag_values.results}: {len(todo)} finished run(s) to measure, {current} with a current "
+              f"{sharpness_file(flag_values.epoch)} left alone", flush=True)
+        return todo, False
+    if not flag_values.ckpt:
+        raise UsageError("--ckpt is required: a run folder or a model.keras file, several (a comma list or "
+                         "globs), or --results=DIR (or use --interpolate)")
+    ckpts = expand_ckpts(flag_values.ckpt)
+    return ckpts, len(flag_values.ckpt) == 1 and ckpts == list(flag_values.ckpt)
+
+
+def _main(FLAGS: flags.FlagValues) -> int:
+    quiet_import_tensorflow()
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # vectorized_map's per-op fallback notices are not for the user
+    if FLAGS.interpolate:
+        from lrbs_tf.curvature.interpolation import interpolate, parse_alphas
+
+        if FLAGS.ckpt or FLAGS.results or FLAGS.epoch is not None:
+            raise UsageError(f"--ckpt/--results/--epoch and --interpolate={','.join(FLAGS.interpolate)}: give one "
+                             "(curvature of runs, or the line between two runs)")
+        if len(FLAGS.interpolate) != 2:
+            raise UsageError(f"--interpolate={','.join(FLAGS.interpolate)}: give exactly two run folders, RUN_A,RUN_B")
+        interpolate(FLAGS.interpolate[0], FLAGS.interpolate[1], FLAGS.out, parse_alphas(FLAGS.alpha_range),
+                    num_examples=FLAGS.num_examples,
+                    batch_size=FLAGS.hvp_batch_size or 1000, bn_stats=FLAGS.interp_bn_stats)
+        return 0
+    settings = Settings(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Settings)})
+    settings.quantities = tuple(settings.quantities)
+    given = {name: getattr(FLAGS, name) if FLAGS[name].present else None
+             for name in ("dataset", "data_dir", "data_path")}
+    if FLAGS.epoch is not None and FLAGS.epoch < 1:
+        raise UsageError(f"--epoch={FLAGS.epoch} is not an epoch (the first is 1)")
+    ckpts, single = _targets(FLAGS, settings)
+    if single:
+        run(ckpts[0], settings, out=FLAGS.out, epoch=FLAGS.epoch, **given)
+        return 0
+    if FLAGS.out:
+        raise UsageError(f"--out={FLAGS.out} names one run's output folder; with several runs each writes "
+                         "into its own run folder")
+    _, failures = run_many(ckpts, settings, epoch=FLAGS.epoch, **given)
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """bin/sharpness, `python -m lrbs_tf.sharpness`, the lrbs-sharpness console script (argv: default
+    sys.argv)."""
+    run_app("sharpness", _main, argv)
+

@@ -1,0 +1,51 @@
+"""lrbs_tf.sweep.scheduler: the sweep's record of its grid, and which runs it measures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.sweep import scheduler as sweep
+
+
+def test_sweep_record_is_written_once_and_a_different_grid_refused(tmp_path):
+    record = {"batch_sizes": [16, 32], "lrs": [0.1], "seeds": [0], "arch": "mlp", "epochs": 2}
+    sweep.check_sweep_record(tmp_path, record)
+    path = tmp_path / sweep.SWEEP_RECORD
+    before = path.read_bytes()
+    assert json.loads(before)["grid"] == record
+    sweep.check_sweep_record(tmp_path, dict(record))  # the same grid again: accepted, file untouched
+    assert path.read_bytes() == before
+    with pytest.raises(sweep.UsageError, match=r"another sweep \(epochs: 2 there, 3 now\)"):
+        sweep.check_sweep_record(tmp_path, {**record, "epochs": 3})
+    with pytest.raises(sweep.UsageError, match="lrs"):
+        sweep.check_sweep_record(tmp_path, {**record, "lrs": [0.1, 0.2]})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sweep.SWEEP_RECORD]  # no temp file left
+    # A setting added to bin/train after the record was written is absent from it: the default is recorded.
+    sweep.check_sweep_record(tmp_path, {**record, "mixed_precision": "off"})
+    with pytest.raises(sweep.UsageError, match="mixed_precision: 'off' there, 'bfloat16' now"):
+        sweep.check_sweep_record(tmp_path, {**record, "mixed_precision": "bfloat16"})
+
+
+def test_only_done_runs_without_sharpness_are_measured(tmp_path):
+    def folder(name, status, files=()):
+        d = tmp_path / name
+        d.mkdir()
+        (d / runfolder.CONFIG).write_text("{}")
+        if status:
+            runfolder.atomic_write_json(d / runfolder.RESULT, {"status": status})
+        for f in files:
+            (d / f).write_text("{}")
+        return d
+
+    assert sweep._needs_sharpness(folder("a", "done", [runfolder.MODEL]))
+    assert not sweep._needs_sharpness(folder("b", "done", [runfolder.MODEL, runfolder.SHARPNESS]))
+    assert not sweep._needs_sharpness(folder("c", "diverged", [runfolder.MODEL]))  # no minimum to measure
+    assert not sweep._needs_sharpness(folder("d", "failed", [runfolder.MODEL]))
+    assert not sweep._needs_sharpness(folder("e", None))  # unfinished
+    assert runfolder.run_status(tmp_path / "e") is None and runfolder.run_status(tmp_path / "c") == "diverged"
+    (tmp_path / "e" / runfolder.RESULT).write_text("{not json")
+    assert runfolder.run_status(tmp_path / "e") == "unreadable"
