@@ -133,7 +133,7 @@ def test_correlate_is_bin_correlates_run(tmp_path):
     analysis = lrbs_tf.correlate(tmp_path / "q", figures=False)
     assert (tmp_path / "q" / "correlate" / "report.md").is_file()
     assert len(analysis.runs) == 25 and set(analysis.runs["status"]) == {"done"}
-    from lrbs_tf.analysis import correlate
+    from lrbs_tf import correlate  # bin/correlate's entry module, callable as lrbs_tf.correlate(...)
 
     assert correlate.run is lrbs_tf.analysis.correlate.run and callable(correlate)
 
