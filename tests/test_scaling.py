@@ -149,7 +149,23 @@ def test_the_step_column_wins_and_a_seed_that_missed_makes_its_cell_miss(tmp_pat
     assert steps.loc[64, "min_steps"] == pytest.approx(600.0, rel=1e-9) and steps.loc[64, "best_lr"] == 0.1
     assert steps.loc[64, "n_runs"] == 5 and steps.loc[64, "n_reached"] == 3 and steps.loc[64, "best_n_seeds"] == 3
     fit = a.steps_to_result.fit.iloc[0]
-    assert fit["n_batch_sizes"] == 2 and "2 batch sizes: the curve passes through both" in fit["note"]
+    # Each batch size's best learning rate is at the edge of its grid (BS 32 has one): upper bounds, not fitted.
+    assert fit["n_batch_sizes"] == 0 and "left out as upper bounds (best learning rate at the grid's edge) at " \
+        "batch size(s) 32, 64" in fit["note"]
+
+
+def test_upper_bounds_are_left_out_and_an_exact_law_does_not_stop_the_fit(tmp_path):
+    # The best learning rate is the smallest of the grid at the two largest batch sizes (an upper bound there).
+    root = tmp_path / "runs"
+    write_scaling_study(root, 500.0, 128.0, (32, 64, 128, 256, 512), (0.05, 0.1, 0.2), curve="linear",
+                        arch="mlp", dataset="mnist1d")
+    fit = correlate.analyse(root, target_train_loss=0.05).steps_to_result.fit.iloc[0]
+    assert fit["b_crit"] == pytest.approx(128.0, rel=1e-6)  # zero residual: reported, not an IndexError
+    assert fit["b_crit_low"] == fit["b_crit_high"] == pytest.approx(fit["b_crit"]) and "degenerate" in fit["note"]
+    edge = fit_scaling([32, 64, 128, 256], [1000.0, 500.0, 250.0, 125.0])  # perfect scaling: B_crit above them
+    assert math.isinf(edge.b_crit_high) or math.isnan(edge.b_crit)
+    flat = fit_scaling([32, 64, 128, 256, 512], [100.0, 101.0, 99.0, 100.5, 100.0])
+    assert "unbounded" in flat.note or "not identified" in flat.note
 
 
 def test_law_steps_is_mccandlish():

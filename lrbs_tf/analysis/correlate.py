@@ -73,15 +73,43 @@ def _untested(keys: dict, n: int, reason: str, **extra: Any) -> dict:
     return {**keys, **extra, **stats.Correlation(n, nan, nan, nan, nan, nan, nan, reason=reason).as_dict()}
 
 
+def _seeded(g: pd.DataFrame) -> bool:
+    """Whether some (BS, LR) cell of these runs holds more than one run (seeds)."""
+    return bool(g.duplicated(ratio.CELL).any())
+
+
+def _cell_frame(g: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """One row per (BS, LR) cell of `g`: the mean over its runs of each of `columns` (NaN skipped)."""
+    other = [c for c in columns if c not in ratio.CELL]
+    return g.groupby(ratio.CELL, sort=True)[other].mean().reset_index()
+
+
+def _unit_test(keys: dict, sub: pd.DataFrame, x: str, y: str, seeded: bool, **extra: Any) -> dict:
+    """A correlation test whose unit is the cell: on the cell means when seeds repeat cells (the run-level
+    numbers kept as spearman_rho_runs / spearman_p_runs, a sensitivity check), on the runs otherwise."""
+    runs = stats.correlate(sub[x].to_numpy(float), sub[y].to_numpy(float), x, y)
+    level = {"unit": "runs", "n_runs": len(sub), "spearman_rho_runs": runs.spearman_rho,
+             "spearman_p_runs": runs.spearman_p}
+    if not seeded:
+        return {**keys, **extra, **runs.as_dict(), **level}
+    means = _cell_frame(sub, [x, y])
+    return {**_test(keys, means, x, y, **extra), **level, "unit": "cell_means"}
+
+
 def _table3_rows(keys: dict, g: pd.DataFrame, diverged: pd.DataFrame, flagged: pd.Series) -> list[dict]:
-    """Table 3 of one group: all done runs, without the flagged ones, on cell means, diverged ranked worst."""
+    """Table 3 of one group: all done runs, without the flagged ones, on cell means, diverged ranked worst.
+    `primary`: the row the report's verdict states, the cell means when seeds repeat cells (the cell is the
+    unit of replication: seeds of one cell share its configuration, so runs are not independent points),
+    else all done runs (He et al.'s test)."""
+    seeded = _seeded(g)
     rows = [_test(keys, sub, "ratio", TARGET, subset=subset, n_flagged=int(flagged[sub.index].sum()),
-                  n_diverged=0) for subset, sub in zip(SUBSETS, (g, g[~flagged]))]
+                  n_diverged=0, primary=subset == SUBSETS[0] and not seeded)
+            for subset, sub in zip(SUBSETS, (g, g[~flagged]))]
     means = ratio.cell_means(g)
-    extra = dict(subset="cell_means", n_flagged=int(flagged.sum()), n_diverged=0)
-    rows.append(_test(keys, means, "ratio", TARGET, **extra) if len(means) < len(g)
+    extra = dict(subset="cell_means", n_flagged=int(flagged.sum()), n_diverged=0, primary=seeded)
+    rows.append(_test(keys, means, "ratio", TARGET, **extra) if seeded
                 else _untested(keys, len(means), "one run per (BS, LR) cell: the same test as with_flagged", **extra))
-    extra = dict(subset="diverged_worst", n_flagged=int(flagged.sum()), n_diverged=len(diverged))
+    extra = dict(subset="diverged_worst", n_flagged=int(flagged.sum()), n_diverged=len(diverged), primary=False)
     if diverged.empty:
         rows.append(_untested(keys, len(g), "no diverged run: the same test as with_flagged", **extra))
     else:
@@ -94,27 +122,33 @@ def _table3_rows(keys: dict, g: pd.DataFrame, diverged: pd.DataFrame, flagged: p
 def correlation_tables(runs: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
                        sharpness_quantities: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Tables 1-3 and the sharpness tests, unadjusted, over the done runs of `runs` (and, for Table 3's
-    diverged_worst row, its diverged runs)."""
+    diverged_worst row, its diverged runs). With seeds, Tables 1-2 and the sharpness tests are on cell
+    means (column `unit`), the run-level Spearman kept beside them."""
     done = runs[runs["status"] == rf.STATUS_DONE]
     diverged = runs[(runs["status"] == rf.STATUS_DIVERGED) & runs["arch"].notna() & runs["dataset"].notna()]
     diverged_keys = group_keys(diverged, group_cols)
     rows: dict[str, list[dict]] = {"table1": [], "table2": [], "table3": [], "sharpness": []}
     for keys, _, g in iter_groups(done, group_cols, labels):
         flagged = ~g["reached_min_train_accuracy"].astype(bool)
+        seeded = _seeded(g)
         for fixed, varying, table in (("lr", "batch_size", "table1"), ("batch_size", "lr", "table2")):
             for value, sub in g.groupby(fixed, sort=True):
-                rows[table].append(_test(keys, sub, varying, TARGET, **{fixed: value},
-                                         n_flagged=int(flagged[sub.index].sum())))
+                rows[table].append(_unit_test(keys, sub, varying, TARGET, seeded, **{fixed: value},
+                                              n_flagged=int(flagged[sub.index].sum())))
         rows["table3"] += _table3_rows(keys, g, diverged[diverged_keys == tuple(keys.values())], flagged)
         for subset, sub in zip(SUBSETS, (g, g[~flagged])):
             for q in sharpness_quantities:
                 for versus in ("ratio", TARGET):
-                    rows["sharpness"].append(_test(keys, sub, versus, q, quantity=q, versus=versus,
-                                                   subset=subset))
+                    rows["sharpness"].append(_unit_test(keys, sub, versus, q, seeded, quantity=q, versus=versus,
+                                                        subset=subset))
     tables = {name: pd.DataFrame(r) for name, r in rows.items() if r or name != "sharpness"}
     if not sharpness_quantities:
         tables.pop("sharpness", None)
     return tables
+
+
+def quantities_of(measures: Sequence[str]) -> list[str]:
+    return [m for m in measures if m not in ("ratio", TARGET)]
 
 
 def psi_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
@@ -123,12 +157,17 @@ def psi_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str
     rows = []
     for keys, _, g in iter_groups(done, group_cols, labels):
         flagged = ~g["reached_min_train_accuracy"].astype(bool)
+        seeded = _seeded(g)
         for subset, sub in zip(SUBSETS, (g, g[~flagged])):
-            records = sub.to_dict("records")
+            # With seeds, one point per cell (the mean over its seeds): Psi's subgroups then compare cells.
+            records = (_cell_frame(sub, ["ratio", TARGET, *quantities_of(measures)]) if seeded else sub
+                       ).to_dict("records")
             for measure in measures:
                 r = stats.granulated_kendall(records, measure, TARGET, HYPERPARAMETERS)
                 rows.append({**keys, "subset": subset, "measure": measure, "target": TARGET,
-                             "n": int(sub[measure].notna().sum()), "psi": r.psi,
+                             "unit": "cell_means" if seeded else "runs",
+                             "n": int(pd.DataFrame(records, columns=[measure])[measure].notna().sum()),
+                             "psi": r.psi,
                              **{f"psi_{hp}": r.per_hyperparameter.get(hp, math.nan) for hp in HYPERPARAMETERS},
                              **{f"subgroups_{hp}": r.subgroups_used.get(hp, 0) for hp in HYPERPARAMETERS},
                              "subgroups_skipped": sum(r.subgroups_skipped.values()), "reason": r.reason})
@@ -207,12 +246,13 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     target = scaling.target_from(target_train_loss, target_test_accuracy)
     runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
+    runs, duplicates = merge_duplicates(runs, group_cols)
     done = runs[runs["status"] == rf.STATUS_DONE]
     quantities = [q for q in SHARPNESS_QUANTITIES if done[q].notna().any()]
     labels = group_labels(runs, group_cols)
     a = Analysis(results=results, runs=runs, tables=correlation_tables(runs, group_cols, labels, quantities),
                  psi=psi_table(done, group_cols, labels, ["ratio", *quantities]), group_cols=group_cols,
-                 labels=labels, uncontrolled={}, duplicates=pd.DataFrame(), min_train_accuracy=min_train_accuracy,
+                 labels=labels, uncontrolled={}, duplicates=duplicates, min_train_accuracy=min_train_accuracy,
                  alpha=alpha, sharpness_quantities=quantities,
                  cells=ratio.cell_table(runs, group_cols, labels, quantities),
                  noise=ratio.noise_table(done, group_cols, labels, quantities),
@@ -230,9 +270,47 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     a.critical_batch = scaling.critical_batch_table(done, group_cols, labels,
                                                     a.steps_to_result.fit if a.steps_to_result else None)
     a.intrinsic = intrinsic_report.compute(runs, results, group_cols)
-    dup_cols = group_cols + ["batch_size", "lr", "seed"]
-    a.duplicates = done[done.duplicated(dup_cols, keep=False)].sort_values(dup_cols + ["run_dir"])
     return a
+
+
+STATUS_DUPLICATE = "duplicate"  # runs.csv status of a done run that repeats another's configuration and seed
+DUPLICATE_COLUMNS = ["run_dir", "kept_run_dir", "identical", "differs_in", "batch_size", "lr", "seed", TARGET]
+
+
+def merge_duplicates(runs: pd.DataFrame, group_cols: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Done runs of one group, batch size, learning rate and seed enter every test once.
+
+    Of each such set (a copied folder, a rerun in another folder) the first by run_dir is kept; the others
+    get status `duplicate` (runs.csv `problem` names the kept run) and are analysed nowhere. Returns the
+    runs and one row per set member left out: `identical` when every reported number equals the kept run's
+    (a copy), else `differs_in` lists the columns that differ: the same configuration and seed gave another
+    result, a reproducibility problem the report lists."""
+    keys = [*group_cols, "batch_size", "lr", "seed"]
+    done = runs[runs["status"] == rf.STATUS_DONE]
+    dup = done[done.duplicated(keys, keep=False)]
+    if dup.empty:
+        return runs, pd.DataFrame(columns=DUPLICATE_COLUMNS)
+    compare = [c for c in (TARGET, "final_train_accuracy", "final_train_loss", "best_epoch", *SHARPNESS_QUANTITIES)
+               if c in runs.columns]
+    runs = runs.copy()
+    rows = []
+    for _, members in dup.sort_values("run_dir").groupby(keys, dropna=False, sort=False):
+        kept = members.iloc[0]
+        for index, other in members.iloc[1:].iterrows():
+            differs = [c for c in compare if not _same(kept[c], other[c])]
+            runs.loc[index, "status"] = STATUS_DUPLICATE
+            runs.loc[index, "problem"] = (f"copy of {kept['run_dir']} (same configuration, seed and results)"
+                                          if not differs else f"rerun of {kept['run_dir']} (same configuration "
+                                          f"and seed) with other results ({', '.join(differs)}); not analysed")
+            rows.append({"run_dir": other["run_dir"], "kept_run_dir": kept["run_dir"], "identical": not differs,
+                         "differs_in": ", ".join(differs), "batch_size": other["batch_size"], "lr": other["lr"],
+                         "seed": other["seed"], TARGET: other[TARGET]})
+    return runs, pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
+
+
+def _same(a: Any, b: Any) -> bool:
+    missing = [v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) for v in (a, b)]
+    return all(missing) or (not any(missing) and a == b)
 
 
 def _figure_files(names: Sequence[str]) -> set[str]:

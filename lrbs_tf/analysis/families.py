@@ -6,8 +6,8 @@ A family is one claim tested in one group (arch, dataset and the --group_by sett
 |---|---|---|
 | `table1` | Table 1, one test per learning rate | accuracy falls with the batch size (He et al.) |
 | `table2` | Table 2, one per batch size | accuracy rises with the learning rate |
-| `table3` | Table 3 on all done runs (`with_flagged`) | accuracy falls with BS/LR |
-| `table3_sensitivity` | Table 3 `without_flagged`, `cell_means`, `diverged_worst` | the same, re-analysed |
+| `table3` | Table 3's `primary` row: `cell_means` with seeds, else all done runs (`with_flagged`) | accuracy falls with BS/LR |
+| `table3_sensitivity` | Table 3's other rows (`with_flagged` with seeds, `without_flagged`, `diverged_worst`) | the same, re-analysed |
 | `sharpness` | each quantity vs BS/LR and vs accuracy, all done runs | curvature follows the ratio |
 | `sharpness_sensitivity` | the same without the flagged runs | |
 | `ratio_test` | ratio sufficiency, one test per measure | only BS/LR matters |
@@ -17,8 +17,8 @@ He et al.'s 164 tests are the first three kinds over their four groups (4 x (20 
 per group so that what else sits in a results folder never changes a group's adjustment, and Table 3 is
 counted once (its sensitivity rows re-test the same hypothesis on other data, so they are adjusted among
 themselves, not added to the primary family). Each statistic's p-values form their own family (Spearman,
-Pearson and Kendall are alternative tests of one hypothesis, as are p_ratio, p_ratio_quadratic and
-p_ratio_cell_means). Untestable rows (NaN p) are not counted. Holm (family-wise error rate) and
+Pearson and Kendall are alternative tests of one hypothesis, as are p_ratio (the primary test),
+p_ratio_linear, p_ratio_quadratic and p_ratio_cell_means, and p_permutation (cells) and p_permutation_runs). Untestable rows (NaN p) are not counted. Holm (family-wise error rate) and
 Benjamini-Hochberg (false discovery rate) from statsmodels' multipletests, through stats.adjust_pvalues.
 """
 
@@ -39,18 +39,23 @@ PRIMARY_KINDS = ("table1", "table2", "table3")  # He et al.'s tests
 CORRELATION_P = tuple(stats.P_COLUMN[s] for s in stats.STATISTICS)
 # p-value columns of each table, and the column saying whether the raw p is below alpha.
 P_COLUMNS = {"table1": CORRELATION_P, "table2": CORRELATION_P, "table3": CORRELATION_P,
-             "sharpness": CORRELATION_P, "ratio_test": ("p_ratio", "p_ratio_quadratic", "p_ratio_cell_means"),
-             "ratio_invariance": ("p_permutation",)}
+             "sharpness": CORRELATION_P, "ratio_test": ("p_ratio", "p_ratio_linear", "p_ratio_quadratic",
+                                                               "p_ratio_cell_means"),
+             "ratio_invariance": ("p_permutation", "p_permutation_runs")}
 SIGNIFICANT = {**{stats.P_COLUMN[s]: f"{s}_significant" for s in stats.STATISTICS},
-               "p_ratio": "p_ratio_significant", "p_ratio_quadratic": "p_ratio_quadratic_significant",
+               "p_ratio": "p_ratio_significant", "p_ratio_linear": "p_ratio_linear_significant",
+               "p_ratio_quadratic": "p_ratio_quadratic_significant",
                "p_ratio_cell_means": "p_ratio_cell_means_significant",
-               "p_permutation": "p_permutation_significant"}
+               "p_permutation": "p_permutation_significant",
+               "p_permutation_runs": "p_permutation_runs_significant"}
 # The smallest p a row's test could return, where known (small exact tests cannot go below it).
 MIN_P = {"spearman_p": "spearman_min_p", "p_permutation": "min_attainable_p"}
 
 
 def kind_of(table: str, row: Mapping) -> str:
     """The family kind of one test row of `table` ('table1' ... 'ratio_invariance')."""
+    if table == "table3" and "primary" in row:
+        return table if row["primary"] else f"{table}_sensitivity"
     if table in ("table3", "sharpness"):
         return table if row["subset"] == PRIMARY_SUBSET else f"{table}_sensitivity"
     return table

@@ -65,7 +65,8 @@ RUN_COLUMNS = ["run_dir", "batch_size", "lr", "weight_decay", "seed", "intrinsic
                "norm_drift", "near_equilibrium", "note"]
 EQUAL_COLUMNS = ["batch_size", "scope", "intrinsic_lr", "n_runs", "n_pairs", "n_near_equilibrium", "pairs",
                  "effective_lr_min", "effective_lr_max", "spread", "seed_spread", "elasticity",
-                 "elasticity_ci_low", "elasticity_ci_high", "reading", "note"]
+                 "elasticity_ci_low", "elasticity_ci_high", "elasticity_near_equilibrium",
+                 "elasticity_near_equilibrium_ci_low", "elasticity_near_equilibrium_ci_high", "reading", "note"]
 
 
 @dataclasses.dataclass
@@ -211,6 +212,20 @@ def equal_row(pairs: pd.DataFrame, sub: pd.DataFrame, scope: str) -> dict:
     one = scope == SCOPE_ONE
     notes = [MOMENTUM_NOTE] if (sub["note"].str.contains(MOMENTUM_NOTE, regex=False)).any() else []
     seeded = pairs["seed_spread"].dropna()
+    # The theory is for the stationary state: the same fit over the runs near equilibrium only (reported
+    # beside the all-runs one; the reading uses it when it can be computed).
+    eq_pairs = _pairs(sub[sub["near_equilibrium"].astype(bool)])
+    eq_pairs = eq_pairs[eq_pairs.groupby("intrinsic_lr")["lr"].transform("size") >= 2] if len(eq_pairs) else eq_pairs
+    eq = (fit_elasticity(np.log(eq_pairs["lr"].to_numpy(float)), np.log(eq_pairs["mean"].to_numpy(float)),
+                         eq_pairs["intrinsic_lr"].to_numpy(float)) if len(eq_pairs) >= 2 else (math.nan,) * 3)
+    if math.isnan(eq[0]):
+        shown = (slope, low, high)
+        if not sub["near_equilibrium"].astype(bool).all():
+            notes.append("too few near-equilibrium pairs for their own elasticity: the reading uses all runs")
+    else:
+        shown = eq
+        if not sub["near_equilibrium"].astype(bool).all():
+            notes.append("reading from the runs near equilibrium only")
     return {"scope": scope, "intrinsic_lr": float(pairs["intrinsic_lr"].iloc[0]) if one else math.nan,
             "n_runs": int(pairs["runs"].sum()), "n_pairs": len(pairs),
             "n_near_equilibrium": int(sub["near_equilibrium"].sum()),
@@ -220,7 +235,9 @@ def equal_row(pairs: pd.DataFrame, sub: pd.DataFrame, scope: str) -> dict:
             "effective_lr_max": float(means.max()) if one else math.nan,
             "spread": float(means.max() / means.min()) if one else math.nan,
             "seed_spread": float(seeded.median()) if len(seeded) else math.nan, "elasticity": slope,
-            "elasticity_ci_low": low, "elasticity_ci_high": high, "reading": reading(slope, low, high),
+            "elasticity_ci_low": low, "elasticity_ci_high": high, "elasticity_near_equilibrium": eq[0],
+            "elasticity_near_equilibrium_ci_low": eq[1], "elasticity_near_equilibrium_ci_high": eq[2],
+            "reading": reading(*shown),
             "note": "; ".join(notes)}
 
 

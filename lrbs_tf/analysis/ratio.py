@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf.analysis import ratio_stats
+from lrbs_tf.analysis import cell_tests, ratio_stats
 from lrbs_tf.analysis.model import iter_groups
 from lrbs_tf.runs.table import TARGET
 
@@ -111,27 +111,54 @@ def cell_means(g: pd.DataFrame, measure: str = TARGET) -> pd.DataFrame:
 
 def ratio_test_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
                      quantities: Sequence[str]) -> pd.DataFrame:
-    """ratio_test.csv: the ratio-sufficiency test per group and measure, unadjusted."""
+    """ratio_test.csv: the ratio-sufficiency tests per group and measure, unadjusted.
+
+    `p_ratio` is the primary test's p (lrbs_tf.analysis.cell_tests.ratio_primary; `p_ratio_method` names it); the
+    linear model of ratio_stats.ratio_sufficiency stays as `p_ratio_linear` (its `reason`: `linear_reason`),
+    with its quadratic and cell-means variants, as sensitivity columns."""
     rows = []
     for keys, _, g in iter_groups(done, group_cols, labels):
         for m in (TARGET, *quantities):
             values, transform = measure_values(g, m)
-            fit = ratio_stats.ratio_sufficiency(g["batch_size"].to_numpy(float), g["lr"].to_numpy(float), values)
-            rows.append({**keys, "measure": m, "transform": transform, **fit.as_dict(),
-                         "n_missing": int((~np.isfinite(values)).sum())})
+            bs, lr = g["batch_size"].to_numpy(float), g["lr"].to_numpy(float)
+            fit = ratio_stats.ratio_sufficiency(bs, lr, values).as_dict()
+            fit["p_ratio_linear"] = fit.pop("p_ratio")
+            fit["linear_reason"] = fit.pop("reason")
+            primary = cell_tests.ratio_primary(bs, lr, g["seed"].to_numpy(object), values,
+                                               g["ratio"].to_numpy(float)).as_dict()
+            reason = primary.pop("primary_reason")
+            rows.append({**keys, "measure": m, "transform": transform, "p_ratio": primary.pop("p_ratio"),
+                         "p_ratio_method": primary.pop("p_ratio_method"), **primary, **fit,
+                         "n_missing": int((~np.isfinite(values)).sum()), "reason": reason})
     return pd.DataFrame(rows)
 
 
 def invariance_table(done: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str],
                      quantities: Sequence[str]) -> pd.DataFrame:
-    """ratio_invariance.csv: the equal-ratio invariance test per group and measure, unadjusted."""
+    """ratio_invariance.csv: the equal-ratio invariance test per group and measure, unadjusted.
+
+    The unit is the cell: with seeds, the test runs on the cell means, permuting whole cells (a seed's runs
+    share randomness, and a cell's effect is shared by its seeds, so single runs are not exchangeable);
+    `p_permutation_runs` is the run-level test (sensitivity), `mad_same_cell` and `n_same_cell_pairs` the
+    seeds' noise floor from the runs. With one run per cell the two are the same test (`unit` says which)."""
     rows = []
     for keys, _, g in iter_groups(done, group_cols, labels):
         cells = list(zip(g["batch_size"], g["lr"]))
+        codes = _cell_codes(g)
+        seeded = len(set(codes)) < len(codes)
         for m in (TARGET, *quantities):
             values, transform = measure_values(g, m)
-            test = ratio_stats.invariance_test(values, g["ratio"].to_numpy(float), cells)
-            rows.append({**keys, "measure": m, "transform": transform, **test.as_dict()})
+            runs = ratio_stats.invariance_test(values, g["ratio"].to_numpy(float), cells)
+            row = runs.as_dict()
+            if seeded:
+                frame = pd.DataFrame({"c": codes, "v": values, "r": g["ratio"].to_numpy(float)})
+                frame = frame[np.isfinite(frame["v"])]
+                means = frame.groupby("c", sort=True).agg(v=("v", "mean"), r=("r", "first"))
+                row = ratio_stats.invariance_test(means["v"].to_numpy(float), means["r"].to_numpy(float),
+                                                  list(means.index)).as_dict()
+                row.update(mad_same_cell=runs.mad_same_cell, n_same_cell_pairs=runs.n_same_cell_pairs)
+            rows.append({**keys, "measure": m, "transform": transform, "unit": "cell_means" if seeded else "runs",
+                         **row, "p_permutation_runs": runs.p_permutation})
     return pd.DataFrame(rows)
 
 

@@ -171,12 +171,25 @@ def fit_table(steps: pd.DataFrame, group_cols: list[str], labels: dict[tuple, st
     """scaling_fit.csv: McCandlish's S(B) fitted per group to the batch sizes that reached the target."""
     rows = []
     for keys, _, g in iter_groups(steps, group_cols, labels):
-        have = g[g["min_steps"].notna()]
+        reached = g[g["min_steps"].notna()]
+        # An upper bound is not a measurement of the fewest steps: a best learning rate at the grid's edge may
+        # not be the best, and an unbracketed crossing is only "by then". Fitted as exact they pull B_crit
+        # (on a noise-free law, 223 became 111 with an interval excluding the truth), so they are left out.
+        edge = reached["best_lr_at_edge"].astype(bool)
+        unbracketed = ~reached["best_bracketed"].astype(bool) & ~edge
+        have = reached[~edge & ~unbracketed]
         fit = fit_scaling(have["batch_size"].to_numpy(float), have["min_steps"].to_numpy(float))
-        note = fit.note
+        notes = []
         missing = g.loc[g["min_steps"].isna(), "batch_size"].tolist()
         if missing:
-            note = "; ".join(n for n in (f"not reached at batch size(s) {', '.join(map(str, missing))}", note) if n)
+            notes.append(f"not reached at batch size(s) {', '.join(map(str, missing))}")
+        if edge.any():
+            notes.append("left out as upper bounds (best learning rate at the grid's edge) at batch size(s) "
+                         + ", ".join(map(str, reached.loc[edge, "batch_size"])))
+        if unbracketed.any():
+            notes.append("left out as upper bounds (target met at the first epoch row, crossing not bracketed) at "
+                         "batch size(s) " + ", ".join(map(str, reached.loc[unbracketed, "batch_size"])))
+        note = "; ".join(n for n in (*notes, fit.note) if n)
         rows.append({**keys, **fit.as_dict(), "target": str(target), "level": LEVEL, "note": note})
     return pd.DataFrame(rows, columns=[*group_cols, *FIT_COLUMNS])
 
@@ -218,6 +231,10 @@ def critical_batch_table(done: pd.DataFrame, group_cols: list[str], labels: dict
         b = g["noise_scale_early"].to_numpy(float)
         f = fits.get(tuple(keys.values()), {})
         b_crit = float(f.get("b_crit", math.nan))
+        # Compared with B_simple only where the fit bounds B_crit on both sides: a ratio to an estimate whose
+        # interval runs to infinity (or is degenerate) would read as agreement it does not show.
+        bounded = all(math.isfinite(float(f.get(k, math.nan))) for k in ("b_crit_low", "b_crit_high")) \
+            and float(f.get("b_crit_low", 0.0)) > 0
         rows.append({**keys, "n_runs": len(g), "epoch_min": int(g["noise_scale_epoch"].min()),
                      "epoch_max": int(g["noise_scale_epoch"].max()),
                      # measured in the second half of the run's epochs: not "early", B_simple grows as G -> 0
@@ -228,5 +245,5 @@ def critical_batch_table(done: pd.DataFrame, group_cols: list[str], labels: dict
                      if g["noise_scale_early_stderr"].notna().any() else math.nan,
                      "b_crit": b_crit, "b_crit_low": float(f.get("b_crit_low", math.nan)),
                      "b_crit_high": float(f.get("b_crit_high", math.nan)),
-                     "b_crit_over_b_simple": b_crit / float(np.median(b)), "target": f.get("target", "")})
+                     "b_crit_over_b_simple": b_crit / float(np.median(b)) if bounded else math.nan, "target": f.get("target", "")})
     return pd.DataFrame(rows, columns=[*group_cols, *CRITICAL_COLUMNS])

@@ -129,6 +129,8 @@ def _u_interval(grid: np.ndarray, u_grid: np.ndarray, rss: np.ndarray, threshold
     (perfect scaling: S_min -> 0 as B_crit -> inf), so a region reaching the top of the scan leaves u
     unbounded below; as v falls u(v) tends to the mean log steps, so the upper end is always finite."""
     where = np.nonzero(rss <= threshold)[0]
+    if not where.size:  # a zero-residual fit: the threshold is 0 and rounding leaves every scan point above it
+        return math.nan, math.nan
     half = np.sqrt(np.maximum(threshold - rss[where], 0.0) / n)
     lo = -math.inf if where[-1] == len(grid) - 1 else float(np.min(u_grid[where] - half))
     return lo, float(np.max(u_grid[where] + half))
@@ -155,7 +157,12 @@ def fit_scaling(batch_sizes: Sequence[float], steps: Sequence[float], level: flo
     grid = np.sort(np.append(np.linspace(*bounds, SCAN_POINTS), v))  # v itself: the region is never empty
     u_grid, rss = _profile(grid, log_b, log_s)
     notes = []
-    if dof > 0:
+    exact = rss_min <= 1e-20 * max(1.0, float(np.sum(log_s ** 2)))
+    if dof > 0 and exact:
+        v_lo, v_hi, u_lo, u_hi = v, v, u, u
+        notes.append("zero residual: the steps follow S(B) exactly, so the interval is degenerate (the estimate "
+                     "itself: no scatter to measure a width from)")
+    elif dof > 0:
         threshold = rss_min * (1.0 + sps.f.ppf(level, 1, dof) / dof)
         v_lo, v_hi = _v_interval(v, grid, rss, threshold, log_b, log_s)
         u_lo, u_hi = _u_interval(grid, u_grid, rss, threshold, len(s))
@@ -177,6 +184,10 @@ def fit_scaling(batch_sizes: Sequence[float], steps: Sequence[float], level: flo
     elif not b.min() <= b_crit <= b.max():
         notes.append(f"B_crit={b_crit:.3g} lies outside the measured batch sizes {b.min():g}..{b.max():g}: "
                      "an extrapolation")
+    if dof > 0 and not exact and not (math.isfinite(v_lo) and math.isfinite(v_hi)):
+        notes.append(f"the {level:.0%} interval of B_crit is unbounded "
+                     + ("above and below" if not (math.isfinite(v_lo) or math.isfinite(v_hi))
+                        else "above" if not math.isfinite(v_hi) else "below"))
     if not success:
         notes.append("scipy least_squares did not report convergence (the scan's best point is used)")
     rmse = math.sqrt(rss_min / dof) if dof > 0 else math.nan

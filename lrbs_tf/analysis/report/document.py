@@ -126,9 +126,18 @@ def premise_section(a: Analysis) -> str:
     rep = [[lab, int(c.min()), int(c.max()), g["seed"].nunique()] for lab, g, c in _cells(a)]
     out.append(md_table(["group", "min runs per (BS, LR) cell", "max", "distinct seeds"], rep))
     if not a.duplicates.empty:
-        out.append("Run folders with the same group, batch size, learning rate and seed (all are analysed; "
-                   "remove copies if they are not independent runs):")
-        out.append(_run_list(a.duplicates, ["run_dir", "batch_size", "lr", "seed", TARGET], "duplicates"))
+        same = a.duplicates[a.duplicates["identical"].astype(bool)]
+        other = a.duplicates[~a.duplicates["identical"].astype(bool)]
+        out.append(f"Run folders that repeat another's group, batch size, learning rate and seed enter every test "
+                   f"once (the first by run_dir is kept; the others have status `duplicate` in runs.csv): "
+                   f"{len(same)} identical copies merged, {len(other)} reruns with other results.")
+        if len(other):
+            out.append("**Reproducibility problem**: these runs repeat a configuration and seed but their results "
+                       "differ from the kept run's; only the kept run is analysed. Either the training is not "
+                       "deterministic or something else changed between them:")
+            out.append(_run_list(other, ["run_dir", "kept_run_dir", "differs_in", "seed", TARGET], "reruns"))
+        if len(same):
+            out.append(_run_list(same, ["run_dir", "kept_run_dir", "batch_size", "lr", "seed"], "copies"))
     notes = a.done[a.done["problem"].astype(str) != ""]
     if not notes.empty:
         out.append("### Notes on analysed runs")
@@ -249,10 +258,12 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         premise_section(a),
         report_ratio.noise_section(a),
         "## " + TITLES["table3"], "Spearman rho and p, the paper's layout. `with_flagged`: all done runs (the "
-        "paper's test); sensitivity rows, adjusted in their own family: `without_flagged` (only runs that met "
+        "paper's test, primary with one run per cell); `cell_means` is primary when seeds repeat cells "
+        "(table3.csv `primary`); sensitivity rows, adjusted in their own family: `without_flagged` (only runs that met "
         "the training-accuracy premise), `cell_means` (one point per (BS, LR) cell, the mean over its seeds), "
         "`diverged_worst` (diverged runs kept, ranked below every done run; rank statistics only):",
         paper_layout(a, a.tables["table3"], None),
+        *_notes(report_ratio.table3_primary_note(a)),
         *_notes(report_ratio.small_n_note(a, a.tables["table3"], "Table 3")),
         "All statistics (rho: Spearman, r: Pearson on the raw ratio, tau: Kendall tau-b):",
         full_rows(a, a.tables["table3"], ["subset"]),

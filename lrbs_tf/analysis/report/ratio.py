@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from lrbs_tf.analysis import families as fam
+from lrbs_tf.analysis import calibration, families as fam
 from lrbs_tf.analysis.model import Analysis, iter_groups, measure_name
 from lrbs_tf.analysis.ratio_stats import CI_LEVEL
 from lrbs_tf.analysis.report.format import fmt_p, md_table
@@ -90,75 +90,88 @@ def diverged_section(a: Analysis) -> str:
         md_table(["group", "diverged", "runs", "cells"], rows)])
 
 
+METHOD_WORDS = {
+    "equal_ratio_f": "shape-free F-test that cells of equal BS/LR have equal means, against how their differences "
+                     "vary from seed to seed",
+    "seed_t": "t-test over seeds of the batch-size coefficient of a quadratic law in log(BS/LR), each seed's grid "
+              "one replicate (no BS/LR value is shared by two complete cells)",
+    "cr2_column": "batch-size coefficient of a quadratic law in log(BS/LR) on the cells, CR2 errors clustered by "
+                  "batch size with Bell-McCaffrey degrees of freedom (one seed: the seed noise is unmeasured)",
+}
+
+
+def _df(r: dict) -> str:
+    if r["p_ratio_method"] == "equal_ratio_f":
+        return f"F({r['primary_df1']:.0f}, {r['primary_df2']:.0f}) = {_num(r['primary_statistic'])}"
+    return f"t({_num(r['primary_df1'], 3)}) = {_num(r['primary_statistic'])}"
+
+
 def _ratio_sentence(a: Analysis, r: dict) -> str:
     what = f"{r['label']}, {measure_name(r['measure'])}" + (" (log scale)" if r["transform"] == "log" else "")
     if r["reason"]:
         return f"- {what}: not testable ({r['reason']})."
     size = _family_size(a, r["family"], "p_ratio")
-    p = (f"p_ratio = {fmt_p(r['p_ratio'], a.alpha)} (Holm {fmt_p(r['p_ratio_holm'], a.alpha)} in family "
-         f"`{r['family']}` of {size}), n = {r['n']} runs in {r['n_cells']} cells")
+    dropped = (f", {r['primary_cells_dropped']} cell(s) left out for a missing seed"
+               if r["primary_cells_dropped"] else "")
+    p = (f"p_ratio = {fmt_p(r['p_ratio'], a.alpha)} ({METHOD_WORDS.get(r['p_ratio_method'], r['p_ratio_method'])}; "
+         f"{_df(r)}; Holm {fmt_p(r['p_ratio_holm'], a.alpha)} in family `{r['family']}` of {size}), "
+         f"{r['primary_cells']} cells x {r['primary_seeds']} seed(s){dropped}")
     acc = r["measure"] == TARGET
     scale, unit = (POINTS_PER_DOUBLING, " (points per doubling)") if acc else (1.0, " (elasticities)" if
                                                                                r["transform"] == "log" else "")
-    coefs = (f"effect of BS {_ci(r, 'coef_log_batch_size', scale)} and of LR {_ci(r, 'coef_log_lr', scale)}, "
-             f"sum {_ci(r, 'coef_sum', scale)}{unit}; R^2 {_num(r['r2_ratio'])} on log(BS/LR) alone against "
-             f"{_num(r['r2_both'])} on both")
+    coefs = ""
+    if not r["linear_reason"]:
+        coefs = (f"; the linear model describes it as an effect of BS {_ci(r, 'coef_log_batch_size', scale)} and of "
+                 f"LR {_ci(r, 'coef_log_lr', scale)}, sum {_ci(r, 'coef_sum', scale)}{unit}, R^2 "
+                 f"{_num(r['r2_ratio'])} on log(BS/LR) alone against {_num(r['r2_both'])} on both")
     rejected = r["p_ratio_holm"] < a.alpha
     if rejected:
-        text = f"- {what}: **BS/LR does not capture the effect**: {p}; {coefs}."
-        q = r["p_ratio_quadratic"]
-        if not math.isnan(q) and q >= a.alpha:
-            text += (f" With a quadratic term in log(BS/LR) the batch size no longer adds significantly "
-                     f"(p = {fmt_p(q, a.alpha)}): the departure may be curvature in log(BS/LR), not an effect "
-                     "of batch size apart from the ratio.")
+        text = f"- {what}: **BS/LR does not capture the effect**: {p}{coefs}."
     else:
-        text = f"- {what}: consistent with BS/LR alone (no significant departure): {p}; {coefs}."
-        if r["coef_sum_ci_low"] > 0 or r["coef_sum_ci_high"] < 0:
-            text += (f" The {100 * CI_LEVEL:g}% interval of the sum excludes 0: at that looser level the two "
-                     "effects do not cancel.")
-    return text + _cell_means_check(a, r, rejected)
+        text = f"- {what}: consistent with BS/LR alone (no significant departure): {p}{coefs}."
+    return text + _sensitivity(a, r)
 
 
-def _cell_means_check(a: Analysis, r: dict, rejected: bool) -> str:
-    """With seeds, the test on the cell means, whose size held where clustered errors' did not."""
-    q = r["p_ratio_cell_means"]
-    if math.isnan(q):
-        return ""
-    agrees = (r["p_ratio_cell_means_holm"] < a.alpha) == rejected
-    text = (f" On the {r['n_cells']} cell means (HC3): p = {fmt_p(q, a.alpha)}, Holm "
-            f"{fmt_p(r['p_ratio_cell_means_holm'], a.alpha)}")
-    if agrees:
-        return text + ", the same verdict."
-    return text + (", **a different verdict**: with few cells the clustered p_ratio is too small (its size "
-                   "was measured at 1.8-5.6 times nominal with 9-16 cells, docs/correlate.md), so trust this one.")
+def _sensitivity(a: Analysis, r: dict) -> str:
+    """The other variants, named as such: they do not decide."""
+    parts = []
+    for col, name in (("p_ratio_linear", f"linear Wald test ({r['cov_type']} errors)"),
+                      ("p_ratio_quadratic", "the same after a quadratic term in log(BS/LR)"),
+                      ("p_ratio_cell_means", "linear on the cell means (HC3)")):
+        if not math.isnan(r[col]):
+            parts.append(f"{name} p = {fmt_p(r[col], a.alpha)}")
+    return f" Sensitivity (not the verdict): {'; '.join(parts)}." if parts else ""
 
 
 def ratio_section(a: Analysis) -> str:
     out = ["## Does the ratio alone govern? Ratio sufficiency",
-           "Per group and measure: ordinary least squares of the measure on log(batch size) and log(learning "
-           "rate) (statsmodels). If only BS/LR matters the two coefficients cancel; `p_ratio` is the Wald "
-           "test of coef_log_batch_size + coef_log_lr = 0. Errors are heteroscedasticity-robust (HC3) with "
-           "one run per cell, clustered by (BS, LR) cell when seeds repeat cells; t and F references with "
-           f"n - 3 or (cells - 1) degrees of freedom; {100 * CI_LEVEL:g}% intervals in brackets. Accuracy "
-           "effects are shown in percentage points per doubling of BS or LR (ratio_test.csv: fractions per "
-           "unit of natural log); sharpness quantities are on a natural-log scale (elasticities). "
-           "`p_ratio_quadratic` repeats the test after a quadratic term in log(BS/LR), which a ratio-only law "
-           "curved in log(BS/LR) needs on grids whose log BS and log LR values are not spread alike. "
-           "A non-significant p_ratio is not proof that the ratio suffices: read the interval of the sum."]
+           "Per group and measure, `p_ratio` is the primary test (`p_ratio_method`). With seeds, a seed's whole "
+           "grid is one independent replicate (its runs share the initial weights, a learning-rate column shares "
+           "its batches), so the error is how a comparison varies between seeds: where two cells share a BS/LR "
+           "value, the shape-free F-test asks whether cells of equal ratio have equal means, assuming no form "
+           "for the law. Without a shared ratio, or with one seed, a quadratic law in log(BS/LR) with small-sample "
+           "errors decides. The linear model (OLS of the measure on log BS and log LR, statsmodels; accuracy "
+           "effects in percentage points per doubling, sharpness quantities as elasticities; "
+           f"{100 * CI_LEVEL:g}% intervals in brackets) describes the effect and its p-values stay as "
+           "sensitivity columns. A non-significant p_ratio is not proof that the ratio suffices."]
     t = a.ratio_test
     if t.empty:
         return "\n\n".join(out + ["No tests."])
     t = t.assign(label=[a.label(r) for r in t.to_dict("records")])
     out += [_ratio_sentence(a, r) for r in t.to_dict("records")]
-    clustered = t[(t["cov_type"] == "cluster") & (t["reason"] == "")]
-    if len(clustered) and (clustered["n_cells"] < FEW_CLUSTERS).any():
-        g = int(clustered["n_cells"].min())
-        out.append(f"Assumption that does not hold here: with {g} cells as clusters (fewer than about "
-                   f"{FEW_CLUSTERS}), cluster-robust errors understate the uncertainty even with the t reference "
-                   "on cells - 1 degrees of freedom. Measured under a ratio-only law (docs/correlate.md): of the "
-                   "clustered p_ratio, 12.7% fell below 0.05 and 2.8% below 0.005 with 9 cells x 3 seeds, 8.8% "
-                   "and 2.1% with 16 cells; of the cell-means test (p_ratio_cell_means) 4.4% and 0.45% with 9 "
-                   "cells. Where the two disagree, the cell means decide.")
+    table = calibration.load()
+    sizes = [f"`{m}` {s}" for m in sorted(set(t["p_ratio_method"]) - {""})
+             if (s := calibration.size_summary(table, "ratio", m))]
+    if sizes:
+        out.append("Measured size of the primary test(s) used here, under ratio-only laws with shared column "
+                   "randomness: " + "; ".join(sizes) + ".")
+    elif table is None:
+        out.append(f"The size of these tests is measured by benchmarks/calibration.py ({calibration.CITE}); "
+                   "no recorded table was found beside this installation.")
+    if (t["primary_seeds"] <= 1).any():
+        out.append("With one run per cell the seed noise is unmeasured: an effect of batch size cannot be told "
+                   "from a shock shared by the runs of one batch-size column, so the one-seed test clusters by "
+                   "column and has few degrees of freedom. Train with `--seeds=0,1,2`.")
     return "\n\n".join(out)
 
 
@@ -174,8 +187,12 @@ def _invariance_sentence(a: Analysis, r: dict) -> str:
     if r["reason"]:
         return f"- {what}: not testable ({r['reason']})."
     size = _family_size(a, r["family"], "p_permutation")
-    alike = ("**equal-ratio runs are more alike than neighbouring-ratio runs**" if r["p_permutation_holm"] < a.alpha
-             else "equal-ratio runs are not shown to be more alike than neighbouring-ratio runs")
+    unit = "cells" if r.get("unit") == "cell_means" else "runs"
+    alike = (f"**equal-ratio {unit} are more alike than neighbouring-ratio {unit}**" if r["p_permutation_holm"] < a.alpha
+             else f"equal-ratio {unit} are not shown to be more alike than neighbouring-ratio {unit}")
+    if unit == "cells":
+        alike += (f" (cell means, whole cells permuted; the run-level permutation, which treats seeds as "
+                  f"independent, gives p = {fmt_p(r['p_permutation_runs'], a.alpha)})")
     seeds = (f", seeds of one cell by {show(r['mad_same_cell'])} ({r['n_same_cell_pairs']} pairs: the noise "
              "floor)" if r["n_same_cell_pairs"] else ", seeds unmeasured (one run per cell)")
     return (f"- {what}: {alike}. Over {r['n_shared_ratios']} shared BS/LR values, runs of equal ratio differ by "
@@ -193,8 +210,11 @@ def invariance_section(a: Analysis) -> str:
            "runs in different (BS, LR) cells of one ratio should end alike. Statistic: mean absolute difference "
            "(MAD) of the measure over pairs of runs of equal ratio in different cells, against pairs at a "
            "shared ratio and the next distinct ratio below or above it; p-value one-sided (equal-ratio pairs "
-           "more alike), permuting the measure over the runs in those pairs (scipy permutation_test; the null "
-           "is that runs are exchangeable). `ratio_invariance.csv` has every number."]
+           "more alike), permuting the measure over the units in those pairs (scipy permutation_test; the null "
+           "is that the units are exchangeable). With seeds the unit is the cell: the statistic is computed on "
+           "the cell means and whole cells are permuted, since a seed's runs share randomness and a cell's "
+           "effect is shared by its seeds. Whether equal-ratio cells are alike relative to the seed noise is "
+           "the shape-free F-test of the section above. `ratio_invariance.csv` has every number."]
     t = a.invariance
     if t.empty:
         return "\n\n".join(out + ["No tests."])
@@ -238,6 +258,29 @@ def families_section(a: Analysis) -> str:
     out.append(md_table(["family", "statistic", "tests", "untestable", f"p < {a.alpha:g}", "Holm", "BH",
                          "Holm needs p <", "smallest p", "smallest attainable p", "note"], rows))
     return "\n\n".join(out)
+
+
+def table3_primary_note(a: Analysis) -> str:
+    """Which Table 3 row states each group's verdict (table3.csv `primary`), and its measured size."""
+    t = a.tables.get("table3")
+    if t is None or t.empty or "primary" not in t:
+        return ""
+    lines = []
+    for _, label, g in a.groups(t):
+        row = g[g["primary"].astype(bool)]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        why = ("seeds repeat the cells, so the unit is the cell (its seeds share its configuration and are not "
+               "independent points); the run-level rows are sensitivity checks" if r["subset"] == "cell_means"
+               else "one run per cell; the seed noise is unmeasured")
+        lines.append(f"- {label}: the verdict is the `{r['subset']}` row, rho = {_num(r['spearman_rho'], 2)}, "
+                     f"p = {fmt_p(r['spearman_p'], a.alpha, r['spearman_p_holm'])}, n = {r['n']} ({why}).")
+    size = calibration.size_summary(calibration.load(), "table3")
+    if size:
+        lines.append(f"Measured size of this primary test under nulls with cell effects unrelated to the ratio, "
+                     f"seed and column shocks: {size}.")
+    return "\n".join(lines)
 
 
 def small_n_note(a: Analysis, table: pd.DataFrame, name: str) -> str:

@@ -21,7 +21,7 @@ def _g(value: float, digits: int = 3) -> str:
 def _interval(low: float, high: float) -> str:
     if math.isnan(low) or math.isnan(high):
         return "—"
-    return f"[{_g(low)}, {'∞' if math.isinf(high) else _g(high)}]"
+    return f"[{'0' if low == 0 else _g(low)}, {'∞' if math.isinf(high) else _g(high)}]"
 
 
 def steps_section(a: Analysis) -> str:
@@ -51,7 +51,9 @@ def steps_section(a: Analysis) -> str:
                      _interval(r["b_crit_low"], r["b_crit_high"]), _g(r["e_min"], 4), r["n_batch_sizes"],
                      _g(r["residual_sd_log"], 2), r["note"]] for r in s.fit.to_dict("records")])
     edge = ("A best learning rate at the edge of the grid means the grid may not hold the best one: that batch "
-            "size's minimum is then an upper bound.")
+            "size's minimum is then an upper bound, and so is a target met at the first epoch row. Upper bounds "
+            "are left out of the fit (scaling_fit.csv `note` names them); an interval that is unbounded is shown "
+            "with ∞ or 0 and said so in the note.")
     return "\n\n".join([head, steps, edge, fit])
 
 
@@ -65,7 +67,8 @@ def critical_batch_section(a: Analysis) -> str:
     text = ("McCandlish et al. predict B_crit ~ B_simple = tr(C) / |G|^2, measured early in training. B_simple "
             "per run from its earliest sharpness-epoch{E}.json with a noise_scale (|G|^2 > 0; runs.csv: "
             "noise_scale_early, noise_scale_epoch), summarised over the group's done runs; B_crit from the fit "
-            "above (— without --target_train_loss / --target_test_accuracy). critical_batch.csv.")
+            "above (— without --target_train_loss / --target_test_accuracy). B_crit / B_simple is given only where the "
+            "fit bounds B_crit on both sides: a ratio to an unbounded estimate shows no agreement. critical_batch.csv.")
     rows = [[a.label(r), r["n_runs"], f"{r['epoch_min']}..{r['epoch_max']}" if r["epoch_min"] != r["epoch_max"]
              else r["epoch_min"], _g(r["b_simple_median"]), f"{_g(r['b_simple_min'])}..{_g(r['b_simple_max'])}",
              _g(r["b_simple_stderr_median"], 2), _g(r["b_crit"]), _interval(r["b_crit_low"], r["b_crit_high"]),

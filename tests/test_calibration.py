@@ -1,0 +1,51 @@
+"""benchmarks/calibration.py: its table's shape, its generator's structure, and that its direct p-values are
+bin/correlate's (run folders through correlate.analyse), in seconds."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from lrbs_tf.analysis import calibration
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO))
+from benchmarks import calibration as bench  # noqa: E402
+
+
+def test_a_small_run_gives_every_test_of_every_design_and_matches_correlate_exactly():
+    designs = [d for d in bench.DESIGNS if d.name in ("ratio straight, geo 3x3, 3 seeds",
+                                                      "no law + cell effects, lin 5x5, 1 seed")]
+    table = bench.run(4, 11, designs=designs, e2e=1)
+    assert [(r["design"], r["test"]) for r in table["rows"]] == [
+        (designs[0].name, "ratio"), *((designs[1].name, t) for t in ("table3", "table1", "table2", "invariance"))]
+    assert table["end_to_end_max_abs_diff"] == {d.name: 0.0 for d in designs}
+    ratio_row = table["rows"][0]
+    assert ratio_row["method"] == "equal_ratio_f" and ratio_row["n_tested"] == 4
+    assert table["rows"][2]["n_tested"] == 4 * 5  # Table 1: one test per learning rate
+    # The report's reader finds it.
+    assert "null design(s)" in calibration.size_summary(table, "ratio", "equal_ratio_f")
+
+
+def test_the_generator_shares_a_shock_within_a_seeds_column_and_nothing_across_seeds():
+    design = bench.Design("x", "geo3", 40, "none", 0.0, "null", ("table3",))
+    d = bench.simulate(design, np.random.default_rng(0))
+    y = d["y"].reshape(9, 40)
+    y = y - y.mean(axis=0)  # the seed's shift out
+    col = np.unique(d["batch_size"][::40], return_inverse=True)[1]
+    same_col = np.corrcoef(y[0], y[1])[0, 1]  # (32, .025) and (32, .05): one column
+    other = np.corrcoef(y[0], y[col == 2][0])[0, 1]
+    expected = bench.COLUMN_SD ** 2 / (bench.COLUMN_SD ** 2 + bench.SIGMA ** 2)  # 0.26
+    assert col[0] == col[1] and same_col > other and same_col == pytest.approx(expected, abs=0.35)
+
+
+def test_the_recorded_table_has_every_primary_test_within_its_bound_or_marked():
+    table = calibration.load()
+    if table is None:
+        pytest.skip("benchmarks/calibration.json not recorded")
+    nulls = [r for r in table["rows"] if r["kind"] == "null"]
+    assert {r["test"] for r in nulls} == {"ratio", "table3", "table1", "table2", "invariance"}
+    assert all("holds_1_5x" in r for r in nulls)
+    md = (REPO / "benchmarks" / "calibration.md").read_text()
+    assert json.dumps(table["seed"]) in md
