@@ -18,6 +18,7 @@ quantity.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,11 +26,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from lrbs_tf import runfolder
+from lrbs_tf import locking, runfolder
 from lrbs_tf.cli import quiet_import_tensorflow, run_app
 from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
-from lrbs_tf.errors import RunFolderError, UsageError
+from lrbs_tf.errors import LOCKED_EXIT, RunFolderError, UsageError
 from lrbs_tf.theory.ou import stability_ratio
 from lrbs_tf.sharpness_targets import (Target, expand_ckpts, first_examples, load_checked_data, load_model,
                                        resolve_run_dir, resolve_target, restore_epoch_weights, results_targets,
@@ -134,18 +135,22 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
               "versions": versions()}
     record["stability_ratio"] = (stability_ratio(fields["lambda_max"], target.config.lr)
                                  if fields["lambda_max"] is not None and target.config is not None else None)
-    if spectrum is not None:
-        grid, sigma = spectrum.default_grid()
-        title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
-        stem = SPECTRUM_STEM if epoch is None else f"{SPECTRUM_STEM}-epoch{epoch}"
-        plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / stem,
-                      fields["top_eigenvalues"] or (), title=title + ("" if epoch is None else f", epoch {epoch}"))
-    path = target.out_dir / sharpness_file(epoch)
-    runfolder.atomic_write_json(path, record)
-    if epoch is None and target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
-        from lrbs_tf.summaries import write_sharpness  # the run's TensorBoard session shows its curvature
+    # One writer per run folder: bin/train may be writing it (a rerun of a failed run), or another
+    # bin/sharpness; the lock is held only while the files are written (lrbs_tf.locking).
+    in_run = (target.out_dir / runfolder.CONFIG).is_file()
+    with locking.RunLock(target.out_dir, "bin/sharpness") if in_run else contextlib.nullcontext():
+        if spectrum is not None:
+            grid, sigma = spectrum.default_grid()
+            title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
+            stem = SPECTRUM_STEM if epoch is None else f"{SPECTRUM_STEM}-epoch{epoch}"
+            plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / stem,
+                          fields["top_eigenvalues"] or (), title=title + ("" if epoch is None else f", epoch {epoch}"))
+        path = target.out_dir / sharpness_file(epoch)
+        runfolder.atomic_write_json(path, record)
+        if epoch is None and target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
+            from lrbs_tf.summaries import write_sharpness  # the run's TensorBoard session shows its curvature
 
-        write_sharpness(target.out_dir, record)
+            write_sharpness(target.out_dir, record)
     log(f"wrote {path}: lambda_max={fields['lambda_max']}, "
         f"trace={fields['trace']}, {fields['num_hvps']} HVPs, {fields['seconds']:.1f} s")
     return record
@@ -229,6 +234,8 @@ def _main(argv: Sequence[str]) -> int:
         raise UsageError(f"--out={FLAGS.out} names one run's output folder; with several runs each writes "
                          "into its own run folder")
     _, failures = run_many(ckpts, settings, epoch=FLAGS.epoch, **given)
+    if failures and all(locking.is_locked(c) for c, _ in failures):
+        return LOCKED_EXIT  # held by other processes, as bin/train's exit status says: not failures
     return 1 if failures else 0
 
 
