@@ -91,17 +91,41 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.program = program or Path(sys.argv[0]).name or "python"
         self.fd: int | None = None
+        self.created: Path | None = None
 
     def acquire(self) -> "RunLock":
         if self.fd is not None:
             return self
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.created = missing[-1] if missing else None  # the top folder this call made, if any
+        while True:
+            fd = self._lock_file()
+            # The file may have been removed by its last holder (`release(discard=True)`) between our open
+            # and our lock: then we hold a lock nobody else can see, and must lock the file now there.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path(self.run_dir)).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        try:  # who holds it, for the second process's message; the lock itself does not depend on it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {self.program}\n".encode(), 0)
+        except OSError:
+            pass
+        return self
+
+    def _lock_file(self) -> int:
+        """An open descriptor of the lock file, locked; RunLocked when another holds it past the grace."""
         fd = os.open(lock_path(self.run_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         deadline = time.monotonic() + PROBE_GRACE_SECONDS
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return fd
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
@@ -113,21 +137,30 @@ class RunLock:
                                     "changed. It is released when that process ends; run the command again "
                                     "then") from None
                 time.sleep(0.02)
-        self.fd = fd
-        try:  # who holds it, for the second process's message; the lock itself does not depend on it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {self.program}\n".encode(), 0)
-        except OSError:
-            pass
-        return self
 
-    def release(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
+    def release(self, discard: bool = False) -> None:
+        """Drops the lock. `discard`: when nothing but the lock file is in the folder (the holder was refused
+        bad input, or interrupted, before it wrote anything), the lock file and the folders `acquire`
+        created go too, so a refused command leaves no trace; other processes waiting on the removed file
+        notice and lock the new one (see acquire)."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if discard and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+                lock_path(self.run_dir).unlink()
+                if self.created is not None:
+                    for folder in (self.run_dir, *self.run_dir.parents):
+                        folder.rmdir()  # each empty, up to the first one acquire made
+                        if folder == self.created:
+                            break
+        except OSError:
+            pass  # another process wrote there meanwhile: its files stay
+        finally:
             os.close(fd)  # closing the last descriptor of the open file drops the lock
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        self.release(discard=True)
