@@ -128,7 +128,7 @@ def _define_help_flags(binary: str) -> None:
 def _flag_error(error: flags.Error) -> str:
     """absl's parse error as one line; its flagfile message ("ERROR:: Unable to open flagfile: [Errno 2] No
     such file or directory: 'x'") said twice that it is an error and not which flag."""
-    text = str(error).splitlines()[0] if str(error) else repr(error)
+    text = _one_line(str(error).strip()) if str(error).strip() else repr(error)  # a value's newline stays in
     if text.startswith("ERROR:: Unable to open flagfile: "):
         reason = text.removeprefix("ERROR:: Unable to open flagfile: ")
         return f"--flagfile: cannot read it ({reason})"

@@ -97,6 +97,9 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
         validate(c)
     cfgs = [within_cpu_quota(c.resolved()) for c in cfgs]
     check_distinct_folders(cfgs)
+    workdir = Path(cfg.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"workdir={cfg.workdir} is a file, not a folder")
     results: list[dict | None] = [None] * len(cfgs)
     for i, c in enumerate(cfgs):
         results[i] = finished_result(c)
