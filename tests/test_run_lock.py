@@ -103,6 +103,52 @@ def test_two_bin_train_on_one_folder_one_trains_and_the_metrics_are_an_undisturb
     assert load_runs(workdir)["status"].tolist() == ["done"]
 
 
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory) -> list[dict]:
+    """The metrics of the run TRAIN_ARGS describe, trained alone in this process."""
+    from lrbs_tf import train
+
+    workdir = tmp_path_factory.mktemp("undisturbed")
+    train.run(small_config(workdir, epochs=3, intra_op_threads=1, inter_op_threads=1))
+    return without_seconds(runfolder.read_metrics(workdir / "mlp-mnist1d-bs64-lr0.1-s0"))
+
+
+SLOW_SEEDS = int(os.environ.get("LRBS_KILL_SEEDS", "4"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(SLOW_SEEDS))
+@pytest.mark.parametrize("processes", [2, 3])
+def test_concurrent_starts_of_one_run_at_random_offsets(tmp_path, undisturbed, processes, seed):
+    """The fault matrix's concurrency cell (benchmarks/fault_matrix.py): `processes` bin/train of one command
+    started at seeded random offsets within 3 s (a resubmitted job, a second terminal). Exactly one trains;
+    each other exits LOCKED_EXIT with one line, or 0 having found the run finished; the metrics are the
+    undisturbed run's."""
+    import random
+
+    rng = random.Random(seed)
+    offsets = sorted(rng.uniform(0.0, 3.0) for _ in range(processes))
+    workdir = tmp_path / "w"
+    procs, start = [], time.monotonic()
+    for offset in offsets:
+        time.sleep(max(0.0, start + offset - time.monotonic()))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "bin" / "train"), *TRAIN_ARGS,
+                                       f"--workdir={workdir}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    run_dir = workdir / "mlp-mnist1d-bs64-lr0.1-s0"
+    trained = [i for i, (out, _) in enumerate(outs) if f"{run_dir}: done after 3 epochs" in out]
+    assert len(trained) == 1, (offsets, outs)
+    for i, (proc, (out, err)) in enumerate(zip(procs, outs)):
+        if i == trained[0]:
+            assert proc.returncode == 0, err
+        elif proc.returncode == LOCKED_EXIT:
+            assert err.count("\n") == 1 and "is being written by another process (pid " in err, err
+        else:
+            assert proc.returncode == 0 and "already finished" in out, (proc.returncode, out, err)
+    assert without_seconds(runfolder.read_checked_metrics(run_dir)) == undisturbed
+
+
 def test_a_locked_run_is_refused_with_its_own_status_and_nothing_changes(tmp_path):
     run_dir = tmp_path / "w" / "mlp-mnist1d-bs64-lr0.1-s0"
     proc = hold(run_dir)
