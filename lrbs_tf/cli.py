@@ -175,8 +175,11 @@ def run_app(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
     except OSError as e:
         # A storage fault is not bad input (exit 1, not 2: a sweep goes on with its other runs); the writers
         # are atomic, so every file finished before the fault is intact, and running the command again
-        # completes the work. Any other OSError comes from a path the user gave that cannot be used (a
-        # --workdir that is a file or under /proc, a name too long, no permission): bad input, exit 2.
+        # completes the work. Any other OSError naming a file comes from a path the user gave that cannot
+        # be used (a --workdir that is a file or under /proc, a name too long, no permission): bad input,
+        # exit 2. One naming no file is a bug, and keeps its traceback.
+        if e.errno not in STORAGE_FAULTS and not e.filename:
+            raise
         where = f"{e.filename}: " if e.filename else ""
         fail(prog, _one_line(where + str(e.strerror or e)), code=1 if e.errno in STORAGE_FAULTS else 2)
     except KeyboardInterrupt:
