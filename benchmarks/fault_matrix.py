@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/fault_matrix.py                     # 4 seeds per kill cell (about 40 min on 2 cores)
     .venv/bin/python benchmarks/fault_matrix.py --seeds=10 --out=/tmp/faults.json
     .venv/bin/python benchmarks/fault_matrix.py --only=kill         # tests/test_faults_kill.py alone
+    .venv/bin/python benchmarks/fault_matrix.py --only=lock         # concurrent starts (tests/test_run_lock.py)
 
-It is pytest over tests/test_faults_kill.py and tests/test_faults_disk_full.py with every test selected (the
+It is pytest over tests/test_faults_kill.py, tests/test_faults_disk_full.py and tests/test_run_lock.py (two
+and three bin/train started on one run folder at seeded random offsets) with every test selected (the
 CI ones and those marked slow) and LRBS_KILL_SEEDS=<seeds>, so each cell is exactly the test
 docs/reliability.md names. What it writes (default benchmarks/fault_matrix.json): per test (cell and seed)
 its outcome (passed, failed, skipped, with the first line of the reason) and seconds, per cell the counts,
@@ -28,7 +30,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = {"kill": ["tests/test_faults_kill.py"], "disk": ["tests/test_faults_disk_full.py"]}
+FILES = {"kill": ["tests/test_faults_kill.py"], "disk": ["tests/test_faults_disk_full.py"],
+         "lock": ["tests/test_run_lock.py"]}  # concurrent starts of one run: 2 and 3 processes, random offsets
 
 
 def _outcome(case: ET.Element) -> tuple[str, str]:

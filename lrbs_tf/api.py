@@ -15,6 +15,7 @@ docs/python_api.md documents every column and has the examples.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +55,14 @@ def load_runs(root: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_AC
     """One row per run folder below `root` (recursively; `root` may be one run folder), sorted by run_dir.
 
     Columns: lrbs_tf.runs.table's (run_dir relative to `root`, status done / diverged / failed / unfinished /
-    skipped with the reason in `problem`, arch, dataset, batch_size, lr, ratio = BS/LR exactly, seed,
-    momentum, weight_decay, epochs_budget, the result.json numbers, generalisation_gap,
-    reached_min_train_accuracy: the premise flag at `min_train_accuracy`, and the sharpness.json
-    quantities, NaN where not measured), then SETTING_COLUMNS and RECORDED_COLUMNS from config.json, then
-    `finished` (done or diverged), `has_sharpness` (any curvature quantity measured) and `path` (the folder).
-    A folder that cannot be read is a `skipped` row, never an exception; no folder at all is a UsageError.
+    running (being written: its lock is held) / skipped or corrupt with the reason in `problem`, arch,
+    dataset, batch_size, lr, ratio = BS/LR exactly, seed, momentum, weight_decay, epochs_budget, the
+    result.json numbers, generalisation_gap, reached_min_train_accuracy: the premise flag at
+    `min_train_accuracy`, and the sharpness.json quantities, NaN where not measured), then SETTING_COLUMNS
+    and RECORDED_COLUMNS from config.json, then `finished` (done or diverged), `has_sharpness` (any
+    curvature quantity measured) and `path` (the folder).
+    A folder that cannot be read is a `skipped` (or `corrupt`) row, never an exception: a damaged run costs
+    that run, not the study; no folder at all is a UsageError.
     """
     root = Path(root)
     if not root.is_dir():
@@ -80,12 +83,19 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
     Columns: RUN_KEY_COLUMNS, then SETTING_COLUMNS and RECORDED_COLUMNS (as load_runs gives them), then the
     metrics.jsonl keys (epoch 1-based; losses in nats, accuracies fractions, seconds; NaN where the line
     holds null). Rows are sorted by run_dir, then epoch. `runs`: a load_runs(root) frame already in hand.
+    A run whose metrics.jsonl is damaged (load_runs' status `corrupt`) is left out whole, with a warning
+    naming the line; its rows are never cut short at the damage.
     """
     runs = load_runs(root) if runs is None else runs
     keys = [*RUN_KEY_COLUMNS, *SETTING_COLUMNS, *RECORDED_COLUMNS]
     pieces = []
+    damaged = []
     for run in runs.itertuples(index=False):
-        rows = runfolder.read_metrics(run.path)
+        try:  # the same checks as load_runs' `corrupt`: a damaged log is left out whole, never cut short
+            rows = runfolder.read_checked_metrics(run.path)
+        except runfolder.RunFolderError as e:
+            damaged.append(str(e))
+            continue
         if rows:
             epochs = pd.DataFrame([{k: r.get(k) for k in runfolder.METRIC_KEYS} for r in rows],
                                   columns=list(runfolder.METRIC_KEYS))
@@ -93,6 +103,9 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
                 value = getattr(run, key)
                 epochs.insert(0, key, [value] * len(epochs) if isinstance(value, (tuple, list)) else value)
             pieces.append(epochs)
+    if damaged:
+        warnings.warn(f"load_metrics: left out {len(damaged)} run(s) whose metrics.jsonl is damaged (load_runs "
+                      f"lists them as corrupt): {'; '.join(damaged)}", stacklevel=2)
     if not pieces:
         return pd.DataFrame(columns=[*keys, *runfolder.METRIC_KEYS])
     frame = pd.concat(pieces, ignore_index=True)

@@ -44,7 +44,8 @@ def write_run(root: Path, best_test_accuracy: float, *, status: str | None = "do
 
     status: done, diverged, failed, or None for an unfinished run (no result.json).
     metrics.jsonl holds `epochs` lines consistent with result.json: test accuracy rises to the best at the
-    last epoch, training accuracy ends at `final_train_accuracy`; or, when given, the rows `metrics`.
+    last epoch, training accuracy ends at `final_train_accuracy`; or, when given, the rows `metrics` (whose
+    best test accuracy and its epoch result.json then holds).
     """
     cfg = config(epochs=epochs, **config_kw)
     run_dir = Path(root) / (name or cfg["run_name"])
@@ -69,6 +70,10 @@ def write_run(root: Path, best_test_accuracy: float, *, status: str | None = "do
             result.update(diverged_epoch=epochs, final_train_loss=math.nan, final_train_accuracy=math.nan)
         if status == rf.STATUS_FAILED:
             result["error"] = "RuntimeError: out of memory"
+        scored = [r for r in metrics or () if rf.is_number(r.get("test_accuracy"))]
+        if scored:  # given rows: result.json says what they say, as bin/train writes it (readers check it)
+            best = max(scored, key=lambda r: r["test_accuracy"])
+            result.update(best_test_accuracy=best["test_accuracy"], best_epoch=best["epoch"])
         result.update(result_overrides or {})
         _write_json(run_dir / rf.RESULT, result)
     if sharpness is not None:

@@ -137,10 +137,18 @@ def test_the_storage_fault_of_any_binary_is_one_line_and_exit_1(capsys):
     assert info.value.code == 1
     assert capsys.readouterr().err == "correlate: error: /data/out/report.md: No space left on device\n"
 
-    def bug(flag_values):
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")  # not a storage fault
+    def unusable(flag_values):  # a path the user gave that cannot be used (issue 22): bad input, one line, exit 2
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/out")
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SystemExit) as info:
+        run_app("correlate", unusable, ["correlate"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "correlate: error: /proc/out: No such file or directory\n"
+
+    def bug(flag_values):
+        raise OSError(errno.EBADF, "Bad file descriptor")  # naming no file: a bug keeps its traceback
+
+    with pytest.raises(OSError):
         run_app("correlate", bug, ["correlate"])
 
 

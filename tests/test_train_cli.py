@@ -32,6 +32,49 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args,message", [
+    # case 2 of issue 22: learning rates equal to 10 digits shared one folder and overwrote each other
+    (["--lr=0.1,0.10000000001"], "train: error: lr=0.1 and lr=0.10000000001 share the run folder "),
+    # case 6: weight decay 1e400 (= inf) was trained and recorded `diverged` with weight_decay null
+    (["--weight_decay=1e400"], "train: error: weight_decay=inf must be a finite number"),
+    (["--momentum=nan"], "train: error: momentum=nan must be a finite number"),
+    (["--stop_at_train_loss=inf"], "train: error: stop_at_train_loss=inf must be a finite number"),
+    # case 9: a run name with a newline was accepted
+    (["--run_name=a\nb"], "train: error: run_name='a\\nb' must be a plain folder name (no '/', no control "),
+])
+def test_bad_values_are_one_line_exit_2_and_write_nothing(tmp_path, args, message):
+    proc = run_bin("train", *args, "--epochs=1", "--progress=false", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("workdir,message", [
+    ("{tmp}/file", "train: error: workdir={tmp}/file is a file, not a folder"),
+    ("{tmp}/file/below", "train: error: {tmp}/file/below/mlp-mnist1d-bs64-lr0.05-s0: Not a directory"),
+    ("/proc/lrbs_test", "train: error: /proc/lrbs_test: "),
+    ("{tmp}/" + "x" * 300, "File name too long"),
+])
+def test_a_workdir_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, workdir, message):
+    """Case 8 of issue 22: each of these was a traceback."""
+    (tmp_path / "file").write_text("")
+    proc = run_bin("train", f"--workdir={workdir.format(tmp=tmp_path)}", "--epochs=1", "--progress=false",
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+    assert message.format(tmp=tmp_path) in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_flagfile_that_is_not_utf8_is_one_line_and_exit_2(tmp_path):
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_bytes(b"--epochs=1\n--run_name=caf\xe9\n")  # Latin-1
+    proc = run_bin("train", f"--flagfile={flagfile}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"train: error: --flagfile={flagfile}: not UTF-8 text ('utf-8' codec can't "
+                                   "decode byte 0xe9 in position 25: invalid continuation byte)")
+
+
 ARGS = ["--arch=mlp", "--dataset=mnist1d", "--batch_size=16", "--lr=0.05", "--epochs=6", "--progress=false",
         "--checkpoint_seconds=0"]  # a checkpoint every epoch: the kill may land between any two
 

@@ -357,7 +357,7 @@ def run(results: str | Path, out: str | Path | None = None, min_train_accuracy: 
     out = Path(out) if out else analysis.results / "correlate"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out={out} exists and is not a folder")
-    for r in analysis.runs[analysis.runs["status"] == STATUS_SKIPPED].itertuples():
+    for r in analysis.runs[analysis.runs["status"].isin((STATUS_SKIPPED, "corrupt"))].itertuples():
         print(f"correlate: skipped {r.run_dir}: {r.problem}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))

@@ -20,7 +20,7 @@ from absl import app, flags
 
 from lrbs_tf.cli.flags import BinaryFlags, binary_flags
 from lrbs_tf.core.durable import STORAGE_FAULTS
-from lrbs_tf.core.errors import RunFolderError, UsageError
+from lrbs_tf.core.errors import LOCKED_EXIT, RunFolderError, RunLocked, UsageError
 
 # How each binary can be started besides bin/<name> (pyproject.toml's console scripts, python -m).
 ALSO_RUN_AS = "python -m lrbs_tf.{name}, or the console script lrbs-{name}"
@@ -102,11 +102,17 @@ def _define_help_flags(binary: BinaryFlags) -> None:
 def _flag_error(error: flags.Error) -> str:
     """absl's parse error as one line; its flagfile message ("ERROR:: Unable to open flagfile: [Errno 2] No
     such file or directory: 'x'") said twice that it is an error and not which flag."""
-    text = str(error).splitlines()[0] if str(error) else repr(error)
+    text = _one_line(str(error).strip()) if str(error).strip() else repr(error)  # a value's newline stays in
     if text.startswith("ERROR:: Unable to open flagfile: "):
         reason = text.removeprefix("ERROR:: Unable to open flagfile: ")
         return f"--flagfile: cannot read it ({reason})"
     return text
+
+
+def _one_line(message: str) -> str:
+    """A message as one line: control characters (a newline in a run name or a path) written as escapes,
+    so the line names the whole offending value."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
 
 
 def run_app(binary: str, main: Callable[[flags.FlagValues], int | None],
@@ -123,19 +129,30 @@ def run_app(binary: str, main: Callable[[flags.FlagValues], int | None],
     try:
         rest = spec.values(argv)
     except flags.Error as e:
-        fail(prog, _flag_error(e))
+        fail(prog, _one_line(_flag_error(e)))
+    except UnicodeDecodeError as e:  # absl reads flagfiles as UTF-8 text and lets this through
+        files = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--flagfile=")]
+        fail(prog, _one_line(f"--flagfile={','.join(files) or '?'}: not UTF-8 text ({e})"))
+    except OSError as e:
+        fail(prog, _one_line(f"--flagfile: {e.filename or '?'}: {e.strerror or e}"))
     if len(rest) > 1:
-        fail(prog, f"unexpected arguments {rest[1:]} (flags are written --name=value)")
+        fail(prog, _one_line(f"unexpected arguments {rest[1:]} (flags are written --name=value)"))
     try:
         code = main(spec.values)
+    except RunLocked as e:  # another process writes that run folder: not bad input, not a failure
+        fail(prog, _one_line(str(e)), code=LOCKED_EXIT)
     except (UsageError, RunFolderError) as e:
-        fail(prog, str(e))
+        fail(prog, _one_line(str(e)))
     except OSError as e:
-        if e.errno not in STORAGE_FAULTS:
+        # A storage fault is not bad input (exit 1, not 2: a sweep goes on with its other runs); the writers
+        # are atomic, so every file finished before the fault is intact, and running the command again
+        # completes the work. Any other OSError naming a file comes from a path the user gave that cannot
+        # be used (a --workdir that is a file or under /proc, a name too long, no permission): bad input,
+        # exit 2. One naming no file is a bug, and keeps its traceback.
+        if e.errno not in STORAGE_FAULTS and not e.filename:
             raise
-        # Not bad input (exit 1, not 2: a sweep goes on with its other runs); the writers are atomic, so
-        # every file finished before the fault is intact, and running the command again completes the work.
-        fail(prog, f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror), code=1)
+        where = f"{e.filename}: " if e.filename else ""
+        fail(prog, _one_line(where + str(e.strerror or e)), code=1 if e.errno in STORAGE_FAULTS else 2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -9,11 +9,12 @@ from typing import Sequence
 from absl import flags
 
 from lrbs_tf.cli.app import run_app
-from lrbs_tf.core.errors import UsageError
+from lrbs_tf.core.errors import LOCKED_EXIT, UsageError
 from lrbs_tf.core.resources import quiet_import_tensorflow
 from lrbs_tf.curvature.session import run, run_many
 from lrbs_tf.curvature.settings import Settings
 from lrbs_tf.curvature.targets import expand_ckpts, results_targets, sharpness_file
+from lrbs_tf.runs import locking
 
 
 def _targets(flag_values, settings: Settings) -> tuple[list[str], bool]:
@@ -64,6 +65,8 @@ def _main(FLAGS: flags.FlagValues) -> int:
         raise UsageError(f"--out={FLAGS.out} names one run's output folder; with several runs each writes "
                          "into its own run folder")
     _, failures = run_many(ckpts, settings, epoch=FLAGS.epoch, **given)
+    if failures and all(locking.is_locked(c) for c, _ in failures):
+        return LOCKED_EXIT  # held by other processes, as bin/train's exit status says: not failures
     return 1 if failures else 0
 
 

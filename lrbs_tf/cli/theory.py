@@ -233,6 +233,13 @@ class BoundRequest:
     out: Path | None
 
 
+def _mistyped_numbers(record: dict, integers: Sequence[str], numbers: Sequence[str]) -> list[str]:
+    """`key=value` of each present, non-null key of `record` that is not an int (`integers`) or a finite
+    number (`numbers`); JSON strings and booleans are neither."""
+    check = [(k, runfolder.is_int) for k in integers] + [(k, runfolder.is_number) for k in numbers]
+    return [f"{k}={record[k]!r}" for k, ok in check if record.get(k) is not None and not ok(record[k])]
+
+
 def bound_request(sharpness_json: str | None, num_train: int | None, delta: float, noise_model: str,
                   lr: float | None, batch_size: int | None, out: str | None) -> BoundRequest:
     """Reads sharpness.json (and the run's config.json / result.json beside it) and validates the rest."""
@@ -244,15 +251,26 @@ def bound_request(sharpness_json: str | None, num_train: int | None, delta: floa
     record = runfolder.read_json(path)
     if not isinstance(record, dict):
         raise UsageError(f"{path} does not hold a JSON object")
+    mistyped = _mistyped_numbers(record, ("num_params",), ("trace", "grad_cov_trace", "lambda_max"))
+    top = record.get("top_eigenvalues")
+    if top is not None and not (isinstance(top, list) and all(runfolder.is_number(v) for v in top)):
+        mistyped.append(f"top_eigenvalues={top!r}")
+    if mistyped:  # a string "12" is not the number 12: a file edited by hand, or not bin/sharpness's
+        raise UsageError(f"{path} has {', '.join(mistyped)}, not numbers")
     run_dir = path.parent
     config = record.get("run_config") or {}  # what bin/sharpness copied of it, for a file without its folder
     if (run_dir / runfolder.CONFIG).is_file():
         config = {**config, **runfolder.read_config(run_dir).raw}
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} has run_config={config!r}, not a JSON object")
+    mistyped = _mistyped_numbers(config, ("num_train",), ("momentum",))
+    if mistyped:
+        raise UsageError(f"{run_dir}: the run's settings have {', '.join(mistyped)}, not numbers")
     lr = lr if lr is not None else config.get("lr")
     batch_size = batch_size if batch_size is not None else config.get("batch_size")
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise UsageError(f"learning rate {lr!r} is not a positive number (pass --bound_lr)")
-    if not isinstance(batch_size, int) or batch_size <= 0:
+    if not runfolder.is_number(lr) or not lr > 0:
+        raise UsageError(f"learning rate {lr!r} is not a finite positive number (pass --bound_lr)")
+    if not runfolder.is_int(batch_size) or batch_size <= 0:
         raise UsageError(f"batch size {batch_size!r} is not a positive integer (pass --bound_batch_size)")
     dataset = record.get("dataset") or config.get("dataset")
     if num_train is None:  # the run's own count (config.json records it), else the dataset's known size

@@ -18,6 +18,7 @@ quantity.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,7 +40,7 @@ from lrbs_tf.curvature.targets import (
     sharpness_file,
     versions,
 )
-from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs import folder as runfolder, locking
 from lrbs_tf.theory.ou import stability_ratio
 
 if TYPE_CHECKING:
@@ -141,18 +142,22 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
               "versions": versions()}
     record["stability_ratio"] = (stability_ratio(fields["lambda_max"], target.config.lr)
                                  if fields["lambda_max"] is not None and target.config is not None else None)
-    if spectrum is not None:
-        grid, sigma = spectrum.default_grid()
-        title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
-        stem = SPECTRUM_STEM if epoch is None else f"{SPECTRUM_STEM}-epoch{epoch}"
-        plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / stem,
-                      fields["top_eigenvalues"] or (), title=title + ("" if epoch is None else f", epoch {epoch}"))
-    path = target.out_dir / sharpness_file(epoch)
-    runfolder.atomic_write_json(path, record)
-    if epoch is None and target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
-        from lrbs_tf.runs.tensorboard import write_sharpness  # the run's TensorBoard session shows its curvature
+    # One writer per run folder: bin/train may be writing it (a rerun of a failed run), or another
+    # bin/sharpness; the lock is held only while the files are written (lrbs_tf.runs.locking).
+    in_run = (target.out_dir / runfolder.CONFIG).is_file()
+    with locking.RunLock(target.out_dir, "bin/sharpness") if in_run else contextlib.nullcontext():
+        if spectrum is not None:
+            grid, sigma = spectrum.default_grid()
+            title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"
+            stem = SPECTRUM_STEM if epoch is None else f"{SPECTRUM_STEM}-epoch{epoch}"
+            plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / stem,
+                          fields["top_eigenvalues"] or (), title=title + ("" if epoch is None else f", epoch {epoch}"))
+        path = target.out_dir / sharpness_file(epoch)
+        runfolder.atomic_write_json(path, record)
+        if epoch is None and target.config is not None and in_run:
+            from lrbs_tf.runs.tensorboard import write_sharpness  # the run's TensorBoard session shows its curvature
 
-        write_sharpness(target.out_dir, record)
+            write_sharpness(target.out_dir, record)
     log(f"wrote {path}: lambda_max={fields['lambda_max']}, "
         f"trace={fields['trace']}, {fields['num_hvps']} HVPs, {fields['seconds']:.1f} s")
     return record

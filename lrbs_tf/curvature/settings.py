@@ -8,6 +8,7 @@ records the Settings verbatim. No TensorFlow here.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -62,6 +63,8 @@ class Settings:
                   ("slq_steps", self.slq_steps >= 1), ("slq_runs", self.slq_runs >= 1), ("eps", self.eps > 0),
                   ("eps_steps", self.eps_steps >= 1), ("noise_sigma", self.noise_sigma > 0),
                   ("noise_draws", self.noise_draws >= 2)]
+        checks += [(f.name, math.isfinite(getattr(self, f.name))) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), float)]  # inf passes "> 0"
         bad = [f"--{name}={getattr(self, name)}" for name, ok in checks if not ok]
         if bad:
             raise UsageError(f"out of range: {', '.join(bad)} (counts >= 1, draws/probes >= 2, tolerances > 0)")

@@ -67,6 +67,11 @@ def _labels_problem(source: str, split: str, y: np.ndarray, num_classes: int) ->
     return None
 
 
+# An npz whose largest label implies more than SPARSE_CLASSES times as many classes as distinct labels occur
+# (and more than MIN_SPARSE_CLASSES) is refused: one stray 10**6 built a 1,000,001-class model.
+SPARSE_CLASSES, MIN_SPARSE_CLASSES = 10, 100
+
+
 def _inputs_problem(source: str, split: str, x: np.ndarray) -> str | None:
     if not np.issubdtype(x.dtype, np.floating):
         return None  # integer pixels are always finite
@@ -95,6 +100,15 @@ def check_values(source: str, x_train: np.ndarray, y_train: np.ndarray, x_test: 
             if not np.issubdtype(y.dtype, np.integer):
                 raise DataError(_labels_problem(source, split, y, 0))
         num_classes = max(int(y_train.max()), int(y_test.max()), 0) + 1
+        if min(int(y_train.min()), int(y_test.min())) >= 0:  # negative labels are named below
+            distinct = np.union1d(y_train, y_test).size
+            if num_classes > SPARSE_CLASSES * distinct and num_classes > MIN_SPARSE_CLASSES:
+                top = max(int(y_train.max()), int(y_test.max()))
+                split = "train" if int(y_train.max()) == top else "test"
+                at = int(np.argmax((y_train if split == "train" else y_test) == top))
+                raise DataError(f"{source}: labels run up to {top:,} (y_{split} example {at}), so a model would "
+                                f"need {num_classes:,} classes, but only {distinct:,} distinct labels occur: "
+                                "class labels are 0, 1, ..., C-1 (a stray value, or labels to renumber)")
     for split, y in (("train", y_train), ("test", y_test)):
         problem = _labels_problem(source, split, y, num_classes)
         if problem:
@@ -112,17 +126,55 @@ def check_values(source: str, x_train: np.ndarray, y_train: np.ndarray, x_test: 
     return num_classes
 
 
+# A split whose values all lie in [0, UNIT_TOP] is on the [0, 1] scale; one reaching beyond PIXEL_FLOOR (but
+# not 255) beside it looks like 0-255 pixels: the two cannot be normalised by one set of statistics.
+UNIT_TOP, PIXEL_FLOOR = 1.0, 2.0
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, which check_values refuses
+        return x.astype(np.float32)
+
+
+def _scale_problem(source: str, x_train: np.ndarray, x_test: np.ndarray, pixels_in: tuple[str, ...]) -> str | None:
+    """Both splits (finite, in the units training sees) on one scale: refuses a [0, 1] split beside a 0-255
+    one (a test split already divided by 255, or not yet), naming both ranges. `pixels_in`: the splits that
+    were uint8, divided by 255 already."""
+    ranges = {split: (float(x.min()), float(x.max())) for split, x in (("train", x_train), ("test", x_test))}
+    if min(lo for lo, _ in ranges.values()) < 0:
+        return None  # standardised or signed data: no pixel scale to compare
+    unit = [s for s, (_, hi) in ranges.items() if hi <= UNIT_TOP]
+    pixels = [s for s, (_, hi) in ranges.items() if PIXEL_FLOOR < hi <= 255.0]
+    if not (unit and pixels):
+        return None
+    shown = "; ".join(f"x_{s} in [{lo:g}, {hi:g}]" + (" (uint8 / 255)" if s in pixels_in else "")
+                      for s, (lo, hi) in ranges.items())
+    return (f"{source}: the splits are on different scales ({shown}): x_{pixels[0]} looks like 0-255 pixels and "
+            f"x_{unit[0]} like [0, 1] values; store both as uint8 pixels, or both as floats on one scale")
+
+
 def _make(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None,
           source: str | None = None) -> Data:
-    """A Data from raw arrays, after check_values (`source` names them in its messages; default `name`)."""
+    """A Data from raw arrays, after check_values (`source` names them in its messages; default `name`).
+
+    Each split's scale is judged on its own dtype: uint8 pixels are divided by 255, floats are taken as
+    they are. Two uint8 splits stay uint8 (scaled in the pipeline); otherwise both become float32 on the
+    [0, 1] scale of the uint8 one, and a float split whose range looks like 0-255 beside a [0, 1] one, or
+    the reverse, is refused."""
     x_train, x_test = np.asarray(x_train), np.asarray(x_test)
-    if x_train.dtype != np.uint8:
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, which check_values refuses
-            x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
+    source = source or name
+    was_uint8 = tuple(s for s, x in (("train", x_train), ("test", x_test)) if x.dtype == np.uint8)
+    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
+        x_train, x_test = (x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else _as_float(x)
+                           for x in (x_train, x_test))
     if x_train.ndim == 3:  # (N, H, W) grey images: add the channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
-    num_classes = check_values(source or name, x_train, y_train, x_test, y_test, num_classes)
+    num_classes = check_values(source, x_train, y_train, x_test, y_test, num_classes)
+    if x_train.dtype != np.uint8:
+        problem = _scale_problem(source, x_train, x_test, was_uint8)
+        if problem:
+            raise DataError(problem)
     y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)
     scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
     mean, std = _stats(x_train, scale)
@@ -213,6 +265,16 @@ def load_npz(path: str) -> Data:
         raise
     except Exception as e:  # zip errors, pickled objects, truncated files, permissions
         raise DataError(f"npz file {path} is unreadable: {type(e).__name__}: {e}") from None
+    for key, a in arrays.items():
+        if a.ndim == 0:
+            raise DataError(f"npz file {path}: {key} is a single value (a 0-d array), not one entry per example")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise DataError(f"npz file {path}: {key} holds {a.dtype} values, not numbers")
+    for key in ("y_train", "y_test"):
+        shape = arrays[key].shape
+        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+            raise DataError(f"npz file {path}: {key} has shape {shape}: labels are class indices of shape (N,)"
+                            + ("; these look one-hot (use y.argmax(axis=1))" if len(shape) == 2 else ""))
     for split in ("train", "test"):
         nx, ny = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
         if nx != ny:

@@ -179,7 +179,17 @@ def _check_dataset_name(cfg: TrainConfig, facts: RuntimeFacts) -> None:
                          f"{name} has {spec.num_classes}")
 
 
+def _check_finite(cfg: TrainConfig) -> None:
+    """Every float setting is a finite number: a flag parses 'inf', 'nan' and 1e400 (= inf) as floats, and a
+    run trained with one records null there, which every reader then refuses."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{f.name}={value} must be a finite number")
+
+
 def _check_names_and_ranges(cfg: TrainConfig) -> None:
+    _check_finite(cfg)
     if cfg.arch not in ARCH_NAMES:
         raise UsageError(f"unknown arch {cfg.arch!r}; valid: {', '.join(ARCH_NAMES)}")
     if cfg.dataset not in DATASETS:
@@ -217,8 +227,9 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
         raise UsageError(f"column_engine={cfg.column_engine!r}; valid: {', '.join(COLUMN_ENGINES)}")
     if cfg.dataset == "npz" and not cfg.data_path:
         raise UsageError("--dataset=npz needs --data_path=FILE.npz")
-    if cfg.run_name is not None and (not cfg.run_name or "/" in cfg.run_name or cfg.run_name in (".", "..")):
-        raise UsageError(f"run_name={cfg.run_name!r} must be a plain folder name")
+    if cfg.run_name is not None and (not cfg.run_name or "/" in cfg.run_name or cfg.run_name in (".", "..")
+                                     or not cfg.run_name.isprintable()):
+        raise UsageError(f"run_name={cfg.run_name!r} must be a plain folder name (no '/', no control characters)")
 
 
 def _check_stacked(cfg: TrainConfig, replicas: int) -> None:

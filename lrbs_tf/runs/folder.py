@@ -129,6 +129,74 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         return []
 
 
+def read_checked_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """metrics.jsonl's records for a reader that must trust all of them: every whole line a JSON object with
+    an integer `epoch`, the epochs 1, 2, 3... each once and in order, and `step` (where recorded) increasing.
+    Raises RunFolderError naming the first line that breaks this (1-based), instead of read_metrics' silent
+    stop at it: a line damaged in the middle of a finished run, or the lines of two writers interleaved,
+    must cost the run, not quietly drop its later epochs. A torn last line (no newline: a kill or a full
+    disk while appending) is not a record and not damage; a missing file is no records."""
+    path = Path(run_dir) / METRICS
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise RunFolderError(f"{path} is unreadable: {e.strerror or e}") from None
+    rows: list[dict] = []
+    last_step, last_step_line = None, 0
+    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunFolderError(f"{where} is not JSON ({line[:40]!r}{'...' if len(line) > 40 else ''})") from None
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{where} is not a JSON object")
+        epoch = row.get("epoch")
+        if not is_int(epoch):
+            raise RunFolderError(f"{where} has epoch={epoch!r}, not an epoch number" if "epoch" in row
+                                 else f"{where} has no epoch")
+        expected = len(rows) + 1
+        if epoch != expected:
+            what = "repeats" if epoch < expected else "skips to"
+            raise RunFolderError(f"{where} {what} epoch {epoch} where epoch {expected} belongs (the epochs must run "
+                                 "1, 2, 3... once each: a second writer, or lost lines)")
+        step = row.get("step")
+        if step is not None:
+            if not is_number(step):
+                raise RunFolderError(f"{where} has step={step!r}, not a number")
+            if last_step is not None and not step > last_step:
+                raise RunFolderError(f"{where} has step {step}, not more than {last_step} at line {last_step_line}")
+            last_step, last_step_line = step, number
+        rows.append(row)
+    return rows
+
+
+def check_result_against_metrics(result: "RunResult", rows: list[dict], path: Path) -> None:
+    """Raises RunFolderError when result.json's best test accuracy or best epoch disagree with the epoch
+    records (bin/train writes them from the same rows, so a disagreement means one file was changed or
+    comes from another run). Only a result.json that holds a best test accuracy is checked (one without
+    is completed from the rows by its reader, which checks them then); ties in test accuracy let best_epoch
+    name any of the tied epochs."""
+    accuracy = {r["epoch"]: r.get("test_accuracy") for r in rows}
+    scored = {e: float(a) for e, a in accuracy.items() if is_number(a)}
+    if not scored or math.isnan(result.best_test_accuracy):
+        return
+    best = max(scored.values())
+    claimed = result.best_test_accuracy
+    if not math.isclose(claimed, best, rel_tol=1e-9, abs_tol=1e-12):
+        at = min(e for e, a in scored.items() if a == best)
+        raise RunFolderError(f"{path} has best_test_accuracy={claimed!r} but {METRICS} records {best!r} (epoch "
+                             f"{at}) as the best")
+    epoch = result.best_epoch
+    if not math.isnan(epoch):
+        value = scored.get(int(epoch))
+        if value is None or not math.isclose(value, best, rel_tol=1e-9, abs_tol=1e-12):
+            raise RunFolderError(f"{path} has best_epoch={int(epoch)} but {METRICS} records test accuracy "
+                                 f"{accuracy.get(int(epoch), 'nothing')!r} there, and {best!r} as the best")
+
+
 def recorded_epochs(rows: list[dict]) -> int:
     """How many epochs `rows` records without a gap from epoch 1: a checkpoint past that cannot be resumed
     from, since the epochs it covers would be missing from metrics.jsonl."""
@@ -305,9 +373,20 @@ def parse_result(raw: Any, path: Path) -> RunResult:
         numbers[key] = math.nan if v is None else float(v)
     for key in ACCURACIES:
         check_accuracy(key, numbers[key], path)
+    # Counts and epoch numbers are integers (a reader's table holds them as such): one such field mistyped
+    # costs its run (RunFolderError), never the study.
+    for key, least in (("steps", 0), ("epochs", 0), ("diverged_epoch", 1)):
+        v = raw.get(key)
+        if v is not None and not (is_int(v) and v >= least):
+            raise RunFolderError(f"{path} has {key}={v!r}, not " + ("a count" if least == 0 else "an epoch number"))
+    if not math.isnan(numbers["best_epoch"]) and not (numbers["best_epoch"].is_integer()
+                                                      and numbers["best_epoch"] >= 1):
+        raise RunFolderError(f"{path} has best_epoch={raw['best_epoch']!r}, not an epoch number")
+    for key, kind in (("stopped_early", bool), ("error", str), ("stop_reason", str)):
+        v = raw.get(key)
+        if v is not None and not isinstance(v, kind):
+            raise RunFolderError(f"{path} has {key}={v!r}, not a {kind.__name__}")
     steps = raw.get("steps")
-    if steps is not None and not (is_int(steps) and steps >= 0):
-        raise RunFolderError(f"{path} has steps={steps!r}, not a count")
     return RunResult(status=status, epochs=raw.get("epochs"), **numbers, diverged_epoch=raw.get("diverged_epoch"),
                      stopped_early=bool(raw.get("stopped_early", False)), error=raw.get("error"), raw=raw,
                      steps=steps, stop_reason=raw.get("stop_reason"))

@@ -1,7 +1,10 @@
 """The tidy table of runs: one row per run folder, read through the run-folder contract (lrbs_tf.runs.folder).
 
-A folder is never fatal: an unreadable or inconsistent folder becomes a row with status `skipped` and the
-reason in `problem`; a folder without result.json is `unfinished`. Only rows with status `done` are analysed.
+A folder is never fatal: an unreadable or mistyped folder becomes a row with status `skipped` and the reason
+in `problem`; one whose metrics.jsonl is damaged (a line that does not parse, an epoch repeated or missing,
+steps that do not increase) or disagrees with its result.json is `corrupt`, the line named in `problem`; a
+folder a process is writing (its lock is held: bin/train, bin/sharpness) is `running`; one without
+result.json is `unfinished`. Only rows with status `done` are analysed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs import folder as rf, locking
 from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
 from lrbs_tf.runs.folder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
 from lrbs_tf.theory.ou import stability_ratio
@@ -20,8 +23,10 @@ from lrbs_tf.theory.ou import stability_ratio
 if TYPE_CHECKING:  # pandas is imported when the table is built, not with this module
     import pandas as pd
 
-STATUS_UNFINISHED = "unfinished"  # no result.json: never started, still running, or killed
-STATUS_SKIPPED = "skipped"        # corrupt, partial or unreadable: see the `problem` column
+STATUS_UNFINISHED = "unfinished"  # no result.json, and no process writes the folder: never started, or killed
+STATUS_SKIPPED = "skipped"        # partial, mistyped or unreadable: see the `problem` column
+STATUS_CORRUPT = "corrupt"        # metrics.jsonl damaged (the line in `problem`), or result.json disagrees with it
+STATUS_RUNNING = "running"        # a process holds the folder's lock (lrbs_tf.runs.locking): being written now
 HYPERPARAMETERS = ("batch_size", "lr")
 TARGET = "best_test_accuracy"     # the paper's measure of generalisation: the best test accuracy of 200 epochs
 # Numeric keys of sharpness.json that are curvature quantities (tested); the others (num_hvps, seconds...)
@@ -173,7 +178,18 @@ def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accur
         # A key an older lrbs_tf did not record reads as its default: the run was made with it.
         rec.update({CONFIG_COLUMN.get(k, k): _setting(config.get(k, DEFAULTS.get(k))) for k in group_by})
         rec["ratio"] = ratio(typed.batch_size, typed.lr)
+        writer = locking.holder(run_dir)
+        if writer is not None:  # its files are changing: read it once it is written
+            rec.update(status=STATUS_RUNNING, problem=f"being written by {writer}")
+            return rec, config
         result = rf.read_result(run_dir)
+        try:
+            rows = rf.read_checked_metrics(run_dir)
+            if result is not None and result.finished:
+                rf.check_result_against_metrics(result, rows, run_dir / rf.RESULT)
+        except rf.RunFolderError as e:
+            rec.update(status=STATUS_CORRUPT, problem=str(e))
+            return rec, config
         if result is None:
             rec["status"] = STATUS_UNFINISHED
             return rec, config

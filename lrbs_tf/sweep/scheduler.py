@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from lrbs_tf.core import durable, provenance, resources
-from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.core.errors import LOCKED_EXIT
+from lrbs_tf.runs import folder as runfolder, locking
 from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, UsageError
 from lrbs_tf.sweep import grid as gridlib, workers
 from lrbs_tf.sweep.config import GRID_FLAGS, SweepConfig
@@ -114,6 +115,7 @@ class _Session:
         self.failed_runs: list[str] = []
         self.sharpness_failed: list[str] = []
         self.sharpness_refused = False
+        self.elsewhere: list[str] = []  # runs whose folders another process held (lrbs_tf.runs.locking)
 
     def train_task(self, unit: gridlib.WorkUnit) -> workers.Task:
         return workers.Task("train", unit.label, _train_argv(self.cfg, unit, self.threads),
@@ -169,10 +171,17 @@ class _Session:
             # A column process failing (e.g. killed for memory with K models) says little about each run:
             # its unfinished runs get one process each, once, before any is called failed.
             for run, status in unfinished:
-                self.record_failure(run.name, done, result_status=status, retry="one process per run")
+                if done.returncode != LOCKED_EXIT:  # a held folder is no failure: its run alone says so
+                    self.record_failure(run.name, done, result_status=status, retry="one process per run")
             self.progress.ended_items -= len(unfinished)
             follow += [self.train_task(gridlib.WorkUnit(r.batch_size, r.seed, (r,))) for r, _ in unfinished]
             words.append(f"{len(unfinished)} unfinished (exit {done.returncode}): retried one process per run")
+        elif unfinished and done.returncode == LOCKED_EXIT:
+            # Another process (a second sweep, a resubmitted job, a hand-started bin/train) holds the run
+            # folder: it is running elsewhere, not failed; a later start picks it up if that one stops short.
+            for run, _ in unfinished:
+                self.elsewhere.append(run.name)
+                words.append(f"{run.name} running elsewhere")
         else:
             for run, status in unfinished:
                 error = None
@@ -194,6 +203,11 @@ class _Session:
         self.progress.sharpness_todo -= len(unit.runs)
         self.progress.ended_items += len(unit.runs)
         failed = [r for r in unit.runs if not (self.cfg.workdir / r.name / runfolder.SHARPNESS).exists()]
+        if failed and done.returncode == LOCKED_EXIT:  # another process holds those folders: not a failure
+            self.elsewhere += [r.name for r in failed]
+            self.progress.event(f"sharpness {unit.label}: {len(failed)} run(s) held by another process",
+                                counts=True)
+            return []
         self.progress.sharpness_done += len(unit.runs) - len(failed)
         for run in failed:
             self.record_failure(run.name, done)
@@ -238,6 +252,8 @@ def run(cfg: SweepConfig) -> int:
         raise UsageError(str(e)) from None
     workdir = cfg.workdir
     todo = [r for r in shard if runfolder.run_status(workdir / r.name) not in runfolder.TERMINAL_STATUSES]
+    elsewhere = [r.name for r in todo if locking.is_locked(workdir / r.name)]
+    todo = [r for r in todo if r.name not in elsewhere]  # another process trains them now
     units = gridlib.work_units(todo, cfg.vectorize, cfg.column_size)
     gpus = resources.visible_gpus()
     num_workers = cfg.workers or len(gpus) or resources.available_cores()
@@ -258,7 +274,11 @@ def run(cfg: SweepConfig) -> int:
     if foreign:  # bin/correlate --results=<workdir> reads every run folder below it
         print(f"sweep: note: {len(foreign)} run folder(s) under {workdir} are not of this grid (e.g. "
               f"{foreign[0]}); bin/correlate will include them", flush=True)
+    if elsewhere:
+        print(f"sweep: {len(elsewhere)} run(s) are being trained by another process (their folders are locked, "
+              f"e.g. {elsewhere[0]}): left to it", flush=True)
     session = _Session(cfg, shard, threads)
+    session.elsewhere += elsewhere
     tasks = [session.train_task(u) for u in units]
     if cfg.sharpness:
         waiting = [r for r in shard if _needs_sharpness(workdir / r.name)]
@@ -280,6 +300,10 @@ def run(cfg: SweepConfig) -> int:
     if failed:
         print(f"sweep: {len(failed)} failed: {', '.join(failed)}; details in {session.failures_path}; "
               "starting the sweep again retries them", flush=True)
+    if session.elsewhere:
+        print(f"sweep: {len(session.elsewhere)} run(s) were running elsewhere (another process held their "
+              f"folders: {', '.join(session.elsewhere[:5])}{', ...' if len(session.elsewhere) > 5 else ''}); "
+              "not failures: starting the sweep again later picks up any left unfinished", flush=True)
     code = 1 if failed else 0
     if cfg.correlate:
         unfinished = sum(runfolder.run_status(workdir / r.name) not in runfolder.TERMINAL_STATUSES

@@ -8,14 +8,17 @@ one line, without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Sequence
 
 from lrbs_tf.core import provenance
 from lrbs_tf.core.resources import quiet_import_tensorflow
 from lrbs_tf.data.specs import DATASETS
-from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs import folder as runfolder, locking
 from lrbs_tf.runs.config import (
     RuntimeFacts,
     TrainConfig,
@@ -85,6 +88,8 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
     seed. Finished runs are left as they are; unfinished ones resume from their checkpoints. Everything is
     checked before anything is written. Returns each run's result.json content, in the order of `lrs`.
     Raises UsageError for bad input and TrainingFailed when training itself fails (recorded as failed).
+    Each unfinished member's folder is locked (lrbs_tf.runs.locking) from before its state is read until its
+    result is written: RunLocked, with nothing changed, when another process holds one of them.
     """
     lrs = list(lrs)
     if not lrs:
@@ -97,25 +102,74 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
     for c in cfgs:
         validate(c)
     cfgs = [within_cpu_quota(c.resolved()) for c in cfgs]
+    check_distinct_folders(cfgs)
+    workdir = Path(cfg.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"workdir={cfg.workdir} is a file, not a folder")
     results: list[dict | None] = [None] * len(cfgs)
     for i, c in enumerate(cfgs):
-        run_dir = c.run_dir
-        if (run_dir / runfolder.CONFIG).exists():
-            check_same_configuration(run_dir, c)
-            result = runfolder.read_result(run_dir)
-            if result is not None and result.finished:
-                print(f"{run_dir} already finished (status {result.status}, {result.epochs} epochs); "
-                      "nothing to do", flush=True)
-                results[i] = result.raw
-        elif run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"{run_dir} exists and is not a run folder (no config.json); refusing to write "
-                             "into it")
+        results[i] = finished_result(c)
     todo = [i for i, r in enumerate(results) if r is None]
-    if todo:
-        quiet_import_tensorflow()
-        from lrbs_tf.training import loop
+    if not todo:
+        return results
+    with contextlib.ExitStack() as held:
+        if writes_run_folders():
+            for i in todo:  # every member's folder, before any is written; RunLocked leaves all as they were
+                held.enter_context(locking.RunLock(cfgs[i].run_dir, "bin/train"))
+            for i in todo:  # again under the lock: another process may have finished it meanwhile
+                results[i] = finished_result(cfgs[i])
+            todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            quiet_import_tensorflow()
+            from lrbs_tf.training import loop
 
-        trained = loop.train([cfgs[i] for i in todo], [settings(cfgs[i]) for i in todo], run_provenance)
-        for i, result in zip(todo, trained):
-            results[i] = result
+            trained = loop.train([cfgs[i] for i in todo], [settings(cfgs[i]) for i in todo], run_provenance)
+            for i, result in zip(todo, trained):
+                results[i] = result
     return results
+
+
+def check_distinct_folders(cfgs: Sequence[TrainConfig]) -> None:
+    """Learning rates that agree to the run name's 10 significant digits would share one folder (and
+    overwrite each other's files): refused, as bin/sweep refuses them."""
+    seen: dict[str, float] = {}
+    for c in cfgs:
+        if c.run_name in seen:
+            raise UsageError(f"lr={seen[c.run_name]!r} and lr={c.lr!r} share the run folder {c.run_dir} (run names "
+                             "carry 10 significant digits of the learning rate); give learning rates that differ "
+                             "in their first 10 digits")
+        seen[c.run_name] = c.lr
+
+
+def finished_result(c: TrainConfig) -> dict | None:
+    """The result.json content of `c`'s run folder when the run is finished (it is left alone), else None.
+    Refuses a folder of another configuration, and a non-empty folder that is not a run folder (its lock file
+    aside: a run killed before it wrote config.json leaves only that)."""
+    run_dir = c.run_dir
+    if (run_dir / runfolder.CONFIG).exists():
+        check_same_configuration(run_dir, c)
+        result = runfolder.read_result(run_dir)
+        if result is not None and result.finished:
+            print(f"{run_dir} already finished (status {result.status}, {result.epochs} epochs); "
+                  "nothing to do", flush=True)
+            return result.raw
+    elif run_dir.is_dir() and any(p.name != locking.LOCK_FILE for p in run_dir.iterdir()):
+        raise UsageError(f"{run_dir} exists and is not a run folder (no config.json); refusing to write "
+                         "into it")
+    return None
+
+
+def writes_run_folders() -> bool:
+    """Whether this process writes run folders: under MultiWorkerMirroredStrategy (TF_CONFIG) only the chief
+    does (task 'chief', or worker 0 when the cluster names none), so only the chief takes their locks."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        tf_config = json.loads(raw)
+        task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
+    except (ValueError, AttributeError):
+        return True  # TensorFlow refuses such a TF_CONFIG itself
+    if task.get("type") == "chief":
+        return True
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster

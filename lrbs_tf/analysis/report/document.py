@@ -102,10 +102,11 @@ def premise_section(a: Analysis) -> str:
                          "diverged or failed runs"))
     out.append(report_ratio.diverged_section(a))
     out.append("### Unfinished runs (no result.json; not analysed)")
-    out.append(_run_list(runs[runs["status"] == STATUS_UNFINISHED], ["run_dir", "batch_size", "lr"],
+    out.append(_run_list(runs[runs["status"].isin((STATUS_UNFINISHED, "running"))], ["run_dir", "batch_size", "lr"],
                          "unfinished runs"))
     out.append("### Skipped run folders (corrupt, partial or unreadable)")
-    out.append(_run_list(runs[runs["status"] == STATUS_SKIPPED], ["run_dir", "problem"], "skipped folders"))
+    out.append(_run_list(runs[runs["status"].isin((STATUS_SKIPPED, "corrupt"))], ["run_dir", "problem"],
+                         "skipped folders"))
     out.append(f"### Runs below the training-accuracy premise (final train accuracy < {a.min_train_accuracy:g})")
     out.append("The paper assumes every model reaches ~zero training error, so that test accuracy measures "
                "generalisation. These done runs are analysed in Tables 1-2 and in Table 3 `with_flagged`, and "
