@@ -14,6 +14,8 @@ from lrbs_tf.analysis.model import group_keys, group_labels, iter_groups
 from lrbs_tf.analysis.report import document as report
 from tests.runfolders import write_grid
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 REPO = Path(__file__).resolve().parents[1]
 COLS = ["arch", "dataset", "momentum"]
 

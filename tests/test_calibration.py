@@ -13,6 +13,8 @@ from tests.helpers import REPO
 sys.path.insert(0, str(REPO))
 from benchmarks import calibration as bench  # noqa: E402
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def test_a_small_run_gives_every_test_of_every_design_and_matches_correlate_exactly():
     designs = [d for d in bench.DESIGNS if d.name in ("ratio straight, geo 3x3, 3 seeds",

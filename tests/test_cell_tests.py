@@ -12,6 +12,8 @@ from statsmodels.stats.anova import anova_lm
 
 from lrbs_tf.analysis import cell_tests as ct
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 BS, LR = (32, 64, 128), (0.025, 0.05, 0.1)
 
 

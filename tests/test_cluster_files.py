@@ -42,12 +42,13 @@ def yaml_scalar(key: str, text: str = MANIFEST) -> str:
 
 
 def flagfile_grid(path) -> gridlib.Grid:
-    """The grid a flagfile defines, as bin/sweep builds it (batch sizes, rates, seeds, dataset, epochs)."""
-    flags = dict(re.findall(r"^--([a-z_]+)=(.*)$", path.read_text(), re.M))
-    return gridlib.Grid(tuple(int(b) for b in flags["batch_sizes"].split(",")),
-                        tuple(float(v) for v in flags["lrs"].split(",")),
-                        tuple(int(v) for v in flags.get("seeds", "0").split(",")), flags["arch"], flags["dataset"],
-                        num_train=known_train_size(flags["dataset"]), epochs=int(flags["epochs"]))
+    """The grid a flagfile defines, as bin/sweep parses it (its included flagfiles too) and builds it."""
+    from tests.test_flagfiles import parse
+
+    fv = parse(path, "sweep")
+    return gridlib.Grid(tuple(int(b) for b in fv.batch_sizes), tuple(float(v) for v in fv.lrs),
+                        tuple(int(v) for v in fv.seeds), fv.arch, fv.dataset,
+                        num_train=known_train_size(fv.dataset), epochs=fv.epochs)
 
 
 def test_the_indexed_job_fails_fast_on_bad_input_and_ignores_disruptions():

@@ -11,6 +11,8 @@ from lrbs_tf.curvature import settings as curv
 from lrbs_tf.runs import config
 from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, UsageError, identity_differences, validate
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def test_validation_before_data_uses_the_dataset_spec():
     validate(TrainConfig())  # the defaults are valid

@@ -7,6 +7,8 @@ import pytest
 
 from lrbs_tf.core import resources
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 MOUNTINFO_V2 = ("24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n"
                 "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 "
                 "rw,nsdelegate,memory_recursiveprot\n")
@@ -82,19 +84,3 @@ def test_a_quota_caps_the_cores_below_the_affinity_mask(tmp_path, monkeypatch):
     (root / "sys/fs/cgroup/cpu.max").write_text("max 100000\n")
     assert resources.available_cores(root) == 64
     assert resources.available_cores(tmp_path / "no-proc-here") == 64  # nothing readable: affinity alone
-
-
-def test_bin_train_sizes_tensorflows_threads_to_the_quota(tmp_path, monkeypatch):
-    """Under a quota, --intra_op_threads=0 (TensorFlow's default: every core of the node) becomes the
-    quota's cores; a value the user gave is kept, and without a quota nothing changes."""
-    from lrbs_tf.training import loop, run as train
-    from tests.helpers import small_config
-
-    seen = []
-    monkeypatch.setattr(loop, "train", lambda cfgs, settings, provenance: seen.append(cfgs) or [{}] * len(cfgs))
-    monkeypatch.setattr(resources, "cgroup_cpu_limit", lambda root=None: 1.5)
-    train.run_column(small_config(tmp_path), [0.1, 0.2])
-    train.run_column(small_config(tmp_path, intra_op_threads=3), [0.1])
-    monkeypatch.setattr(resources, "cgroup_cpu_limit", lambda root=None: None)
-    train.run_column(small_config(tmp_path), [0.1])
-    assert [[c.intra_op_threads for c in cfgs] for cfgs in seen] == [[1, 1], [3], [0]]

@@ -19,6 +19,8 @@ from lrbs_tf.core.errors import UsageError
 from lrbs_tf.runs import folder as rf
 from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS, write_grid, write_run
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 REPO = Path(__file__).resolve().parents[1]
 BS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 LRS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)

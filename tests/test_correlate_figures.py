@@ -12,6 +12,8 @@ from lrbs_tf.analysis import correlate
 from lrbs_tf.analysis.plots import paper as correlate_plots, ratio as ratio_plots, style as plot_style
 from tests.runfolders import write_grid, write_run
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 QUICK_BS = (32, 48, 64, 80, 96)
 QUICK_LRS = (0.06, 0.09, 0.12, 0.15, 0.18)  # BS/LR 178-1600, the quick study's span
 

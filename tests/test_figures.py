@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 
 from lrbs_tf.core import figures
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -18,6 +18,8 @@ import pytest
 from lrbs_tf.cli.flags import binary_flags
 from tests.helpers import REPO, run_bin
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 BINARIES = ("train", "sweep", "sharpness", "correlate", "nqm", "bound")
 FLAG_LINE = re.compile(r"^  (?:-\S,)?--(?:\[no\])?([a-z0-9_]+):", re.M)
 

@@ -10,6 +10,8 @@ from lrbs_tf.analysis import correlate, intrinsic as ir
 from tests.intrinsic_folders import NUM_TRAIN, write_bn_run
 from tests.runfolders import write_run
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 # (lr, weight decay) pairs sharing lr * wd = 0.002, a factor of 8 in lr
 EQUAL_PAIRS = ((0.05, 0.04), (0.1, 0.02), (0.2, 0.01), (0.4, 0.005))
 
@@ -192,7 +194,7 @@ def test_the_flagfile_puts_several_lr_wd_pairs_on_one_intrinsic_lr(tmp_path):
 
     path = REPO / "flags" / "intrinsic" / "bn_mlp.flags"
     text = path.read_text()
-    loop = next(line for line in text.splitlines() if line.startswith("#   for wd in"))
+    loop = next(line for line in text.splitlines() if line.startswith("# Command:  for wd in"))
     wds = [float(v) for v in loop.split(" in ")[1].split(";")[0].split()]
     values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith("--") and "=" in line)
     lrs = [float(v) for v in values["--lrs"].split(",")]

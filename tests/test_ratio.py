@@ -13,6 +13,8 @@ from scipy import stats as sps
 from lrbs_tf.analysis import correlate, ratio, ratio_stats
 from tests.runfolders import write_grid, write_run
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 BS = (16, 32, 64, 128)
 LRS = (0.01, 0.02, 0.04, 0.08)
 SEEDS = (0, 1, 2)
@@ -256,7 +258,7 @@ def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_pa
 
     path = REPO / "flags" / "jastrzebski" / "ratio_invariance.flags"
     text = path.read_text()
-    assert "#   bin/sweep --flagfile=flags/jastrzebski/ratio_invariance.flags" in text
+    assert "# Command:  bin/sweep --flagfile=flags/jastrzebski/ratio_invariance.flags" in text
     values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith("--") and "=" in line)
     bss = [int(v) for v in values["--batch_sizes"].split(",")]
     lrs = [float(v) for v in values["--lrs"].split(",")]

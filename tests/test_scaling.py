@@ -18,6 +18,8 @@ from lrbs_tf.core.errors import UsageError
 from lrbs_tf.runs import folder as rf
 from tests.runfolders import law_steps, loss_rows, write_run, write_scaling_study
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 LOSS = scaling.Target("train_loss", 0.4)
 BS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 LRS = (0.05, 0.1, 0.2)

@@ -10,6 +10,8 @@ from statsmodels.stats.multitest import multipletests
 
 from lrbs_tf.analysis import stats
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_correlate_equals_scipy_on_random_data(seed):

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
 
 PACKAGE = REPO / "lrbs_tf"
 MAX_FUNCTION_LINES = 100
@@ -229,3 +233,23 @@ def test_the_run_folder_docstring_and_the_readme_describe_the_same_files():
         assert f"| `{name}` |" in table, name
     for key in runfolder.METRIC_KEYS + runfolder.RESULT_KEYS:
         assert f"`{key}`" in table, key
+
+
+def test_the_fast_tiers_files_import_no_tensorflow():
+    """Each test file marked fast, imported in one fresh interpreter in turn: none loads TensorFlow (a
+    `-m fast` session also fails any test after which TensorFlow is found imported; tests/conftest.py)."""
+    fast = sorted(p.stem for p in (REPO / "tests").glob("test_*.py")
+                  if "pytestmark = pytest.mark.fast" in p.read_text())
+    assert {"test_stats", "test_structure", "test_sweep_grid", "test_theory_ou", "test_flagfiles"} <= set(fast)
+    code = ("import importlib, json, sys\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "loaded = []\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module('tests.' + name)\n"
+            "    if 'tensorflow' in sys.modules:\n"
+            "        loaded.append(name)\n"
+            "        break\n"
+            "print(json.dumps(loaded))\n")
+    done = subprocess.run([sys.executable, "-c", code, *fast], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert json.loads(done.stdout) == []

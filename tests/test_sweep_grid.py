@@ -12,6 +12,8 @@ import pytest
 from lrbs_tf.runs import config
 from lrbs_tf.sweep import grid as gridlib
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 PAPER_BS = tuple(range(16, 321, 16))
 PAPER_LR = tuple(round(0.01 * i, 2) for i in range(1, 21))
 

@@ -9,6 +9,8 @@ import pytest
 from lrbs_tf.runs import folder as runfolder
 from lrbs_tf.sweep import scheduler as sweep
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def test_sweep_record_is_written_once_and_a_different_grid_refused(tmp_path):
     record = {"batch_sizes": [16, 32], "lrs": [0.1], "seeds": [0], "arch": "mlp", "epochs": 2}

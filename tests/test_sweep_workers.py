@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lrbs_tf.sweep import workers
+
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
 
 
 def test_worker_slots_share_cores_and_take_gpus_round_robin():

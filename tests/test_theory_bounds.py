@@ -7,6 +7,8 @@ import pytest
 
 from lrbs_tf.theory import bounds, ou
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def _matrices(commuting, d=6, seed=0):
     rng = np.random.default_rng(seed)

@@ -19,6 +19,8 @@ from lrbs_tf.runs.folder import RunFolderError
 from lrbs_tf.theory import bounds, nqm
 from tests.runfolders import config as run_config
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 REPO = Path(__file__).resolve().parents[1]
 NQM = [sys.executable, str(REPO / "bin" / "nqm")]
 

@@ -7,6 +7,8 @@ import pytest
 
 from lrbs_tf.theory import intrinsic_lr as ilr
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def _simulate(lr, wd, steps, chains=200, dim=16, sigma=1.0, init_norm_sq=1.0, seed=0):
     """SGD with weight decay on a loss that depends on w only through u = w/||w|| (f(u) = 0.5 u'Qu) plus

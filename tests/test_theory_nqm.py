@@ -9,6 +9,8 @@ import pytest
 from lrbs_tf.theory import nqm
 from lrbs_tf.theory.nqm_tune import tune_grid
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def _small(dim=6, target=0.01):
     h = np.array([1.0, 0.5, 0.25, 0.1, 0.05, 0.02])[:dim]

@@ -5,6 +5,8 @@ import pytest
 
 from lrbs_tf.theory import ou
 
+pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
+
 
 def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))

@@ -241,3 +241,20 @@ def test_two_logical_devices_match_one(tmp_path):
         for key in ("train_loss", "test_loss", "weight_norm_sq", "grad_norm_sq"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert one["final_test_accuracy"] == pytest.approx(two["final_test_accuracy"], abs=0.003)
+
+
+def test_bin_train_sizes_tensorflows_threads_to_the_quota(tmp_path, monkeypatch):
+    """Under a quota, --intra_op_threads=0 (TensorFlow's default: every core of the node) becomes the
+    quota's cores; a value the user gave is kept, and without a quota nothing changes."""
+    from lrbs_tf.core import resources
+    from lrbs_tf.training import loop, run as train
+    from tests.helpers import small_config
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda cfgs, settings, provenance: seen.append(cfgs) or [{}] * len(cfgs))
+    monkeypatch.setattr(resources, "cgroup_cpu_limit", lambda root=None: 1.5)
+    train.run_column(small_config(tmp_path), [0.1, 0.2])
+    train.run_column(small_config(tmp_path, intra_op_threads=3), [0.1])
+    monkeypatch.setattr(resources, "cgroup_cpu_limit", lambda root=None: None)
+    train.run_column(small_config(tmp_path), [0.1])
+    assert [[c.intra_op_threads for c in cfgs] for cfgs in seen] == [[1, 1], [3], [0]]
