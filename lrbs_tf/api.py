@@ -34,8 +34,6 @@ SETTING_COLUMNS = ("data_source", *[k for k in DEFAULTS if k not in (*runtable.C
 # What bin/train records beside the settings (the run-folder contract's config.json row).
 RECORDED_COLUMNS = ("num_params", "num_classes", "num_train", "num_test", "steps_per_epoch", "replicas",
                     "git_commit", "created")
-# Flags for filtering, computed from the columns above.
-FLAG_COLUMNS = ("finished", "has_sharpness", "path")
 # load_metrics: each row's run and configuration, then the epoch's metrics line.
 RUN_KEY_COLUMNS = ("run_dir", "status", "arch", "dataset", "batch_size", "lr", "ratio", "seed", "momentum",
                    "weight_decay", "epochs_budget")
@@ -71,8 +69,9 @@ def load_runs(root: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_AC
     extra = pd.DataFrame([_settings(configs.get(d)) for d in table["run_dir"]],
                          columns=[*SETTING_COLUMNS, *RECORDED_COLUMNS], index=table.index)
     frame = pd.concat([table, extra], axis=1)
+    # Columns for filtering, computed from the ones above.
     frame["finished"] = frame["status"].isin(runfolder.TERMINAL_STATUSES)
-    frame["has_sharpness"] = frame[list(runtable.SHARPNESS_QUANTITIES)].notna().any(axis=1)
+    frame["has_sharpness"] = frame[list(runfolder.SHARPNESS_QUANTITIES)].notna().any(axis=1)
     frame["path"] = [str(root if d == "." else root / d) for d in frame["run_dir"]]
     return frame.sort_values("run_dir", kind="stable").reset_index(drop=True)
 

@@ -20,7 +20,7 @@ from tests.runfolders import law_steps, loss_rows, write_run, write_scaling_stud
 
 pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
 
-LOSS = scaling.Target("train_loss", 0.4)
+LOSS = scaling.ResultTarget("train_loss", 0.4)
 BS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 LRS = (0.05, 0.1, 0.2)
 
@@ -30,7 +30,7 @@ def test_crossing_interpolates_between_the_bracketing_epoch_rows():
     c = scaling.crossing(steps, epochs, np.array([2.0, 1.0, 0.5, 0.2]), LOSS)
     assert c.steps == pytest.approx(30 + 10 * (0.5 - 0.4) / (0.5 - 0.2), rel=1e-12)
     assert (c.epoch, c.bracketed, c.reached, c.last_step) == (4, True, True, 40.0)
-    acc = scaling.crossing(steps, epochs, np.array([0.1, 0.5, 0.7, 0.9]), scaling.Target("test_accuracy", 0.6))
+    acc = scaling.crossing(steps, epochs, np.array([0.1, 0.5, 0.7, 0.9]), scaling.ResultTarget("test_accuracy", 0.6))
     assert acc.steps == pytest.approx(25.0, rel=1e-12) and acc.epoch == 3
     first = scaling.crossing(steps, epochs, np.array([0.3, 0.2, 0.1, 0.1]), LOSS)  # no row before it
     assert (first.steps, first.bracketed) == (10.0, False)

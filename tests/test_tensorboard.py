@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from lrbs_tf.curvature import session as sharpness
 from lrbs_tf.curvature.settings import Settings
-from lrbs_tf.runs import folder as runfolder, table as runtable, tensorboard as summaries
+from lrbs_tf.runs import folder as runfolder, tensorboard as summaries
 from lrbs_tf.training.run import run_column
 from tests.helpers import small_config
 from tests.runfolders import PAPER_BATCH_SIZES, PAPER_LRS
@@ -132,11 +132,15 @@ def test_the_writer_flushes_every_epoch(tmp_path):
     assert math.isnan(got["result/final_train_loss"][62])  # as result.json's null: a diverged run reads NaN
 
 
-def test_bs_over_lr_is_bin_correlates_ratio():
+def test_the_bs_over_lr_hparam_is_the_exact_ratio():
+    """One ratio for the dashboard and runs.csv (runs.folder.ratio): equal ratios are equal numbers."""
     pairs = [(bs, lr) for bs in PAPER_BATCH_SIZES for lr in PAPER_LRS]
-    assert [summaries.bs_over_lr(bs, lr) for bs, lr in pairs] == [runtable.ratio(bs, lr) for bs, lr in pairs]
-    assert summaries.bs_over_lr(112, 0.07) == summaries.bs_over_lr(16, 0.01) == 1600.0 and 112 / 0.07 != 1600.0
-    assert len({summaries.bs_over_lr(bs, lr) for bs, lr in pairs}) == 255
+    settings = {"arch": "mlp", "dataset": "mnist1d", "momentum": 0.0, "weight_decay": 0.0, "seed": 0, "epochs": 1,
+                "max_steps": None, "stop_at_train_loss": 0.0}
+    hparams = [summaries.hparams_of({**settings, "batch_size": bs, "lr": lr})["bs_over_lr"] for bs, lr in pairs]
+    assert hparams == [runfolder.ratio(bs, lr) for bs, lr in pairs]
+    assert runfolder.ratio(112, 0.07) == runfolder.ratio(16, 0.01) == 1600.0 and 112 / 0.07 != 1600.0
+    assert len(set(hparams)) == 255
 
 
 def test_a_named_npz_is_the_named_dataset_in_the_hparams():

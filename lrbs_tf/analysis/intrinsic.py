@@ -46,7 +46,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from lrbs_tf.analysis.model import group_labels, iter_groups, key_value
-from lrbs_tf.analysis.report.format import md_table
+from lrbs_tf.analysis.report.format import cut, md_table
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.theory import intrinsic_lr as ilr
 
@@ -280,9 +280,6 @@ def compute(runs: pd.DataFrame, results: str | Path, group_cols: Sequence[str]) 
                        labels=labels, excluded=excluded, done=len(done))
 
 
-LIST_LIMIT = 40  # report rows per table; the CSV files hold every one
-
-
 def _g(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
@@ -290,11 +287,6 @@ def _g(v: Any) -> str:
         return "" if math.isnan(v) else f"{v:.4g}"
     return str(v)
 
-
-def _cut(rows: list[list], what: str) -> tuple[list[list], str]:
-    if len(rows) <= LIST_LIMIT:
-        return rows, ""
-    return rows[:LIST_LIMIT], f"\n\n... and {len(rows) - LIST_LIMIT} more {what} ({RUNS_FILE} / {EQUAL_FILE})."
 
 
 def _label(result: IntrinsicLR, row: dict) -> str:
@@ -305,8 +297,8 @@ def _run_table(result: IntrinsicLR) -> str:
     cols = ["batch_size", "lr", "weight_decay", "seed", "intrinsic_lr", "relaxation_times", "weight_norm_sq",
             "predicted_weight_norm_sq", "norm_ratio", "effective_lr", "predicted_effective_lr", "norm_drift",
             "near_equilibrium", "note"]
-    rows, more = _cut([[_label(result, r), *(_g(r[c]) for c in cols)] for r in result.runs.to_dict("records")],
-                      "runs")
+    rows, more = cut([[_label(result, r), *(_g(r[c]) for c in cols)] for r in result.runs.to_dict("records")],
+                     "runs", RUNS_FILE)
     header = ["group", "BS", "lr", "wd", "seed", "lr*wd", "relaxation times", "weight norm^2", "predicted",
               "ratio", "effective LR", "predicted", "drift", "near equilibrium", "note"]
     return md_table(header, rows) + more
@@ -321,7 +313,7 @@ def _equal_table(result: IntrinsicLR) -> str:
              f"[{_g(r['elasticity_ci_low'])}, {_g(r['elasticity_ci_high'])}]"
              if np.isfinite(r["elasticity_ci_low"]) else "—", r["reading"]]
             for r in result.equal.to_dict("records")]
-    rows, more = _cut(rows, "comparisons")
+    rows, more = cut(rows, "comparisons", EQUAL_FILE)
     return md_table(["group", "BS", "lr*wd", "pairs (n)", "runs", "near equilibrium", "lr x wd pairs",
                      "effective LR min", "max", "spread", "seed spread", "elasticity", "95% CI", "reading"],
                     rows) + more

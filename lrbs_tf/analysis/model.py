@@ -26,9 +26,6 @@ from lrbs_tf.runs.table import CONFIG_COLUMN
 
 PRIMARY_SUBSET = "with_flagged"  # every done run: the paper's analysis
 SUBSETS = (PRIMARY_SUBSET, "without_flagged")  # sharpness / Psi: all done runs, or premise met
-# Table 3 adds two sensitivity rows: one point per (BS, LR) cell (the mean over its seeds), and diverged runs
-# kept, ranked below every done run, so dropping them can be seen to matter or not.
-TABLE3_SUBSETS = (*SUBSETS, "cell_means", "diverged_worst")
 # Human names of the measures, for titles and axis labels (the CSV files keep the runs.csv keys).
 MEASURE_NAMES = {"best_test_accuracy": "best test accuracy", "ratio": "batch size / learning rate",
                  "lambda_max": "largest Hessian eigenvalue", "trace": "Hessian trace",

@@ -41,7 +41,7 @@ RUN_COLUMNS = ["run_dir", "status", "batch_size", "lr", "seed", "target", "reach
 
 
 @dataclasses.dataclass(frozen=True)
-class Target:
+class ResultTarget:
     """What a run must reach: `metric` (train_loss, in nats, or test_accuracy, a fraction) at or below (loss)
     or at or above (accuracy) `value`."""
     metric: str
@@ -54,7 +54,7 @@ class Target:
         return f"{self.metric} {'<=' if self.metric == 'train_loss' else '>='} {self.value:g}"
 
 
-def target_from(train_loss: float | None, test_accuracy: float | None) -> Target | None:
+def target_from(train_loss: float | None, test_accuracy: float | None) -> ResultTarget | None:
     """The target of --target_train_loss / --target_test_accuracy (one of them, or None for neither)."""
     if train_loss is not None and test_accuracy is not None:
         raise UsageError(f"--target_train_loss={train_loss:g} and --target_test_accuracy={test_accuracy:g}: "
@@ -62,11 +62,11 @@ def target_from(train_loss: float | None, test_accuracy: float | None) -> Target
     if train_loss is not None:
         if not (math.isfinite(train_loss) and train_loss > 0):
             raise UsageError(f"--target_train_loss={train_loss:g} is not a loss > 0 (nats)")
-        return Target("train_loss", float(train_loss))
+        return ResultTarget("train_loss", float(train_loss))
     if test_accuracy is not None:
         if not (math.isfinite(test_accuracy) and 0 < test_accuracy <= 1):
             raise UsageError(f"--target_test_accuracy={test_accuracy:g} is not a fraction in (0, 1]")
-        return Target("test_accuracy", float(test_accuracy))
+        return ResultTarget("test_accuracy", float(test_accuracy))
     return None
 
 
@@ -84,7 +84,7 @@ class Crossing:
         return not math.isnan(self.steps)
 
 
-def crossing(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, target: Target) -> Crossing:
+def crossing(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, target: ResultTarget) -> Crossing:
     """The steps at which `values` (one per epoch row, at `steps`, increasing) first meet `target`, by linear
     interpolation between the row before and the first row that meets it."""
     met = target.met(values)
@@ -123,7 +123,7 @@ def epoch_rows(records: Sequence[dict], steps_per_epoch: object, metric: str
 
 
 def run_table(runs: pd.DataFrame, configs: dict[str, dict], results: Path, group_cols: list[str],
-              target: Target) -> pd.DataFrame:
+              target: ResultTarget) -> pd.DataFrame:
     """One row per done or diverged run: whether and after how many optimizer steps it reached `target`."""
     used = runs[runs["status"].isin(USED_STATUSES) & runs["arch"].notna() & runs["dataset"].notna()]
     rows = []
@@ -166,7 +166,7 @@ def steps_table(per_run: pd.DataFrame, group_cols: list[str], labels: dict[tuple
     return pd.DataFrame(rows, columns=[*group_cols, *STEPS_COLUMNS])
 
 
-def fit_table(steps: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str], target: Target
+def fit_table(steps: pd.DataFrame, group_cols: list[str], labels: dict[tuple, str], target: ResultTarget
               ) -> pd.DataFrame:
     """scaling_fit.csv: McCandlish's S(B) fitted per group to the batch sizes that reached the target."""
     rows = []
@@ -198,14 +198,14 @@ def fit_table(steps: pd.DataFrame, group_cols: list[str], labels: dict[tuple, st
 class StepsToResult:
     """bin/correlate's steps to result for one target: per run (steps_to_result_runs.csv), per (group,
     batch size) (steps_to_result.csv) and McCandlish's fit per group (scaling_fit.csv)."""
-    target: Target
+    target: ResultTarget
     runs: pd.DataFrame
     steps: pd.DataFrame
     fit: pd.DataFrame
 
 
 def steps_to_result(runs: pd.DataFrame, configs: dict[str, dict], results: Path, group_cols: list[str],
-                    labels: dict[tuple, str], target: Target) -> StepsToResult:
+                    labels: dict[tuple, str], target: ResultTarget) -> StepsToResult:
     """Every table of the steps to `target` over the runs of runs.csv (configs: config.json by run_dir)."""
     per_run = run_table(runs, configs, results, group_cols, target)
     steps = steps_table(per_run, group_cols, labels)

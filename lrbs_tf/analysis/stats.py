@@ -30,10 +30,9 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 MIN_N = 3  # with two points every coefficient is +-1 and every p-value is 1: not evidence
-EXACT_SPEARMAN_MAX_N = 8  # 8! = 40,320 pairings take ~0.1 s; 9! takes ~1 s per test
+EXACT_SPEARMAN_MAX_N = 8  # 8! = 40,320 pairings per exact test; 9! would be nine times as many
 STATISTICS = ("spearman", "pearson", "kendall")
 # Column names of a test's coefficient and p-value, per statistic, as written to the CSV files.
-COEF_COLUMN = {"spearman": "spearman_rho", "pearson": "pearson_r", "kendall": "kendall_tau"}
 P_COLUMN = {s: f"{s}_p" for s in STATISTICS}
 ADJUSTMENTS = {"holm": "holm", "bh": "fdr_bh"}  # column suffix -> statsmodels method name
 
@@ -153,8 +152,8 @@ def spearman_exact_p(x: np.ndarray, y: np.ndarray) -> float:
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b (the coefficient of scipy.stats.kendalltau), O(n^2) in numpy.
 
-    Psi needs only the coefficient of many small subgroups; scipy's call also computes a p-value and costs
-    ~1 ms of overhead each, which dominated the analysis of 1,600 runs.
+    Psi needs only the coefficient of many small subgroups; scipy's call also computes a p-value, whose
+    overhead dominated the analysis of 1,600 runs (benchmarks/correlate.md).
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     i, j = np.triu_indices(len(x), 1)
@@ -180,9 +179,9 @@ def adjust_pvalues(pvalues: Sequence[float], method: str) -> np.ndarray:
     out = np.full(p.shape, math.nan)
     valid = np.isfinite(p)
     if valid.any():
-        # statsmodels' Holm calls gc.collect(), whose cost grows with every live object (~40 ms with 1,600
-        # runs in memory, once per family and statistic); objects frozen out of the collector's view keep
-        # it to microseconds and change nothing computed.
+        # statsmodels' Holm calls gc.collect(), whose cost grows with every live object (once per family and
+        # statistic; benchmarks/correlate.md); objects frozen out of the collector's view keep it small and
+        # change nothing computed.
         frozen = gc.get_freeze_count() == 0
         if frozen:
             gc.freeze()

@@ -12,7 +12,7 @@ from lrbs_tf.cli.app import run_app
 from lrbs_tf.core.errors import LOCKED_EXIT, UsageError
 from lrbs_tf.core.resources import quiet_import_tensorflow
 from lrbs_tf.curvature.session import run, run_many
-from lrbs_tf.curvature.settings import Settings
+from lrbs_tf.curvature.settings import INTERP_BATCH, Settings
 from lrbs_tf.curvature.targets import expand_ckpts, results_targets, sharpness_file
 from lrbs_tf.runs import locking
 
@@ -49,7 +49,7 @@ def _main(FLAGS: flags.FlagValues) -> int:
             raise UsageError(f"--interpolate={','.join(FLAGS.interpolate)}: give exactly two run folders, RUN_A,RUN_B")
         interpolate(FLAGS.interpolate[0], FLAGS.interpolate[1], FLAGS.out, parse_alphas(FLAGS.alpha_range),
                     num_examples=FLAGS.num_examples,
-                    batch_size=FLAGS.hvp_batch_size or 1000, bn_stats=FLAGS.interp_bn_stats)
+                    batch_size=FLAGS.hvp_batch_size or INTERP_BATCH, bn_stats=FLAGS.interp_bn_stats)
         return 0
     settings = Settings(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Settings)})
     settings.quantities = tuple(settings.quantities)

@@ -106,7 +106,7 @@ def _whole_lines_length(fd: int, size: int) -> int:
 def append_line(path: str | os.PathLike, line: str, sync: bool = True) -> None:
     """Appends `line` (without its newline) and a newline to `path`, whole or not at all, synced to disk
     unless `sync` is False (then the caller syncs it, e.g. bin/train before the checkpoint that covers it:
-    an fsync per line cost ~5 ms per run per epoch, a tenth of a short epoch).
+    an fsync per line is a visible share of a short epoch; benchmarks/sweep.md).
 
     A last line cut short by an earlier crash (a torn tail) is dropped first, so the new line starts a line
     of its own instead of being glued to a fragment. When the write fails part-way (a full disk), the file

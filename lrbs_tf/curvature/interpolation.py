@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from lrbs_tf.core.errors import UsageError
-from lrbs_tf.curvature.settings import INTERP_BN_STATS
+from lrbs_tf.curvature.settings import DEFAULTS, INTERP_BATCH, INTERP_BN_STATS
 from lrbs_tf.curvature.targets import first_examples, load_checked_data, load_model, resolve_run_dir, versions
 from lrbs_tf.runs import folder as runfolder
 
@@ -38,8 +38,9 @@ def parse_alphas(alpha_range: Sequence[str]) -> list[float]:
     return sorted(set(float(a) for a in grid) | {0.0, 1.0})
 
 
-def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float], num_examples: int = 2048,
-                batch_size: int = 1000, bn_stats: str = "interpolate", log=print) -> list[dict]:
+def interpolate(run_a: str, run_b: str, out: str, alphas: Sequence[float],
+                num_examples: int = DEFAULTS["num_examples"], batch_size: int = INTERP_BATCH,
+                bn_stats: str = INTERP_BN_STATS[0], log=print) -> list[dict]:
     """Loss and accuracy along (1 - alpha) theta_a + alpha theta_b, on the first num_examples training
     examples and the first min(num_examples, test size) test examples (0 = all), in chunks of batch_size.
     Writes out/interpolation.csv, out/interpolation.json and the plot; returns the rows."""

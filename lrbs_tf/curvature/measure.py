@@ -13,13 +13,11 @@ import numpy as np
 
 from lrbs_tf.core.errors import UsageError
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
+from lrbs_tf.runs import folder as runfolder
 
 if TYPE_CHECKING:
     from lrbs_tf.curvature.slq import SpectrumResult
 
-# sharpness.json's noise_scale keys (curvature.noise_scale.NoiseScale.fields), null unless measured.
-NOISE_SCALE_KEYS = ("noise_scale", "noise_scale_stderr", "noise_scale_grad_sq", "noise_scale_grad_sq_stderr",
-                    "noise_scale_cov_trace", "noise_scale_groups", "noise_scale_resolved", "noise_scale_note")
 
 
 def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
@@ -49,7 +47,7 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
         "lambda_max", "top_eigenvalues", "eigen_converged", "eigen_solver", "trace", "trace_stderr",
         "trace_num_probes", "trace_converged", "frobenius_norm", "frobenius_stderr", "spectrum", "eps_sharpness",
         "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm",
-        *NOISE_SCALE_KEYS)}
+        *runfolder.NOISE_SCALE_KEYS)}
     out.update(num_examples=obj.num_examples, num_params=obj.dim, train_loss=loss, train_accuracy=accuracy)
     costs: dict = {}
     spectrum = None

@@ -26,6 +26,7 @@ BN_MODES = ("inference", "batch")        # --bn_mode: BN's moving statistics, or
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")  # --hvp_mode
 INTERP_BN_STATS = ("interpolate", "recompute")  # --interp_bn_stats: BN statistics along an interpolation line
 DEFAULT_HVP_BATCH = 256  # examples per chunk when nothing else decides it (inference BN: speed/memory only)
+INTERP_BATCH = 1000      # --interpolate's examples per chunk when --hvp_batch_size is 0 (speed/memory only)
 
 
 @dataclasses.dataclass

@@ -25,8 +25,8 @@ from lrbs_tf.models.registry import ARCH_NAMES, ARCHITECTURES, MLP_DEFAULTS, che
 
 # --mixed_precision -> the Keras dtype policy the models are built under.
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-# --column_engine. 'auto' picks 'graph' everywhere: it measured 2x faster than 'stacked' on CPU
-# (BENCHMARKS.md), and nothing has been measured on a GPU yet (BENCHMARKS.md says what must be first).
+# --column_engine. 'auto' picks 'graph' everywhere: the faster engine on CPU in BENCHMARKS.md's measurements,
+# and the stacked engine has not been measured on a GPU (BENCHMARKS.md says what must be first).
 COLUMN_ENGINES = ("auto", "graph", "stacked")
 
 

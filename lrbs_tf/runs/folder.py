@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,6 +54,27 @@ METRIC_KEYS = ("epoch", "step", "examples_seen", "train_loss", "train_accuracy",
 RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
                   "final_test_accuracy")
 RESULT_KEYS = ("status", "epochs", "steps", *RESULT_NUMBERS)  # in every result.json (steps since issue 13)
+# result.json's stop_reason: why a finished run ended.
+STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED = "epochs", "max_steps", "stop_at_train_loss", "diverged"
+STOP_REASONS = (STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED)
+# sharpness.json: the curvature quantities bin/correlate tests (runs.csv's columns, its sharpness tests, the
+# run's TensorBoard metrics), in that order; the numbers recorded beside them; the gradient noise scale's keys
+# (curvature.noise_scale.NoiseScale.fields, null unless measured). Any may be absent: NaN in runs.csv.
+SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
+                        "avg_sharpness")
+SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio")
+NOISE_SCALE_KEYS = ("noise_scale", "noise_scale_stderr", "noise_scale_grad_sq", "noise_scale_grad_sq_stderr",
+                    "noise_scale_cov_trace", "noise_scale_groups", "noise_scale_resolved", "noise_scale_note")
+
+
+def ratio(batch_size: int, lr: float) -> float:
+    """BS/LR, the ratio He et al. vary, computed on the decimal the learning rate was written as, so equal
+    ratios are equal floats (runs.csv, the analyses, TensorBoard's HParams).
+
+    Plain float division breaks ties: 48 / 0.03 = 1599.9999999999998 but 16 / 0.01 = 1600.0. On the
+    paper's 20 x 20 grid float division yields 258 distinct values; the exact ratios are 255.
+    """
+    return float(Fraction(batch_size) / Fraction(repr(float(lr))))
 
 
 def _jsonable(value: Any) -> Any:

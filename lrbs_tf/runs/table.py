@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from lrbs_tf.runs import folder as rf, locking
 from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
-from lrbs_tf.runs.folder import ACCURACIES, REQUIRED_CONFIG, RESULT_NUMBERS
+from lrbs_tf.runs.folder import (  # noqa: F401 (SHARPNESS_QUANTITIES: the table's columns, re-exported)
+    ACCURACIES,
+    REQUIRED_CONFIG,
+    RESULT_NUMBERS,
+    SHARPNESS_INFO,
+    SHARPNESS_QUANTITIES,
+    ratio,
+)
 from lrbs_tf.theory.ou import stability_ratio
 
 if TYPE_CHECKING:  # pandas is imported when the table is built, not with this module
@@ -29,11 +35,6 @@ STATUS_CORRUPT = "corrupt"        # metrics.jsonl damaged (the line in `problem`
 STATUS_RUNNING = "running"        # a process holds the folder's lock (lrbs_tf.runs.locking): being written now
 HYPERPARAMETERS = ("batch_size", "lr")
 TARGET = "best_test_accuracy"     # the paper's measure of generalisation: the best test accuracy of 200 epochs
-# Numeric keys of sharpness.json that are curvature quantities (tested); the others (num_hvps, seconds...)
-# describe the measurement. Any of them may be absent: NaN in runs.csv, counted as missing in the tests.
-SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
-                        "avg_sharpness")
-SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio")
 # B_simple early in training: from the run's earliest sharpness-epoch{E}.json with a noise_scale
 # (bin/sharpness --epoch=E --quantities=noise_scale), its standard error and E. At the end of training
 # G -> 0 and B_simple means nothing, so sharpness.json's own noise_scale is not read here.
@@ -52,14 +53,6 @@ COLUMNS = ["run_dir", "status", "problem", "arch", "dataset", "batch_size", "lr"
            "reached_min_train_accuracy", "diverged_epoch", "error", "source",
            *SHARPNESS_QUANTITIES, *SHARPNESS_INFO, *EARLY_NOISE]
 
-
-def ratio(batch_size: int, lr: float) -> float:
-    """BS/LR computed on the decimal the learning rate was written as, so equal ratios are equal floats.
-
-    Plain float division breaks ties: 48 / 0.03 = 1599.9999999999998 but 16 / 0.01 = 1600.0. On the
-    paper's 20 x 20 grid float division yields 258 distinct values; the exact ratios are 255.
-    """
-    return float(Fraction(batch_size) / Fraction(repr(float(lr))))
 
 
 def _setting(value: Any) -> Any:

@@ -13,7 +13,6 @@ Writers are flushed every epoch, so a running study is visible as it goes.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -29,24 +28,15 @@ HPARAMS = ("arch", "dataset", "batch_size", "lr", "bs_over_lr", "momentum", "wei
 NO_STEP_BUDGET = 0  # max_steps' HParam for a run without one (an HParam cannot be None; 0 is no valid budget)
 RESULT_GROUP = "result"
 SHARPNESS_DIR = "sharpness"            # inside the run's tb/: its own event files, written by bin/sharpness
-# The sharpness.json numbers drawn as metrics (lrbs_tf.runs.table.SHARPNESS_QUANTITIES, which bin/correlate
-# tests, and the top eigenvalue's estimate); absent or non-finite ones are left out.
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32, the type of TensorBoard's scalars
-SHARPNESS_METRICS = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness", "avg_sharpness")
 
-
-def bs_over_lr(batch_size: int, lr: float) -> float:
-    """BS/LR on the decimal the learning rate was written as, as bin/correlate computes it (runtable.ratio),
-    so equal ratios are equal numbers in the dashboard too: 112 / 0.07 is 1600 as 16 / 0.01 is, where
-    float division gives 1599.9999999999998."""
-    return float(Fraction(batch_size) / Fraction(repr(float(lr))))
 
 
 def hparams_of(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A run's HParams from its config.json settings (flag-keyed, as lrbs_tf.runs.config.settings gives them)."""
     values = {k: settings[k] for k in HPARAMS if k in settings}
     values["dataset"] = settings.get("dataset_name") or settings["dataset"]
-    values["bs_over_lr"] = bs_over_lr(settings["batch_size"], settings["lr"])
+    values["bs_over_lr"] = runfolder.ratio(settings["batch_size"], settings["lr"])  # as runs.csv's ratio
     if values.get("max_steps") is None:
         values["max_steps"] = NO_STEP_BUDGET
     return {k: values[k] for k in HPARAMS}
@@ -123,7 +113,7 @@ def write_sharpness(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
     log_dir = Path(run_dir) / runfolder.TENSORBOARD_DIR / SHARPNESS_DIR
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default(step=step):
-        for key in SHARPNESS_METRICS:
+        for key in runfolder.SHARPNESS_QUANTITIES:  # those bin/correlate tests; absent or non-finite left out
             value = record.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 tf.summary.scalar(key, float(value))

@@ -101,7 +101,7 @@ def _needs_sharpness(run_dir: Path) -> bool:
             and not (run_dir / runfolder.SHARPNESS).exists() and (run_dir / runfolder.MODEL).exists())
 
 
-class _Session:
+class _Scheduler:
     """One sweep's bookkeeping: turns ended processes into counts, failure records and follow-up tasks."""
 
     def __init__(self, cfg: SweepConfig, runs: Sequence[gridlib.Run], threads: int) -> None:
@@ -277,7 +277,7 @@ def run(cfg: SweepConfig) -> int:
     if elsewhere:
         print(f"sweep: {len(elsewhere)} run(s) are being trained by another process (their folders are locked, "
               f"e.g. {elsewhere[0]}): left to it", flush=True)
-    session = _Session(cfg, shard, threads)
+    session = _Scheduler(cfg, shard, threads)
     session.elsewhere += elsewhere
     tasks = [session.train_task(u) for u in units]
     if cfg.sharpness:

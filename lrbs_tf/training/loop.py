@@ -109,7 +109,7 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
 
 # How long one tf.function call of training steps should last when --steps_per_call is 0. Python's signal
 # handlers run only between calls, so this is how long SIGTERM (a cluster's preemption) waits, instead of
-# up to an epoch; a call costs a few milliseconds of dispatch and synchronisation, under 1% of a second.
+# up to an epoch; a call's dispatch and synchronisation are a small share of a second (benchmarks/sweep.md).
 SECONDS_PER_CALL = 1.0
 
 
@@ -147,9 +147,9 @@ class EpochStats:
     steps_before: int = 0      # optimizer steps of the epochs before this one (all whole: only a last is partial)
 
 
-def test_batches(strategy: tf.distribute.Strategy, pipes: Pipelines):
+def eval_batches(strategy: tf.distribute.Strategy, pipes: Pipelines):
     """The test set as `evaluate` iterates it (distributed over the replicas); built once per column, since
-    distributing a dataset anew each epoch cost a few milliseconds of epochs of ~100 ms."""
+    distributing a dataset anew each epoch was a visible share of a short epoch (benchmarks/sweep.md)."""
     return pipes.test() if is_multi_worker(strategy) else strategy.experimental_distribute_dataset(pipes.test())
 
 
@@ -158,7 +158,7 @@ def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Call
     """Mean test loss and accuracy of each member over the whole test set (`test`: test_batches' dataset,
     when already built)."""
     loss_sum, correct = 0.0, 0
-    for x, y in test_batches(strategy, pipes) if test is None else test:
+    for x, y in eval_batches(strategy, pipes) if test is None else test:
         batch_loss, batch_correct = eval_step(x, y)
         loss_sum, correct = loss_sum + batch_loss.numpy(), correct + batch_correct.numpy()
     n = len(pipes.data.y_test)
@@ -188,8 +188,8 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
         if bar is not None:
             bar.update(steps, [("loss", float(np.nanmin(loss_sum / np.maximum(seen, 1))))])
     # Release the epoch's iterator (and its prefetch thread) now: left for the next epoch's iter() to replace,
-    # its teardown overlapped that iter() and made it take ~90 ms instead of ~4 ms in about half the epochs
-    # (measured; MLP at batch 128, 150 ms epochs).
+    # its teardown overlapped that iter() and slowed it many times over in about half the epochs
+    # (BENCHMARKS.md, the input pipeline).
     del iterator
     train_seconds = time.time() - start
     test_loss, test_accuracy = evaluate(strategy, pipes, functions.eval_step, test)
@@ -214,7 +214,7 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
                                step=stats.steps_before + int(stats.seen[k]) // member.cfg.batch_size)
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
-            member.stop_reason = mem.STOP_DIVERGED
+            member.stop_reason = runfolder.STOP_DIVERGED
             leaving.append(member)
             continue
         stops = bool(member.cfg.stop_at_train_loss) and row["train_loss"] <= member.cfg.stop_at_train_loss
@@ -222,7 +222,7 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
             mem.save_checkpoint(member, epoch)
         if stops:
             member.status, member.stopped_early = runfolder.STATUS_DONE, True
-            member.stop_reason = mem.STOP_LOSS
+            member.stop_reason = runfolder.STOP_LOSS
             leaving.append(member)
     return leaving
 
@@ -247,7 +247,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
         pace = CallPace(fixed=cfg.steps_per_call, most=max(1, steps_per_epoch // 50) if show_progress else 0)
     active = list(members)
     functions = make_step_functions(strategy, active)
-    test = test_batches(strategy, pipes)
+    test = eval_batches(strategy, pipes)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
     saved_at = time.monotonic()  # when the column's members were last checkpointed (or restored)
     try:

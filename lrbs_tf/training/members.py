@@ -25,10 +25,6 @@ from lrbs_tf.models.builders import build_model, count_trainable_params
 from lrbs_tf.runs import checkpoints, folder as runfolder, tensorboard as summaries
 from lrbs_tf.runs.config import MIXED_PRECISION, TrainConfig, model_settings
 
-# result.json's stop_reason: why a finished run ended.
-STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED = "epochs", "max_steps", "stop_at_train_loss", "diverged"
-STOP_REASONS = (STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED)
-
 
 def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
     """Keras SGD. With a constant LR its momentum form (v = m v - lr g; w += v) equals PyTorch's
@@ -70,7 +66,7 @@ class Member:
     status: str | None = None          # set when the member ends: done / diverged
     diverged_epoch: int | None = None
     stopped_early: bool = False
-    stop_reason: str | None = None     # set when the member ends: one of STOP_REASONS
+    stop_reason: str | None = None     # set when the member ends: one of runfolder.STOP_REASONS
 
     @property
     def run_dir(self) -> Path:
@@ -222,7 +218,7 @@ def budget_reason(member: Member) -> str:
     """Why a member that trained to the end of its budget ended: its --max_steps, or its --epochs."""
     last = member.rows[-1] if member.rows else {}
     steps = member.cfg.max_steps
-    return STOP_STEPS if steps is not None and last.get("step") == steps else STOP_EPOCHS
+    return runfolder.STOP_STEPS if steps is not None and last.get("step") == steps else runfolder.STOP_EPOCHS
 
 
 def finish(member: Member) -> None:

@@ -30,7 +30,7 @@ from lrbs_tf.analysis.model import (
     measure_name,
 )
 from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling
-from lrbs_tf.analysis.report.format import fmt_coef, fmt_p, md_table
+from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
 from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
@@ -55,16 +55,10 @@ CAPTIONS = {
                "the top axis: batch sizes where no learning rate reached the target.",
 }
 
-LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every run
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
           "table2": "Table 2: test accuracy vs learning rate, at each batch size",
           "table3": "Table 3: test accuracy vs BS/LR, over all runs of a group"}
 
-
-def _cut(items: list, what: str) -> tuple[list, str]:
-    if len(items) <= LIST_LIMIT:
-        return items, ""
-    return items[:LIST_LIMIT], f"\n\n… and {len(items) - LIST_LIMIT} more {what} (runs.csv lists every run)."
 
 
 def _value(v: object) -> object:
@@ -77,7 +71,7 @@ def _value(v: object) -> object:
 def _run_list(frame: pd.DataFrame, columns: Sequence[str], what: str) -> str:
     if frame.empty:
         return "None."
-    rows, more = _cut([[_value(r[c]) for c in columns] for r in frame.to_dict("records")], what)
+    rows, more = cut([[_value(r[c]) for c in columns] for r in frame.to_dict("records")], what, "runs.csv")
     return md_table(columns, rows) + more
 
 

@@ -23,6 +23,17 @@ def fmt_coef(value: float, reason: str = "") -> str:
     return f"{value:.2f}"
 
 
+LIST_LIMIT = 40  # rows of a list or table in report.md; the CSV files always hold every one
+
+
+def cut(items: list, what: str, where: str) -> tuple[list, str]:
+    """The first LIST_LIMIT of `items`, and a note saying how many more `what` there are and in which file
+    (`where`) they all are; the note is empty when nothing is cut."""
+    if len(items) <= LIST_LIMIT:
+        return items, ""
+    return items[:LIST_LIMIT], f"\n\n… and {len(items) - LIST_LIMIT} more {what} ({where} lists every one)."
+
+
 def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
