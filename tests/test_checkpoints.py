@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from lrbs_tf.core.errors import RunFolderError
-from lrbs_tf.runs import folder as runfolder
+from lrbs_tf.runs import folder as runfolder, locking
 from lrbs_tf.training.run import run, run_column
 from tests.helpers import run_bin, small_config, without_seconds
 
@@ -44,7 +44,10 @@ def interrupted(reference: Path, workdir: Path) -> Path:
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    """Every file of the run folder but its lock file, which names the last process that held the folder
+    (runs/locking) and holds no result."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != locking.LOCK_FILE}
 
 
 def _data_file(run_dir: Path, epoch: int) -> Path:

@@ -8,7 +8,9 @@
   batch size, critical batch size (`nqm_dynamics`, `nqm_tune` hold the machinery).
 - `intrinsic_lr`: Li, Lyu & Arora (2020): equilibrium weight norm and effective learning rate of
   scale-invariant weights under weight decay.
-- `cli`: bin/nqm and bin/bound.
+- `plots`: the figures of bin/nqm and bin/bound (their command lines are lrbs_tf.cli.theory).
+
+Imports nothing of lrbs_tf but `core`: the theory stands beside the runs and never reads them.
 
 See docs/theory.md for the formulas, their sources and their approximations.
 """
