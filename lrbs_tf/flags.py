@@ -15,7 +15,8 @@ from absl import flags
 
 from lrbs_tf.config import COLUMN_ENGINES, MIXED_PRECISION
 from lrbs_tf.config import DEFAULTS as TRAIN_DEFAULTS
-from lrbs_tf.curvature.settings import BN_MODES, EIG_METHODS, HVP_MODES, INTERP_BN_STATS
+from lrbs_tf.curvature.settings import (BN_MODES, EIG_METHODS, HVP_MODES, INTERP_BN_STATS, QUANTITIES,
+                                       TRAJECTORY_QUANTITIES)
 from lrbs_tf.curvature.settings import DEFAULTS as SHARPNESS_DEFAULTS
 from lrbs_tf.model_names import ARCH_NAMES
 
@@ -282,7 +283,11 @@ def define_sharpness_flags() -> None:
     flags.DEFINE_enum("hvp_mode", S["hvp_mode"], list(HVP_MODES),
                       "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
                       "depends on model and device, see benchmarks/curvature.md).")
-    flags.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset).")
+    flags.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset "
+                      f"of {','.join(QUANTITIES)}; batch_sharpness, ggn_eigenvalues and ggn_trace only when "
+                      "named, e.g. for a trajectory: --quantities=" + ",".join(TRAJECTORY_QUANTITIES) + ").")
+    flags.DEFINE_integer("batch_sharpness_batches", S["batch_sharpness_batches"], "batch_sharpness: minibatches "
+                         "of the run's batch size (drawn as training draws them, seeded) averaged.")
     flags.DEFINE_integer("epoch", None, "Measure the run at the checkpoint of this epoch (1-based, one bin/train "
                          "kept in ckpt/) instead of its final model, into sharpness-epoch<E>.json (sharpness.json "
                          "untouched); e.g. --epoch=2 --quantities=noise_scale for B_simple early in training.")

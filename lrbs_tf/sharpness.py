@@ -122,7 +122,9 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     data = session.load_data(target, model)
     model, traces = session.model_for(model)
     x, y = first_examples(data, settings.num_examples)
-    fields, spectrum = measure(model, x, y, settings, weight_decay, batch_size, log=log, traces=traces)
+    keep: dict = {}
+    fields, spectrum = measure(model, x, y, settings, weight_decay, batch_size, log=log, traces=traces,
+                               train_batch_size=target.config.batch_size if target.config else None, keep=keep)
     record = {**fields,
               "settings": {**dataclasses.asdict(settings), "quantities": list(settings.quantities),
                            "hvp_batch_size": batch_size, "weight_decay": weight_decay if
@@ -134,6 +136,9 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
               "versions": versions()}
     record["stability_ratio"] = (stability_ratio(fields["lambda_max"], target.config.lr)
                                  if fields["lambda_max"] is not None and target.config is not None else None)
+    record["batch_sharpness_ratio"] = (stability_ratio(fields["batch_sharpness"], target.config.lr)
+                                       if fields["batch_sharpness"] is not None and target.config is not None
+                                       else None)
     if spectrum is not None:
         grid, sigma = spectrum.default_grid()
         title = f"{target.model_path.parent.name}: N={fields['num_examples']}, BN {settings.bn_mode}"

@@ -205,7 +205,9 @@ def is_current(run_dir: Path, settings, epoch: int | None = None) -> bool:
     wanted = {**dataclasses.asdict(settings), "quantities": list(settings.quantities)}
     if not settings.hvp_batch_size:  # 0 asks for the default, which sharpness.json records resolved
         wanted.pop("hvp_batch_size")
-    same = all(recorded.get(k) == v for k, v in wanted.items())
+    # A setting added after a file was written is absent from it: that file was measured at its default.
+    defaults = {**dataclasses.asdict(type(settings)()), "quantities": None}
+    same = all(recorded.get(k, defaults.get(k)) == v for k, v in wanted.items())
     return same and path.stat().st_mtime >= (run_dir / runfolder.MODEL).stat().st_mtime
 
 
