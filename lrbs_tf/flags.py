@@ -192,6 +192,11 @@ def _define_execution_flags() -> None:
                        "same metrics; short epochs then do not pay a checkpoint each.")
     flags.DEFINE_list("checkpoint_epochs", list(D["checkpoint_epochs"]), "Epochs (1-based) whose checkpoints are "
                       "saved and kept for good, e.g. 1,5,20: bin/sharpness --epoch measures them.")
+    flags.DEFINE_integer("checkpoint_every", D["checkpoint_every"], "Also keep every N-th epoch's checkpoint for "
+                         "good (N, 2N, ...; 0: off): a curvature trajectory, bin/sharpness --epoch=all.")
+    flags.DEFINE_integer("checkpoint_geometric", D["checkpoint_geometric"], "Also keep about this many epochs' "
+                         "checkpoints for good, geometrically spaced from 1 to --epochs (dense early, where the "
+                         "curvature moves fastest; fewer when epochs round to the same one; 0: off).")
     flags.DEFINE_bool("progress", D["progress"], "Per-epoch progress bar (default: when stdout is a terminal).")
     flags.DEFINE_integer("intra_op_threads", D["intra_op_threads"], "CPU threads inside one op (0: TensorFlow's default, "
                          "all cores, or the CPU quota of a container when it is lower); bin/sweep sets it so "

@@ -121,6 +121,19 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
             if name != "noise_scale":
                 costs["noise_scale"] = {"seconds": 0.0, "hvps": 0, "gradients": 0, "losses": 0,
                                         "shared_with": name}
+    _stability_quantities(model, x, y, settings, obj, wd, batch_size, train_batch_size, traces, timed, out)
+    out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
+               num_losses=obj.num_losses,
+               seconds=time.perf_counter() - start, costs=costs)
+    return out, spectrum
+
+
+def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch_size: int,
+                          train_batch_size: int | None, traces: dict, timed, out: dict) -> None:
+    """batch_sharpness and the Gauss-Newton quantities into `out` (measure's keys), timed by `timed`."""
+    from lrbs_tf.curvature import eigen, hvp, trace
+
+    q = set(settings.quantities)
     if "batch_sharpness" in q:
         if not train_batch_size:
             raise UsageError("batch_sharpness needs the run's training batch size (its config.json)")
@@ -154,7 +167,3 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
                         lambda r: {"gvps": gn.num_gvps - before})
             out.update(ggn_trace=res.trace, ggn_trace_stderr=res.trace_stderr, ggn_trace_num_probes=res.num_probes,
                        ggn_trace_converged=res.converged)
-    out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
-               num_losses=obj.num_losses,
-               seconds=time.perf_counter() - start, costs=costs)
-    return out, spectrum
