@@ -293,9 +293,11 @@ def define_sharpness_flags() -> None:
                       "named, e.g. for a trajectory: --quantities=" + ",".join(TRAJECTORY_QUANTITIES) + ").")
     flags.DEFINE_integer("batch_sharpness_batches", S["batch_sharpness_batches"], "batch_sharpness: minibatches "
                          "of the run's batch size (drawn as training draws them, seeded) averaged.")
-    flags.DEFINE_integer("epoch", None, "Measure the run at the checkpoint of this epoch (1-based, one bin/train "
-                         "kept in ckpt/) instead of its final model, into sharpness-epoch<E>.json (sharpness.json "
-                         "untouched); e.g. --epoch=2 --quantities=noise_scale for B_simple early in training.")
+    flags.DEFINE_list("epoch", None, "Measure the run at the checkpoints of these epochs (1-based, ones bin/train "
+                      "kept in ckpt/) instead of its final model, each into sharpness-epoch<E>.json (sharpness.json "
+                      "untouched), and write the run's curvature.csv (one row per measured epoch); 'all': every "
+                      "kept checkpoint. All in one process, with --results a whole grid's. E.g. --epoch=2 "
+                      "--quantities=noise_scale for B_simple early in training.")
     flags.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
                       "alpha theta_b instead of curvature; needs --out.")
     flags.DEFINE_list("alpha_range", ["-0.5", "1.5", "21"], "START,STOP,NUM: the interpolation alphas "
