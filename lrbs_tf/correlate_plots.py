@@ -19,10 +19,10 @@ from matplotlib import cm, colors
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from lrbs_tf import ratio_plots, scaling_plots
+from lrbs_tf import ratio_plots, scaling_plots, stability_plots
 from lrbs_tf import runfolder as rf
 from lrbs_tf.analysis import (FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS, FIG_STEPS, Analysis,
-                              group_keys, measure_name)
+                              FIG_STABILITY, group_keys, measure_name)
 from lrbs_tf.plot_style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
 from lrbs_tf.runtable import TARGET
 
@@ -214,4 +214,7 @@ def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     steps = scaling_plots.figure_steps(analysis)
     if steps is not None:
         built.append((FIG_STEPS, steps))
+    curvature = stability_plots.figure_stability(analysis)
+    if curvature is not None:
+        built.append((FIG_STABILITY, curvature))
     return [save(fig, folder, name) for name, fig in built]

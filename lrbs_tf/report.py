@@ -16,10 +16,10 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from lrbs_tf import intrinsic_report, report_ratio, report_scaling
+from lrbs_tf import intrinsic_report, report_ratio, report_scaling, stability
 from lrbs_tf import runfolder as rf
 from lrbs_tf.analysis import (EXPECTED_SIGN, FIG_CURVES, FIG_EQUAL_RATIO, FIG_HEATMAP, FIG_RATIO, FIG_SHARPNESS,
-                              FIG_STEPS, Analysis, iter_groups, measure_name)
+                              FIG_STABILITY, FIG_STEPS, Analysis, iter_groups, measure_name)
 from lrbs_tf.report_format import fmt_coef, fmt_p, md_table
 from lrbs_tf.runtable import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
 from lrbs_tf.stats import EXACT_SPEARMAN_MAX_N
@@ -42,6 +42,9 @@ CAPTIONS = {
     FIG_STEPS: "Figure 6: fewest optimizer steps to the target vs batch size (log-log), the perfect-scaling line "
                "through the smallest batch size, and McCandlish et al.'s fitted S(B) with B_crit dashed; x on "
                "the top axis: batch sizes where no learning rate reached the target.",
+    FIG_STABILITY: "Figure 7: lambda_max x lr/2 (solid, dots at the measured checkpoints) and batch sharpness x "
+                   "lr/2 (dashed) against the optimizer step, one colour per run (learning rate), a panel per "
+                   "batch size; the dotted line at 1 is the stability limit 2/lr.",
 }
 
 LIST_LIMIT = 40  # longer lists are cut in the report; runs.csv always has every run
@@ -258,6 +261,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         sharpness_section(a),
         *report_scaling.sections(a),
         intrinsic_report.section(a.intrinsic),
+        stability.section(a.stability),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
