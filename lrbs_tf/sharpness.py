@@ -233,7 +233,8 @@ def run_many(ckpts: Sequence[str], settings: Settings, dataset: str | None = Non
             failures.append((ckpt, f"{type(e).__name__}: {e}"))
         if failures and failures[-1][0] == ckpt:
             print(f"sharpness: error: {ckpt}: {failures[-1][1]}", file=sys.stderr, flush=True)
-    log(f"measured {len(records)} of {len(ckpts)} runs" + (f"; {len(failures)} failed: "
+    log(f"measured {len(ckpts) - len(failures)} of {len(ckpts)} runs"
+        + (f" ({len(records)} epochs)" if many else "") + (f"; {len(failures)} failed: "
                                                              f"{', '.join(c for c, _ in failures)}" if failures else ""))
     return records, failures
 

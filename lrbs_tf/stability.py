@@ -10,7 +10,9 @@ curvature.csv (bin/sharpness --epoch=all), and the report section that answers, 
 Per run (columns of stability.csv): `lambda_edge_step`, the first optimizer step at whose checkpoint
 lambda_max x lr/2 >= EDGE (0.9; NaN: never); `lambda_late_median`, its median over the late rows (step >=
 half the last measured step; `n_late` rows); the same two for batch sharpness x lr/2 (`batch_edge_step`,
-`batch_late_median`); `gap` = batch_late_median - lambda_late_median; `ggn_ratio_late_median`, the median of
+`batch_late_median`); `lambda_after_edge_median` / `batch_after_edge_median`, the median over the rows
+from the first at or above EDGE to the last (the hovering, and any late fall, of a run that got there);
+`lambda_peak`, the largest lambda_max x lr/2 measured; `gap` = batch_late_median - lambda_late_median; `ggn_ratio_late_median`, the median of
 ggn_lambda_max / lambda_max over the late rows; `overlap_settled_epoch`, the first measured epoch from
 which the top-k overlap with the previous measured epoch stays >= SETTLED (0.9) to the end (NaN: never or
 no overlap measured); `lambda_max_first`/`_last`, `trace_first`/`_last` and their ratios; `overlap_min`.
@@ -40,7 +42,8 @@ EDGE = 0.9          # "reaches the edge": x lr/2 at least this
 SETTLED = 0.9       # "the eigenspace settled": top-k overlap with the previous epoch at least this
 NEAR = (0.8, 1.2)   # "hovers near 1": a late median in this band
 COLUMNS = ["run_dir", "batch_size", "lr", "seed", "full_batch", "n_epochs", "last_step", "n_late",
-           "lambda_edge_step", "lambda_late_median", "batch_edge_step", "batch_late_median", "gap",
+           "lambda_edge_step", "lambda_late_median", "lambda_after_edge_median", "lambda_peak", "batch_edge_step",
+           "batch_late_median", "batch_after_edge_median", "gap",
            "ggn_ratio_late_median", "overlap_settled_epoch", "overlap_min", "lambda_max_first", "lambda_max_last",
            "lambda_max_last_over_first", "trace_first", "trace_last", "trace_last_over_first"]
 
@@ -60,6 +63,12 @@ class Stability:
 def _first_step(t: pd.DataFrame, column: str) -> float:
     hit = t[t[column] >= EDGE]
     return float(hit["step"].iloc[0]) if len(hit) else math.nan
+
+
+def _after_edge(t: pd.DataFrame, column: str) -> float:
+    """The median of `column` over the rows from its first at or above EDGE to the last (NaN: never)."""
+    hit = np.flatnonzero(t[column].to_numpy(float) >= EDGE)
+    return _median(t[column].iloc[hit[0]:]) if len(hit) else math.nan
 
 
 def _median(values: pd.Series) -> float:
@@ -92,7 +101,10 @@ def run_row(t: pd.DataFrame, full_batch: bool) -> dict:
     first, final = t.iloc[0], t.iloc[-1]
     return {"full_batch": full_batch, "n_epochs": len(t), "last_step": last, "n_late": len(late),
             "lambda_edge_step": _first_step(t, "stability_ratio"), "lambda_late_median": lam_late,
+            "lambda_after_edge_median": _after_edge(t, "stability_ratio"),
+            "lambda_peak": float(t["stability_ratio"].max()),
             "batch_edge_step": _first_step(t, "batch_sharpness_ratio"), "batch_late_median": batch_late,
+            "batch_after_edge_median": _after_edge(t, "batch_sharpness_ratio"),
             "gap": batch_late - lam_late, "ggn_ratio_late_median": _median(ggn),
             "overlap_settled_epoch": _settled(t), "overlap_min": float(t["topk_overlap"].min()),
             "lambda_max_first": float(first["lambda_max"]), "lambda_max_last": float(final["lambda_max"]),
@@ -127,11 +139,15 @@ def compute(runs: pd.DataFrame, results: str | Path, group_cols: Sequence[str], 
 
 # --- report.md ----------------------------------------------------------------------------------------------
 
+def _n(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def _g(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (float, np.floating)):
-        return "—" if math.isnan(v) else f"{v:.3g}"
+        return "—" if math.isnan(v) else _n(float(v))
     return str(v)
 
 
@@ -139,7 +155,7 @@ def _summary(values: pd.Series) -> str:
     v = values.dropna()
     if v.empty:
         return "none measured"
-    return f"median {v.median():.3g} (range {v.min():.3g}-{v.max():.3g}, n={len(v)})"
+    return f"median {_n(v.median())} (range {_n(v.min())} to {_n(v.max())}, n={len(v)})"
 
 
 def _q7(s: pd.DataFrame) -> str:
@@ -172,9 +188,13 @@ def _gd(s: pd.DataFrame) -> str:
     near = gd["lambda_late_median"].between(*NEAR)
     return (f"**Edge of stability (full-batch GD: lambda_max x lr/2 rises to 1 and hovers there).** "
             f"{int(reached.sum())} of {len(gd)} full-batch runs reached {EDGE:g} (first step at or above it: "
-            f"{_summary(gd.loc[reached, 'lambda_edge_step'])}); per-run late-half medians of lambda_max x lr/2: "
+            f"{_summary(gd.loc[reached, 'lambda_edge_step'])}); from there to the end, per-run medians: "
+            f"{_summary(gd['lambda_after_edge_median'])}, within {NEAR[0]:g}-{NEAR[1]:g} in "
+            f"{int(gd['lambda_after_edge_median'].between(*NEAR).sum())} of {int(reached.sum())}; largest measured: "
+            f"{_summary(gd['lambda_peak'])}. Over the late half of training, per-run medians: "
             f"{_summary(gd['lambda_late_median'])}, within {NEAR[0]:g}-{NEAR[1]:g} in {int(near.sum())} of "
-            f"{len(gd)}.")
+            f"{len(gd)} (with cross-entropy the sharpness falls again as the loss goes to 0: compare train_loss "
+            "in curvature.csv).")
 
 
 def _gap_trend(sgd: pd.DataFrame) -> str:
@@ -199,21 +219,23 @@ def _sgd(s: pd.DataFrame) -> str:
     return (f"**Edge of stochastic stability (SGD: batch sharpness x lr/2 settles at 1, lambda_max x lr/2 "
             f"below it, the gap growing as the batch shrinks).** Per-run late-half medians of batch sharpness x lr/2: "
             f"{_summary(sgd['batch_late_median'])}, within {NEAR[0]:g}-{NEAR[1]:g} in {int(near.sum())} of "
-            f"{int(sgd['batch_late_median'].notna().sum())}; of lambda_max x lr/2: {_summary(sgd['lambda_late_median'])}, "
+            f"{int(sgd['batch_late_median'].notna().sum())} (from its first crossing of {EDGE:g} to the end, "
+            f"reached in {int(sgd['batch_edge_step'].notna().sum())} runs: {_summary(sgd['batch_after_edge_median'])}); "
+            f"of lambda_max x lr/2: {_summary(sgd['lambda_late_median'])}, "
             f"below batch sharpness in {int((below & have).sum())} of {int(have.sum())}; gap (batch - lambda_max): "
             f"{_summary(sgd['gap'])}; {_gap_trend(sgd)} (a negative rho: the gap grows as the batch shrinks; "
             "rank correlations of a handful of batch sizes, no p-value claimed).")
 
 
 def _table(st: Stability) -> str:
-    cols = ["batch_size", "lr", "seed", "n_epochs", "last_step", "lambda_edge_step", "lambda_late_median",
-            "batch_edge_step", "batch_late_median", "gap", "ggn_ratio_late_median", "overlap_settled_epoch",
+    cols = ["batch_size", "lr", "seed", "n_epochs", "last_step", "lambda_edge_step", "lambda_after_edge_median",
+            "lambda_late_median", "batch_edge_step", "batch_after_edge_median", "batch_late_median", "gap", "ggn_ratio_late_median", "overlap_settled_epoch",
             "lambda_max_last_over_first"]
     rows = [[st.labels.get(tuple(key_value(r[c]) for c in st.group_cols), ""), *(_g(r[c]) for c in cols)]
             for r in st.runs.to_dict("records")[:60]]
     more = f"\n\n... and {len(st.runs) - 60} more runs ({RUNS_FILE})." if len(st.runs) > 60 else ""
     return md_table(["group", "BS", "lr", "seed", "epochs measured", "last step", "step λ·lr/2 ≥ 0.9",
-                     "late λ·lr/2", "step BS·lr/2 ≥ 0.9", "late BS·lr/2", "gap", "GGN/H λ_max",
+                     "λ·lr/2 after", "late λ·lr/2", "step BS·lr/2 ≥ 0.9", "BS·lr/2 after", "late BS·lr/2", "gap", "GGN/H λ_max",
                      "overlap settled from epoch", "λ_max last/first"], rows) + more
 
 
