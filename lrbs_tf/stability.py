@@ -12,7 +12,7 @@ lambda_max x lr/2 >= EDGE (0.9; NaN: never); `lambda_late_median`, its median ov
 half the last measured step; `n_late` rows); the same two for batch sharpness x lr/2 (`batch_edge_step`,
 `batch_late_median`); `lambda_after_edge_median` / `batch_after_edge_median`, the median over the rows
 from the first at or above EDGE to the last (the hovering, and any late fall, of a run that got there);
-`lambda_peak`, the largest lambda_max x lr/2 measured; `gap` = batch_late_median - lambda_late_median; `ggn_ratio_late_median`, the median of
+`lambda_peak` / `batch_peak`, the largest of each measured; `gap` = batch_late_median - lambda_late_median; `ggn_ratio_late_median`, the median of
 ggn_lambda_max / lambda_max over the late rows; `overlap_settled_epoch`, the first measured epoch from
 which the top-k overlap with the previous measured epoch stays >= SETTLED (0.9) to the end (NaN: never or
 no overlap measured); `lambda_max_first`/`_last`, `trace_first`/`_last` and their ratios; `overlap_min`.
@@ -43,7 +43,7 @@ SETTLED = 0.9       # "the eigenspace settled": top-k overlap with the previous 
 NEAR = (0.8, 1.2)   # "hovers near 1": a late median in this band
 COLUMNS = ["run_dir", "batch_size", "lr", "seed", "full_batch", "n_epochs", "last_step", "n_late",
            "lambda_edge_step", "lambda_late_median", "lambda_after_edge_median", "lambda_peak", "batch_edge_step",
-           "batch_late_median", "batch_after_edge_median", "gap",
+           "batch_late_median", "batch_after_edge_median", "batch_peak", "gap",
            "ggn_ratio_late_median", "overlap_settled_epoch", "overlap_min", "lambda_max_first", "lambda_max_last",
            "lambda_max_last_over_first", "trace_first", "trace_last", "trace_last_over_first"]
 
@@ -105,6 +105,7 @@ def run_row(t: pd.DataFrame, full_batch: bool) -> dict:
             "lambda_peak": float(t["stability_ratio"].max()),
             "batch_edge_step": _first_step(t, "batch_sharpness_ratio"), "batch_late_median": batch_late,
             "batch_after_edge_median": _after_edge(t, "batch_sharpness_ratio"),
+            "batch_peak": float(t["batch_sharpness_ratio"].max()),
             "gap": batch_late - lam_late, "ggn_ratio_late_median": _median(ggn),
             "overlap_settled_epoch": _settled(t), "overlap_min": float(t["topk_overlap"].min()),
             "lambda_max_first": float(first["lambda_max"]), "lambda_max_last": float(final["lambda_max"]),
@@ -220,7 +221,8 @@ def _sgd(s: pd.DataFrame) -> str:
             f"below it, the gap growing as the batch shrinks).** Per-run late-half medians of batch sharpness x lr/2: "
             f"{_summary(sgd['batch_late_median'])}, within {NEAR[0]:g}-{NEAR[1]:g} in {int(near.sum())} of "
             f"{int(sgd['batch_late_median'].notna().sum())} (from its first crossing of {EDGE:g} to the end, "
-            f"reached in {int(sgd['batch_edge_step'].notna().sum())} runs: {_summary(sgd['batch_after_edge_median'])}); "
+            f"reached in {int(sgd['batch_edge_step'].notna().sum())} runs: {_summary(sgd['batch_after_edge_median'])}; "
+            f"largest measured: {_summary(sgd['batch_peak'])}); "
             f"of lambda_max x lr/2: {_summary(sgd['lambda_late_median'])}, "
             f"below batch sharpness in {int((below & have).sum())} of {int(have.sum())}; gap (batch - lambda_max): "
             f"{_summary(sgd['gap'])}; {_gap_trend(sgd)} (a negative rho: the gap grows as the batch shrinks; "

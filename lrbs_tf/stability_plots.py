@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrbs_tf.analysis import Analysis, iter_groups
-from lrbs_tf.plot_style import line_cmap, log_axis, new_figure
+from lrbs_tf.plot_style import line_cmap, new_figure
 
 
 def figure_stability(a: Analysis) -> Figure | None:
@@ -38,8 +38,7 @@ def figure_stability(a: Analysis) -> Figure | None:
                     ax.plot(step, t["batch_sharpness_ratio"], "--", color=c, lw=1.1, label=f"lr {run['lr']:g}: batch")
             ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
             if np.nanmin(sub["last_step"].to_numpy(float)) > 0:
-                ax.set_xscale("log")
-                log_axis(ax, "x")
+                ax.set_xscale("log")  # matplotlib's decade labels: plot_style.log_axis crowds spans like 20-6,000
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("x lr/2 (1 = 2/lr)")
             ax.set_title(f"{label}\nbatch size {bs}", fontsize=9)

@@ -48,7 +48,7 @@ def test_stability_csv_report_and_figure_7(study):
     assert gd["n_late"] == 2 and gd["lambda_late_median"] == pytest.approx(1.0)
     assert gd["gap"] == pytest.approx(0.995 - 1.0)
     assert gd["lambda_after_edge_median"] == pytest.approx(0.98) and gd["lambda_peak"] == pytest.approx(1.02)
-    assert gd["batch_after_edge_median"] == pytest.approx(0.99)
+    assert gd["batch_after_edge_median"] == pytest.approx(0.99) and gd["batch_peak"] == 1.0
     assert gd["ggn_ratio_late_median"] == pytest.approx(0.9)
     assert gd["overlap_settled_epoch"] == 400 and gd["overlap_min"] == 0.5
     assert gd["lambda_max_last_over_first"] == pytest.approx(9.8) and gd["trace_last_over_first"] == 5
