@@ -282,11 +282,12 @@ def _main(argv: Sequence[str]) -> int:
              for name in ("dataset", "data_dir", "data_path")}
     epochs = trajectory.parse_epochs(FLAGS.epoch)
     ckpts, single = _targets(FLAGS, settings, epochs)
-    if epochs is not None and FLAGS.out:
-        raise UsageError(f"--out={FLAGS.out} with --epoch: a trajectory is written into its run folder")
+    if FLAGS.out and epochs is not None and (epochs == trajectory.ALL or len(epochs) > 1):
+        raise UsageError(f"--out={FLAGS.out} with --epoch={','.join(FLAGS.epoch)}: a trajectory is written into "
+                         "its run folder (--out takes one epoch's file)")
     if single:
-        if epochs is None:
-            run(ckpts[0], settings, out=FLAGS.out, **given)
+        if epochs is None or FLAGS.out:  # --out: one epoch's file elsewhere, as before trajectories
+            run(ckpts[0], settings, out=FLAGS.out, epoch=epochs[0] if epochs else None, **given)
         else:
             run_trajectory(ckpts[0], settings, epochs, **given)
         return 0
