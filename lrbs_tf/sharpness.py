@@ -64,7 +64,7 @@ class Session:
     the loss, the evaluator) are traced once per architecture; and those traces. One Session per process."""
     data: dict = dataclasses.field(default_factory=dict)      # (dataset, data_dir, data_path) -> Data
     models: dict = dataclasses.field(default_factory=dict)    # architecture_key -> (model, traces)
-    loaded: dict = dataclasses.field(default_factory=dict)    # (model.keras, mtime) -> its checked model
+    loaded: dict = dataclasses.field(default_factory=dict)    # (model.keras, mtime) -> its model (the latest)
 
     def load_data(self, target: Target, model: keras.Model) -> Data:
         key = (target.dataset, target.data_dir, target.data_path)
@@ -75,10 +75,11 @@ class Session:
         return self.data[key]
 
     def load_model(self, target: Target) -> keras.Model:
-        """The run's checked model.keras, loaded once per process (a trajectory restores each epoch into it)."""
+        """The run's checked model.keras, loaded once for all its epochs (a trajectory restores each epoch into
+        it). Only the latest run's is kept: a grid of large models would otherwise hold every one."""
         key = (str(target.model_path), target.model_path.stat().st_mtime_ns)
         if key not in self.loaded:
-            self.loaded[key] = load_model(target.model_path, target.config)
+            self.loaded = {key: load_model(target.model_path, target.config)}
         return self.loaded[key]
 
     def model_for(self, model: keras.Model) -> tuple[keras.Model, dict]:
