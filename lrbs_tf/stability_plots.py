@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrbs_tf.analysis import Analysis, iter_groups
-from lrbs_tf.plot_style import line_cmap, new_figure
+from lrbs_tf.plot_style import line_cmap, log_axis, new_figure
 
 
 def figure_stability(a: Analysis) -> Figure | None:
@@ -33,14 +33,17 @@ def figure_stability(a: Analysis) -> Figure | None:
                 t = st.trajectories[run["run_dir"]]
                 step = t["step"].where(t["step"].notna(), t["epoch"]).to_numpy(float)
                 c = colours[run["lr"]]
-                ax.plot(step, t["stability_ratio"], "-o", color=c, ms=2.5, lw=1.1, label=f"lr {run['lr']:g}: λ_max")
+                ax.plot(step, t["stability_ratio"], "-o", color=c, ms=2.5, lw=1.1, label=f"lr {run['lr']:g}: largest Hessian eigenvalue")
                 if t["batch_sharpness_ratio"].notna().any():
-                    ax.plot(step, t["batch_sharpness_ratio"], "--", color=c, lw=1.1, label=f"lr {run['lr']:g}: batch")
+                    ax.plot(step, t["batch_sharpness_ratio"], "--", color=c, lw=1.1, label=f"lr {run['lr']:g}: batch sharpness")
             ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
             if np.nanmin(sub["last_step"].to_numpy(float)) > 0:
-                ax.set_xscale("log")  # matplotlib's decade labels: plot_style.log_axis crowds spans like 20-6,000
+                ax.set_xscale("log")
+                log_axis(ax, "x")
+                ax.tick_params(axis="x", labelrotation=40, labelsize=7)  # 1-2-5 ticks over 20-6,000 steps
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel("x lr/2 (1 = 2/lr)")
+            ax.set_ylabel("curvature x lr/2 (1: the limit 2/lr)")
             ax.set_title(f"{label}\nbatch size {bs}", fontsize=9)
-            ax.legend(fontsize=6)
+            if col == 0:  # one legend a row: the colours and line styles are the same in every panel
+                ax.legend(fontsize=5.5, loc="best", framealpha=0.6)
     return fig
