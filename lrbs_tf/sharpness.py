@@ -161,6 +161,8 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     path = target.out_dir / sharpness_file(epoch)
     if epoch is not None and "eigenvectors" in keep:  # the eigenspace overlap of a trajectory needs them
         trajectory.save_eigenvectors(target.out_dir, epoch, keep["eigenvectors"])
+    elif epoch is not None:  # an older measurement's vectors would not belong to the new epoch file
+        (target.out_dir / trajectory.eigenvectors_file(epoch)).unlink(missing_ok=True)
     runfolder.atomic_write_json(path, record)
     if epoch is None and target.config is not None and (target.out_dir / runfolder.CONFIG).is_file():
         from lrbs_tf.summaries import write_sharpness  # the run's TensorBoard session shows its curvature
