@@ -85,6 +85,12 @@ def mlp_losses64(model, weights: list, x: np.ndarray, y: np.ndarray, batch_stats
     `weights` are in `model.trainable_variables` order; BN uses its moving statistics (inference mode), or
     with batch_stats the mean and (biased) variance of these N examples, as Keras does in training mode.
     """
+    logp = tf.nn.log_softmax(mlp_logits64(model, weights, x, batch_stats), axis=-1)
+    return -tf.gather(logp, tf.constant(y), axis=1, batch_dims=1)
+
+
+def mlp_logits64(model, weights: list, x: np.ndarray, batch_stats: bool = False):
+    """The logits (N, C) of the model of `mlp_losses64`, in float64 tf ops."""
     import keras
 
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
@@ -108,8 +114,7 @@ def mlp_losses64(model, weights: list, x: np.ndarray, y: np.ndarray, batch_stats
             h = tf.nn.relu(h)
         else:
             raise TypeError(f"oracle has no float64 version of {type(layer).__name__}")
-    logp = tf.nn.log_softmax(h, axis=-1)
-    return -tf.gather(logp, tf.constant(y), axis=1, batch_dims=1)
+    return h
 
 
 def mlp_dense_hessian(model, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -135,3 +140,19 @@ def mlp_per_example_grads(model, x: np.ndarray, y: np.ndarray, batch_stats: bool
         losses = mlp_losses64(model, ws, x, y, batch_stats)
     jac = tape.jacobian(losses, ws)
     return np.concatenate([j.numpy().reshape(len(x), -1) for j in jac], axis=1)
+
+
+def mlp_dense_ggn(model, x: np.ndarray, batch_stats: bool = False) -> np.ndarray:
+    """The Gauss-Newton matrix (1/N) sum_i J_i' (diag p_i - p_i p_i') J_i (d, d) of the model's mean
+    cross-entropy on x, float64: J_i from the dense Jacobian of the logits (with batch_stats, differentiated
+    through these N examples' BN statistics)."""
+    ws = [tf.Variable(w) for w in mlp_weights(model)]
+    with tf.GradientTape() as tape:
+        logits = mlp_logits64(model, ws, x, batch_stats)
+    jac = np.concatenate([j.numpy().reshape(logits.shape[0], logits.shape[1], -1)
+                          for j in tape.jacobian(logits, ws)], axis=2)  # (N, C, d)
+    p = _softmax64(logits.numpy())
+    g = np.zeros((jac.shape[2],) * 2)
+    for ji, pi in zip(jac, p):
+        g += ji.T @ (np.diag(pi) - np.outer(pi, pi)) @ ji
+    return g / len(x)

@@ -46,6 +46,22 @@ def test_write_keeps_the_newest_and_the_chosen_epochs_and_deletes_the_rest(tmp_p
     assert float(restored.v.numpy()) == 3.0
 
 
+def test_spacings_keep_every_nth_and_geometric_epochs_without_a_list(tmp_path):
+    assert sorted(checkpoints.spaced_epochs(10, every=4)) == [4, 8]
+    geometric = sorted(checkpoints.spaced_epochs(3000, geometric=20))
+    assert geometric[:4] == [1, 2, 4, 5] and geometric[-1] == 3000 and len(geometric) == 19  # 1.5 rounds to 2
+    cfg = TrainConfig(epochs=100, checkpoint_seconds=1e9, checkpoint_every=30, checkpoint_geometric=3)
+    assert [e for e in range(1, 100) if checkpoint_due(cfg, e, last=False, seconds_since=0.0)] == [1, 10, 30, 60, 90]
+    # A run keeps them for good beside the newest, and the spacing is an execution setting (resumable).
+    cfg = small_config(tmp_path, epochs=5, checkpoint_seconds=1e9, checkpoints_to_keep=1, checkpoint_every=2)
+    run(cfg)
+    assert _epochs(cfg.resolved().run_dir / runfolder.CKPT_DIR) == [5, 4, 2]
+    from lrbs_tf.runs.config import EXECUTION_SETTINGS, validate
+    assert {"checkpoint_every", "checkpoint_geometric"} <= EXECUTION_SETTINGS
+    with pytest.raises(UsageError, match="checkpoint_every=-1 must be >= 0"):
+        validate(small_config(tmp_path, checkpoint_every=-1))
+
+
 @pytest.mark.parametrize("value, words", [("0", "epochs count from 1"), ("9", "beyond epochs=4"),
                                           ("x", "give epochs as integers")])
 def test_bad_checkpoint_epochs_are_refused(tmp_path, value, words):

@@ -24,6 +24,8 @@ from lrbs_tf.curvature.settings import (
     EIG_METHODS,
     HVP_MODES,
     INTERP_BN_STATS,
+    QUANTITIES,
+    TRAJECTORY_QUANTITIES,
 )
 from lrbs_tf.data.specs import DATASETS
 from lrbs_tf.models.registry import ARCH_NAMES
@@ -130,6 +132,11 @@ def _execution_flags(d: _Definer) -> None:
                    "same metrics; short epochs then do not pay a checkpoint each.")
     d.DEFINE_list("checkpoint_epochs", list(D["checkpoint_epochs"]), "Epochs (1-based) whose checkpoints are "
                   "saved and kept for good, e.g. 1,5,20: bin/sharpness --epoch measures them.")
+    d.DEFINE_integer("checkpoint_every", D["checkpoint_every"], "Also keep every N-th epoch's checkpoint for "
+                     "good (N, 2N, ...; 0: off): a curvature trajectory, bin/sharpness --epoch=all.")
+    d.DEFINE_integer("checkpoint_geometric", D["checkpoint_geometric"], "Also keep about this many epochs' "
+                     "checkpoints for good, geometrically spaced from 1 to --epochs (dense early, where the "
+                     "curvature moves fastest; fewer when epochs round to the same one; 0: off).")
     d.DEFINE_bool("progress", D["progress"], "Per-epoch progress bar (default: when stdout is a terminal).")
     d.DEFINE_integer("intra_op_threads", D["intra_op_threads"], "CPU threads inside one op (0: TensorFlow's default, "
                      "all cores, or the CPU quota of a container when it is lower); bin/sweep sets it so "
@@ -198,10 +205,16 @@ def _sharpness_flags(d: _Definer) -> None:
     d.DEFINE_enum("hvp_mode", S["hvp_mode"], list(HVP_MODES),
                   "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
                   "depends on model and device, see benchmarks/curvature.md).")
-    d.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset).")
-    d.DEFINE_integer("epoch", None, "Measure the run at the checkpoint of this epoch (1-based, one bin/train "
-                     "kept in ckpt/) instead of its final model, into sharpness-epoch<E>.json (sharpness.json "
-                     "untouched); e.g. --epoch=2 --quantities=noise_scale for B_simple early in training.")
+    d.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset "
+                  f"of {','.join(QUANTITIES)}; batch_sharpness, ggn_eigenvalues and ggn_trace only when "
+                  "named, e.g. for a trajectory: --quantities=" + ",".join(TRAJECTORY_QUANTITIES) + ").")
+    d.DEFINE_integer("batch_sharpness_batches", S["batch_sharpness_batches"], "batch_sharpness: minibatches "
+                     "of the run's batch size (drawn as training draws them, seeded) averaged.")
+    d.DEFINE_list("epoch", None, "Measure the run at the checkpoints of these epochs (1-based, ones bin/train "
+                  "kept in ckpt/) instead of its final model, each into sharpness-epoch<E>.json (sharpness.json "
+                  "untouched), and write the run's curvature.csv (one row per measured epoch); 'all': every "
+                  "kept checkpoint. All in one process, with --results a whole grid's. E.g. --epoch=2 "
+                  "--quantities=noise_scale for B_simple early in training.")
     d.DEFINE_list("interpolate", None, "RUN_A,RUN_B: loss and accuracy along (1-alpha) theta_a + "
                   "alpha theta_b instead of curvature; needs --out.")
     d.DEFINE_list("alpha_range", ["-0.5", "1.5", "21"], "START,STOP,NUM: the interpolation alphas "

@@ -11,21 +11,23 @@ from absl import flags
 from lrbs_tf.cli.app import run_app
 from lrbs_tf.core.errors import LOCKED_EXIT, UsageError
 from lrbs_tf.core.resources import quiet_import_tensorflow
-from lrbs_tf.curvature.session import run, run_many
+from lrbs_tf.curvature import trajectory
+from lrbs_tf.curvature.session import run, run_many, run_trajectory
 from lrbs_tf.curvature.settings import INTERP_BATCH, Settings
-from lrbs_tf.curvature.targets import expand_ckpts, results_targets, sharpness_file
-from lrbs_tf.runs import locking
+from lrbs_tf.curvature.targets import expand_ckpts, results_targets
+from lrbs_tf.runs import folder as runfolder, locking
 
 
-def _targets(flag_values, settings: Settings) -> tuple[list[str], bool]:
+def _targets(flag_values, settings: Settings, epochs: trajectory.EpochSpec) -> tuple[list[str], bool]:
     """The runs to measure from --ckpt or --results, and whether the user named exactly one (the single-run
     contract: any problem is bad input, exit 2)."""
     if flag_values.results and flag_values.ckpt:
         raise UsageError(f"--ckpt and --results={flag_values.results}: give one")
     if flag_values.results:
-        todo, current = results_targets(flag_values.results, settings, flag_values.epoch)
+        todo, current = results_targets(flag_values.results, settings, epochs)
+        what = "sharpness-epoch<E>.json for every epoch asked" if epochs is not None else runfolder.SHARPNESS
         print(f"sharpness: {flag_values.results}: {len(todo)} finished run(s) to measure, {current} with a current "
-              f"{sharpness_file(flag_values.epoch)} left alone", flush=True)
+              f"{what} left alone", flush=True)
         return todo, False
     if not flag_values.ckpt:
         raise UsageError("--ckpt is required: a run folder or a model.keras file, several (a comma list or "
@@ -55,16 +57,21 @@ def _main(FLAGS: flags.FlagValues) -> int:
     settings.quantities = tuple(settings.quantities)
     given = {name: getattr(FLAGS, name) if FLAGS[name].present else None
              for name in ("dataset", "data_dir", "data_path")}
-    if FLAGS.epoch is not None and FLAGS.epoch < 1:
-        raise UsageError(f"--epoch={FLAGS.epoch} is not an epoch (the first is 1)")
-    ckpts, single = _targets(FLAGS, settings)
+    epochs = trajectory.parse_epochs(FLAGS.epoch)
+    ckpts, single = _targets(FLAGS, settings, epochs)
+    if FLAGS.out and epochs is not None and (epochs == trajectory.ALL or len(epochs) > 1):
+        raise UsageError(f"--out={FLAGS.out} with --epoch={','.join(FLAGS.epoch)}: a trajectory is written into "
+                         "its run folder (--out takes one epoch's file)")
     if single:
-        run(ckpts[0], settings, out=FLAGS.out, epoch=FLAGS.epoch, **given)
+        if epochs is None or FLAGS.out:  # --out: one epoch's file elsewhere, as before trajectories
+            run(ckpts[0], settings, out=FLAGS.out, epoch=epochs[0] if epochs else None, **given)
+        else:
+            run_trajectory(ckpts[0], settings, epochs, **given)
         return 0
     if FLAGS.out:
         raise UsageError(f"--out={FLAGS.out} names one run's output folder; with several runs each writes "
                          "into its own run folder")
-    _, failures = run_many(ckpts, settings, epoch=FLAGS.epoch, **given)
+    _, failures = run_many(ckpts, settings, epoch=epochs, **given)
     if failures and all(locking.is_locked(c) for c, _ in failures):
         return LOCKED_EXIT  # held by other processes, as bin/train's exit status says: not failures
     return 1 if failures else 0

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_decay: float = 0.0,
-            batch_size: int = DEFAULT_HVP_BATCH, log=print, traces: dict | None = None
+            batch_size: int = DEFAULT_HVP_BATCH, log=print, traces: dict | None = None,
+            train_batch_size: int | None = None, keep: dict | None = None
             ) -> tuple[dict, SpectrumResult | None]:
     """Computes `settings.quantities` for `model` on examples x (N, ...) float32, y (N,) int.
 
@@ -29,6 +30,9 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     traces: a dict the caller keeps across calls on the same model object (measured at other weights, e.g.
     one model per architecture with each run's weights set into it): the traced functions are then built
     once, not once per call; the numbers are the same either way.
+    train_batch_size: the run's training batch size, the minibatch of batch_sharpness (required for it).
+    keep: a dict that receives what sharpness.json does not hold: "eigenvectors", the (d, top_k) float64
+    top eigenvectors of H (for the eigenspace overlap of a trajectory, curvature.trajectory).
     """
     from lrbs_tf.curvature import eigen, hvp, sharpness_measures, slq, trace
     from lrbs_tf.curvature.line import Evaluator
@@ -47,19 +51,20 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
         "lambda_max", "top_eigenvalues", "eigen_converged", "eigen_solver", "trace", "trace_stderr",
         "trace_num_probes", "trace_converged", "frobenius_norm", "frobenius_stderr", "spectrum", "eps_sharpness",
         "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm",
-        *runfolder.NOISE_SCALE_KEYS)}
+        *runfolder.NOISE_SCALE_KEYS, *runfolder.BATCH_SHARPNESS_KEYS, *runfolder.GGN_KEYS)}
     out.update(num_examples=obj.num_examples, num_params=obj.dim, train_loss=loss, train_accuracy=accuracy)
     costs: dict = {}
     spectrum = None
     q = set(settings.quantities)
 
-    def timed(name: str, fn):
+    def timed(name: str, fn, extra=lambda result: {}):
         t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
         result = fn()
         costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
-                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0}
+                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0, **extra(result)}
         log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
-            f"{costs[name]['losses']} losses, {costs[name]['seconds']:.1f} s")
+            f"{costs[name]['losses']} losses" + "".join(f", {v} {k}" for k, v in extra(result).items())
+            + f", {costs[name]['seconds']:.1f} s")
         return result
 
     if "eigenvalues" in q:
@@ -69,6 +74,8 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
         vals = [float(v) for v in res.eigenvalues]
         out.update(lambda_max=vals[0] if vals else None, top_eigenvalues=vals, eigen_converged=res.converged,
                    eigen_solver=res.method)
+        if keep is not None:
+            keep["eigenvectors"] = np.asarray(res.eigenvectors)
     if "trace" in q:
         res = timed("trace", lambda: trace.hutchinson(obj.hvp, obj.dim, settings.hutchinson_rtol,
                                                       settings.max_probes, seed=settings.seed_for("trace")))
@@ -105,7 +112,49 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
             if name != "noise_scale":
                 costs["noise_scale"] = {"seconds": 0.0, "hvps": 0, "gradients": 0, "losses": 0,
                                         "shared_with": name}
+    _stability_quantities(model, x, y, settings, obj, wd, batch_size, train_batch_size, traces, timed, out)
     out.update(objective_loss=obj.loss(), num_hvps=obj.num_hvps, num_gradients=obj.num_gradients,
                num_losses=obj.num_losses,
                seconds=time.perf_counter() - start, costs=costs)
     return out, spectrum
+
+
+def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch_size: int,
+                          train_batch_size: int | None, traces: dict, timed, out: dict) -> None:
+    """batch_sharpness and the Gauss-Newton quantities into `out` (measure's keys), timed by `timed`."""
+    from lrbs_tf.curvature import eigen, hvp, trace
+
+    q = set(settings.quantities)
+    if "batch_sharpness" in q:
+        if not train_batch_size:
+            raise UsageError("batch_sharpness needs the run's training batch size (its config.json)")
+        from lrbs_tf.curvature.batch_sharpness import batch_sharpness
+
+        # Batch-mode BN: a minibatch is one chunk, normalised with its own statistics as in training.
+        chunk = train_batch_size if settings.bn_mode == "batch" else batch_size
+        res = timed("batch_sharpness", lambda: batch_sharpness(
+            hvp.keras_losses_fn(model, settings.bn_mode, traces), obj.params, x, y, train_batch_size,
+            settings.batch_sharpness_batches, settings.seed_for("batch_sharpness"), chunk, settings.hvp_mode, wd,
+            traces), lambda r: {"minibatch_gradients": r.num_gradients, "minibatch_hvps": r.num_hvps,
+                                "minibatch_size": r.batch_size})
+        out.update(batch_sharpness=res.mean, batch_sharpness_stderr=res.stderr,
+                   batch_sharpness_batches=res.batches, batch_sharpness_batch_size=res.batch_size)
+    if q & {"ggn_eigenvalues", "ggn_trace"}:
+        from lrbs_tf.curvature.ggn import GaussNewton, keras_logits_fn
+
+        gn = GaussNewton(keras_logits_fn(model, settings.bn_mode, traces), obj.params, obj.batches, wd, traces)
+        if "ggn_eigenvalues" in q:
+            res = timed("ggn_eigenvalues", lambda: eigen.top_k(gn.gvp, gn.dim, settings.top_k, settings.eig_method,
+                                                               settings.tol, settings.max_hvps,
+                                                               settings.seed_for("ggn_eigenvalues")),
+                        lambda r: {"gvps": gn.num_gvps})  # the first GGN quantity: all products so far
+            vals = [float(v) for v in res.eigenvalues]
+            out.update(ggn_lambda_max=vals[0] if vals else None, ggn_top_eigenvalues=vals,
+                       ggn_eigen_converged=res.converged)
+        if "ggn_trace" in q:
+            before = gn.num_gvps
+            res = timed("ggn_trace", lambda: trace.hutchinson(gn.gvp, gn.dim, settings.hutchinson_rtol,
+                                                              settings.max_probes, seed=settings.seed_for("ggn_trace")),
+                        lambda r: {"gvps": gn.num_gvps - before})
+            out.update(ggn_trace=res.trace, ggn_trace_stderr=res.trace_stderr, ggn_trace_num_probes=res.num_probes,
+                       ggn_trace_converged=res.converged)

@@ -5,6 +5,8 @@
     bin/sharpness --results=outputs/quick                    # every finished run there without a current one
     bin/sharpness --ckpt=path/model.keras --dataset=cifar10  # a bare model file
     bin/sharpness --ckpt=outputs/<run> --epoch=2             # at epoch 2's checkpoint -> sharpness-epoch2.json
+    bin/sharpness --ckpt=outputs/<run> --epoch=all           # every kept checkpoint, one process -> curvature.csv
+    bin/sharpness --results=outputs/grid --epoch=all         # a whole grid's trajectories in one process
     bin/sharpness --interpolate=outputs/<a>,outputs/<b> --out=DIR   # -> DIR/interpolation.csv + plot
 
 The run folder's config.json says which model and data to use, so those flags are not repeated. Every
@@ -27,11 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from lrbs_tf.core.errors import RunFolderError, UsageError
+from lrbs_tf.curvature import trajectory  # TF-free
 from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
 from lrbs_tf.curvature.targets import (
     Target,
     first_examples,
+    is_current,
     load_checked_data,
     load_model,
     resolve_run_dir,
@@ -48,7 +52,8 @@ if TYPE_CHECKING:
 
     from lrbs_tf.data.loaders import Data
 
-__all__ = ["Session", "Settings", "Target", "UsageError", "resolve_run_dir", "resolve_target", "run", "run_many"]
+__all__ = ["Session", "Settings", "Target", "UsageError", "resolve_run_dir", "resolve_target", "run", "run_many",
+           "run_trajectory"]
 
 SPECTRUM_STEM = "hessian_spectrum"      # + .png / .pdf, next to sharpness.json
 
@@ -68,6 +73,7 @@ class Session:
     the loss, the evaluator) are traced once per architecture; and those traces. One Session per process."""
     data: dict = dataclasses.field(default_factory=dict)      # (dataset, data_dir, data_path) -> Data
     models: dict = dataclasses.field(default_factory=dict)    # architecture_key -> (model, traces)
+    loaded: dict = dataclasses.field(default_factory=dict)    # (model.keras, mtime) -> its model (the latest)
 
     def load_data(self, target: Target, model: keras.Model) -> Data:
         key = (target.dataset, target.data_dir, target.data_path)
@@ -76,6 +82,14 @@ class Session:
         else:
             load_checked_data(*key, model, loaded=self.data[key])  # the checks alone
         return self.data[key]
+
+    def load_model(self, target: Target) -> keras.Model:
+        """The run's checked model.keras, loaded once for all its epochs (a trajectory restores each epoch into
+        it). Only the latest run's is kept: a grid of large models would otherwise hold every one."""
+        key = (str(target.model_path), target.model_path.stat().st_mtime_ns)
+        if key not in self.loaded:
+            self.loaded = {key: load_model(target.model_path, target.config)}
+        return self.loaded[key]
 
     def model_for(self, model: keras.Model) -> tuple[keras.Model, dict]:
         """The session's model of `model`'s architecture holding `model`'s weights, and its traces."""
@@ -113,7 +127,8 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     settings.validate()
     target = resolve_target(ckpt, dataset, data_dir, data_path, out)
     _check_epoch(ckpt, epoch)
-    model = load_model(target.model_path, target.config)
+    session = session or Session()
+    model = load_model(target.model_path, target.config) if epoch is None else session.load_model(target)
     checkpoint = str(target.model_path) if epoch is None else restore_epoch_weights(model, Path(ckpt), epoch)
     from lrbs_tf.models.builders import count_trainable_params
     num_params = count_trainable_params(model)
@@ -126,11 +141,12 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     batch_size = settings.hvp_batch_size or (
         target.config.batch_size if settings.bn_mode == "batch" and target.config is not None
         else DEFAULT_HVP_BATCH)
-    session = session or Session()
     data = session.load_data(target, model)
     model, traces = session.model_for(model)
     x, y = first_examples(data, settings.num_examples)
-    fields, spectrum = measure(model, x, y, settings, weight_decay, batch_size, log=log, traces=traces)
+    keep: dict = {}
+    fields, spectrum = measure(model, x, y, settings, weight_decay, batch_size, log=log, traces=traces,
+                               train_batch_size=target.config.batch_size if target.config else None, keep=keep)
     record = {**fields,
               "settings": {**dataclasses.asdict(settings), "quantities": list(settings.quantities),
                            "hvp_batch_size": batch_size, "weight_decay": weight_decay if
@@ -142,6 +158,9 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
               "versions": versions()}
     record["stability_ratio"] = (stability_ratio(fields["lambda_max"], target.config.lr)
                                  if fields["lambda_max"] is not None and target.config is not None else None)
+    record["batch_sharpness_ratio"] = (stability_ratio(fields["batch_sharpness"], target.config.lr)
+                                       if fields["batch_sharpness"] is not None and target.config is not None
+                                       else None)
     # One writer per run folder: bin/train may be writing it (a rerun of a failed run), or another
     # bin/sharpness; the lock is held only while the files are written (lrbs_tf.runs.locking).
     in_run = (target.out_dir / runfolder.CONFIG).is_file()
@@ -153,6 +172,10 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
             plot_spectrum(grid, spectrum.density(grid, sigma), sigma, target.out_dir / stem,
                           fields["top_eigenvalues"] or (), title=title + ("" if epoch is None else f", epoch {epoch}"))
         path = target.out_dir / sharpness_file(epoch)
+        if epoch is not None and "eigenvectors" in keep:  # the eigenspace overlap of a trajectory needs them
+            trajectory.save_eigenvectors(target.out_dir, epoch, keep["eigenvectors"])
+        elif epoch is not None:  # an older measurement's vectors would not belong to the new epoch file
+            (target.out_dir / trajectory.eigenvectors_file(epoch)).unlink(missing_ok=True)
         runfolder.atomic_write_json(path, record)
         if epoch is None and target.config is not None and in_run:
             from lrbs_tf.runs.tensorboard import write_sharpness  # the run's TensorBoard session shows its curvature
@@ -163,29 +186,71 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
     return record
 
 
+def run_trajectory(ckpt: str, settings: Settings, epochs: trajectory.EpochSpec = trajectory.ALL,
+                   dataset: str | None = None, data_dir: str | None = None, data_path: str | None = None,
+                   log=print, session: Session | None = None, skip_current: bool = False) -> list[dict]:
+    """Measures run folder `ckpt` at each epoch of `epochs` ('all': every kept checkpoint; or a tuple) in
+    this process (data loaded once, traced once: `Session`), each into sharpness-epoch<E>.json, then writes
+    the run's curvature.csv from every epoch file there (curvature.trajectory). skip_current: leave epochs
+    whose file is current for these settings (--results). Listed epochs that were not kept are refused
+    before anything is measured. An epoch that fails while measuring does not cost the others: they are
+    measured, curvature.csv is written, then RunFolderError names the failed epochs."""
+    settings.validate()
+    if not os.path.isdir(ckpt):
+        raise UsageError(f"--epoch needs a run folder (its {runfolder.CKPT_DIR}/ holds the epochs' checkpoints), "
+                         f"not the model file {ckpt}")
+    resolve_run_dir(ckpt)
+    todo = trajectory.epochs_to_measure(ckpt, epochs)
+    if skip_current:
+        todo = [e for e in todo if not is_current(Path(ckpt), settings, e)]
+    session = session or Session()
+    records, failed = [], []
+    for i, epoch in enumerate(todo):
+        log(f"epoch {epoch} ({i + 1}/{len(todo)}) of {ckpt}")
+        try:
+            records.append(run(ckpt, settings, dataset, data_dir, data_path, log=log, session=session, epoch=epoch))
+        except (UsageError, RunFolderError) as e:
+            failed.append(f"epoch {epoch}: {e}")
+        except Exception as e:  # one epoch's failure must not cost the others theirs
+            failed.append(f"epoch {epoch}: {type(e).__name__}: {e}")
+    with locking.RunLock(Path(ckpt), "bin/sharpness"):  # one writer per run folder (runs/locking)
+        path = trajectory.write_curvature_csv(ckpt)
+    log(f"wrote {path} ({len(records)} epoch(s) measured now)" if path else f"{ckpt}: no epoch measured")
+    if failed:
+        raise RunFolderError(f"{ckpt}: {len(failed)} of {len(todo)} epochs failed ({'; '.join(failed)})")
+    return records
+
+
 def run_many(ckpts: Sequence[str], settings: Settings, dataset: str | None = None, data_dir: str | None = None,
-             data_path: str | None = None, log=print, epoch: int | None = None
+             data_path: str | None = None, log=print, epoch: int | trajectory.EpochSpec = None
              ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Measures every run of `ckpts` in this process (see `Session`), each into its own sharpness.json (with
     `epoch`: each at that epoch's checkpoint, into sharpness-epoch<E>.json; a run without it fails alone).
 
     A run that cannot be measured (bad folder, unfinished, diverged, non-finite weights, or an error while
     measuring) is reported as one line and skipped. Returns (the records written, [(ckpt, why) failed]).
+    `epoch` 'all' or a tuple: each run's trajectory (run_trajectory; epochs already current are left).
     """
+    many = epoch == trajectory.ALL or isinstance(epoch, tuple)
     settings.validate()
     session = Session()
     records, failures = [], []
     for i, ckpt in enumerate(ckpts):
         log(f"[{i + 1}/{len(ckpts)}] {ckpt}")
         try:
-            records.append(run(ckpt, settings, dataset, data_dir, data_path, log=log, session=session,
-                               epoch=epoch))
+            if many:
+                records += run_trajectory(ckpt, settings, epoch, dataset, data_dir, data_path, log=log,
+                                          session=session, skip_current=True)
+            else:
+                records.append(run(ckpt, settings, dataset, data_dir, data_path, log=log, session=session,
+                                   epoch=epoch))
         except (UsageError, RunFolderError) as e:
             failures.append((ckpt, str(e)))
         except Exception as e:  # a failure while measuring one run must not cost the others theirs
             failures.append((ckpt, f"{type(e).__name__}: {e}"))
         if failures and failures[-1][0] == ckpt:
             print(f"sharpness: error: {ckpt}: {failures[-1][1]}", file=sys.stderr, flush=True)
-    log(f"measured {len(records)} of {len(ckpts)} runs" + (f"; {len(failures)} failed: "
+    log(f"measured {len(ckpts) - len(failures)} of {len(ckpts)} runs"
+        + (f" ({len(records)} epochs)" if many else "") + (f"; {len(failures)} failed: "
                                                              f"{', '.join(c for c, _ in failures)}" if failures else ""))
     return records, failures

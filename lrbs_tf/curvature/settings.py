@@ -19,8 +19,14 @@ from lrbs_tf.core.errors import UsageError
 # removing or reordering quantities never changes another one's numbers. A new quantity takes a new id.
 # (grad_cov and noise_scale draw no random numbers today: their ids are reserved all the same.)
 QUANTITY_STREAMS = {"eigenvalues": 0, "trace": 1, "spectrum": 2, "eps_sharpness": 3, "avg_sharpness": 4,
-                    "grad_cov": 5, "noise_scale": 6}
-QUANTITIES = tuple(QUANTITY_STREAMS)     # --quantities: all of them by default
+                    "grad_cov": 5, "noise_scale": 6, "batch_sharpness": 7, "ggn_eigenvalues": 8, "ggn_trace": 9}
+QUANTITIES = tuple(QUANTITY_STREAMS)     # --quantities: every valid name
+# The default --quantities: those measured before issue 24. The curvature-over-training quantities are asked
+# for by name, so a default measurement costs what it did and the sharpness.json files written before them
+# stay current (sharpness_targets.is_current compares the recorded quantities).
+DEFAULT_QUANTITIES = QUANTITIES[:7]
+# A trajectory's usual set (docs/curvature.md): cheap enough to run at every kept epoch.
+TRAJECTORY_QUANTITIES = ("eigenvalues", "trace", "batch_sharpness", "ggn_eigenvalues", "ggn_trace")
 EIG_METHODS = ("lanczos", "power")       # --eig_method
 BN_MODES = ("inference", "batch")        # --bn_mode: BN's moving statistics, or each chunk's own
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")  # --hvp_mode
@@ -49,8 +55,9 @@ class Settings:
     bn_mode: str = "inference"
     include_weight_decay: bool = False
     hvp_mode: str = "forward_over_reverse"
-    quantities: tuple[str, ...] = QUANTITIES
+    quantities: tuple[str, ...] = DEFAULT_QUANTITIES
     seed: int = 0
+    batch_sharpness_batches: int = 20   # minibatches averaged in batch_sharpness
 
     def validate(self) -> None:
         """Raises UsageError naming the offending values."""
@@ -63,7 +70,8 @@ class Settings:
                   ("hutchinson_rtol", self.hutchinson_rtol > 0), ("max_probes", self.max_probes >= 2),
                   ("slq_steps", self.slq_steps >= 1), ("slq_runs", self.slq_runs >= 1), ("eps", self.eps > 0),
                   ("eps_steps", self.eps_steps >= 1), ("noise_sigma", self.noise_sigma > 0),
-                  ("noise_draws", self.noise_draws >= 2)]
+                  ("noise_draws", self.noise_draws >= 2),
+                  ("batch_sharpness_batches", self.batch_sharpness_batches >= 2)]
         checks += [(f.name, math.isfinite(getattr(self, f.name))) for f in dataclasses.fields(self)
                    if isinstance(getattr(self, f.name), float)]  # inf passes "> 0"
         bad = [f"--{name}={getattr(self, name)}" for name, ok in checks if not ok]

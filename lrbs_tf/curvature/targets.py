@@ -206,23 +206,35 @@ def is_current(run_dir: Path, settings, epoch: int | None = None) -> bool:
     wanted = {**dataclasses.asdict(settings), "quantities": list(settings.quantities)}
     if not settings.hvp_batch_size:  # 0 asks for the default, which sharpness.json records resolved
         wanted.pop("hvp_batch_size")
-    same = all(recorded.get(k) == v for k, v in wanted.items())
+    # A setting added after a file was written is absent from it: that file was measured at its default.
+    defaults = {**dataclasses.asdict(type(settings)()), "quantities": None}
+    same = all(recorded.get(k, defaults.get(k)) == v for k, v in wanted.items())
     return same and path.stat().st_mtime >= (run_dir / runfolder.MODEL).stat().st_mtime
 
 
-def results_targets(root: str, settings, epoch: int | None = None) -> tuple[list[str], int]:
+def results_targets(root: str, settings, epoch=None) -> tuple[list[str], int]:
     """--results=DIR: every finished run below DIR (status done, with model.keras) whose sharpness.json (with
     `epoch`, sharpness-epoch<E>.json) is not current for `settings`, and how many were current (left alone).
-    Diverged, failed and unfinished runs have nothing to measure and are not listed."""
+    `epoch` 'all' or a tuple of epochs (a trajectory): a run is to measure when one of those epochs it kept
+    has no current file. Diverged, failed and unfinished runs have nothing to measure and are not listed."""
+    from lrbs_tf.curvature import trajectory
+
+    def current(run_dir: Path) -> bool:
+        if epoch == trajectory.ALL or isinstance(epoch, tuple):
+            kept = trajectory.kept_epochs(run_dir)
+            wanted = kept if epoch == trajectory.ALL else [e for e in epoch if e in kept]
+            return all(is_current(run_dir, settings, e) for e in wanted)
+        return is_current(run_dir, settings, epoch)
+
     path = Path(root)
     if not path.is_dir():
         raise UsageError(f"--results={root} is not a folder")
-    todo, current = [], 0
+    todo, n_current = [], 0
     for run_dir in runfolder.iter_run_dirs(path):
         if runfolder.run_status(run_dir) != runfolder.STATUS_DONE or not (run_dir / runfolder.MODEL).is_file():
             continue
-        if is_current(run_dir, settings, epoch):
-            current += 1
+        if current(run_dir):
+            n_current += 1
         else:
             todo.append(str(run_dir))
-    return todo, current
+    return todo, n_current

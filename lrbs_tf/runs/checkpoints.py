@@ -29,12 +29,15 @@ each and what is wrong with it; nothing has been written by then. No TensorFlow 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import sys
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
 
 from lrbs_tf.core.durable import fsync_dir, fsync_file
 from lrbs_tf.core.errors import RunFolderError
@@ -229,6 +232,18 @@ def sync(ckpt_dir: str | os.PathLike, epoch: int) -> None:
         if path.name == STATE_FILE or path.name == f"{stem}.index" or path.name.startswith(f"{stem}.data-"):
             fsync_file(path)
     fsync_dir(ckpt_dir)
+
+
+@functools.lru_cache(maxsize=64)
+def spaced_epochs(epochs: int, every: int = 0, geometric: int = 0) -> frozenset[int]:
+    """Epochs (1-based, within 1..epochs) kept for good by a spacing: every `every`-th epoch (0: none), and
+    `geometric` epochs spaced evenly in log(epoch) from 1 to `epochs`, rounded (0: none; fewer when two
+    round to the same epoch, as early ones do in a short run). A trajectory of a long run then has as many
+    points in its first tenth as in its last: the curvature moves fastest early."""
+    kept: set[int] = set(range(every, epochs + 1, every)) if every > 0 else set()
+    if geometric > 0 and epochs >= 1:
+        kept |= {int(e) for e in np.unique(np.rint(np.geomspace(1, epochs, geometric)))} if geometric > 1 else {1}
+    return frozenset(kept)
 
 
 def write(checkpoint: tf.train.Checkpoint, ckpt_dir: str | os.PathLike, epoch: int, keep_last: int,

@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoints_to_keep: int = 2
     checkpoint_seconds: float = 10.0      # a run's checkpoint at an epoch's end once this long since its last
     checkpoint_epochs: tuple[int, ...] = ()  # epochs whose checkpoints are kept for good (bin/sharpness --epoch)
+    checkpoint_every: int = 0             # also keep every N-th epoch's checkpoint for good (0: off)
+    checkpoint_geometric: int = 0         # also keep about this many, geometrically spaced over 1..epochs (0: off)
     progress: bool | None = None          # None: when stdout is a terminal
     intra_op_threads: int = 0
     inter_op_threads: int = 0
@@ -127,7 +129,8 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainC
 # run is resumed. Everything else must match the run folder's config.json.
 EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
-                                "checkpoint_seconds", "checkpoint_epochs",
+                                "checkpoint_seconds", "checkpoint_epochs", "checkpoint_every",
+                                "checkpoint_geometric",
                                 "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 # Execution settings that can change float rounding (XLA fusion, TF32, op determinism, the reduction over
 # replicas, the column engine's kernels): a study that mixes them should say so, so bin/correlate reports them.
@@ -208,6 +211,9 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
         raise UsageError(f"weight_decay={cfg.weight_decay} must be >= 0")
     if not cfg.stop_at_train_loss >= 0.0:
         raise UsageError(f"stop_at_train_loss={cfg.stop_at_train_loss} must be >= 0")
+    for name in ("checkpoint_every", "checkpoint_geometric"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"{name}={getattr(cfg, name)} must be >= 0 (0: off)")
     if not cfg.checkpoint_seconds >= 0:
         raise UsageError(f"checkpoint_seconds={cfg.checkpoint_seconds} must be >= 0 (0: every epoch)")
     if cfg.max_steps is not None and not cfg.max_steps > 0:

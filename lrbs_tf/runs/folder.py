@@ -8,10 +8,11 @@ verbatim; a test checks that the two agree):
 | `config.json` | once, atomically, before the first step | every resolved setting keyed by its flag name (`arch`, `dataset`, `batch_size`, `lr`, `seed`, `epochs`, `max_steps`, `momentum`, `weight_decay`, `augment`, ...), plus `num_params`, `num_classes`, `input_shape`, `num_train`, `num_test`, `steps_per_epoch`, `replicas`, `column_lrs` (the learning rates trained in the same process), `normalization`, `versions`, `git_commit`, `created`, `command` |
 | `metrics.jsonl` | one line appended and flushed per finished epoch | `epoch` (1-based), `step` (optimizer steps from the run's start to the epoch's end), `examples_seen` (= step x batch_size), `train_loss`, `train_accuracy` (over the epoch's training steps), `test_loss`, `test_accuracy` (whole test set), `weight_norm_sq` (squared L2 norm of all trainable weights), `effective_lr` (= lr / weight_norm_sq, the intrinsic-LR view of BN nets), `grad_norm_sq` (the mean over the epoch's steps of the squared L2 norm of the minibatch loss gradient over all trainable weights, weight decay left out: E‖g‖² of theory/intrinsic_lr.py), `seconds` (the whole epoch, evaluation and checkpoint included; in a column, the column's epoch), `train_seconds` (its training steps alone) |
 | `result.json` | atomically, when the run ends | `status` (`done`, `diverged` or `failed`), `epochs`, `steps` (optimizer steps trained), `best_test_accuracy`, `best_epoch`, `final_train_loss`, `final_train_accuracy`, `final_test_accuracy`; `stop_reason` (why a done or diverged run ended: `epochs`, `max_steps`, `stop_at_train_loss` or `diverged`); `diverged_epoch`, `stopped_early`, or `error` and `traceback` where they apply |
-| `ckpt/` | at an epoch's end once `--checkpoint_seconds` (10) have passed since the last, at the last epoch, and at each of `--checkpoint_epochs`; atomically | `ckpt-<epoch>` checkpoints (model, optimizer state, epochs done): the `--checkpoints_to_keep` newest and those of `--checkpoint_epochs` |
+| `ckpt/` | at an epoch's end once `--checkpoint_seconds` (10) have passed since the last, at the last epoch, and at each epoch kept for good (`--checkpoint_epochs`, `--checkpoint_every`, `--checkpoint_geometric`); atomically | `ckpt-<epoch>` checkpoints (model, optimizer state, epochs done): the `--checkpoints_to_keep` newest and those kept for good |
 | `model.keras` | atomically, at the end | the final model: `keras.models.load_model(path)` |
 | `tb/` | every epoch, flushed | TensorBoard: the run's HParams (`arch`, `dataset`, `batch_size`, `lr`, `bs_over_lr`, `momentum`, `weight_decay`, `seed`, `epochs`, `max_steps` (0: none), `stop_at_train_loss`), the metrics on the step axis (`step`), and result.json's numbers so far under `result/`; `tb/sharpness/` is bin/sharpness's (its own writer): the curvature quantities |
 | `sharpness.json` | by `bin/sharpness` (its own writer), atomically | the curvature quantities and how they were measured (docs/curvature.md) |
+| `sharpness-epoch<E>.json`, `eigenvectors-epoch<E>.npy`, `curvature.csv` | by `bin/sharpness --epoch` (its own writer), atomically | at kept epoch E: the quantities and the (d, top_k) top Hessian eigenvectors; the trajectory, one row per measured epoch (docs/curvature.md) |
 
 `read_config` and `read_result` are the one typed reader of config.json and result.json: every binary that
 reads a run folder goes through them, so the contract's keys and their types are checked in one place.
@@ -40,6 +41,8 @@ METRICS = "metrics.jsonl"
 RESULT = "result.json"
 SHARPNESS = "sharpness.json"
 SHARPNESS_AT_EPOCH = "sharpness-epoch{epoch}.json"  # bin/sharpness --epoch=E: at epoch E's checkpoint
+EIGENVECTORS_AT_EPOCH = "eigenvectors-epoch{epoch}.npy"  # (d, k) float32, beside sharpness-epoch<E>.json
+CURVATURE_CSV = "curvature.csv"  # a run's curvature trajectory, one row per measured epoch
 MODEL = "model.keras"
 CKPT_DIR = "ckpt"
 TENSORBOARD_DIR = "tb"
@@ -65,6 +68,12 @@ SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace
 SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio")
 NOISE_SCALE_KEYS = ("noise_scale", "noise_scale_stderr", "noise_scale_grad_sq", "noise_scale_grad_sq_stderr",
                     "noise_scale_cov_trace", "noise_scale_groups", "noise_scale_resolved", "noise_scale_note")
+# ... and of the curvature-over-training quantities (bin/sharpness --quantities=batch_sharpness,ggn_*), null
+# unless measured.
+BATCH_SHARPNESS_KEYS = ("batch_sharpness", "batch_sharpness_stderr", "batch_sharpness_batches",
+                        "batch_sharpness_batch_size")
+GGN_KEYS = ("ggn_lambda_max", "ggn_top_eigenvalues", "ggn_eigen_converged", "ggn_trace", "ggn_trace_stderr",
+            "ggn_trace_num_probes", "ggn_trace_converged")
 
 
 def ratio(batch_size: int, lr: float) -> float:

@@ -182,7 +182,14 @@ def checkpoint_due(cfg: TrainConfig, epoch: int, last: bool, seconds_since: floa
     once per column, so the members of a column keep their checkpoints at the same epochs and resume as one.
     Skipping checkpoints costs nothing in exactness: a resume retrains from the last one to the same
     metrics, since an epoch's batches are a function of (seed, epoch) alone."""
-    return last or epoch in cfg.checkpoint_epochs or seconds_since >= cfg.checkpoint_seconds
+    return last or epoch in kept_epochs(cfg) or seconds_since >= cfg.checkpoint_seconds
+
+
+def kept_epochs(cfg: TrainConfig) -> frozenset[int]:
+    """Epochs whose checkpoints are kept for good: --checkpoint_epochs and the --checkpoint_every /
+    --checkpoint_geometric spacings (checkpoints.spaced_epochs, over --epochs)."""
+    return frozenset(cfg.checkpoint_epochs) | checkpoints.spaced_epochs(cfg.epochs, cfg.checkpoint_every,
+                                                                         cfg.checkpoint_geometric)
 
 
 def _sync_metrics(member: Member) -> None:
@@ -198,7 +205,7 @@ def save_checkpoint(member: Member, epoch: int) -> None:
     _sync_metrics(member)
     member.epochs_done.assign(epoch)
     checkpoints.write(member.checkpoint, member.run_dir / runfolder.CKPT_DIR, epoch, member.cfg.checkpoints_to_keep,
-                      member.cfg.checkpoint_epochs)
+                      kept_epochs(member.cfg))
 
 
 def summary(rows: list[dict]) -> dict:

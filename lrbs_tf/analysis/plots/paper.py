@@ -25,12 +25,13 @@ from lrbs_tf.analysis.model import (
     FIG_HEATMAP,
     FIG_RATIO,
     FIG_SHARPNESS,
+    FIG_STABILITY,
     FIG_STEPS,
     Analysis,
     group_keys,
     measure_name,
 )
-from lrbs_tf.analysis.plots import ratio as ratio_plots, scaling as scaling_plots
+from lrbs_tf.analysis.plots import ratio as ratio_plots, scaling as scaling_plots, stability as stability_plots
 from lrbs_tf.analysis.plots.style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import TARGET
@@ -223,4 +224,7 @@ def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     steps = scaling_plots.figure_steps(analysis)
     if steps is not None:
         built.append((FIG_STEPS, steps))
+    curvature = stability_plots.figure_stability(analysis)
+    if curvature is not None:
+        built.append((FIG_STABILITY, curvature))
     return [save(fig, folder, name) for name, fig in built]

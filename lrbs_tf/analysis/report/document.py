@@ -16,7 +16,7 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from lrbs_tf.analysis import intrinsic as intrinsic_report
+from lrbs_tf.analysis import intrinsic as intrinsic_report, stability
 from lrbs_tf.analysis.model import (
     EXPECTED_SIGN,
     FIG_CURVES,
@@ -24,6 +24,7 @@ from lrbs_tf.analysis.model import (
     FIG_HEATMAP,
     FIG_RATIO,
     FIG_SHARPNESS,
+    FIG_STABILITY,
     FIG_STEPS,
     Analysis,
     iter_groups,
@@ -53,6 +54,9 @@ CAPTIONS = {
     FIG_STEPS: "Figure 6: fewest optimizer steps to the target vs batch size (log-log), the perfect-scaling line "
                "through the smallest batch size, and McCandlish et al.'s fitted S(B) with B_crit dashed; x on "
                "the top axis: batch sizes where no learning rate reached the target.",
+    FIG_STABILITY: "Figure 7: lambda_max x lr/2 (solid, dots at the measured checkpoints) and batch sharpness x "
+                   "lr/2 (dashed) against the optimizer step, one colour per run (learning rate), a panel per "
+                   "batch size; the dotted line at 1 is the stability limit 2/lr.",
 }
 
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
@@ -275,6 +279,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         sharpness_section(a),
         *report_scaling.sections(a),
         intrinsic_report.section(a.intrinsic),
+        stability.section(a.stability),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
