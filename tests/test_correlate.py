@@ -106,6 +106,8 @@ def test_paper_grid_ratio_ties_and_every_p_value_against_scipy_and_statsmodels(t
     assert primary["spearman_rho"].iloc[0] == pytest.approx(ref_rho := sps.spearmanr(x, y).statistic, abs=1e-12)
     assert primary["spearman_p"].iloc[0] == cp.spearman_p and np.isnan(primary["kendall_p"].iloc[0])
     assert ref_rho == pytest.approx(t3.set_index("subset").loc["with_flagged", "spearman_rho"], abs=1e-12)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "the verdict is the `column_permutation` row" in report and "9,999 random arrangements" in report
     # Holm and BH within each family, per statistic: Table 1 (20 tests), Table 2 (20), Table 3's primary (1)
     # and its sensitivity rows (2 computed: with_flagged, without_flagged; one run per cell, no diverged run).
     fams = pd.read_csv(tmp_path / "out" / "families.csv").set_index(["kind", "statistic"])
