@@ -21,11 +21,17 @@ def test_a_small_run_gives_every_test_of_every_design_and_matches_correlate_exac
                                                       "no law + cell effects, lin 5x5, 1 seed")]
     table = bench.run(4, 11, designs=designs, e2e=1)
     assert [(r["design"], r["test"]) for r in table["rows"]] == [
-        (designs[0].name, "ratio"), *((designs[1].name, t) for t in ("table3", "table1", "table2", "invariance"))]
+        (designs[0].name, "ratio"),
+        *((designs[1].name, t) for t in ("table3", "table3_runs", "table1", "table2", "invariance"))]
     assert table["end_to_end_max_abs_diff"] == {d.name: 0.0 for d in designs}
     ratio_row = table["rows"][0]
     assert ratio_row["method"] == "equal_ratio_f" and ratio_row["n_tested"] == 4
-    assert table["rows"][2]["n_tested"] == 4 * 5  # Table 1: one test per learning rate
+    assert table["rows"][3]["n_tested"] == 4 * 5  # Table 1: one test per learning rate
+    # One seed: Table 3's primary is the column permutation; He et al.'s run-level test a sensitivity row.
+    assert (table["rows"][1]["method"], table["rows"][1]["role"]) == ("column_permutation", "primary")
+    assert (table["rows"][2]["method"], table["rows"][2]["role"]) == ("runs", "sensitivity")
+    assert "holds_1_5x" not in table["rows"][2]
+    assert "null design(s)" in calibration.size_summary(table, "table3", "column_permutation")
     # The report's reader finds it.
     assert "null design(s)" in calibration.size_summary(table, "ratio", "equal_ratio_f")
 
@@ -47,7 +53,10 @@ def test_the_recorded_table_has_every_primary_test_within_its_bound_or_marked():
     if table is None:
         pytest.skip("benchmarks/calibration.json not recorded")
     nulls = [r for r in table["rows"] if r["kind"] == "null"]
-    assert {r["test"] for r in nulls} == {"ratio", "table3", "table1", "table2", "invariance"}
-    assert all("holds_1_5x" in r for r in nulls)
+    assert {r["test"] for r in nulls} == {"ratio", "table3", "table3_runs", "table1", "table2", "invariance"}
+    assert all("holds_1_5x" in r for r in nulls if r["role"] == "primary")
+    # Table 3's primary on every null design, one seed included, is the method bin/correlate uses there.
+    assert {(r["seeds"] > 1, r["method"]) for r in nulls if r["test"] == "table3"} == {
+        (True, "cell_means"), (False, "column_permutation")}
     md = (REPO / "benchmarks" / "calibration.md").read_text()
     assert json.dumps(table["seed"]) in md

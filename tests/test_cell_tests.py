@@ -114,3 +114,92 @@ def test_a_batch_size_law_is_found_and_untestable_designs_say_why():
     two = d[d["bs"] < 128]
     r = ct.ratio_primary(two["bs"], two["lr"], two["seed"].map(lambda s: 0), two["y"])
     assert math.isnan(r.p_ratio) and "2 batch sizes < 3" in r.primary_reason
+
+
+# --- Table 3's one-seed primary: Spearman with its p from permutations within batch-size columns ---------------
+
+def _brute_force_p(x, y, column):
+    """Independent reference: every within-column arrangement of y, Spearman's rho from scipy.spearmanr on
+    each, and scipy.stats.permutation_test's two-sided rule (exact: no +1)."""
+    import itertools
+
+    x, y, column = (np.asarray(v, dtype=float) for v in (x, y, column))
+    blocks = [np.flatnonzero(column == c) for c in np.unique(column)]
+    observed = sps.spearmanr(x, y).statistic
+    null = []
+    for arrangement in itertools.product(*(itertools.permutations(b) for b in blocks)):
+        yy = y.copy()
+        for b, perm in zip(blocks, arrangement):
+            yy[b] = y[list(perm)]
+        null.append(sps.spearmanr(x, yy).statistic)
+    null = np.array(null)
+    tol = 1e-12
+    return min(1.0, 2 * min((null <= observed + tol).mean(), (null >= observed - tol).mean())), len(null)
+
+
+@pytest.mark.parametrize("cells", [
+    [(b, l) for b in BS for l in LR],                                          # 3 x 3: 216 arrangements
+    [(32, 0.025), (32, 0.05), (32, 0.1), (32, 0.2), (64, 0.05), (64, 0.1), (128, 0.1), (256, 0.4)],  # ragged
+])
+def test_column_permutation_is_the_brute_force_enumeration_of_within_column_arrangements(cells):
+    rng = np.random.default_rng(3)
+    bs = np.array([c[0] for c in cells], float)
+    lr = np.array([c[1] for c in cells], float)
+    shock = {b: rng.normal(0, 2) for b in set(bs)}
+    y = np.array([shock[b] + rng.normal() for b in bs])
+    y[1] = y[4]  # a tie across columns: average ranks
+    r = ct.column_permutation(bs / lr, y, bs)
+    p, count = _brute_force_p(bs / lr, y, bs)
+    assert r.correlation.spearman_p_method == "column_permutation_exact" and r.n_permutations == count
+    assert r.correlation.spearman_p == pytest.approx(p, abs=1e-12)
+    assert r.correlation.spearman_rho == pytest.approx(sps.spearmanr(bs / lr, y).statistic, abs=1e-12)
+    assert np.isnan(r.correlation.kendall_p)
+
+
+def test_column_permutation_with_one_column_is_scipys_exact_spearman_permutation_test():
+    rng = np.random.default_rng(5)
+    x, y = np.array([1.0, 2, 3, 4, 5, 6]), rng.normal(size=6)
+    ref = sps.permutation_test((y,), lambda v: sps.spearmanr(x, v).statistic, permutation_type="pairings",
+                               n_resamples=np.inf, alternative="two-sided")
+    r = ct.column_permutation(x, y, np.zeros(6)).correlation
+    assert r.spearman_p == pytest.approx(ref.pvalue, abs=1e-12)
+    assert r.spearman_min_p == pytest.approx(2 / 720)
+
+
+def test_column_permutation_random_draws_agree_with_full_enumeration_and_are_deterministic():
+    rng = np.random.default_rng(7)
+    bs = np.repeat([32.0, 64.0, 128.0], [5, 5, 4])
+    lr = np.concatenate([[0.02, 0.04, 0.06, 0.08, 0.1]] * 2 + [[0.02, 0.04, 0.06, 0.08]])
+    y = -0.3 * np.log(bs / lr) + np.repeat(rng.normal(0, 1, 3), [5, 5, 4]) + rng.normal(size=14)
+    r = ct.column_permutation(bs / lr, y, bs)
+    assert r.correlation.spearman_p_method == "column_permutation_random" and r.n_permutations == 9999
+    # Exact p over all 120 x 120 x 24 arrangements: Spearman is affine in sum(rank x * rank y), which is a sum
+    # of one term per column.
+    rx, ry = sps.rankdata(bs / lr), sps.rankdata(y)
+    import itertools
+    parts = []
+    for b in (np.arange(0, 5), np.arange(5, 10), np.arange(10, 14)):
+        perms = np.array(list(itertools.permutations(b)))
+        parts.append((rx[b] * ry[perms]).sum(axis=1))
+    null = (parts[0][:, None, None] + parts[1][None, :, None] + parts[2][None, None, :]).ravel()
+    t = float((rx * ry).sum())
+    exact = min(1.0, 2 * min((null <= t + 1e-9).mean(), (null >= t - 1e-9).mean()))
+    assert abs(r.correlation.spearman_p - exact) < 4 * math.sqrt(exact * (1 - exact) / 9999) + 3 / 9999
+    # Deterministic, and the order of the input changes nothing.
+    order = rng.permutation(14)
+    again = ct.column_permutation((bs / lr)[order], y[order], bs[order])
+    assert again.correlation == r.correlation
+
+
+def test_column_permutation_pearson_ignores_column_shocks_and_singletons_are_untestable():
+    rng = np.random.default_rng(9)
+    bs = np.repeat([32.0, 64.0, 128.0], 3)
+    lr = np.tile([0.025, 0.05, 0.1], 3)
+    y = rng.normal(size=9)
+    shocked = y + np.repeat([5.0, -3.0, 11.0], 3)  # a shift per column: sum(x * y) moves by a constant
+    a, b = (ct.column_permutation(bs / lr, v, bs).correlation for v in (y, shocked))
+    assert a.pearson_p == pytest.approx(b.pearson_p, abs=1e-12)
+    single = ct.column_permutation([1.0, 2, 3], [0.1, 0.3, 0.2], [1.0, 2, 3])
+    assert "nothing to permute within a column" in single.correlation.reason
+    assert np.isnan(single.correlation.spearman_p) and single.n_permutations == 0
+    assert "n=2 < 3" == ct.column_permutation([1.0, 2], [0.1, 0.2], [1.0, 1]).correlation.reason

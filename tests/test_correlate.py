@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from lrbs_tf.analysis import correlate, model as analysis
+from lrbs_tf.analysis import cell_tests as ct, correlate, model as analysis
 from lrbs_tf.analysis.plots import paper as correlate_plots
 from lrbs_tf.cli import correlate as correlate_cli
 from lrbs_tf.core.errors import UsageError
@@ -97,15 +97,25 @@ def test_paper_grid_ratio_ties_and_every_p_value_against_scipy_and_statsmodels(t
     assert psi["psi_batch_size"] == pytest.approx(t1["kendall_tau"].mean(), abs=1e-12)
     t2 = pd.read_csv(tmp_path / "out" / "table2.csv")
     assert psi["psi_lr"] == pytest.approx(-t2["kendall_tau"].mean(), abs=1e-12)
-    # Holm and BH within each family, per statistic: Table 1 (20 tests), Table 2 (20), Table 3 on all runs (1)
-    # and Table 3's sensitivity rows (1 computed: without_flagged; one run per cell, no diverged run).
+    # One seed: Table 3's primary is the column permutation (He et al.'s rho, p from arrangements within each
+    # batch size), its run-level t-approximation p a sensitivity row.
+    t3 = pd.read_csv(tmp_path / "out" / "table3.csv")
+    primary = t3[t3["primary"]]
+    assert primary["subset"].tolist() == ["column_permutation"] and primary["n_permutations"].tolist() == [9999]
+    cp = ct.column_permutation(x, y, runs["batch_size"].to_numpy(float)).correlation
+    assert primary["spearman_rho"].iloc[0] == pytest.approx(ref_rho := sps.spearmanr(x, y).statistic, abs=1e-12)
+    assert primary["spearman_p"].iloc[0] == cp.spearman_p and np.isnan(primary["kendall_p"].iloc[0])
+    assert ref_rho == pytest.approx(t3.set_index("subset").loc["with_flagged", "spearman_rho"], abs=1e-12)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "the verdict is the `column_permutation` row" in report and "9,999 random arrangements" in report
+    # Holm and BH within each family, per statistic: Table 1 (20 tests), Table 2 (20), Table 3's primary (1)
+    # and its sensitivity rows (2 computed: with_flagged, without_flagged; one run per cell, no diverged run).
     fams = pd.read_csv(tmp_path / "out" / "families.csv").set_index(["kind", "statistic"])
     assert [fams.loc[(k, "spearman_p"), "tests"] for k in ("table1", "table2", "table3", "table3_sensitivity")] \
-        == [20, 20, 1, 1]
+        == [20, 20, 1, 2]
     assert fams.loc[("table3_sensitivity", "spearman_p"), "untestable"] == 2
-    t3 = pd.read_csv(tmp_path / "out" / "table3.csv")
-    for t, fam in ((t1, "table1"), (t2, "table2"), (t3[t3["subset"] == "with_flagged"], "table3"),
-                   (t3[t3["subset"] != "with_flagged"], "table3_sensitivity")):
+    for t, fam in ((t1, "table1"), (t2, "table2"), (t3[t3["primary"]], "table3"),
+                   (t3[~t3["primary"]], "table3_sensitivity")):
         assert set(t["family"]) == {f"{fam} | vgg19 on cifar10"}
         for s in ("spearman", "pearson", "kendall"):
             p = t[f"{s}_p"].to_numpy(float)
@@ -196,11 +206,11 @@ def test_small_and_constant_groups_are_reported_with_a_reason(tmp_path):
     assert "no subgroup with a defined tau" in psi.loc[("mlp", "with_flagged", "ratio"), "reason"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "n/a (n=2 < 3)" in report and "n/a (best_test_accuracy is constant (0.5 for all 9))" in report
-    # Families: nothing computed; untestable Spearman tests: alexnet 3 + 3 + 1 + 3, mlp 1 + 2 + 1 + 3.
+    # Families: nothing computed; untestable Spearman tests: alexnet 3 + 3 + 1 + 4, mlp 1 + 2 + 1 + 4.
     fams = a.families[a.families["statistic"] == "spearman_p"]
-    assert fams["tests"].sum() == 0 and fams["untestable"].sum() == 17
+    assert fams["tests"].sum() == 0 and fams["untestable"].sum() == 19
     assert "| table1 \\| alexnet on cifar10 | spearman_p | 0 | 3 |" in report
-    assert "| table3_sensitivity \\| mlp on cifar10 | spearman_p | 0 | 3 |" in report
+    assert "| table3_sensitivity \\| mlp on cifar10 | spearman_p | 0 | 4 |" in report
 
 
 def test_groups_split_on_group_by_and_report_other_varying_settings(tmp_path):

@@ -176,6 +176,11 @@ def test_cells_and_pooled_seed_noise_against_pandas_and_statsmodels(tmp_path):
     assert t3.loc["cell_means", "n"] == 16
     assert t3.loc["cell_means", "spearman_rho"] == pytest.approx(rho_means.statistic, abs=1e-12)
     assert t3.loc["cell_means", "spearman_p"] == pytest.approx(rho_means.pvalue, rel=1e-9)
+    # With seeds the column permutation permutes the cell means within batch sizes: a sensitivity row.
+    cp = t3.loc["column_permutation"]
+    assert cp["n"] == 16 and not cp["primary"] and t3.loc["cell_means", "primary"]
+    assert cp["spearman_rho"] == pytest.approx(rho_means.statistic, abs=1e-12)
+    assert cp["spearman_p_method"] == "column_permutation_random" and cp["n_permutations"] == 9999
     x = np.append(f["batch_size"] / f["lr"], 16 / 0.08)
     y = np.append(f["y"], -1.0)
     worst = t3.loc["diverged_worst"]
@@ -247,7 +252,7 @@ def test_ratio_outputs_have_the_issues_columns(tmp_path):
     assert {"arch", "dataset", "batch_size", "lr", "n_seeds", "mean_best_test_accuracy", "sd_best_test_accuracy",
             "mean_lambda_max", "sd_lambda_max", "mean_trace", "sd_trace"} <= set(cells.columns)
     assert set(pd.read_csv(tmp_path / "out" / "table3.csv")["subset"]) == {
-        "with_flagged", "without_flagged", "cell_means", "diverged_worst"}
+        "with_flagged", "without_flagged", "cell_means", "column_permutation", "diverged_worst"}
 
 
 def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf.analysis import families, intrinsic as intrinsic_report, ratio, scaling, stability, stats
+from lrbs_tf.analysis import cell_tests, families, intrinsic as intrinsic_report, ratio, scaling, stability, stats
 from lrbs_tf.analysis.model import (
     DEFAULT_ALPHA,
     DEFAULT_GROUP_BY,
@@ -96,19 +96,32 @@ def _unit_test(keys: dict, sub: pd.DataFrame, x: str, y: str, seeded: bool, **ex
     return {**_test(keys, means, x, y, **extra), **level, "unit": "cell_means"}
 
 
+def _column_permutation_row(keys: dict, points: pd.DataFrame, **extra: Any) -> dict:
+    """Table 3's column-permutation row: Spearman over `points` (runs, or cell means), p from permuting the
+    accuracy within each batch-size column (lrbs_tf.analysis.cell_tests.column_permutation)."""
+    cp = cell_tests.column_permutation(points["ratio"].to_numpy(float), points[TARGET].to_numpy(float),
+                                       points["batch_size"].to_numpy(float), "ratio", TARGET)
+    return {**keys, **extra, **cp.correlation.as_dict(), "n_permutations": cp.n_permutations}
+
+
 def _table3_rows(keys: dict, g: pd.DataFrame, diverged: pd.DataFrame, flagged: pd.Series) -> list[dict]:
-    """Table 3 of one group: all done runs, without the flagged ones, on cell means, diverged ranked worst.
-    `primary`: the row the report's verdict states, the cell means when seeds repeat cells (the cell is the
-    unit of replication: seeds of one cell share its configuration, so runs are not independent points),
-    else all done runs (He et al.'s test)."""
+    """Table 3 of one group: all done runs, without the flagged ones, on cell means, permuted within columns,
+    diverged ranked worst. `primary`: the row the report's verdict states. With seeds, the cell means (the cell
+    is the unit of replication: seeds of one cell share its configuration, so runs are not independent
+    points). With one seed, `column_permutation`: the Spearman of all done runs (He et al.'s statistic) with its
+    p-value from permuting accuracy within each batch-size column, since a column's runs share one shock that
+    the run-level p counts as evidence (benchmarks/calibration.md); He et al.'s own test stays as
+    `with_flagged`, a sensitivity row. With seeds `column_permutation` permutes the cell means (sensitivity)."""
     seeded = _seeded(g)
     rows = [_test(keys, sub, "ratio", TARGET, subset=subset, n_flagged=int(flagged[sub.index].sum()),
-                  n_diverged=0, primary=subset == SUBSETS[0] and not seeded)
+                  n_diverged=0, primary=False)
             for subset, sub in zip(SUBSETS, (g, g[~flagged]))]
     means = ratio.cell_means(g)
     extra = dict(subset="cell_means", n_flagged=int(flagged.sum()), n_diverged=0, primary=seeded)
     rows.append(_test(keys, means, "ratio", TARGET, **extra) if seeded
                 else _untested(keys, len(means), "one run per (BS, LR) cell: the same test as with_flagged", **extra))
+    rows.append(_column_permutation_row(keys, means if seeded else g, subset="column_permutation",
+                                        n_flagged=int(flagged.sum()), n_diverged=0, primary=not seeded))
     extra = dict(subset="diverged_worst", n_flagged=int(flagged.sum()), n_diverged=len(diverged), primary=False)
     if diverged.empty:
         rows.append(_untested(keys, len(g), "no diverged run: the same test as with_flagged", **extra))

@@ -265,21 +265,37 @@ def table3_primary_note(a: Analysis) -> str:
     t = a.tables.get("table3")
     if t is None or t.empty or "primary" not in t:
         return ""
-    lines = []
+    lines, methods = [], set()
     for _, label, g in a.groups(t):
         row = g[g["primary"].astype(bool)]
         if row.empty:
             continue
         r = row.iloc[0]
-        why = ("seeds repeat the cells, so the unit is the cell (its seeds share its configuration and are not "
-               "independent points); the run-level rows are sensitivity checks" if r["subset"] == "cell_means"
-               else "one run per cell; the seed noise is unmeasured")
+        if r["subset"] == "cell_means":
+            why = ("seeds repeat the cells, so the unit is the cell (its seeds share its configuration and are not "
+                   "independent points); the run-level rows are sensitivity checks")
+        elif r["subset"] == "column_permutation":
+            why = (f"one run per cell: the Spearman of all runs with its p from {int(r['n_permutations']):,} "
+                   f"{'(all) ' if r['spearman_p_method'].endswith('exact') else 'random '}arrangements of the "
+                   "accuracies within each batch size. Runs of one batch size share its batches and "
+                   "initialisation, and with one seed such a shared shock cannot be told from an effect of "
+                   "batch size, so this p asks only whether accuracy falls with BS/LR within a batch size; "
+                   "`with_flagged` (He et al.'s p, which counts a column's shock as evidence) is a sensitivity "
+                   "row; the seed noise is unmeasured")
+            if r["spearman_p_method"].endswith("random") and r["spearman_p"] <= r["spearman_min_p"] * (1 + 1e-9):
+                why += ("; no random arrangement was as extreme, so p is the floor of "
+                        f"{int(r['n_permutations']):,} draws and the exact p is smaller")
+        else:
+            why = "one run per cell; the seed noise is unmeasured"
         lines.append(f"- {label}: the verdict is the `{r['subset']}` row, rho = {_num(r['spearman_rho'], 2)}, "
                      f"p = {fmt_p(r['spearman_p'], a.alpha, r['spearman_p_holm'])}, n = {r['n']} ({why}).")
-    size = calibration.size_summary(calibration.load(), "table3")
-    if size:
-        lines.append(f"Measured size of this primary test under nulls with cell effects unrelated to the ratio, "
-                     f"seed and column shocks: {size}.")
+        methods.add(r["subset"])
+    table = calibration.load()
+    for method in sorted(methods):
+        size = calibration.size_summary(table, "table3", method)
+        if size:
+            lines.append(f"Measured size of the `{method}` primary test under nulls with cell effects unrelated "
+                         f"to the ratio, seed and column shocks: {size}.")
     return "\n".join(lines)
 
 
