@@ -242,7 +242,8 @@ def test_correlate_waits_for_the_whole_grid_and_sharpness_stops_on_bad_input(ref
 @pytest.mark.parametrize("args, message", [
     (["--batch_sizes=", "--lrs=0.1"], "--batch_sizes is empty"),
     (["--batch_sizes=16", "--lrs=0.1", "--shard_index=2", "--num_shards=2"], "--shard_index=2 is out of range"),
-    (["--batch_sizes=16", "--lrs=0.1", "--lr=0.3"], "--lr set for a sweep"),
+    (["--batch_sizes=16", "--lrs=0.1", "--lr=0.3"], "--lr is not a bin/sweep flag: the grid sets it per run"),
+    (["--batch_sizes=16", "--lrs=0.1", "--batch_size=32,64"], "give the grid's batch sizes with --batch_sizes"),
     (["--batch_sizes=16,x", "--lrs=0.1"], "--batch_sizes holds 'x'"),
     (["--batch_sizes=16", "--lrs=0.1", "--arch=nope"], "nope"),
     (["--batch_sizes=16", "--lrs=-0.1"], "--lrs holds -0.1"),

@@ -74,11 +74,7 @@ def _extra_flags(name: str, text: str, forbidden: Sequence[str]) -> tuple[str, .
 
 def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
     """Builds and checks the SweepConfig of a bin/sweep command line (every check before anything runs)."""
-    fv = flag_values
-    given = [f"--{n}" for n in (*GRID_FLAGS, "dry_run") if fv[n].present]
-    if given:
-        raise UsageError(f"{', '.join(given)} set for a sweep: the grid sets batch size, learning rate, seed and "
-                         "run name per run; use --batch_sizes, --lrs, --seeds (and --dry_list to see the runs)")
+    fv = flag_values  # holds no --lr, --batch_size, --seed, --run_name, --dry_run (cli.flags.REFUSED)
     batch_sizes = _numbers("batch_sizes", fv.batch_sizes, int)
     lrs = _numbers("lrs", fv.lrs, float)
     seeds = _numbers("seeds", fv.seeds, int)
