@@ -231,9 +231,11 @@ def _sweep_flags(d: _Definer) -> None:
                   "process per run.")
     d.DEFINE_integer("column_size", 0, "With --vectorize: at most this many learning rates per bin/train "
                      "process (a column holds its K models in memory at once); 0 = the whole column.")
-    d.DEFINE_bool("sharpness", False, "Run bin/sharpness on each done run without a sharpness.json.")
+    d.DEFINE_bool("sharpness", False, "Run bin/sharpness on each done run without a sharpness.json: lambda_max "
+                  "and the trace (--quantities=eigenvalues,trace --top_k=1) unless --sharpness_flags asks for "
+                  "others; the ETA prices the measurements from the quantities asked for.")
     d.DEFINE_string("sharpness_flags", "", "Extra flags for bin/sharpness, as on a shell line, e.g. "
-                    "'--quantities=eigenvalues,trace --num_examples=1000'.")
+                    "'--quantities=eigenvalues,trace,spectrum --num_examples=1000' (checked before training).")
     d.DEFINE_bool("correlate", True, "Run bin/correlate --results=<workdir> once every run of the grid "
                   "is finished (on a cluster: in the shard that finishes last).")
     d.DEFINE_bool("correlate_now", False, "Run bin/correlate on the runs finished so far and exit; trains "

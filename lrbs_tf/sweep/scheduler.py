@@ -105,7 +105,7 @@ class _Scheduler:
         self.failures_path = cfg.workdir / f"sweep_failures{suffix}.jsonl"  # one writer: this shard
         finished = {s: sum(runfolder.run_status(cfg.workdir / r.name) == s for r in runs)
                     for s in runfolder.TERMINAL_STATUSES}
-        self.progress = workers.Progress(len(runs), finished)
+        self.progress = workers.Progress(len(runs), finished, sharpness_weight=cfg.sharpness_weight)
         self.failed_runs: list[str] = []
         self.sharpness_failed: list[str] = []
         self.sharpness_refused = False
@@ -141,6 +141,7 @@ class _Scheduler:
 
     def on_finish(self, done: workers.Finished) -> list[workers.Task]:
         self.progress.running[done.task.kind] -= 1
+        self.progress.timed(done.task.kind, done.seconds, len(done.task.payload.runs))
         if done.task.kind == "sharpness":
             return self._sharpness_finished(done)
         return self._train_finished(done)
@@ -158,10 +159,13 @@ class _Scheduler:
                     measure.append(run)
             else:
                 unfinished.append((run, status))
+        retried = bool(unfinished) and len(unit.runs) > 1
+        if self.cfg.sharpness:  # these runs' measurements are queued now, or none is coming
+            self.progress.sharpness_expected -= len(unit.runs) - (len(unfinished) if retried else 0)
         if measure:
             follow.append(self.sharpness_task(gridlib.WorkUnit(unit.batch_size, unit.seed, tuple(measure))))
         self.progress.ended_items += len(unit.runs)
-        if unfinished and len(unit.runs) > 1:
+        if retried:
             # A column process failing (e.g. killed for memory with K models) says little about each run:
             # its unfinished runs get one process each, once, before any is called failed.
             for run, status in unfinished:
@@ -195,7 +199,7 @@ class _Scheduler:
         of its process when one fails (exit 1)."""
         unit: gridlib.WorkUnit = done.task.payload
         self.progress.sharpness_todo -= len(unit.runs)
-        self.progress.ended_items += len(unit.runs)
+        self.progress.ended_sharpness += len(unit.runs)
         failed = [r for r in unit.runs if not (self.cfg.workdir / r.name / runfolder.SHARPNESS).exists()]
         if failed and done.returncode == LOCKED_EXIT:  # another process holds those folders: not a failure
             self.elsewhere += [r.name for r in failed]
@@ -214,6 +218,7 @@ class _Scheduler:
             # Exit 2 is bad input; every run of a grid shares arch, data and --sharpness_flags, so the
             # others would be refused the same way.
             self.sharpness_refused = True
+            self.progress.sharpness_expected = 0
             self.progress.event(f"sharpness {unit.label} refused its input ({last}); no more sharpness "
                                 "measurements this session", counts=True)
         else:
@@ -320,6 +325,7 @@ def run(cfg: SweepConfig) -> int:
     session.elsewhere += elsewhere
     tasks = [session.train_task(u) for u in units]
     if cfg.sharpness:
+        session.progress.sharpness_expected = len(todo)  # each run trained now is measured after (if done)
         waiting = [r for r in shard if _needs_sharpness(workdir / r.name)]
         tasks += [session.sharpness_task(u) for u in gridlib.work_units(waiting, vectorize=True)]
     where = f"{len(gpus)} GPU(s)" if gpus else f"{resources.available_cores()} CPU core(s), {threads} thread(s) each"
