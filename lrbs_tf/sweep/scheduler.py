@@ -251,7 +251,7 @@ def dry_list(cfg: SweepConfig, shard: Sequence[gridlib.Run], finished: int, unit
     steps = gridlib.shard_steps(cfg.grid, shard)
     print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
           f"({100 * steps / gridlib.shard_steps(cfg.grid, cfg.grid.runs()):.0f}% of its optimizer steps), "
-          f"{finished} finished, {len(units)} work units to run")
+          f"{finished} finished, {len(units)} work unit{'' if len(units) == 1 else 's'} to run")
     comparison = sweep_record.compare(cfg.workdir, grid_record(cfg))
     exists = [r for r in shard if (cfg.workdir / r.name / runfolder.CONFIG).exists()]
     refusal = comparison.refusal(cfg.workdir) if comparison else None
@@ -330,7 +330,8 @@ def run(cfg: SweepConfig) -> int:
         tasks += [session.sharpness_task(u) for u in gridlib.work_units(waiting, vectorize=True)]
     where = f"{len(gpus)} GPU(s)" if gpus else f"{resources.available_cores()} CPU core(s), {threads} thread(s) each"
     print(f"sweep: {workdir}: shard {cfg.shard_index}/{cfg.num_shards} holds {len(shard)} of {cfg.grid.size} "
-          f"runs; {len(shard) - len(todo)} finished, {len(todo)} to run in {len(units)} processes; "
+          f"runs; {len(shard) - len(todo)} finished, {len(todo)} to run in {len(units)} "
+          f"{'process' if len(units) == 1 else 'processes'}; "
           f"{num_workers} worker(s) on {where}", flush=True)
     pool = workers.Pool(workers.slot_environments(num_workers, resources.available_cores(), gpus))
     try:
