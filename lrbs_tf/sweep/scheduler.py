@@ -247,7 +247,8 @@ def dry_list(cfg: SweepConfig, shard: Sequence[gridlib.Run], finished: int, unit
              threads: int) -> int:
     """--dry_list: this shard's share; in a workdir that holds a sweep or runs, how the grid stands against
     sweep.json and which runs exist, are new or would conflict; then each work unit's bin/train command.
-    Writes nothing; a grid the sweep would refuse is listed, then refused (UsageError)."""
+    Writes nothing; a grid the sweep would refuse is listed, then refused (UsageError). A conflicting run
+    (a folder of another configuration) is listed: the sweep runs the others, and bin/train refuses it."""
     steps = gridlib.shard_steps(cfg.grid, shard)
     print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
           f"({100 * steps / gridlib.shard_steps(cfg.grid, cfg.grid.runs()):.0f}% of its optimizer steps), "
@@ -274,8 +275,6 @@ def dry_list(cfg: SweepConfig, shard: Sequence[gridlib.Run], finished: int, unit
                 print(f"exists\t{r.name}\t{runfolder.run_status(cfg.workdir / r.name) or 'unfinished'}")
             else:
                 print(f"new\t{r.name}")
-        if conflicts and not refusal:
-            refusal = f"{len(conflicts)} run folder(s) of this grid hold another configuration (listed above)"
     for unit in units:
         print(f"{unit.label}\t{' '.join(shlex.quote(a) for a in _train_argv(cfg, unit, threads))}")
     if refusal:
@@ -302,11 +301,11 @@ def run(cfg: SweepConfig) -> int:
     comparison = sweep_record.compare(workdir, grid_record(cfg))
     if comparison is not None and comparison.refusal(workdir):
         raise UsageError(comparison.refusal(workdir))  # before anything is written
-    conflicts = run_conflicts(cfg, shard)
-    if conflicts:
+    conflicts = run_conflicts(cfg, todo)
+    if conflicts:  # one foreign folder does not stop the others: bin/train refuses it, recorded as failed
         name, diffs = next(iter(conflicts.items()))
-        raise UsageError(f"{len(conflicts)} run folder(s) of this grid hold another configuration (e.g. "
-                         f"{workdir / name}: {diffs}); bin/train would refuse them: use another --workdir")
+        print(f"sweep: note: {len(conflicts)} run folder(s) of this grid hold another configuration (e.g. "
+              f"{workdir / name}: {diffs}); bin/train will refuse them", flush=True)
     added = check_sweep_record(workdir, grid_record(cfg))
     if added:
         print(f"sweep: the grid grows in place ({sweep_record.describe(added)}), recorded in "
