@@ -1,6 +1,6 @@
 """Figure 1 of He et al. (2019), redrawn from a study's run folders with the Python API.
 
-    .venv/bin/python examples/figure1.py                                   # outputs/quick -> figure1.png
+    .venv/bin/python examples/figure1.py                                   # outputs/quick -> outputs/quick/figure1.png
     .venv/bin/python examples/figure1.py --results=outputs/mine --out=mine.png
 
 Best test accuracy against BS/LR (batch size / learning rate) for every finished run: the paper's claim is
@@ -73,8 +73,10 @@ def figure1(results: str | Path, out: str | Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="outputs/quick", help="folder of run folders (default: %(default)s)")
-    parser.add_argument("--out", default="figure1.png", help="image file to write (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="image file to write (default: <results>/figure1.png, "
+                        "beside the runs, never the checkout's root)")
     args = parser.parse_args()
+    args.out = args.out or str(Path(args.results) / "figure1.png")
     try:
         points = figure1(args.results, args.out)
     except UsageError as e:

@@ -417,3 +417,14 @@ def test_the_flags_defaults_are_the_librarys():
         assert params["min_train_accuracy"].default is analysis.DEFAULT_MIN_TRAIN_ACCURACY
         assert params["alpha"].default is analysis.DEFAULT_ALPHA
         assert params["group_by"].default is analysis.DEFAULT_GROUP_BY
+
+
+def test_bin_correlate_on_one_run_folder_says_where_it_writes_in_singular_words(tmp_path):
+    run_dir = write_run(tmp_path / "runs", 0.8)
+    proc = subprocess.run([sys.executable, str(REPO / "bin" / "correlate"), f"--results={run_dir}", "--nofigures"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (f"correlate: note: --results={run_dir} is a single run folder; the analysis goes to "
+                        f"{run_dir / 'correlate'} inside it (--out=DIR to choose another folder)")
+    assert lines[-1].startswith("correlate: 1 run folder (1 done), 1 group, 0 tests in ")

@@ -144,3 +144,22 @@ def test_bin_scripts_started_by_a_bare_python3_use_the_checkouts_venv(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("bin/train: ") and "--dataset_name" in proc.stdout
     assert "LRBS_TF_REEXEC" not in os.environ
+
+
+def test_sweep_help_lists_no_flag_the_sweep_refuses(helps):
+    listed = set(FLAG_LINE.findall(helps["sweep"].stdout))
+    assert not listed & {"lr", "batch_size", "seed", "run_name", "dry_run"}
+    assert {"lrs", "batch_sizes", "seeds", "dry_list", "epochs"} <= listed
+
+
+@pytest.mark.parametrize("binary, args, line", [
+    ("train", ["--learning_rate=0.1"], "train: error: unknown flag --learning_rate; did you mean --lr?"),
+    ("sweep", ["--learning_rate=0.1"], "sweep: error: unknown flag --learning_rate; did you mean --lrs?"),
+    ("sweep", ["--batch_size=32,64", "--lrs=0.1"], "sweep: error: --batch_size is not a bin/sweep flag: the grid "
+                                                    "sets it per run: give the grid's batch sizes with --batch_sizes"),
+    ("sweep", ["--dry_run"], "sweep: error: --dry_run is not a bin/sweep flag: --dry_list shows what a sweep "
+                             "would run"),
+])
+def test_a_flag_users_reach_for_is_pointed_to_the_right_one(tmp_path, binary, args, line):
+    proc = run_bin(binary, *args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [line]

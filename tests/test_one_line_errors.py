@@ -65,3 +65,28 @@ def test_bin_sharpness_refuses_non_finite_floats_and_names_a_path_with_a_newline
     odd = tmp_path / "a\nb"
     proc = run_bin("sharpness", f"--ckpt={odd}", cwd=tmp_path)
     assert proc.returncode == 2 and f"{tmp_path}/a\\nb" in one_line(proc)  # was cut at the newline
+
+
+def _refusal_bench():
+    import importlib.util
+
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("refusal_bench", REPO / "benchmarks" / "refusal_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REFUSALS = _refusal_bench()
+
+
+@pytest.mark.parametrize("case", REFUSALS.CASES, ids=[c[0] for c in REFUSALS.CASES])
+def test_the_readmes_bad_inputs_are_refused_before_tensorflow_loads(tmp_path, case):
+    """Each bad input of the README's list (and issue 23's) is one line, exit 2, and refused before
+    TensorFlow is imported: checked, not timed (benchmarks/refusal_bench.py times them)."""
+    result = REFUSALS.refuse(case[1], REFUSALS.case_args(case, tmp_path), tmp_path)
+    assert result["returncode"] == 2, result
+    assert len(result["stderr"].splitlines()) == 1 and "Traceback" not in result["stderr"], result
+    assert result["stderr"].startswith(f"{case[1]}: error: ")
+    assert result["tensorflow"] is False, result

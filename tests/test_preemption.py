@@ -28,10 +28,19 @@ def test_call_pace_sizes_calls_to_about_a_second():
     assert pace.steps(1000) == int(500 * loop.SECONDS_PER_CALL) and pace.steps(30) == 30  # never past the epoch
     capped = loop.CallPace(most=5)
     capped.measured(10, 0.01)
-    assert capped.steps(250) == 5  # a progress bar's 2% of an epoch
+    assert capped.steps(250) == 5  # a cap (multi-worker: a fixed share of an epoch)
+    bar = loop.CallPace(seconds=loop.PROGRESS_SECONDS_PER_CALL)  # a progress bar: shorter calls, not more
+    bar.measured(1000, 1.0)
+    assert bar.steps(10_000) == int(1000 * loop.PROGRESS_SECONDS_PER_CALL) < 10_000 // 2
     fixed = loop.CallPace(fixed=7)
     fixed.measured(7, 100.0)
     assert fixed.steps(250) == 7 and fixed.steps(3) == 3  # --steps_per_call
+
+
+def test_an_interruption_says_what_running_again_does():
+    assert loop.resume_note(["w/a"], 4) == "run the same command again to resume w/a from its checkpoint of epoch 4"
+    assert loop.resume_note(["w/a", "w/b"], 0) == ("no checkpoint was written yet: run the same command again "
+                                                  "to start w/a, w/b over")
 
 
 def test_how_an_epoch_is_cut_into_calls_does_not_change_a_single_bit(tmp_path):
@@ -80,7 +89,7 @@ def test_sigterm_to_a_sweep_stops_its_bin_train_mid_epoch_and_leaves_it_resumabl
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         train_log = workdir / "sweep_logs" / f"{RUN}.log"
-        handled = _wait(lambda: "interrupted; run the same command" in train_log.read_text() and time.monotonic(),
+        handled = _wait(lambda: "interrupted; " in train_log.read_text() and time.monotonic(),
                         proc, 120)
         code = proc.wait(timeout=120)
         exited = time.monotonic() - sent

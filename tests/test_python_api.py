@@ -180,6 +180,10 @@ def test_examples_figure1_redraws_figure_1_from_the_study(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "figure1.py"), f"--results={tmp_path / 'no'}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr == f"figure1: error: {tmp_path / 'no'}: no such folder\n"
+    # Without --out the figure goes beside the runs, not into the directory it was started from.
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "figure1.py"), f"--results={study}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and (study / "figure1.png").is_file() and not (tmp_path / "figure1.png").exists()
 
 
 def test_the_package_imports_nothing_heavy_and_reading_results_no_tensorflow(tmp_path):

@@ -273,3 +273,34 @@ def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_pa
     proc = run_bin("sweep", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}", "--dry_list", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "shard 0 of 1: 27 of the grid's 27 runs (100% of its optimizer steps), 0 finished, 9 work units to run"
+
+
+def test_the_add_seeds_advice_is_a_command_that_grows_the_sweep(tmp_path):
+    """The report's "add seeds" advice, run as written (--dry_list), grows the recorded grid in place."""
+    import shlex
+    import types
+
+    from lrbs_tf.analysis.report.ratio import add_seeds_advice
+    from lrbs_tf.sweep import record
+    from tests.helpers import REPO, run_bin
+
+    workdir = tmp_path / "quick"
+    grid = ["--batch_sizes=16,32", "--lrs=0.1,0.2", "--arch=mlp", "--dataset=mnist1d", "--epochs=2"]
+    # The record a first start writes (without training anything here).
+    from lrbs_tf.cli.flags import binary_flags
+    from lrbs_tf.sweep import config, scheduler
+
+    fv = binary_flags("sweep").values
+    fv(["bin/sweep", *grid, "--seeds=0", f"--workdir={workdir}"])
+    record.check_record(workdir, scheduler.grid_record(config.config_from_flags(fv, {})),
+                        ["bin/sweep", *grid, "--seeds=0"])
+    a = types.SimpleNamespace(runs=pd.DataFrame({"seed": [0, 0, 0, 0]}), results=workdir)
+    advice = add_seeds_advice(a)
+    command = advice.split("`")[1]
+    assert command.startswith("bin/sweep ") and "--seeds=0,1,2" in command
+    proc = run_bin("sweep", *shlex.split(command)[1:], "--dry_list", cwd=REPO, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep.json: this grid grows the recorded one (seeds + 1, 2)" in proc.stdout.splitlines()
+    # Without a sweep.json (runs trained by hand), the flag and what to do with it.
+    a.results = tmp_path / "elsewhere"
+    assert add_seeds_advice(a).startswith("train with `--seeds=0,1,2`")

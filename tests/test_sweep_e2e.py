@@ -242,7 +242,8 @@ def test_correlate_waits_for_the_whole_grid_and_sharpness_stops_on_bad_input(ref
 @pytest.mark.parametrize("args, message", [
     (["--batch_sizes=", "--lrs=0.1"], "--batch_sizes is empty"),
     (["--batch_sizes=16", "--lrs=0.1", "--shard_index=2", "--num_shards=2"], "--shard_index=2 is out of range"),
-    (["--batch_sizes=16", "--lrs=0.1", "--lr=0.3"], "--lr set for a sweep"),
+    (["--batch_sizes=16", "--lrs=0.1", "--lr=0.3"], "--lr is not a bin/sweep flag: the grid sets it per run"),
+    (["--batch_sizes=16", "--lrs=0.1", "--batch_size=32,64"], "give the grid's batch sizes with --batch_sizes"),
     (["--batch_sizes=16,x", "--lrs=0.1"], "--batch_sizes holds 'x'"),
     (["--batch_sizes=16", "--lrs=0.1", "--arch=nope"], "nope"),
     (["--batch_sizes=16", "--lrs=-0.1"], "--lrs holds -0.1"),
@@ -265,15 +266,46 @@ def test_unknown_flag_in_a_flagfile_is_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_folder_of_another_grid_is_refused_untouched(reference, tmp_path):
+def test_a_folder_of_another_experiment_is_refused_untouched(reference, tmp_path):
     workdir = copy_runs(reference, tmp_path / "w")
     before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
-    args = [a for a in TINY if not a.startswith("--lrs")]
-    proc = sweep(*args, "--lrs=0.05,0.1,0.2", f"--workdir={workdir}")
+    args = [a for a in TINY if not a.startswith("--epochs")]
+    proc = sweep(*args, f"--epochs={EPOCHS + 1}", "--seeds=0,1", f"--workdir={workdir}")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
-    assert "holds another sweep (lrs: [0.05, 0.1] there, [0.05, 0.1, 0.2] now)" in proc.stderr
+    assert f"holds another sweep (epochs: {EPOCHS} there, {EPOCHS + 1} now): its runs would be" in proc.stderr
+    # --dry_list names the runs that would conflict (their names do not carry --epochs), then refuses.
+    proc = sweep(*args, f"--epochs={EPOCHS + 1}", f"--workdir={workdir}", "--dry_list")
+    assert proc.returncode == 2 and "holds another sweep (epochs" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "runs: 4 exist, 0 new, 4 would conflict" in lines
+    assert f"conflict\t{RUNS[0]}\tepochs={EPOCHS} in config.json but epochs={EPOCHS + 1} now" in lines
     assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_a_grid_grows_in_place_training_only_the_new_runs(reference, tmp_path):
+    workdir = copy_runs(reference, tmp_path / "w")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for n in RUNS for p in (workdir / n).rglob("*")
+              if p.is_file()}
+    new = [n.replace("-s0", "-s1") for n in RUNS]
+    proc = sweep(*TINY, "--seeds=0,1", f"--workdir={workdir}", "--dry_list")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "sweep.json: this grid grows the recorded one (seeds + 1)" in lines
+    assert "runs: 4 exist, 4 new, 0 would conflict" in lines
+    assert {line for line in lines if line.startswith(("exists", "new"))} == (
+        {f"exists\t{n}\tdone" for n in RUNS} | {f"new\t{n}" for n in new})
+    proc = sweep(*TINY, *ONE_THREAD, "--seeds=0,1", "--workers=2", f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "the grid grows in place (seeds + 1)" in proc.stdout
+    assert "4 finished, 4 to run in 2 processes" in proc.stdout
+    # The finished runs were not touched, byte for byte and by modification time; the new ones trained.
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for n in RUNS for p in (workdir / n).rglob("*")
+            if p.is_file()} == before
+    assert all(runfolder.read_result(workdir / n).status == "done" for n in new)
+    raw = json.loads((workdir / "sweep.json").read_text())
+    assert raw["grid"]["seeds"] == [0, 1] and [g["added"] for g in raw["grown"]] == [{"seeds": [1]}]
+    assert "--seeds=0,1" in raw["grown"][0]["argv"]
 
 
 def test_dry_list_prints_this_shards_columns(tmp_path):

@@ -19,6 +19,39 @@ def test_worker_slots_share_cores_and_take_gpus_round_robin():
     assert all(e["TF_NUM_INTRAOP_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in e for e in cpu)
 
 
+def test_the_eta_includes_the_sharpness_stage_priced_then_measured():
+    import io
+
+    p = workers.Progress(4, {}, stream=io.StringIO(), tty=False, sharpness_weight=0.5)
+    p.sharpness_expected = 4  # every run will be measured once trained
+    p.ended_items, p.start = 2, p.start - 60  # two runs in 60 s, 2 runs and 4 measurements (= 2 runs) left
+    p.counts["done"] = 2
+    assert "sharpness 0/4" in p.status_line() and "ETA 2m00s" in p.status_line()
+    # Once both kinds have ended, their measured durations decide: a measurement took 3 times a run.
+    p.timed("train", 20.0, 2)
+    p.timed("sharpness", 60.0, 2)
+    p.sharpness_expected, p.sharpness_done, p.ended_sharpness = 2, 2, 2
+    assert p.weight() == 3.0
+    # 60 s for 2 runs + 2 x 3 run-equivalents = 8 units ended; 2 runs + 2 x 3 = 8 left: 60 s more.
+    assert "ETA 1m00s" in p.status_line()
+
+
+def test_sweep_sharpness_defaults_to_the_cheap_pair_and_is_priced_by_its_quantities():
+    from lrbs_tf.sweep import config, grid
+
+    assert config.with_sharpness_defaults(()) == ("--quantities=eigenvalues,trace", "--top_k=1")
+    asked = ("--quantities=spectrum", "--num_examples=100")
+    assert config.with_sharpness_defaults(asked) == ("--top_k=1", *asked)
+    caps = dict(top_k=1, max_hvps=1000, max_probes=300, slq_steps=80, slq_runs=2, eps_steps=20, noise_draws=10)
+    cheap = config.measurement_passes(["eigenvalues", "trace"], **caps)
+    assert cheap == 2 * 30 + 2 * 300
+    assert config.measurement_passes(["eigenvalues", "trace", "spectrum"], **caps) == cheap + 2 * 80 * 2
+    g = grid.Grid((40, 80), (0.1,), (0,), "mlp", "mnist1d", num_train=4000, epochs=10)
+    # A run trains 10 x 4000 examples; a measurement of 1000 examples takes 660 passes: 1.65 runs.
+    assert config.sharpness_weight(cheap, 1000, g) == 660 * 1000 / 40_000
+    assert config.sharpness_weight(cheap, 1000, grid.Grid((40,), (0.1,), (0,), "mlp", "npz")) == 1.0
+
+
 def test_progress_counts_and_eta():
     import io
 

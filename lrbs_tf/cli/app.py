@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
-from lrbs_tf.cli.flags import BinaryFlags, binary_flags
+from lrbs_tf.cli.flags import BinaryFlags, binary_flags, unknown_flag_hint
 from lrbs_tf.core.durable import STORAGE_FAULTS
 from lrbs_tf.core.errors import LOCKED_EXIT, RunFolderError, RunLocked, UsageError
 
@@ -128,6 +128,9 @@ def run_app(binary: str, main: Callable[[flags.FlagValues], int | None],
     _define_help_flags(spec)
     try:
         rest = spec.values(argv)
+    except flags.UnrecognizedFlagError as e:
+        hint = unknown_flag_hint(binary, e.flagname, spec.values)
+        fail(prog, _one_line(hint or _flag_error(e)))
     except flags.Error as e:
         fail(prog, _one_line(_flag_error(e)))
     except UnicodeDecodeError as e:  # absl reads flagfiles as UTF-8 text and lets this through

@@ -7,24 +7,45 @@ from typing import Sequence
 
 from absl import flags
 
-from lrbs_tf.analysis.correlate import REPORT_FILE, run
 from lrbs_tf.cli.app import run_app
 from lrbs_tf.core.errors import UsageError
+from lrbs_tf.runs import folder as runfolder
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 group', '2 groups' (many: the plural when it is not word + 's')."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def _check_paths(results: str | None) -> None:
+    """The checks that need neither pandas nor the runs, before the analysis is imported (about a second)."""
+    if not results:
+        raise UsageError("--results is required: the folder holding the run folders to analyse")
+    path = Path(results)
+    if not path.exists():
+        raise UsageError(f"--results={results} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"--results={results} is not a folder")
 
 
 def _main(FLAGS: flags.FlagValues) -> int:
-    if not FLAGS.results:
-        raise UsageError("--results is required: the folder holding the run folders to analyse")
+    _check_paths(FLAGS.results)
+    out = Path(FLAGS.out) if FLAGS.out else Path(FLAGS.results) / "correlate"
+    if not FLAGS.out and (Path(FLAGS.results) / runfolder.CONFIG).is_file():
+        print(f"correlate: note: --results={FLAGS.results} is a single run folder; the analysis goes to {out} "
+              "inside it (--out=DIR to choose another folder)", flush=True)
+    from lrbs_tf.analysis.correlate import REPORT_FILE, run  # pandas, scipy: only once the paths are good
+
     analysis = run(results=FLAGS.results, out=FLAGS.out, min_train_accuracy=FLAGS.min_train_accuracy,
                    alpha=FLAGS.alpha, group_by=list(FLAGS.group_by), figures=FLAGS.figures,
                    target_train_loss=FLAGS.target_train_loss, target_test_accuracy=FLAGS.target_test_accuracy)
     counts = analysis.runs["status"].value_counts()
     out = Path(FLAGS.out) if FLAGS.out else analysis.results / "correlate"
     fams = analysis.families[analysis.families["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])]
-    print(f"correlate: {len(analysis.runs)} run folders ("
+    print(f"correlate: {plural(len(analysis.runs), 'run folder')} ("
           + ", ".join(f"{counts[s]} {s}" for s in counts.index)
-          + f"), {len(analysis.labels)} groups, {int(fams['tests'].sum())} tests in {len(fams)} families; "
-          f"wrote {out / REPORT_FILE}")
+          + f"), {plural(len(analysis.labels), 'group')}, {plural(int(fams['tests'].sum()), 'test')} in "
+          f"{plural(len(fams), 'family', 'families')}; wrote {out / REPORT_FILE}")
     return 0
 
 
@@ -32,5 +53,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     """bin/correlate, `python -m lrbs_tf.correlate`, the lrbs-correlate console script (argv: default
     sys.argv)."""
     run_app("correlate", _main, argv)
-
-

@@ -115,7 +115,7 @@ def _execution_flags(d: _Definer) -> None:
     D = TRAIN_DEFAULTS
     d.DEFINE_integer("eval_batch_size", D["eval_batch_size"], "Examples per evaluation batch.")
     d.DEFINE_integer("steps_per_call", D["steps_per_call"], "Training steps run inside one tf.function call "
-                     "(0: as many as take about a second, measured, at most an epoch, or about 2% of one "
+                     "(0: as many as take about a second, measured, at most an epoch, or about 0.4 s "
                      "when a progress bar is shown, so SIGTERM is honoured within seconds; over several "
                      "workers, 2% of an epoch). The metrics do not depend on it.")
     d.DEFINE_bool("jit_compile", D["jit_compile"], "Compile the training step with XLA.")
@@ -244,9 +244,11 @@ def _sweep_flags(d: _Definer) -> None:
                   "process per run.")
     d.DEFINE_integer("column_size", 0, "With --vectorize: at most this many learning rates per bin/train "
                      "process (a column holds its K models in memory at once); 0 = the whole column.")
-    d.DEFINE_bool("sharpness", False, "Run bin/sharpness on each done run without a sharpness.json.")
+    d.DEFINE_bool("sharpness", False, "Run bin/sharpness on each done run without a sharpness.json: lambda_max "
+                  "and the trace (--quantities=eigenvalues,trace --top_k=1) unless --sharpness_flags asks for "
+                  "others; the ETA prices the measurements from the quantities asked for.")
     d.DEFINE_string("sharpness_flags", "", "Extra flags for bin/sharpness, as on a shell line, e.g. "
-                    "'--quantities=eigenvalues,trace --num_examples=1000'.")
+                    "'--quantities=eigenvalues,trace,spectrum --num_examples=1000' (checked before training).")
     d.DEFINE_bool("correlate", True, "Run bin/correlate --results=<workdir> once every run of the grid "
                   "is finished (on a cluster: in the shard that finishes last).")
     d.DEFINE_bool("correlate_now", False, "Run bin/correlate on the runs finished so far and exit; trains "
@@ -306,8 +308,8 @@ _TRAIN_SECTIONS = (
 _SUMMARIES = {
     "train": "bin/train: trains one run, or a column of learning rates, with constant-LR SGD into run folders.",
     "sweep": "bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds), on this machine or as "
-             "a cluster shard. Every bin/train flag below is forwarded to each run, except --lr, --batch_size, "
-             "--seed and --run_name, which the grid sets (and --dry_run: see --dry_list).",
+             "a cluster shard. Every bin/train flag below is forwarded to each run; the grid sets each run's "
+             "learning rate, batch size, seed and run name (--lrs, --batch_sizes, --seeds).",
     "sharpness": "bin/sharpness: curvature of a trained run (Hessian eigenvalues, trace, spectrum, sharpness), "
                  "and the loss along the line between two runs.",
     "correlate": "bin/correlate: correlation tests, tables and figures over a folder of run folders.",
@@ -323,6 +325,17 @@ _SHARED: dict[str, tuple] = {"train": _TRAIN_SECTIONS, "sweep": _TRAIN_SECTIONS,
                              # a run folder's config.json names its data; --data_dir/--data_path replace its paths
                              "sharpness": _TRAIN_SECTIONS[:1]}
 BINARIES = tuple(_SUMMARIES)
+# Flags a binary shares with bin/train but refuses, left out of its FlagValues and --help, with where to go
+# instead: the grid sets batch size, learning rate, seed and run name per run.
+REFUSED = {"sweep": {"lr": "the grid sets it per run: give the grid's rates with --lrs",
+                     "batch_size": "the grid sets it per run: give the grid's batch sizes with --batch_sizes",
+                     "seed": "the grid sets it per run: give the grid's seeds with --seeds",
+                     "run_name": "the grid names each run folder",
+                     "dry_run": "--dry_list shows what a sweep would run"}}
+# Names users reach for, and the flag that means it (in a binary without it, its plural if defined there).
+COMMON_NAMES = {"learning_rate": "lr", "lr_rate": "lr", "learning_rates": "lrs", "batchsize": "batch_size",
+                "bs": "batch_size", "num_epochs": "epochs", "random_seed": "seed", "output_dir": "workdir",
+                "model": "arch", "architecture": "arch", "data": "dataset"}
 
 
 def binary_flags(name: str) -> BinaryFlags:
@@ -334,4 +347,19 @@ def binary_flags(name: str) -> BinaryFlags:
         binary.section(f"bin/{name}", _OWN[name])
     for title, define in _SHARED.get(name, ()):
         binary.section(title, define)
+    refused = REFUSED.get(name, {})
+    for flag in refused:
+        delattr(binary.values, flag)
+    binary.sections = [(title, [n for n in names if n not in refused]) for title, names in binary.sections]
     return binary
+
+
+def unknown_flag_hint(binary: str, flag: str, defined) -> str | None:
+    """What to say of an unknown `--flag` to `binary` (whose flags are `defined`), beyond absl's suggestions."""
+    if flag in REFUSED.get(binary, {}):
+        return f"--{flag} is not a bin/{binary} flag: {REFUSED[binary][flag]}"
+    meant = COMMON_NAMES.get(flag)
+    for candidate in (meant, f"{meant}s") if meant else ():
+        if candidate in defined:
+            return f"unknown flag --{flag}; did you mean --{candidate}?"
+    return None

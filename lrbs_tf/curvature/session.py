@@ -101,7 +101,7 @@ class Session:
         return self.models[key]
 
 
-def _check_epoch(ckpt: str, epoch: int | None) -> None:
+def check_epoch(ckpt: str, epoch: int | None) -> None:
     if epoch is None:
         return
     if epoch < 1:
@@ -126,7 +126,7 @@ def run(ckpt: str, settings: Settings, dataset: str | None = None, data_dir: str
 
     settings.validate()
     target = resolve_target(ckpt, dataset, data_dir, data_path, out)
-    _check_epoch(ckpt, epoch)
+    check_epoch(ckpt, epoch)
     session = session or Session()
     model = load_model(target.model_path, target.config) if epoch is None else session.load_model(target)
     checkpoint = str(target.model_path) if epoch is None else restore_epoch_weights(model, Path(ckpt), epoch)

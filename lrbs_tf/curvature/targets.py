@@ -48,6 +48,10 @@ def resolve_run_dir(run_dir: str | Path) -> runfolder.RunConfig:
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: no such run folder")
     if not (run_dir / runfolder.CONFIG).is_file():
+        below = sum(1 for _ in runfolder.iter_run_dirs(run_dir))
+        if below:  # a results folder (e.g. outputs/quick): --results measures what it holds
+            raise RunFolderError(f"{run_dir} is not a run folder (no {runfolder.CONFIG}) but holds {below} below it: "
+                                 f"to measure those, use --results={run_dir}")
         raise RunFolderError(f"{run_dir} is not a run folder (no {runfolder.CONFIG})")
     config = runfolder.read_config(run_dir)
     result = runfolder.read_result(run_dir)

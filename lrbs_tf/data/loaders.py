@@ -249,18 +249,31 @@ def _mnist1d_arrays() -> tuple[tuple[np.ndarray, ...], Path | None]:
     return arrays, None
 
 
-def load_npz(path: str) -> Data:
-    """A local file in the keras.datasets layout: x_train, y_train, x_test, y_test."""
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def check_npz_file(path: str) -> None:
+    """The checks of an npz file that read none of its arrays (given, a file, a zip archive holding the four
+    keys): bin/train makes them before TensorFlow loads, so a wrong path is refused in about a second."""
     if not path:
         raise DataError("--dataset=npz needs --data_path=FILE.npz")
     if not os.path.isfile(path):
         raise DataError(f"npz file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise DataError(f"npz file {path} lacks {', '.join(missing)} (has: {', '.join(f.files) or 'nothing'})")
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+    except Exception as e:  # zip errors, truncated files, permissions
+        raise DataError(f"npz file {path} is unreadable: {type(e).__name__}: {e}") from None
+    if missing:
+        raise DataError(f"npz file {path} lacks {', '.join(missing)} (has: {', '.join(f.files) or 'nothing'})")
+
+
+def load_npz(path: str) -> Data:
+    """A local file in the keras.datasets layout: x_train, y_train, x_test, y_test."""
+    check_npz_file(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in NPZ_KEYS}
     except DataError:
         raise
     except Exception as e:  # zip errors, pickled objects, truncated files, permissions

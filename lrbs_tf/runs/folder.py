@@ -46,6 +46,7 @@ CURVATURE_CSV = "curvature.csv"  # a run's curvature trajectory, one row per mea
 MODEL = "model.keras"
 CKPT_DIR = "ckpt"
 TENSORBOARD_DIR = "tb"
+SWEEP_RECORD = "sweep.json"  # in a bin/sweep workdir: its grid (lrbs_tf.sweep.record)
 
 STATUS_DONE = "done"
 STATUS_DIVERGED = "diverged"
@@ -346,6 +347,21 @@ def read_config(run_dir: str | os.PathLike) -> RunConfig:
     """The run's config.json, checked (RunFolderError when it is missing, unreadable or breaks the contract)."""
     path = Path(run_dir) / CONFIG
     return parse_config(read_json(path), path)
+
+
+def sweep_argv(workdir: str | os.PathLike) -> list[str] | None:
+    """The command line of the bin/sweep that last set `workdir`'s grid (its last growth, else its creation),
+    from its sweep.json; None when there is none or it records no argv (lrbs_tf.sweep.record writes it)."""
+    try:
+        raw = read_json(Path(workdir) / SWEEP_RECORD)
+    except RunFolderError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    for entry in reversed([raw, *(raw.get("grown") or [])]):
+        if isinstance(entry, dict) and isinstance(entry.get("argv"), list):
+            return [str(a) for a in entry["argv"]]
+    return None
 
 
 def read_recorded_settings(run_dir: str | os.PathLike) -> dict:

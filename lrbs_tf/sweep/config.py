@@ -17,6 +17,11 @@ from lrbs_tf.data.specs import known_train_size
 from lrbs_tf.runs.config import GRID_SETTINGS, RuntimeFacts, TrainConfig, UsageError, validate
 from lrbs_tf.sweep import grid as gridlib
 
+# What --sharpness measures unless --sharpness_flags says otherwise: lambda_max (the top eigenvalue) and the
+# trace, the cheap pair; the spectrum, eps- and average sharpness and the noise scale cost several times a
+# short run's training each (issue 23: about 75 s per quick-study run, four times its training) and are
+# asked for with --sharpness_flags='--quantities=...' (flags/quick.flags does so).
+SHARPNESS_DEFAULT_FLAGS = ("--quantities=eigenvalues,trace", "--top_k=1")
 GRID_FLAGS = (*GRID_SETTINGS, "run_name")  # set per run by the grid, never by a flagfile
 # bin/train flags the sweep sets itself per worker (threads) or always (no progress bar in a log file).
 WORKER_FLAGS = ("intra_op_threads", "inter_op_threads", "progress", "workdir")
@@ -44,6 +49,37 @@ class SweepConfig:
     sharpness_command: tuple[str, ...] = ()
     correlate_command: tuple[str, ...] = ()
     user_set_threads: bool = False     # --intra_op_threads/--inter_op_threads given: forwarded as they are
+    sharpness_weight: float = 1.0      # one measurement's estimated cost in trained runs (sharpness_weight())
+
+
+def with_sharpness_defaults(args: Sequence[str]) -> tuple[str, ...]:
+    """--sharpness_flags completed by SHARPNESS_DEFAULT_FLAGS for each flag it does not set."""
+    given = {a[2:].split("=", 1)[0] for a in args}
+    return tuple(d for d in SHARPNESS_DEFAULT_FLAGS if d[2:].split("=", 1)[0] not in given) + tuple(args)
+
+
+def measurement_passes(quantities: Sequence[str], top_k: int, max_hvps: int, max_probes: int, slq_steps: int,
+                       slq_runs: int, eps_steps: int, noise_draws: int) -> float:
+    """The sweep's price of one bin/sharpness measurement, in gradient passes over its examples (a
+    Hessian-vector product costs about two): Lanczos' iterations for the top eigenvalues, Hutchinson's
+    probes for the trace, SLQ's steps, eps-sharpness' ascent steps, average sharpness' noisy losses, a pass
+    for the gradient noise. Caps, not expectations: Lanczos and Hutchinson stop once converged, so the ETA
+    leans long until a measurement has ended and its measured duration takes over (workers.Progress)."""
+    cost = {"eigenvalues": 2 * min(max_hvps, 20 + 10 * top_k), "trace": 2 * max_probes,
+            "spectrum": 2 * slq_steps * slq_runs, "eps_sharpness": eps_steps, "avg_sharpness": noise_draws / 3,
+            "grad_cov": 2, "noise_scale": 2}
+    return float(sum(cost.get(q, 2) for q in quantities))
+
+
+def sharpness_weight(passes: float, num_examples: int, grid: gridlib.Grid) -> float:
+    """One measurement's cost in trained runs: its passes over `num_examples` examples (0: the training set)
+    against a run's mean examples trained over the grid (epochs x training set, or the step budget). 1.0
+    where the training-set size is unknown (npz)."""
+    if not grid.num_train:
+        return 1.0
+    examples = num_examples or grid.num_train
+    trained = [grid.steps(bs) * bs for bs in grid.batch_sizes]
+    return passes * examples / (sum(trained) / len(trained))
 
 
 def _numbers(name: str, values: Sequence[str] | None, kind: type) -> tuple:
@@ -74,11 +110,7 @@ def _extra_flags(name: str, text: str, forbidden: Sequence[str]) -> tuple[str, .
 
 def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
     """Builds and checks the SweepConfig of a bin/sweep command line (every check before anything runs)."""
-    fv = flag_values
-    given = [f"--{n}" for n in (*GRID_FLAGS, "dry_run") if fv[n].present]
-    if given:
-        raise UsageError(f"{', '.join(given)} set for a sweep: the grid sets batch size, learning rate, seed and "
-                         "run name per run; use --batch_sizes, --lrs, --seeds (and --dry_list to see the runs)")
+    fv = flag_values  # holds no --lr, --batch_size, --seed, --run_name, --dry_run (cli.flags.REFUSED)
     batch_sizes = _numbers("batch_sizes", fv.batch_sizes, int)
     lrs = _numbers("lrs", fv.lrs, float)
     seeds = _numbers("seeds", fv.seeds, int)
@@ -121,7 +153,8 @@ def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
         grid=grid, train=train, train_args=train_args, workdir=Path(fv.workdir).absolute(), workers=fv.workers,
         shard_index=shard_index, num_shards=num_shards, vectorize=fv.vectorize, column_size=fv.column_size,
         sharpness=fv.sharpness,
-        sharpness_args=_extra_flags("sharpness_flags", fv.sharpness_flags, ("ckpt", "interpolate", "out")),
+        sharpness_args=with_sharpness_defaults(
+            _extra_flags("sharpness_flags", fv.sharpness_flags, ("ckpt", "interpolate", "out"))),
         correlate=fv.correlate, correlate_now=fv.correlate_now,
         correlate_args=_extra_flags("correlate_flags", fv.correlate_flags, ("results",)),
         dry_list=fv.dry_list, train_command=commands["train"], sharpness_command=commands["sharpness"],

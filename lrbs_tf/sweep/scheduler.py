@@ -6,7 +6,7 @@
 
 The sweep is a scheduler, never a writer of run folders: `bin/train` trains (and resumes) each run,
 `bin/sharpness` writes its sharpness.json, `bin/correlate` writes `<workdir>/correlate/`. The sweep's own
-files are `<workdir>/sweep.json` (the grid, written once; a different grid is refused),
+files are `<workdir>/sweep.json` (the grid and how it grew: lrbs_tf.sweep.record),
 `<workdir>/sweep_failures*.jsonl` (one per shard) and `<workdir>/sweep_logs/` (each process's output).
 Because every run's state lives in its folder, killing the sweep at any moment and starting it again loses
 nothing and trains nothing twice: finished runs are skipped, unfinished ones resume from their checkpoint.
@@ -15,7 +15,6 @@ nothing and trains nothing twice: finished runs are skipped, unfinished ones res
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import shutil
 import subprocess
@@ -23,15 +22,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lrbs_tf.core import durable, provenance, resources
+from lrbs_tf.core import provenance, resources
 from lrbs_tf.core.errors import LOCKED_EXIT
 from lrbs_tf.runs import folder as runfolder, locking
-from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, UsageError
-from lrbs_tf.sweep import grid as gridlib, workers
+from lrbs_tf.runs.config import EXECUTION_SETTINGS, UsageError, identity_differences
+from lrbs_tf.sweep import grid as gridlib, record as sweep_record, workers
 from lrbs_tf.sweep.config import GRID_FLAGS, SweepConfig
 
 REPO = Path(__file__).resolve().parents[2]
-SWEEP_RECORD = "sweep.json"
+SWEEP_RECORD = sweep_record.SWEEP_RECORD
 LOG_DIR = "sweep_logs"
 CORRELATE_LOCK = "correlate.lock"
 
@@ -57,33 +56,28 @@ def grid_record(cfg: SweepConfig) -> dict:
             **shared}
 
 
-def check_sweep_record(workdir: Path, record: dict) -> None:
-    """Writes `<workdir>/sweep.json` on first start, or refuses a grid other than the one it holds.
+def check_sweep_record(workdir: Path, record: dict, argv: Sequence[str] | None = None) -> dict:
+    """sweep.json: written on first start, grown by a grid that extends it, or the grid refused
+    (lrbs_tf.sweep.record); the axis values this grid adds."""
+    return sweep_record.check_record(workdir, record, argv)
 
-    Created with link(2), which fails if the file exists, so shards starting together agree on one record.
-    """
-    path = workdir / SWEEP_RECORD
-    if not path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = workdir / f".{SWEEP_RECORD}.{os.getpid()}.tmp"
-        runfolder.atomic_write_json(tmp, {"grid": record, "created": provenance.now(), "command": " ".join(sys.argv)})
+
+def run_conflicts(cfg: SweepConfig, runs: Sequence[gridlib.Run]) -> dict[str, str]:
+    """Run folders of `runs` that exist with another configuration (e.g. other --epochs: the run names do not
+    carry it), by name: bin/train would refuse each. Reads each config.json; no TensorFlow."""
+    out = {}
+    for r in runs:
+        run_dir = cfg.workdir / r.name
+        if not (run_dir / runfolder.CONFIG).exists():
+            continue
+        c = dataclasses.replace(cfg.train, lr=r.lr, batch_size=r.batch_size, seed=r.seed, run_name=r.name)
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another shard was first; compared below like any restart
-        finally:
-            tmp.unlink()
-        durable.fsync_dir(workdir)  # the link is what makes sweep.json exist: durable only once synced
-    try:
-        old = runfolder.read_json(path)["grid"]
-    except (runfolder.RunFolderError, KeyError, TypeError):
-        raise UsageError(f"{path} is not a sweep record; is {workdir} another tool's folder?") from None
-    diffs = [f"{k}: {old.get(k, DEFAULTS.get(k))!r} there, {v!r} now" for k, v in record.items()
-             if old.get(k, DEFAULTS.get(k)) != v]
-    diffs += [f"{k}: {old[k]!r} there, absent now" for k in old if k not in record]
-    if diffs:
-        raise UsageError(f"{workdir} holds another sweep ({'; '.join(diffs)}); use another --workdir or "
-                         f"the flags recorded in {path}")
+            diffs = identity_differences(runfolder.read_recorded_settings(run_dir), c.resolved())
+        except runfolder.RunFolderError as e:
+            diffs = [str(e)]
+        if diffs:
+            out[r.name] = "; ".join(diffs)
+    return out
 
 
 def _train_argv(cfg: SweepConfig, unit: gridlib.WorkUnit, threads: int) -> list[str]:
@@ -111,7 +105,7 @@ class _Scheduler:
         self.failures_path = cfg.workdir / f"sweep_failures{suffix}.jsonl"  # one writer: this shard
         finished = {s: sum(runfolder.run_status(cfg.workdir / r.name) == s for r in runs)
                     for s in runfolder.TERMINAL_STATUSES}
-        self.progress = workers.Progress(len(runs), finished)
+        self.progress = workers.Progress(len(runs), finished, sharpness_weight=cfg.sharpness_weight)
         self.failed_runs: list[str] = []
         self.sharpness_failed: list[str] = []
         self.sharpness_refused = False
@@ -147,6 +141,7 @@ class _Scheduler:
 
     def on_finish(self, done: workers.Finished) -> list[workers.Task]:
         self.progress.running[done.task.kind] -= 1
+        self.progress.timed(done.task.kind, done.seconds, len(done.task.payload.runs))
         if done.task.kind == "sharpness":
             return self._sharpness_finished(done)
         return self._train_finished(done)
@@ -164,10 +159,13 @@ class _Scheduler:
                     measure.append(run)
             else:
                 unfinished.append((run, status))
+        retried = bool(unfinished) and len(unit.runs) > 1
+        if self.cfg.sharpness:  # these runs' measurements are queued now, or none is coming
+            self.progress.sharpness_expected -= len(unit.runs) - (len(unfinished) if retried else 0)
         if measure:
             follow.append(self.sharpness_task(gridlib.WorkUnit(unit.batch_size, unit.seed, tuple(measure))))
         self.progress.ended_items += len(unit.runs)
-        if unfinished and len(unit.runs) > 1:
+        if retried:
             # A column process failing (e.g. killed for memory with K models) says little about each run:
             # its unfinished runs get one process each, once, before any is called failed.
             for run, status in unfinished:
@@ -201,7 +199,7 @@ class _Scheduler:
         of its process when one fails (exit 1)."""
         unit: gridlib.WorkUnit = done.task.payload
         self.progress.sharpness_todo -= len(unit.runs)
-        self.progress.ended_items += len(unit.runs)
+        self.progress.ended_sharpness += len(unit.runs)
         failed = [r for r in unit.runs if not (self.cfg.workdir / r.name / runfolder.SHARPNESS).exists()]
         if failed and done.returncode == LOCKED_EXIT:  # another process holds those folders: not a failure
             self.elsewhere += [r.name for r in failed]
@@ -220,6 +218,7 @@ class _Scheduler:
             # Exit 2 is bad input; every run of a grid shares arch, data and --sharpness_flags, so the
             # others would be refused the same way.
             self.sharpness_refused = True
+            self.progress.sharpness_expected = 0
             self.progress.event(f"sharpness {unit.label} refused its input ({last}); no more sharpness "
                                 "measurements this session", counts=True)
         else:
@@ -244,6 +243,45 @@ def correlate(cfg: SweepConfig) -> int:
         lock.unlink(missing_ok=True)
 
 
+def dry_list(cfg: SweepConfig, shard: Sequence[gridlib.Run], finished: int, units: Sequence[gridlib.WorkUnit],
+             threads: int) -> int:
+    """--dry_list: this shard's share; in a workdir that holds a sweep or runs, how the grid stands against
+    sweep.json and which runs exist, are new or would conflict; then each work unit's bin/train command.
+    Writes nothing; a grid the sweep would refuse is listed, then refused (UsageError). A conflicting run
+    (a folder of another configuration) is listed: the sweep runs the others, and bin/train refuses it."""
+    steps = gridlib.shard_steps(cfg.grid, shard)
+    print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
+          f"({100 * steps / gridlib.shard_steps(cfg.grid, cfg.grid.runs()):.0f}% of its optimizer steps), "
+          f"{finished} finished, {len(units)} work unit{'' if len(units) == 1 else 's'} to run")
+    comparison = sweep_record.compare(cfg.workdir, grid_record(cfg))
+    exists = [r for r in shard if (cfg.workdir / r.name / runfolder.CONFIG).exists()]
+    refusal = comparison.refusal(cfg.workdir) if comparison else None
+    if comparison is not None or exists:
+        conflicts = run_conflicts(cfg, exists)
+        if comparison is None:
+            state = "none yet (written on the first start)"
+        elif refusal:
+            state = "this grid would be refused (below)"
+        elif comparison.added:
+            state = f"this grid grows the recorded one ({sweep_record.describe(comparison.added)})"
+        else:
+            state = "the same grid"
+        print(f"sweep.json: {state}")
+        print(f"runs: {len(exists)} exist, {len(shard) - len(exists)} new, {len(conflicts)} would conflict")
+        for r in shard:
+            if r.name in conflicts:
+                print(f"conflict\t{r.name}\t{conflicts[r.name]}")
+            elif r in exists:
+                print(f"exists\t{r.name}\t{runfolder.run_status(cfg.workdir / r.name) or 'unfinished'}")
+            else:
+                print(f"new\t{r.name}")
+    for unit in units:
+        print(f"{unit.label}\t{' '.join(shlex.quote(a) for a in _train_argv(cfg, unit, threads))}")
+    if refusal:
+        raise UsageError(refusal)
+    return 0
+
+
 def run(cfg: SweepConfig) -> int:
     """Runs this shard's unfinished runs (and measurements); returns the exit status (0: all finished)."""
     try:
@@ -259,14 +297,19 @@ def run(cfg: SweepConfig) -> int:
     num_workers = cfg.workers or len(gpus) or resources.available_cores()
     threads = max(1, resources.available_cores() // num_workers)
     if cfg.dry_list:
-        steps = gridlib.shard_steps(cfg.grid, shard)
-        print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
-              f"({100 * steps / gridlib.shard_steps(cfg.grid, cfg.grid.runs()):.0f}% of its optimizer steps), "
-              f"{len(shard) - len(todo)} finished, {len(units)} work units to run")
-        for unit in units:
-            print(f"{unit.label}\t{' '.join(shlex.quote(a) for a in _train_argv(cfg, unit, threads))}")
-        return 0
-    check_sweep_record(workdir, grid_record(cfg))
+        return dry_list(cfg, shard, len(shard) - len(todo), units, threads)
+    comparison = sweep_record.compare(workdir, grid_record(cfg))
+    if comparison is not None and comparison.refusal(workdir):
+        raise UsageError(comparison.refusal(workdir))  # before anything is written
+    conflicts = run_conflicts(cfg, todo)
+    if conflicts:  # one foreign folder does not stop the others: bin/train refuses it, recorded as failed
+        name, diffs = next(iter(conflicts.items()))
+        print(f"sweep: note: {len(conflicts)} run folder(s) of this grid hold another configuration (e.g. "
+              f"{workdir / name}: {diffs}); bin/train will refuse them", flush=True)
+    added = check_sweep_record(workdir, grid_record(cfg))
+    if added:
+        print(f"sweep: the grid grows in place ({sweep_record.describe(added)}), recorded in "
+              f"{workdir / SWEEP_RECORD}; finished runs are kept, only new runs train", flush=True)
     if cfg.correlate_now:
         return correlate(cfg)
     grid_dirs = {workdir / r.name for r in cfg.grid.runs()}
@@ -281,11 +324,13 @@ def run(cfg: SweepConfig) -> int:
     session.elsewhere += elsewhere
     tasks = [session.train_task(u) for u in units]
     if cfg.sharpness:
+        session.progress.sharpness_expected = len(todo)  # each run trained now is measured after (if done)
         waiting = [r for r in shard if _needs_sharpness(workdir / r.name)]
         tasks += [session.sharpness_task(u) for u in gridlib.work_units(waiting, vectorize=True)]
     where = f"{len(gpus)} GPU(s)" if gpus else f"{resources.available_cores()} CPU core(s), {threads} thread(s) each"
     print(f"sweep: {workdir}: shard {cfg.shard_index}/{cfg.num_shards} holds {len(shard)} of {cfg.grid.size} "
-          f"runs; {len(shard) - len(todo)} finished, {len(todo)} to run in {len(units)} processes; "
+          f"runs; {len(shard) - len(todo)} finished, {len(todo)} to run in {len(units)} "
+          f"{'process' if len(units) == 1 else 'processes'}; "
           f"{num_workers} worker(s) on {where}", flush=True)
     pool = workers.Pool(workers.slot_environments(num_workers, resources.available_cores(), gpus))
     try:

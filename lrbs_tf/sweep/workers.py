@@ -196,21 +196,28 @@ class Progress:
     """Counts and the status line: in a log, one line per event, an end's line closed by the counts; on a
     terminal, a counts line redrawn in place each second below the events.
 
-    Work items are runs trained and sharpness measurements. The ETA is (elapsed this session / items ended
-    this session) x items left: it assumes the items left cost what the ended ones did on average, which is
-    all a sweep knows before they run.
+    Work items are runs trained and sharpness measurements. The ETA is (elapsed this session / work ended
+    this session) x work left, counting a trained run as 1 and a measurement as `sharpness_weight`: the
+    sweep's estimate from the quantities asked for (sweep.config.sharpness_weight) until both kinds have
+    ended, then the measured ratio of their mean durations. Measurements still to come count from the start
+    (`sharpness_expected`: runs to train that will be measured), so the ETA includes the sharpness stage.
+    It assumes the items left cost what the ended ones did on average, which is all a sweep knows.
     """
 
     def __init__(self, total_runs: int, finished: Mapping[str, int], stream: TextIO | None = None,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, sharpness_weight: float = 1.0) -> None:
         self.stream = sys.stdout if stream is None else stream
         self.tty = self.stream.isatty() if tty is None else tty
         self.total_runs = total_runs
         self.counts = collections.Counter({"done": 0, "diverged": 0, "failed": 0, **finished})
         self.running = collections.Counter()
         self.sharpness_done = 0
-        self.sharpness_todo = 0
-        self.ended_items = 0
+        self.sharpness_todo = 0      # measurements queued
+        self.sharpness_expected = 0  # measurements of runs not trained yet
+        self.sharpness_weight = sharpness_weight
+        self.ended_items = 0         # trained runs ended this session
+        self.ended_sharpness = 0     # measurements ended this session
+        self.seconds = collections.Counter()  # per kind: process seconds of ended tasks, and runs in them
         self.start = time.monotonic()
         self._drawn = self.start
 
@@ -218,22 +225,39 @@ class Progress:
     def remaining(self) -> int:
         return self.total_runs - self.counts["done"] - self.counts["diverged"] - self.counts["failed"]
 
+    def timed(self, kind: str, seconds: float, runs: int) -> None:
+        """A task of `kind` ('train' / 'sharpness') over `runs` runs ended after `seconds`."""
+        self.seconds[kind] += seconds
+        self.seconds[kind + "_runs"] += runs
+
+    def weight(self) -> float:
+        """A measurement's cost in trained runs: measured once both kinds have ended, else the estimate."""
+        if self.seconds["train_runs"] and self.seconds["sharpness_runs"] and self.seconds["train"] > 0:
+            return ((self.seconds["sharpness"] / self.seconds["sharpness_runs"])
+                    / (self.seconds["train"] / self.seconds["train_runs"]))
+        return self.sharpness_weight
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left (0 when nothing is), None before anything has ended."""
+        w = self.weight()
+        left = self.remaining + w * (self.sharpness_todo + self.sharpness_expected)
+        ended = self.ended_items + w * self.ended_sharpness
+        if left <= 0:
+            return 0.0
+        return (time.monotonic() - self.start) / ended * left if ended > 0 else None
+
     def status_line(self) -> str:
         parts = [f"runs {self.counts['done'] + self.counts['diverged']}/{self.total_runs} finished "
                  f"(done {self.counts['done']}, diverged {self.counts['diverged']})",
                  f"failed {self.counts['failed']}", f"running {self.running['train']}",
                  f"remaining {self.remaining}"]
-        if self.sharpness_todo or self.sharpness_done:
-            parts.append(f"sharpness {self.sharpness_done}/{self.sharpness_done + self.sharpness_todo}")
+        waiting = self.sharpness_todo + self.sharpness_expected
+        if waiting or self.sharpness_done:
+            parts.append(f"sharpness {self.sharpness_done}/{self.sharpness_done + waiting}")
         elapsed = time.monotonic() - self.start
-        left = self.remaining + self.sharpness_todo
-        if left == 0:
-            eta = "0s"
-        elif self.ended_items:
-            eta = format_duration(elapsed / self.ended_items * left)
-        else:
-            eta = "?"
-        return " | ".join(parts) + f" | elapsed {format_duration(elapsed)}, ETA {eta}"
+        eta = self.eta_seconds()
+        return " | ".join(parts) + f" | elapsed {format_duration(elapsed)}, ETA " + (
+            "?" if eta is None else format_duration(eta))
 
     def event(self, message: str, counts: bool = False) -> None:
         """Prints `message`; with `counts` (an end: the counts changed), the status after it on the same line

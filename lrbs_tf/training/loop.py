@@ -111,6 +111,10 @@ def train(cfgs: Sequence[TrainConfig], settings: Sequence[dict], provenance: Cal
 # handlers run only between calls, so this is how long SIGTERM (a cluster's preemption) waits, instead of
 # up to an epoch; a call's dispatch and synchronisation are a small share of a second (benchmarks/sweep.md).
 SECONDS_PER_CALL = 1.0
+# With a progress bar, a call lasts about this long instead, so the bar moves a few times a second: every
+# call ends in a synchronisation, so capping calls at a share of an epoch (50 calls) cost a short epoch of a
+# small model far more than its steps (issue 23: 75% more training time; benchmarks/progress.md).
+PROGRESS_SECONDS_PER_CALL = 0.4
 
 
 @dataclasses.dataclass
@@ -121,9 +125,10 @@ class CallPace:
     fixed: int = 0
     most: int = 0
     rate: float = 0.0          # steps per second of the last call; 0 before any
+    seconds: float = SECONDS_PER_CALL  # how long a call should last (PROGRESS_SECONDS_PER_CALL with a bar)
 
     def steps(self, remaining: int) -> int:
-        n = self.fixed or (max(1, int(self.rate * SECONDS_PER_CALL)) if self.rate else 1)
+        n = self.fixed or (max(1, int(self.rate * self.seconds)) if self.rate else 1)
         return min(n, self.most or n, remaining)
 
     def measured(self, steps: int, seconds: float) -> None:
@@ -176,7 +181,9 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     whole = pipes.data.num_train // cfg.batch_size
     steps_per_epoch = cfg.epoch_steps(epoch, whole)
     iterator = iter(distribute_train(strategy, lambda: pipes.train(cfg.batch_size, cfg.seed, epoch), cfg.batch_size))
-    bar = keras.utils.Progbar(steps_per_epoch, unit_name="step") if show_progress else None
+    # The bar draws from the sums each call returns anyway, at most every PROGRESS_SECONDS_PER_CALL.
+    bar = (keras.utils.Progbar(steps_per_epoch, unit_name="step", interval=PROGRESS_SECONDS_PER_CALL)
+           if show_progress else None)
     sums, alive, steps = zero_sums(num_members), tf.ones([num_members], tf.bool), 0
     while steps < steps_per_epoch and bool(tf.reduce_any(alive)):
         todo = pace.steps(steps_per_epoch - steps)
@@ -227,6 +234,15 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
     return leaving
 
 
+def resume_note(run_dirs: Sequence[str], saved_epoch: int) -> str:
+    """What running the same command again does after an interruption: resume from the newest checkpoint,
+    or, when none was written yet, start the runs over."""
+    if saved_epoch:
+        return (f"run the same command again to resume {', '.join(run_dirs)} from its checkpoint of epoch "
+                f"{saved_epoch}")
+    return f"no checkpoint was written yet: run the same command again to start {', '.join(run_dirs)} over"
+
+
 def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[TrainConfig],
                  settings: Sequence[dict], provenance: Callable[[], dict], restore_dirs: Sequence[Path]) -> list[dict]:
     """Trains the runs `cfgs` (one column, all resumed from the same epoch) to their end; returns each run's
@@ -244,12 +260,14 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
         # between workers and deadlock them, so a fixed 2% of an epoch per call (the sums do not depend on it).
         pace = CallPace(fixed=cfg.steps_per_call or max(1, steps_per_epoch // 50))
     else:
-        pace = CallPace(fixed=cfg.steps_per_call, most=max(1, steps_per_epoch // 50) if show_progress else 0)
+        pace = CallPace(fixed=cfg.steps_per_call,
+                        seconds=PROGRESS_SECONDS_PER_CALL if show_progress else SECONDS_PER_CALL)
     active = list(members)
     functions = make_step_functions(strategy, active)
     test = eval_batches(strategy, pipes)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
     saved_at = time.monotonic()  # when the column's members were last checkpointed (or restored)
+    saved_epoch = start_epoch    # the epoch of the newest checkpoint (restored or written); 0: none yet
     try:
         for epoch in range(start_epoch, epochs):  # 0-based here, 1-based in metrics.jsonl
             if not active:
@@ -260,7 +278,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
                                                                   time.monotonic() - saved_at)
             leaving = close_epoch(active, epoch + 1, stats, labelled=len(members) > 1, checkpoint=due)
             if due:
-                saved_at = time.monotonic()
+                saved_at, saved_epoch = time.monotonic(), epoch + 1
             for member in leaving:  # a member that ends leaves the column; the others go on
                 mem.finish(member)
                 active.remove(member)
@@ -270,8 +288,8 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
             member.status, member.stop_reason = runfolder.STATUS_DONE, mem.budget_reason(member)
             mem.finish(member)
     except (KeyboardInterrupt, _Preempted):
-        print(f"interrupted; run the same command again to resume {', '.join(str(m.run_dir) for m in active)} "
-              "from the last checkpoint", file=sys.stderr, flush=True)
+        print(f"interrupted; {resume_note([str(m.run_dir) for m in active], saved_epoch)}", file=sys.stderr,
+              flush=True)
         raise KeyboardInterrupt from None
     except Exception as e:
         unrecorded = mem.fail(active, e)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from lrbs_tf.core import provenance
 from lrbs_tf.core.resources import quiet_import_tensorflow
-from lrbs_tf.data.specs import DATASETS
+from lrbs_tf.data.specs import DATASETS, known_train_size
 from lrbs_tf.runs import folder as runfolder, locking
 from lrbs_tf.runs.config import (
     RuntimeFacts,
@@ -65,6 +65,26 @@ def dry_run(cfg: TrainConfig) -> None:
     print(f"trainable parameters: {models.count_trainable_params(model):,}")
 
 
+def early_facts(cfg: TrainConfig) -> RuntimeFacts:
+    """What is known of the data and devices before TensorFlow loads: a known dataset's training-set size
+    (batch sizes and step budgets are checked now), the replicas of --cpu_devices (training.distribute's
+    MirroredStrategy over that many logical CPUs, unless TF_CONFIG names several workers), and an npz file's
+    name and keys. Bad input is so refused in about a second (benchmarks/refusal.md)."""
+    from lrbs_tf.data.loaders import DataError, check_npz_file
+
+    if cfg.dataset == "npz":
+        try:
+            check_npz_file(cfg.data_path)
+        except DataError as e:
+            raise UsageError(str(e)) from None
+    try:
+        workers = json.loads(os.environ.get("TF_CONFIG") or "{}")["cluster"]["worker"]
+    except (ValueError, KeyError, TypeError):
+        workers = []  # no cluster (or one TensorFlow refuses itself)
+    replicas = cfg.cpu_devices if cfg.cpu_devices > 1 and len(workers) <= 1 else None
+    return RuntimeFacts(num_train=known_train_size(cfg.dataset), replicas=replicas)
+
+
 def within_cpu_quota(cfg: TrainConfig) -> TrainConfig:
     """--intra_op_threads=0 is TensorFlow's default, a thread per core of the affinity mask: in a container
     whose CPU quota is lower (a pod's limits.cpu), that many threads are throttled in turn. The quota's
@@ -99,8 +119,9 @@ def run_column(cfg: TrainConfig, lrs: Sequence[float]) -> list[dict]:
     if len(lrs) > 1 and cfg.run_name:
         raise UsageError(f"run_name={cfg.run_name!r} names one folder but lr lists {len(lrs)} learning rates")
     cfgs = [dataclasses.replace(cfg, lr=lr) for lr in lrs]
+    facts = early_facts(cfg)
     for c in cfgs:
-        validate(c)
+        validate(c, facts)
     cfgs = [within_cpu_quota(c.resolved()) for c in cfgs]
     check_distinct_folders(cfgs)
     workdir = Path(cfg.workdir)

@@ -9,6 +9,7 @@ of the test's family, so a sentence never claims more than the family-wise error
 from __future__ import annotations
 
 import math
+import shlex
 from typing import Sequence
 
 import pandas as pd
@@ -48,6 +49,23 @@ def _family_size(a: Analysis, family: str, statistic: str) -> int:
     return int(hit["tests"].iloc[0]) if len(hit) else 0
 
 
+def add_seeds_advice(a: Analysis, total: int = 3) -> str:
+    """How to give the cells more seeds, as a command that works: the bin/sweep that made `a.results` (from
+    its sweep.json) with the seeds it has plus new ones, which bin/sweep trains in place; else the flag."""
+    have = sorted(int(s) for s in a.runs["seed"].dropna().unique()) if "seed" in a.runs else []
+    seeds = list(have)
+    while len(seeds) < max(total, len(have) + 1):
+        seeds.append(max(seeds, default=-1) + 1)
+    flag = "--seeds=" + ",".join(map(str, seeds))
+    argv = rf.sweep_argv(a.results)
+    if argv is None:
+        return (f"train with `{flag}`: the bin/sweep that made these runs, started again with it, trains only "
+                "the new seeds")
+    args = [x for x in argv[1:] if not x.startswith(("--seeds=", "--workdir="))]
+    command = shlex.join(["bin/sweep", *args, flag, f"--workdir={a.results}"])
+    return f"add seeds in place (only the new runs train): `{command}`"
+
+
 def noise_section(a: Analysis) -> str:
     out = ["## Seeds and the noise floor",
            "`cells.csv` has one row per (group, BS, LR) cell: its done runs (`n_seeds`), diverged runs, and the "
@@ -67,7 +85,7 @@ def noise_section(a: Analysis) -> str:
                          "cell means", "range", "range / noise"], rows))
     if (a.noise["df"] == 0).all():
         out.append("Every cell has one run, so the seed noise cannot be measured and no difference between two "
-                   "cells can be told from the noise of one seed (train with `--seeds=0,1,2`).")
+                   "cells can be told from the noise of one seed; " + add_seeds_advice(a) + ".")
     return "\n\n".join(out)
 
 
@@ -171,7 +189,7 @@ def ratio_section(a: Analysis) -> str:
     if (t["primary_seeds"] <= 1).any():
         out.append("With one run per cell the seed noise is unmeasured: an effect of batch size cannot be told "
                    "from a shock shared by the runs of one batch-size column, so the one-seed test clusters by "
-                   "column and has few degrees of freedom. Train with `--seeds=0,1,2`.")
+                   "column and has few degrees of freedom. To measure it, " + add_seeds_advice(a) + ".")
     return "\n\n".join(out)
 
 
