@@ -188,7 +188,7 @@ def _finished(kind: str, names: list[str], code: int, tmp_path: Path) -> workers
 
 
 def test_bin_sweep_counts_a_locked_run_as_running_elsewhere_not_failed(tmp_path):
-    cfg = types.SimpleNamespace(workdir=tmp_path, num_shards=1, shard_index=0, sharpness=False)
+    cfg = types.SimpleNamespace(workdir=tmp_path, num_shards=1, shard_index=0, sharpness=False, sharpness_weight=1.0)
     session = sweep._Scheduler(cfg, [], 1)
     session.progress.running["train"] = 1
     session.on_finish(_finished("train", ["r1"], LOCKED_EXIT, tmp_path))

@@ -84,12 +84,21 @@ def _cell_frame(g: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return g.groupby(ratio.CELL, sort=True)[other].mean().reset_index()
 
 
-def _unit_test(keys: dict, sub: pd.DataFrame, x: str, y: str, seeded: bool, **extra: Any) -> dict:
+def _unit_test(keys: dict, sub: pd.DataFrame, x: str, y: str, seeded: bool, permute_columns: bool = False,
+               **extra: Any) -> dict:
     """A correlation test whose unit is the cell: on the cell means when seeds repeat cells (the run-level
-    numbers kept as spearman_rho_runs / spearman_p_runs, a sensitivity check), on the runs otherwise."""
+    numbers kept as spearman_rho_runs / spearman_p_runs, a sensitivity check), on the runs otherwise.
+    permute_columns (the sharpness tests, whose points span batch sizes): with one seed, the p-values come
+    from permuting `y` within each batch-size column, as Table 3's primary (a column's runs share one shock
+    that a run-level p would count as evidence; benchmarks/calibration.md)."""
     runs = stats.correlate(sub[x].to_numpy(float), sub[y].to_numpy(float), x, y)
     level = {"unit": "runs", "n_runs": len(sub), "spearman_rho_runs": runs.spearman_rho,
              "spearman_p_runs": runs.spearman_p}
+    if not seeded and permute_columns:
+        cp = cell_tests.column_permutation(sub[x].to_numpy(float), sub[y].to_numpy(float),
+                                           sub["batch_size"].to_numpy(float), x, y)
+        return {**keys, **extra, **cp.correlation.as_dict(), **level, "unit": "column_permutation",
+                "n_permutations": cp.n_permutations}
     if not seeded:
         return {**keys, **extra, **runs.as_dict(), **level}
     means = _cell_frame(sub, [x, y])
@@ -152,8 +161,8 @@ def correlation_tables(runs: pd.DataFrame, group_cols: list[str], labels: dict[t
         for subset, sub in zip(SUBSETS, (g, g[~flagged])):
             for q in sharpness_quantities:
                 for versus in ("ratio", TARGET):
-                    rows["sharpness"].append(_unit_test(keys, sub, versus, q, seeded, quantity=q, versus=versus,
-                                                        subset=subset))
+                    rows["sharpness"].append(_unit_test(keys, sub, versus, q, seeded, permute_columns=True,
+                                                        quantity=q, versus=versus, subset=subset))
     tables = {name: pd.DataFrame(r) for name, r in rows.items() if r or name != "sharpness"}
     if not sharpness_quantities:
         tables.pop("sharpness", None)

@@ -6,8 +6,8 @@ A family is one claim tested in one group (arch, dataset and the --group_by sett
 |---|---|---|
 | `table1` | Table 1, one test per learning rate | accuracy falls with the batch size (He et al.) |
 | `table2` | Table 2, one per batch size | accuracy rises with the learning rate |
-| `table3` | Table 3's `primary` row: `cell_means` with seeds, else all done runs (`with_flagged`) | accuracy falls with BS/LR |
-| `table3_sensitivity` | Table 3's other rows (`with_flagged` with seeds, `without_flagged`, `diverged_worst`) | the same, re-analysed |
+| `table3` | Table 3's `primary` row: `cell_means` with seeds, else `column_permutation` (all done runs, p permuted within batch-size columns) | accuracy falls with BS/LR |
+| `table3_sensitivity` | Table 3's other rows (`with_flagged`, `without_flagged`, the other of `cell_means` / `column_permutation`, `diverged_worst`) | the same, re-analysed |
 | `sharpness` | each quantity vs BS/LR and vs accuracy, all done runs | curvature follows the ratio |
 | `sharpness_sensitivity` | the same without the flagged runs | |
 | `ratio_test` | ratio sufficiency, one test per measure | only BS/LR matters |

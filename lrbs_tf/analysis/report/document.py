@@ -230,7 +230,10 @@ def sharpness_section(a: Analysis) -> str:
                      for q in a.sharpness_quantities])
     return "\n\n".join(["## Sharpness", "Runs without a value for a quantity are left out of its tests "
                         "(`n_missing` in sharpness.csv). With all done runs they form the family `sharpness`, "
-                        "without the flagged runs `sharpness_sensitivity`, per group.", have,
+                        "without the flagged runs `sharpness_sensitivity`, per group. The unit is the cell (column "
+                        "`unit`): with seeds the cell means; with one run per cell the runs, with p-values from "
+                        "permuting the quantity within each batch-size column, as Table 3's primary; the "
+                        "run-level p stays as `spearman_p_runs`.", have,
                         full_rows(a, a.tables["sharpness"], ["quantity", "versus", "subset"])])
 
 
@@ -256,11 +259,14 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         f"{', '.join(a.group_cols)}. Columns and statistics: docs/correlate.md.",
         premise_section(a),
         report_ratio.noise_section(a),
-        "## " + TITLES["table3"], "Spearman rho and p, the paper's layout. `with_flagged`: all done runs (the "
-        "paper's test, primary with one run per cell); `cell_means` is primary when seeds repeat cells "
-        "(table3.csv `primary`); sensitivity rows, adjusted in their own family: `without_flagged` (only runs that met "
-        "the training-accuracy premise), `cell_means` (one point per (BS, LR) cell, the mean over its seeds), "
-        "`diverged_worst` (diverged runs kept, ranked below every done run; rank statistics only):",
+        "## " + TITLES["table3"], "Spearman rho and p, the paper's layout. The primary row (table3.csv "
+        "`primary`): `cell_means` (one point per (BS, LR) cell, the mean over its seeds) when seeds repeat "
+        "cells; with one run per cell, `column_permutation` (He et al.'s Spearman over all done runs, its p from "
+        "permuting accuracy within each batch-size column, whose runs share one shock). Sensitivity rows, "
+        "adjusted in their own family: `with_flagged` (all done runs, the paper's run-level test), "
+        "`without_flagged` (only runs that met the training-accuracy premise), the other of `cell_means` / "
+        "`column_permutation`, `diverged_worst` (diverged runs kept, ranked below every done run; rank "
+        "statistics only):",
         paper_layout(a, a.tables["table3"], None),
         *_notes(report_ratio.table3_primary_note(a)),
         *_notes(report_ratio.small_n_note(a, a.tables["table3"], "Table 3")),
