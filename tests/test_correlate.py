@@ -427,4 +427,4 @@ def test_bin_correlate_on_one_run_folder_says_where_it_writes_in_singular_words(
     lines = proc.stdout.splitlines()
     assert lines[0] == (f"correlate: note: --results={run_dir} is a single run folder; the analysis goes to "
                         f"{run_dir / 'correlate'} inside it (--out=DIR to choose another folder)")
-    assert lines[-1].startswith("correlate: 1 run folder (1 done), 1 group, 0 tests in ")
+    assert lines[1].startswith("correlate: 1 run folder (1 done), 1 group, 0 tests in ")  # the summary follows

@@ -46,6 +46,10 @@ def _main(FLAGS: flags.FlagValues) -> int:
           + ", ".join(f"{counts[s]} {s}" for s in counts.index)
           + f"), {plural(len(analysis.labels), 'group')}, {plural(int(fams['tests'].sum()), 'test')} in "
           f"{plural(len(fams), 'family', 'families')}; wrote {out / REPORT_FILE}")
+    if FLAGS.summary:
+        from lrbs_tf.analysis.report.summary import summary_lines
+
+        print("\n".join(summary_lines(analysis)), flush=True)  # report.md's Summary section
     return 0
 
 

@@ -163,6 +163,8 @@ def _correlate_flags(d: _Definer) -> None:
                   "groups besides arch and dataset (other keys that vary inside a group are reported, not "
                   "split on).")
     d.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
+    d.DEFINE_bool("summary", True, "Print report.md's Summary section (each group's primary results and the "
+                  "warnings that change how to read them) after the one-line count; --nosummary: the line only.")
     d.DEFINE_float("target_train_loss", None, "Steps to result (Shallue et al.): each run's optimizer steps "
                    "to a training loss at or below this (nats), interpolated between epoch rows; the fewest "
                    "per batch size and McCandlish's S(B) = S_min (1 + B_crit / B) fitted to them "

@@ -30,7 +30,7 @@ from lrbs_tf.analysis.model import (
     iter_groups,
     measure_name,
 )
-from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling
+from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling, summary
 from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
 from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
 from lrbs_tf.runs import folder as rf
@@ -257,6 +257,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         f"(section Multiple testing). Spearman p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact "
         "permutation p-values, larger n use scipy's t approximation (column spearman_p_method). Groups: "
         f"{', '.join(a.group_cols)}. Columns and statistics: docs/correlate.md.",
+        summary.section(a),
         premise_section(a),
         report_ratio.noise_section(a),
         "## " + TITLES["table3"], "Spearman rho and p, the paper's layout. The primary row (table3.csv "
