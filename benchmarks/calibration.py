@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lrbs_tf.analysis import calibration, cell_tests, ratio_stats, stats  # noqa: E402
-from lrbs_tf.runs.table import ratio as exact_ratio  # noqa: E402
+from lrbs_tf.runs.folder import ratio as exact_ratio  # noqa: E402
 
 SIGMA = 0.004        # run noise: 0.4 accuracy points (the order of the quick study's seed s.d.)
 SEED_SD = SIGMA      # shared initialisation: a seed's shift

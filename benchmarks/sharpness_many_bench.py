@@ -39,8 +39,9 @@ QUICK_FLAGS = ["--quantities=eigenvalues,trace", "--top_k=1", "--num_examples=10
 COMPARED = ("lambda_max", "trace")
 
 
-def _timed(argv: list[str]) -> tuple[float, float]:
-    """Runs argv to completion (failing loudly); its wall and CPU seconds."""
+def timed_run(argv: list[str]) -> tuple[float, float]:
+    """Runs argv to completion (failing loudly); its wall and CPU seconds (benchmarks/trajectory_bench.py uses
+    it too)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
@@ -69,11 +70,11 @@ def one_round(runs: list[Path], flags: list[str], first: str) -> dict:
     for way in (["one_process", "per_run"] if first == "one_process" else ["per_run", "one_process"]):
         root = _copy_runs(runs)
         if way == "one_process":
-            wall, cpu = _timed([*binary, f"--results={root}", *flags])
+            wall, cpu = timed_run([*binary, f"--results={root}", *flags])
         else:
             wall = cpu = 0.0
             for run in sorted(root.iterdir()):
-                w, c = _timed([*binary, f"--ckpt={run}", *flags])
+                w, c = timed_run([*binary, f"--ckpt={run}", *flags])
                 wall, cpu = wall + w, cpu + c
         out[way] = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
         numbers[way] = _numbers(root)

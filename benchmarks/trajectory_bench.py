@@ -21,11 +21,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,22 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sharpness_many_bench import timed_run  # noqa: E402  (benchmarks/ is this script's sys.path[0])
+
 from lrbs_tf.curvature import trajectory  # noqa: E402
 from lrbs_tf.runs import folder as runfolder  # noqa: E402
 
 COMPARED = ("lambda_max", "trace", "batch_sharpness", "ggn_lambda_max", "ggn_trace")
-
-
-def _timed(argv: list[str]) -> tuple[float, float]:
-    """Runs argv to completion (failing loudly); its wall and CPU seconds."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-    wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _copy(run: Path) -> Path:
@@ -89,11 +77,11 @@ def main() -> None:
             copy = _copy(run)
             try:
                 if way == "one":
-                    wall, cpu = _timed(binary + [f"--ckpt={copy}", f"--epoch={','.join(map(str, epochs))}", *flags])
+                    wall, cpu = timed_run(binary + [f"--ckpt={copy}", f"--epoch={','.join(map(str, epochs))}", *flags])
                 else:
                     wall = cpu = 0.0
                     for e in epochs:
-                        w, c = _timed(binary + [f"--ckpt={copy}", f"--epoch={e}", *flags])
+                        w, c = timed_run(binary + [f"--ckpt={copy}", f"--epoch={e}", *flags])
                         wall, cpu = wall + w, cpu + c
                 result[way] = {"wall": wall, "cpu": cpu, "numbers": _numbers(copy, epochs)}
             finally:

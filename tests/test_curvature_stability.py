@@ -14,7 +14,8 @@ import pytest
 
 from lrbs_tf.curvature import eigen, hvp, trace
 from lrbs_tf.curvature.batch_sharpness import batch_sharpness, draw_batches
-from lrbs_tf.curvature.ggn import GaussNewton, keras_logits_fn
+from lrbs_tf.curvature.ggn import GaussNewton
+from lrbs_tf.curvature.hvp import keras_logits_fn
 from lrbs_tf.models.builders import build_model
 from tests import curvature_oracles as oracles
 

@@ -258,7 +258,7 @@ def test_ratio_outputs_have_the_issues_columns(tmp_path):
 def test_the_ratio_invariance_flagfile_puts_several_cells_on_three_ratios(tmp_path):
     from collections import Counter
 
-    from lrbs_tf.runs.table import ratio as exact_ratio
+    from lrbs_tf.runs.folder import ratio as exact_ratio
     from tests.helpers import REPO, run_bin
 
     path = REPO / "flags" / "jastrzebski" / "ratio_invariance.flags"

@@ -42,9 +42,9 @@ from lrbs_tf.core.durable import fsync_dir
 from lrbs_tf.core.errors import UsageError
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.config import DEFAULTS
+from lrbs_tf.runs.folder import SHARPNESS_QUANTITIES
 from lrbs_tf.runs.table import (
     HYPERPARAMETERS,
-    SHARPNESS_QUANTITIES,
     STATUS_SKIPPED,
     STATUS_UNFINISHED,
     TARGET,

@@ -21,37 +21,12 @@ hvp.Objective. Eigenvalues and trace come from the same solvers as the Hessian's
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from lrbs_tf.curvature.hvp import ParamLayout, concat_flat, exact_batch_moments
-from lrbs_tf.curvature.settings import BN_MODES
-
-# logits_fn(params, x) -> logits (B, C); params as in hvp.LossesFn.
-LogitsFn = Callable[[Sequence[tf.Tensor], tf.Tensor], tf.Tensor]
-
-
-def keras_logits_fn(model, bn_mode: str = "inference", traces: dict | None = None) -> LogitsFn:
-    """The logits of a Keras logits model as a function of its trainable weights (hvp.keras_losses_fn
-    without the loss: moving statistics read, never updated; bn_mode as there)."""
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode={bn_mode!r}; valid: {', '.join(BN_MODES)}")
-    traces = {} if traces is None else traces
-    key = ("logits_fn", id(model), bn_mode)
-    if key in traces:
-        return traces[key][1]
-    training = bn_mode == "batch"
-    non_trainable = [v.value for v in model.non_trainable_variables]
-
-    def logits_fn(params, x):
-        with exact_batch_moments(training):  # G uses first derivatives only; the same function all the same
-            logits, _ = model.stateless_call(list(params), non_trainable, x, training=training)
-        return logits
-
-    traces[key] = (model, logits_fn)
-    return logits_fn
+from lrbs_tf.curvature.hvp import LogitsFn, ParamLayout, concat_flat
 
 
 class GaussNewton:

@@ -40,6 +40,8 @@ from lrbs_tf.curvature.settings import BN_MODES, HVP_MODES
 # losses_fn(params, x, y) -> per-example losses, shape (B,), float32. `params` is a list of float32 tensors
 # in the layout's order; x is a batch of inputs (B, ...), y the integer labels (B,).
 LossesFn = Callable[[Sequence[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]
+# logits_fn(params, x) -> logits (B, C); params as in LossesFn.
+LogitsFn = Callable[[Sequence[tf.Tensor], tf.Tensor], tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,10 +264,27 @@ def keras_losses_fn(model, bn_mode: str = "inference", traces: dict | None = Non
     traces: see Objective; the same model and mode give the same losses_fn from it, so traces built on that
     losses_fn are found again.
     """
+    traces = {} if traces is None else traces
+    key = ("losses_fn", id(model), bn_mode)
+    if key in traces:
+        return traces[key][1]
+    logits_fn = keras_logits_fn(model, bn_mode, traces)
+
+    def losses_fn(params, x, y):
+        return softmax_cross_entropy(logits_fn(params, x), y)
+
+    traces[key] = (model, losses_fn)  # the model is kept with its id, so the id cannot be reused meanwhile
+    return losses_fn
+
+
+def keras_logits_fn(model, bn_mode: str = "inference", traces: dict | None = None) -> LogitsFn:
+    """The logits (B, C) of a Keras logits model as a function of its trainable weights: the function
+    keras_losses_fn's losses and the Gauss-Newton products (curvature/ggn.py) both differentiate. Moving
+    statistics are read, never updated; bn_mode as in keras_losses_fn."""
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode={bn_mode!r}; valid: {', '.join(BN_MODES)}")
     traces = {} if traces is None else traces
-    key = ("losses_fn", id(model), bn_mode)
+    key = ("logits_fn", id(model), bn_mode)
     if key in traces:
         return traces[key][1]
     training = bn_mode == "batch"
@@ -273,13 +292,13 @@ def keras_losses_fn(model, bn_mode: str = "inference", traces: dict | None = Non
     # model.set_weights, which assigns into these same variables).
     non_trainable = [v.value for v in model.non_trainable_variables]
 
-    def losses_fn(params, x, y):
+    def logits_fn(params, x):
         with exact_batch_moments(training):
             logits, _ = model.stateless_call(list(params), non_trainable, x, training=training)
-        return softmax_cross_entropy(logits, y)
+        return logits
 
-    traces[key] = (model, losses_fn)  # the model is kept with its id, so the id cannot be reused meanwhile
-    return losses_fn
+    traces[key] = (model, logits_fn)
+    return logits_fn
 
 
 @contextlib.contextmanager

@@ -140,7 +140,8 @@ def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch
         out.update(batch_sharpness=res.mean, batch_sharpness_stderr=res.stderr,
                    batch_sharpness_batches=res.batches, batch_sharpness_batch_size=res.batch_size)
     if q & {"ggn_eigenvalues", "ggn_trace"}:
-        from lrbs_tf.curvature.ggn import GaussNewton, keras_logits_fn
+        from lrbs_tf.curvature.ggn import GaussNewton
+        from lrbs_tf.curvature.hvp import keras_logits_fn
 
         gn = GaussNewton(keras_logits_fn(model, settings.bn_mode, traces), obj.params, obj.batches, wd, traces)
         if "ggn_eigenvalues" in q:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from lrbs_tf.runs import folder as rf, locking
 from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
-from lrbs_tf.runs.folder import (  # noqa: F401 (SHARPNESS_QUANTITIES: the table's columns, re-exported)
+from lrbs_tf.runs.folder import (
     ACCURACIES,
     REQUIRED_CONFIG,
     RESULT_NUMBERS,

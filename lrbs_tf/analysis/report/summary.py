@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from lrbs_tf.analysis.model import Analysis, measure_name
+from lrbs_tf.analysis.model import Analysis, group_keys, measure_name
 from lrbs_tf.runs.table import TARGET
 
 MAX_LINES = 15  # per group: the summary fits a first screen
@@ -31,21 +31,16 @@ def _verdict(p: float, alpha: float) -> str:
     return f"significant at alpha = {alpha:g}" if p < alpha else f"not significant at alpha = {alpha:g}"
 
 
-def _in_group(a: Analysis, row: pd.Series, label: str) -> bool:
-    try:
-        return a.label(row) == label
-    except (KeyError, TypeError, ValueError):  # a run folder whose group could not be read (skipped, corrupt)
-        return False
-
-
-def _rows(a: Analysis, table: pd.DataFrame | None, label: str) -> pd.DataFrame:
+def _rows(a: Analysis, table: pd.DataFrame | None, key: tuple) -> pd.DataFrame:
+    """The rows of `table` in the group `key` (analysis.model.group_keys, as iter_groups selects them; rows
+    of a run folder whose group could not be read match no key)."""
     if table is None or table.empty:
         return pd.DataFrame()
-    return table[[_in_group(a, r, label) for _, r in table.iterrows()]]
+    return table[group_keys(table, a.group_cols) == key]
 
 
-def _table3_line(a: Analysis, label: str) -> str | None:
-    rows = _rows(a, a.tables.get("table3"), label)
+def _table3_line(a: Analysis, key: tuple) -> str | None:
+    rows = _rows(a, a.tables.get("table3"), key)
     if rows.empty or "primary" not in rows:
         return None
     primary = rows[rows["primary"].astype(bool)]
@@ -59,8 +54,8 @@ def _table3_line(a: Analysis, label: str) -> str | None:
             f"{_verdict(r['spearman_p'], a.alpha)}; He et al. expect rho < 0.")
 
 
-def _ratio_line(a: Analysis, label: str) -> str | None:
-    rows = _rows(a, a.ratio_test, label)
+def _ratio_line(a: Analysis, key: tuple) -> str | None:
+    rows = _rows(a, a.ratio_test, key)
     if rows.empty:
         return None
     acc = rows[rows["measure"] == TARGET]
@@ -76,8 +71,8 @@ def _ratio_line(a: Analysis, label: str) -> str | None:
             f"{reading}.")
 
 
-def _invariance_line(a: Analysis, label: str) -> str | None:
-    rows = _rows(a, a.invariance, label)
+def _invariance_line(a: Analysis, key: tuple) -> str | None:
+    rows = _rows(a, a.invariance, key)
     if rows.empty:
         return None
     acc = rows[rows["measure"] == TARGET]
@@ -90,8 +85,8 @@ def _invariance_line(a: Analysis, label: str) -> str | None:
             "than cells of neighbouring ratios.")
 
 
-def _sharpness_line(a: Analysis, label: str) -> str | None:
-    rows = _rows(a, a.tables.get("sharpness"), label)
+def _sharpness_line(a: Analysis, key: tuple) -> str | None:
+    rows = _rows(a, a.tables.get("sharpness"), key)
     if rows.empty:
         return None
     rows = rows[(rows["versus"] == "ratio") & (rows["subset"] == "with_flagged")]
@@ -104,12 +99,12 @@ def _sharpness_line(a: Analysis, label: str) -> str | None:
             + "; ".join(parts) + ".")
 
 
-def _steps_line(a: Analysis, label: str) -> str | None:
+def _steps_line(a: Analysis, key: tuple) -> str | None:
     steps = a.steps_to_result
     fit = getattr(steps, "fit", None) if steps is not None else None
     if fit is None or not len(fit):
         return None
-    rows = _rows(a, fit, label)
+    rows = _rows(a, fit, key)
     if rows.empty or "b_crit" not in rows:
         return None
     r = rows.iloc[0]
@@ -117,8 +112,8 @@ def _steps_line(a: Analysis, label: str) -> str | None:
     return f"- Steps to result: McCandlish's B_crit = {r['b_crit']:.3g}" + (f" ({note})." if note else ".")
 
 
-def _warnings(a: Analysis, label: str, done: pd.DataFrame) -> list[str]:
-    runs = _rows(a, a.runs, label)
+def _warnings(a: Analysis, key: tuple, label: str, done: pd.DataFrame) -> list[str]:
+    runs = _rows(a, a.runs, key)
     out = []
     below = int((~done["reached_min_train_accuracy"].astype(bool)).sum())
     if below:
@@ -126,20 +121,20 @@ def _warnings(a: Analysis, label: str, done: pd.DataFrame) -> list[str]:
                    f"{a.min_train_accuracy:g}): the paper's claim assumes near-zero training error")
     diverged = int((runs["status"] == "diverged").sum()) if len(runs) else 0
     if diverged:
-        out.append(f"{diverged} run(s) diverged (left out of the tests; Table 3's diverged_worst row keeps them)")
+        out.append(f"{_n(diverged, 'run')} diverged (left out of the tests; Table 3's diverged_worst row keeps them)")
     cells = done.groupby(["batch_size", "lr"]).size()
     if len(cells) and int(cells.max()) == 1:
         out.append("one run per (BS, LR) cell: the seed noise is unmeasured (add seeds to the grid; the "
                    "seed-noise section below says how)")
     dup = int((runs["status"] == "duplicate").sum()) if len(runs) and "status" in runs else 0
     if dup:
-        out.append(f"{dup} duplicate run folder(s) entered once (runs.csv status duplicate)")
+        out.append(f"{_n(dup, 'duplicate run folder')} entered once (runs.csv status duplicate)")
     if a.uncontrolled.get(label):
         out.append(f"settings other than BS, LR and seed vary inside the group: {', '.join(a.uncontrolled[label])}")
     return out
 
 
-def group_summary(a: Analysis, label: str, done: pd.DataFrame) -> list[str]:
+def group_summary(a: Analysis, key: tuple, label: str, done: pd.DataFrame) -> list[str]:
     """The summary lines of one group (at most MAX_LINES)."""
     cells = done.groupby(["batch_size", "lr"]).size()
     seeds = sorted(done["seed"].dropna().unique()) if "seed" in done else []
@@ -149,10 +144,10 @@ def group_summary(a: Analysis, label: str, done: pd.DataFrame) -> list[str]:
             f"LR {done['lr'].min():g}-{done['lr'].max():g}.")
     lines = [head]
     for make in (_table3_line, _ratio_line, _invariance_line, _sharpness_line, _steps_line):
-        line = make(a, label)
+        line = make(a, key)
         if line:
             lines.append(line)
-    warnings = _warnings(a, label, done)
+    warnings = _warnings(a, key, label, done)
     if warnings:
         lines.append("- Read with care: " + "; ".join(warnings) + ".")
     return lines[:MAX_LINES]
@@ -162,11 +157,11 @@ def summary_lines(a: Analysis) -> list[str]:
     """Every group's summary, groups in their report order."""
     out: list[str] = []
     done = a.done
-    for label in a.labels.values():
-        g = _rows(a, done, label)
+    for key, label in a.labels.items():
+        g = _rows(a, done, key)
         if g.empty:
             continue
-        out += group_summary(a, label, g) + [""]
+        out += group_summary(a, key, label, g) + [""]
     return out[:-1] if out else ["No group has a done run."]
 
 
