@@ -93,3 +93,13 @@ class Pipelines:
             batches = batches.map(lambda x, y: (self._normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
                                   deterministic=True)
         return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def make_pipelines(data, augment: bool, eval_batch_size: int = 1000):
+    """The pipelines of `data`: Pipelines for a Data in memory, data.imagenet.StreamPipelines for a StreamData
+    read from disk (imagenet2012); both give `train(batch_size, seed, epoch)` and `test()`."""
+    if isinstance(data, Data):
+        return Pipelines(data, augment, eval_batch_size)
+    from lrbs_tf.data.imagenet import StreamPipelines
+
+    return StreamPipelines(data, augment, eval_batch_size)
