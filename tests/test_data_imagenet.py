@@ -96,7 +96,7 @@ def test_streamed_pipelines_through_mock_data():
         data = loaders.load_data("imagenet2012", stream=True)
         assert (data.num_train, data.num_test, data.num_classes, data.input_shape) == (10, 10, 1000, (224, 224, 3))
         pipes = pipelines.make_pipelines(data, augment=True, eval_batch_size=4)
-        assert isinstance(pipes, imagenet.StreamPipelines)
+        assert isinstance(pipes, pipelines.StreamPipelines)
         epoch0 = [(x.numpy(), y.numpy()) for x, y in pipes.train(4, seed=0, epoch=0)]
         assert len(epoch0) == 2  # 10 // 4, the remainder dropped
         for x, y in epoch0:
