@@ -34,7 +34,7 @@ def test_imagenet2012_unprepared_is_one_line_naming_the_manual_download(tmp_path
     with pytest.raises(loaders.DataError) as info:
         loaders.load_data("imagenet2012", data_dir=str(tmp_path), stream=True)
     message = str(info.value)
-    assert message.startswith(f"imagenet2012 is not prepared in --data_dir ({tmp_path}): ") and "\n" not in message
+    assert message.startswith(f"imagenet2012 is not prepared in {tmp_path}: ") and "\n" not in message
     assert "ILSVRC2012_img_train.tar" in message and "tfds build imagenet2012" in message
     with pytest.raises(UsageError, match="imagenet2012 is not prepared"):  # bin/train: before any folder
         run(small_config(tmp_path / "out", arch="mlp", dataset="imagenet2012", data_dir=str(tmp_path)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def load_streamed(dataset: str, data_dir: str | None) -> StreamData:
     import tensorflow_datasets as tfds
 
     spec = DATASETS[dataset]
-    where = data_dir or "TFDS' default ~/tensorflow_datasets"
+    where = data_dir or f"{os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'} (TFDS' default)"
     try:
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
         train, test = (builder.as_dataset(split=s, as_supervised=True,
@@ -95,7 +96,7 @@ def load_streamed(dataset: str, data_dir: str | None) -> StreamData:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "could not find data" in first or isinstance(e, AssertionError):
-            raise DataError(f"{dataset} is not prepared in --data_dir ({where}): {IMAGENET_MANUAL}") from None
+            raise DataError(f"{dataset} is not prepared in {where}: {IMAGENET_MANUAL}") from None
         raise DataError(f"could not read {spec.tfds_name} through tensorflow_datasets (data_dir={where}): "
                         f"{first}") from None
     if classes != spec.num_classes:

@@ -39,7 +39,7 @@ DATASETS: dict[str, DatasetSpec] = {
 IMAGENET_MANUAL = ("tensorflow_datasets prepares imagenet2012 only from ILSVRC2012_img_train.tar and "
                    "ILSVRC2012_img_val.tar downloaded by hand (image-net.org) into its manual folder: run "
                    "`tfds build imagenet2012 --data_dir=DIR --manual_dir=FOLDER_WITH_THE_TARS` once, then "
-                   "pass --data_dir=DIR")
+                   "pass --data_dir=DIR (or set TFDS_DATA_DIR=DIR)")
 
 
 def known_train_size(name: str) -> int | None:
