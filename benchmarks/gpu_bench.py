@@ -5,13 +5,17 @@ projected GPU-hours of He et al.'s 400-run grid (20 batch sizes x 20 learning ra
     .venv/bin/python benchmarks/gpu_bench.py                       # the full matrix (1-3 GPU-hours)
     .venv/bin/python benchmarks/gpu_bench.py --archs=resnet110 --batch_sizes=64,320 --columns=1,20
     .venv/bin/python benchmarks/gpu_bench.py --smoke               # tiny settings, runs on a CPU in ~30 s
+    .venv/bin/python benchmarks/gpu_bench.py --archs=resnet50,resnet18 --image_size=224 --num_classes=1000 \
+        --grid_images=1281167 --n_train=2560 --columns=1 --variants=plain,xla_fp16   # the grid on ImageNet
 
 No GPU numbers were measured by lrbs_tf's developers: the machines they had carry no GPU TensorFlow. Run this
 on yours (one visible GPU: set CUDA_VISIBLE_DEVICES) and keep the JSON it writes beside your grid.
 
 How it measures (benchmarks/train_bench.py's method):
-- every measurement is a fresh `bin/train` process, as a sweep's would be, on a synthetic CIFAR-shaped npz
-  (uint8 32x32x3, 10 classes, --n_train images) with the paper's augmentation (--augment);
+- every measurement is a fresh `bin/train` process, as a sweep's would be, on a synthetic npz (uint8
+  --image_size x --image_size x 3, --num_classes classes, --n_train images; CIFAR-shaped by default) with the
+  paper's augmentation (--augment). At --image_size=224 this times the model's steps on ImageNet-sized
+  inputs, not imagenet2012's JPEG decoding and cropping on the CPU, which may be slower;
 - it trains 1 + --epochs epochs and keeps the median `train_seconds` (steps only) of all but the first
   epoch, which traces and compiles; images/s per run = steps x batch / that median; a K-member column
   process does K runs' worth of images at once;
@@ -21,8 +25,9 @@ How it measures (benchmarks/train_bench.py's method):
 
 The projection: per (arch, variant, K), images/s per run at the paper's batch sizes 16, 32, ..., 320 are
 interpolated log-log between the measured batch sizes (held constant beyond them); a batch size's 20
-learning rates take ceil(20 / K) processes of 200 epochs x 50,000 images each; GPU-hours are their sum on one
-GPU (divide by the number of GPUs bin/sweep --workers spreads them over).
+learning rates take ceil(20 / K) processes of 200 epochs x --grid_images images each (50,000: CIFAR;
+1,281,167: ImageNet); GPU-hours are their sum on one GPU (divide by the number of GPUs bin/sweep --workers
+spreads them over).
 """
 
 from __future__ import annotations
@@ -49,17 +54,20 @@ PAPER_TRAIN_IMAGES = 50_000  # CIFAR-10 and CIFAR-100
 VARIANTS = {"plain": [], "xla": ["--jit_compile"], "fp16": ["--mixed_precision=float16"],
             "xla_fp16": ["--jit_compile", "--mixed_precision=float16"]}
 FULL = dict(archs="resnet110,vgg19", batch_sizes="16,64,128,320", columns="1,4,20", variants=",".join(VARIANTS),
-            n_train=10_240, n_test=1_000, epochs=2, rounds=1)
+            n_train=10_240, n_test=1_000, epochs=2, rounds=1, image_size=32, num_classes=10,
+            grid_images=PAPER_TRAIN_IMAGES)
 SMOKE = dict(archs="resnet20", batch_sizes="16", columns="1,2", variants="plain", n_train=64, n_test=32, epochs=1,
-             rounds=1)
+             rounds=1, image_size=32, num_classes=10, grid_images=PAPER_TRAIN_IMAGES)
 
 
-def synthetic_cifar(path: Path, n_train: int, n_test: int) -> Path:
-    """A CIFAR-shaped npz of random images: throughput does not depend on what the pixels show."""
+def synthetic_cifar(path: Path, n_train: int, n_test: int, size: int = 32, classes: int = 10) -> Path:
+    """An npz of random size x size x 3 images (CIFAR-shaped by default): throughput does not depend on what the
+    pixels show. Every class occurs in the training split (the loader refuses test classes it lacks)."""
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
-             y_train=rng.integers(0, 10, n_train), x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
-             y_test=rng.integers(0, 10, n_test))
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, size, size, 3), dtype=np.uint8),
+             y_train=np.arange(n_train) % classes,
+             x_test=rng.integers(0, 256, (n_test, size, size, 3), dtype=np.uint8),
+             y_test=rng.integers(0, min(classes, n_train), n_test))
     return path
 
 
@@ -148,7 +156,7 @@ def project(cases: list[dict], epochs: int = PAPER_EPOCHS, images: int = PAPER_T
     return out
 
 
-def print_tables(results: dict) -> None:
+def print_tables(results: dict, images: int = PAPER_TRAIN_IMAGES) -> None:
     print("\n| arch | batch | K | variant | img/s per run | img/s per process | median epoch s |")
     print("|---|---|---|---|---|---|---|")
     for c in results["cases"]:
@@ -158,7 +166,7 @@ def print_tables(results: dict) -> None:
         else:
             print(f"| {c['arch']} | {c['batch_size']} | {c['k']} | {c['variant']} | failed: {c['error']} | | |")
     print(f"\nProjected GPU-hours of one 400-run grid ({len(PAPER_BATCH_SIZES)} batch sizes x {PAPER_LRS} learning "
-          f"rates x {PAPER_EPOCHS} epochs x {PAPER_TRAIN_IMAGES:,} images), one GPU:\n")
+          f"rates x {PAPER_EPOCHS} epochs x {images:,} images), one GPU:\n")
     print("| arch | variant | K | GPU-hours | from batch sizes |")
     print("|---|---|---|---|---|")
     for p in results["projection"]:
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--variants: unknown {unknown}; valid: {','.join(VARIANTS)}")
     tmp = Path(tempfile.mkdtemp(prefix="lrbs_gpu_bench_"))
-    data_path = synthetic_cifar(tmp / "synthetic_cifar.npz", plan["n_train"], plan["n_test"])
+    data_path = synthetic_cifar(tmp / "synthetic.npz", plan["n_train"], plan["n_test"], plan["image_size"],
+                                plan["num_classes"])
     results = {"plan": plan, "date": time.strftime("%Y-%m-%d %H:%M"), "platform": platform.platform(),
                "python": platform.python_version(), "device": device(), "rows": []}
     print(f"device: {results['device']}", flush=True)
@@ -192,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"].append(row)
             print(json.dumps({key: v for key, v in row.items() if key != "epoch_train_seconds"}), flush=True)
     results["cases"] = summarise(results["rows"])
-    results["projection"] = project(results["cases"])
+    results["projection"] = project(results["cases"], images=plan["grid_images"])
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print_tables(results)
+    print_tables(results, plan["grid_images"])
     return 0 if all(c["failed"] == 0 for c in results["cases"]) else 1
 
 

@@ -139,6 +139,20 @@ def test_tfds_path_through_mock_data():
     assert x.shape == (8, 32, 32, 3) and x.dtype == tf.float32
 
 
+def test_large_training_splits_get_the_same_statistics_in_chunks(monkeypatch):
+    """imagenet32's 3.9e9 pixel values are summed a chunk at a time (a float64 copy would be 31 GB); on a
+    small split forced through that path the statistics are the one-pass ones (float32 rounding aside)."""
+    x = np.random.default_rng(0).integers(0, 256, (103, 5, 4, 3), dtype=np.uint8)
+    mean, std = data_lib._stats(x, 1 / 255)
+    monkeypatch.setattr(data_lib, "STATS_CHUNK_VALUES", 0)
+    monkeypatch.setattr(data_lib, "STATS_CHUNK", 10)
+    chunked_mean, chunked_std = data_lib._stats(x, 1 / 255)
+    np.testing.assert_allclose(chunked_mean, mean, rtol=1e-6)
+    np.testing.assert_allclose(chunked_std, std, rtol=1e-6)
+    xs = x.reshape(-1, 3) / 255
+    np.testing.assert_allclose(chunked_std, xs.std(axis=0), rtol=1e-6)
+
+
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(data_lib.DataError, match="valid: cifar10"):
         data_lib.load_data("imagenet")

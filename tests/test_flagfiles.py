@@ -70,7 +70,7 @@ def test_the_papers_grid_is_stated_once_and_included_by_every_paper_and_rebuttal
     assert len(grid["batch_sizes"].value) == 20 and len(grid["lrs"].value) == 20 and grid["epochs"].value == 200
     grid_flags = {line.split("=", 1)[0] for line in GRID.read_text().splitlines() if line.startswith("--")}
     users = sorted(p for p in STUDIES if p.parent.name in ("paper", "rebuttal"))
-    assert len(users) == 7
+    assert len(users) == 8
     for path in users:
         own = [line.split("=", 1)[0] for line in path.read_text().splitlines() if line.startswith("--")]
         assert own[0] == "--flagfile" and not (set(own) & grid_flags), path.name

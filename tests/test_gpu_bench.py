@@ -47,3 +47,18 @@ def test_smoke_run_measures_real_bin_train_processes(tmp_path):
         expected = math.ceil(20 / p["k"]) * 20 * 200 * 50_000 / case["images_per_s_per_run"] / 3600
         assert p["grid_gpu_hours"] == pytest.approx(expected, rel=1e-12)
     assert "Projected GPU-hours" in proc.stdout
+
+
+def test_imagenet_sized_synthetic_data_and_projection(tmp_path):
+    """--image_size/--num_classes shape the synthetic npz (every class in its training split); --grid_images
+    scales the projection: ImageNet's 1,281,167 images an epoch instead of CIFAR's 50,000."""
+    import numpy as np
+
+    path = gpu_bench.synthetic_cifar(tmp_path / "s.npz", 40, 8, size=64, classes=20)
+    with np.load(path) as f:
+        assert f["x_train"].shape == (40, 64, 64, 3) and f["x_test"].shape == (8, 64, 64, 3)
+        assert set(f["y_train"].tolist()) == set(range(20)) and set(f["y_test"].tolist()) <= set(range(20))
+    cases = [{"arch": "resnet50", "variant": "plain", "k": 1, "batch_size": 256, "images_per_s_per_run": 909.0}]
+    (p,) = gpu_bench.project(cases, images=1_281_167)
+    assert p["grid_gpu_hours"] == pytest.approx(400 * 200 * 1_281_167 / 909 / 3600, rel=1e-12)
+    assert round(p["grid_gpu_hours"]) == 31_321  # flags/rebuttal/resnet_imagenet.flags quotes it

@@ -1,4 +1,4 @@
-"""The registry's models match bearpaw/pytorch-classification: exact counts, init, BN, padding."""
+"""The registry's models match bearpaw/pytorch-classification and torchvision: exact counts, init, BN, padding."""
 
 import math
 
@@ -86,4 +86,69 @@ def test_stride_two_conv_pads_symmetrically_like_pytorch():
 
 def test_unknown_arch_lists_valid_names():
     with pytest.raises(ValueError, match="valid: resnet20"):
-        models.build_model("resnet18", 10, (32, 32, 3))
+        models.build_model("resnet19", 10, (32, 32, 3))
+
+
+def torchvision_count(depth: int, classes: int = 1000, stem_kernel: int = 7) -> int:
+    """torchvision's sum(p.numel() for p in model.parameters()) from first principles: conv weights (no bias),
+    BN weight + bias (its running statistics are buffers, not parameters), the Linear's weight and bias."""
+    def conv_bn(cin, cout, k):
+        return cin * k * k * cout + 2 * cout
+    kind, blocks = models.TORCHVISION_LAYERS[depth]
+    expansion = 1 if kind == "basic" else 4
+    total, cin = conv_bn(3, 64, stem_kernel), 64
+    for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for b in range(n):
+            if kind == "basic":
+                total += conv_bn(cin, planes, 3) + conv_bn(planes, planes, 3)
+            else:
+                total += conv_bn(cin, planes, 1) + conv_bn(planes, planes, 3) + conv_bn(planes, planes * 4, 1)
+            if (stage > 0 and b == 0) or cin != planes * expansion:
+                total += conv_bn(cin, planes * expansion, 1)  # downsample
+            cin = planes * expansion
+    return total + cin * classes + classes
+
+
+@pytest.fixture(scope="module")
+def imagenet_resnets():
+    return {arch: models.build_model(arch, 1000, (224, 224, 3)) for arch in ("resnet18", "resnet50")}
+
+
+@pytest.mark.parametrize("arch,expected,with_bn_statistics", [
+    ("resnet18", 11_689_512, 11_699_112),
+    ("resnet50", 25_557_032, 25_610_152),
+])
+def test_imagenet_resnets_have_torchvisions_parameter_counts(imagenet_resnets, arch, expected, with_bn_statistics):
+    """torchvision's counts (its model cards: 11,689,512 and 25,557,032) are Keras' *trainable* count: BN's
+    gamma and beta are parameters in both, its moving mean and variance are PyTorch buffers and Keras
+    non-trainable weights, which model.count_params() adds (2 per BN channel: 9,600 and 53,120 more)."""
+    model = imagenet_resnets[arch]
+    assert models.count_trainable_params(model) == expected == torchvision_count(int(arch[6:]))
+    bn_channels = sum(l.gamma.shape[0] for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+    assert model.count_params() == with_bn_statistics == expected + 2 * bn_channels
+
+
+def test_resnet50_is_v1_5_with_torchvisions_stem_and_shapes(imagenet_resnets):
+    """The stride-2 convs, in order: the 7x7 stem, then in each later stage the bottleneck's 3x3 (v1.5; v1
+    strides its first 1x1) and the downsampling 1x1; then 7x7x2048 features, pooled, into 1000 logits."""
+    model = imagenet_resnets["resnet50"]
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [c.kernel_size[0] for c in convs if c.strides == (2, 2)] == [7, 3, 1, 3, 1, 3, 1]
+    assert len(convs) == 53 and convs[0].kernel.shape == (7, 7, 3, 64)
+    pools = [l for l in model.layers if isinstance(l, keras.layers.MaxPooling2D)]
+    assert len(pools) == 1 and pools[0].output.shape[1:] == (56, 56, 64)
+    gap = [l for l in model.layers if isinstance(l, keras.layers.GlobalAveragePooling2D)][0]
+    assert gap.input.shape[1:] == (7, 7, 2048) and model.output_shape == (None, 1000)
+    resnet18 = imagenet_resnets["resnet18"]
+    assert len([l for l in resnet18.layers if isinstance(l, keras.layers.Conv2D)]) == 20
+
+
+def test_resnet18_on_32x32_images_takes_the_small_stem():
+    """Below models.SMALL_INPUT pixels: a 3x3 stride-1 stem and no max pool (documented), so 7,680 parameters
+    fewer, and the last stage sees 4x4 maps of a 32x32 image."""
+    model = models.build_model("resnet18", 1000, (32, 32, 3))
+    assert models.count_trainable_params(model) == torchvision_count(18, stem_kernel=3) == 11_689_512 - 7_680
+    assert not [l for l in model.layers if isinstance(l, keras.layers.MaxPooling2D)]
+    gap = [l for l in model.layers if isinstance(l, keras.layers.GlobalAveragePooling2D)][0]
+    assert gap.input.shape[1:] == (4, 4, 512)
+    assert model(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 1000)

@@ -19,9 +19,20 @@ def test_dry_run_prints_the_exact_count_and_touches_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_of_resnet50_on_imagenet2012_needs_no_data(tmp_path):
+    """The model summary and torchvision's count, with no ImageNet anywhere (--data_dir names no folder)."""
+    proc = run_bin("train", "--arch=resnet50", "--dataset=imagenet2012", "--dry_run",
+                   f"--data_dir={tmp_path / 'absent'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "trainable parameters: 25,557,032" in lines
+    assert any('Model: "resnet50"' in line for line in lines) and any("(None, 224, 224," in line for line in lines)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args,message", [
     (["--lr=0"], "train: error: lr=0.0 must be > 0"),
-    (["--arch=resnet18"], "train: error: flag --arch=resnet18: value should be one of <resnet20|"),
+    (["--arch=resnet19"], "train: error: flag --arch=resnet19: value should be one of <resnet20|"),
     (["--batch_size=4001"], "train: error: batch_size=4001 is larger than the training set (4000"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -62,8 +62,13 @@ class BinaryFlags:
 def _data_flags(d: _Definer) -> None:
     d.DEFINE_enum("dataset", TRAIN_DEFAULTS["dataset"], list(DATASETS),
                   "Dataset. mnist1d is generated offline; cifar10/cifar100/mnist/fashion_mnist come from "
-                  "tensorflow_datasets (downloaded on first use); npz reads --data_path.")
-    d.DEFINE_string("data_dir", TRAIN_DEFAULTS["data_dir"], "tensorflow_datasets data folder (default: TFDS's, ~/tensorflow_datasets).")
+                  "tensorflow_datasets (downloaded on first use); imagenet32 is TFDS' imagenet_resized/32x32, "
+                  "held in memory (about 16 GB); imagenet2012 is read from TFDS' files every "
+                  "epoch and must be prepared in --data_dir first from the ILSVRC2012 tar files downloaded by "
+                  "hand (`tfds build imagenet2012 --manual_dir=...`); npz reads --data_path.")
+    d.DEFINE_string("data_dir", TRAIN_DEFAULTS["data_dir"], "tensorflow_datasets data folder (default: TFDS's, "
+                    "~/tensorflow_datasets); for imagenet2012, the one `tfds build imagenet2012 --data_dir=DIR "
+                    "--manual_dir=...` prepared.")
     d.DEFINE_string("data_path", TRAIN_DEFAULTS["data_path"], "For --dataset=npz: a .npz file with x_train, y_train, x_test, y_test.")
 
 

@@ -42,13 +42,37 @@ class Data:
     def num_train(self) -> int:
         return int(self.x_train.shape[0])
 
+    @property
+    def num_test(self) -> int:
+        return int(self.y_test.shape[0])
+
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Raw examples -> the float32 model inputs training uses (without augmentation)."""
         return ((x.astype(np.float32) * np.float32(self.scale) - self.mean) / self.std).astype(np.float32)
 
 
+# Training splits of more values than this (imagenet32: 3.9e9) get their statistics in chunks of this many
+# examples: a float64 copy of the whole split would need 8 bytes a value (31 GB). Smaller splits keep the
+# one-pass computation below, so their statistics (and every run on them) stay bit for bit as they were.
+STATS_CHUNK_VALUES, STATS_CHUNK = 1 << 30, 50_000
+
+
+def _chunked_stats(x: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of images (N, H, W, C) in float64, STATS_CHUNK examples at a time (two
+    passes: the mean, then the squared deviations from it)."""
+    axes = tuple(range(x.ndim - 1))
+    count = x.size // x.shape[-1]
+    total = sum(x[i:i + STATS_CHUNK].astype(np.float64).sum(axis=axes) for i in range(0, len(x), STATS_CHUNK))
+    mean = total * scale / count
+    squares = sum(((x[i:i + STATS_CHUNK].astype(np.float64) * scale - mean) ** 2).sum(axis=axes)
+                  for i in range(0, len(x), STATS_CHUNK))
+    return mean.astype(np.float32), np.sqrt(squares / count).astype(np.float32)
+
+
 def _stats(x: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std over the training split, in float64 (true statistics, not constants)."""
+    if x.size > STATS_CHUNK_VALUES and x.ndim == 4:
+        return _chunked_stats(x, scale)
     xs = x.astype(np.float64) * scale
     axes = tuple(range(xs.ndim - 1)) if xs.ndim > 2 else None
     if axes is None:  # vectors: one channel
@@ -308,8 +332,9 @@ def npz_shape(path: str) -> tuple[tuple, int]:
     return data.input_shape, data.num_classes
 
 
-def load_tfds(name: str, data_dir: str | None) -> Data:
-    """A TFDS dataset into memory. TFDS downloads it on first use, which needs internet."""
+def load_tfds(name: str, data_dir: str | None, test_split: str = "test", dataset: str | None = None) -> Data:
+    """A TFDS dataset into memory: its train split, and `test_split` as the test set. TFDS downloads it on
+    first use, which needs internet. `dataset`: its key of DATASETS (default `name`)."""
     import tensorflow_datasets as tfds
 
     def to_numpy(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -322,27 +347,39 @@ def load_tfds(name: str, data_dir: str | None) -> Data:
         return np.concatenate(xs), np.concatenate(ys)
 
     try:
-        train, test = tfds.load(name, split=["train", "test"], as_supervised=True, data_dir=data_dir)
+        train, test = tfds.load(name, split=["train", test_split], as_supervised=True, data_dir=data_dir)
         (x_train, y_train), (x_test, y_test) = to_numpy(train), to_numpy(test)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"could not load {name} through tensorflow_datasets (data_dir={data_dir}): {first}. "
                         "The first use downloads it and needs internet; offline, prepare it elsewhere and "
                         "pass --data_dir, or use --dataset=npz --data_path=FILE") from None
-    return _make(name, x_train, y_train, x_test, y_test, DATASETS[name].num_classes,
+    dataset = dataset or name
+    return _make(dataset, x_train, y_train, x_test, y_test, DATASETS[dataset].num_classes,
                  source=f"{name} (tensorflow_datasets, data_dir={data_dir})")
 
 
-def load_data(dataset: str, data_dir: str | None = None, data_path: str | None = None) -> Data:
-    """Loads `dataset` (a key of DATASETS) into memory."""
+def load_data(dataset: str, data_dir: str | None = None, data_path: str | None = None, stream: bool = False):
+    """Loads `dataset` (a key of DATASETS) into memory, a Data. A dataset too large for memory (its spec's
+    `streamed`: imagenet2012) is refused unless `stream`, which gives its data.imagenet.StreamData instead
+    (training reads it from disk every epoch; readers that need the examples in arrays cannot)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    spec = DATASETS[dataset]
+    if spec.streamed:
+        if not stream:
+            raise DataError(f"{dataset} is read from disk by bin/train only ({spec.num_train:,} full-size images "
+                            "do not fit in memory), and this needs its examples in memory; imagenet32 is "
+                            "ImageNet at 32x32, held in memory")
+        from lrbs_tf.data.imagenet import load_streamed
+
+        return load_streamed(dataset, data_dir)
     if dataset == "mnist1d":
         arrays, cache = _mnist1d_arrays()
         return _make("mnist1d", *arrays, num_classes=MNIST1D_CLASSES, source=_mnist1d_source(cache))
     if dataset == "npz":
         return load_npz(data_path or "")
-    return load_tfds(DATASETS[dataset].tfds_name, data_dir)
+    return load_tfds(spec.tfds_name, data_dir, spec.test_split, dataset)
 
 
 # --- tf.data pipelines ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The tf.data pipelines that feed training and evaluation: per-epoch shuffling and augmentation seeded by
-(seed, epoch), so a resumed run sees the same batches."""
+(seed, epoch), so a resumed run sees the same batches. Pipelines: a Data in memory; StreamPipelines: a
+StreamData read from disk every epoch (imagenet2012)."""
 
 from __future__ import annotations
 
+from lrbs_tf.data.imagenet import SHUFFLE_BUFFER, StreamData, eval_image, train_image
 from lrbs_tf.data.loaders import Data
 
 
@@ -93,3 +95,49 @@ class Pipelines:
             batches = batches.map(lambda x, y: (self._normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
                                   deterministic=True)
         return batches.prefetch(tf.data.AUTOTUNE)
+
+
+class StreamPipelines:
+    """The tf.data pipelines of a StreamData (imagenet2012, read from disk), with Pipelines' interface (`data`,
+    `augment`, `train(batch_size, seed, epoch)`, `test()`)."""
+
+    def __init__(self, data: StreamData, augment: bool, eval_batch_size: int = 1000):
+        self.data = data
+        self.augment = augment
+        self.eval_batch_size = eval_batch_size
+        self.size = data.input_shape[0]
+
+    def train(self, batch_size: int, seed: int, epoch: int):
+        """Epoch `epoch` (0-based): files and a buffer shuffled by (seed, epoch), each example cropped and
+        flipped by (seed, epoch, its position), batches of `batch_size` (remainder dropped)."""
+        import tensorflow as tf
+
+        es = _epoch_seed(seed, epoch)
+        ds = self.data.split(self.data.train_split, shuffle_seed=es)
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=es, reshuffle_each_iteration=False).enumerate()
+
+        def prepare(i, example):
+            encoded, label = example
+            x = (train_image(encoded, tf.stack([tf.constant(es, tf.int64), i]), self.size) if self.augment
+                 else eval_image(encoded, self.size))
+            return x, tf.cast(label, tf.int32)
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def test(self):
+        """The whole evaluation split in order, resized and centre-cropped, the last batch partial."""
+        import tensorflow as tf
+
+        ds = self.data.split(self.data.test_split).map(
+            lambda encoded, label: (eval_image(encoded, self.size), tf.cast(label, tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(self.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_pipelines(data, augment: bool, eval_batch_size: int = 1000):
+    """The pipelines of `data`: Pipelines for a Data in memory, StreamPipelines for a data.imagenet.StreamData
+    read from disk (imagenet2012); both give `train(batch_size, seed, epoch)` and `test()`."""
+    if isinstance(data, Data):
+        return Pipelines(data, augment, eval_batch_size)
+    return StreamPipelines(data, augment, eval_batch_size)

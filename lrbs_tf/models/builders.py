@@ -1,4 +1,5 @@
-"""Model registry: name -> Keras 3 builder, ported from bearpaw/pytorch-classification.
+"""Model registry: name -> Keras 3 builder, ported from bearpaw/pytorch-classification (the CIFAR models) and
+torchvision (resnet18, resnet50 for ImageNet).
 
 Every builder has the signature `builder(num_classes, input_shape, **options) -> keras.Model` and returns a
 functional model that outputs logits. Porting choices (REFERENCES.md §2), made once here:
@@ -98,6 +99,77 @@ def resnet(num_classes: int, input_shape: tuple, depth: int = 110) -> keras.Mode
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
+# --- ResNet for ImageNet (torchvision models/resnet.py: resnet18, resnet50) ---------------------------------
+
+# Inputs smaller than this (imagenet32, CIFAR) get the small stem: the 7x7 stride-2 conv and the max pool
+# would leave a 32x32 image 8x8 before the first block and 1x1 before the last.
+SMALL_INPUT = 64
+TORCHVISION_LAYERS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+
+
+def _conv(x, filters: int, kernel: int, stride: int = 1):
+    """torchvision's conv (no bias, kaiming_normal fan-out: conv_init) with PyTorch's symmetric padding
+    kernel // 2."""
+    pad = kernel // 2
+    if stride == 1 or pad == 0:
+        padding = "same" if pad else "valid"
+    else:
+        x = layers.ZeroPadding2D(pad)(x)
+        padding = "valid"
+    return layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+                         kernel_initializer=conv_init(kernel, filters))(x)
+
+
+def _downsample(x, filters: int, stride: int, in_filters: int):
+    """torchvision's `downsample` (conv1x1 + BN) when the block changes size or width; else the identity."""
+    if stride == 1 and in_filters == filters:
+        return x
+    return batch_norm()(_conv(x, filters, 1, stride))
+
+
+def _torchvision_basic(x, planes: int, stride: int, in_filters: int):
+    out = layers.ReLU()(batch_norm()(_conv(x, planes, 3, stride)))
+    out = batch_norm()(_conv(out, planes, 3))
+    return layers.ReLU()(layers.Add()([out, _downsample(x, planes, stride, in_filters)])), planes
+
+
+def _torchvision_bottleneck(x, planes: int, stride: int, in_filters: int):
+    """ResNet v1.5: the stride on the 3x3 conv, not on the first 1x1."""
+    out = layers.ReLU()(batch_norm()(_conv(x, planes, 1)))
+    out = layers.ReLU()(batch_norm()(_conv(out, planes, 3, stride)))
+    out = batch_norm()(_conv(out, planes * 4, 1))
+    return layers.ReLU()(layers.Add()([out, _downsample(x, planes * 4, stride, in_filters)])), planes * 4
+
+
+def resnet_imagenet(num_classes: int, input_shape: tuple, depth: int = 50) -> keras.Model:
+    """torchvision's ResNet-`depth` (18, 34: BasicBlock; 50: Bottleneck, stride on the 3x3 conv), default
+    arguments (zero_init_residual=False, groups=1, width 64): a 7x7 stride-2 conv, BN, ReLU and a 3x3 stride-2
+    max pool, four stages of widths 64-512 (x4 in a bottleneck's output), global average pooling and one
+    Linear. Initialisation as torchvision's: convs kaiming_normal(fan_out, relu) = conv_init, BN weight 1 and
+    bias 0, the Linear at PyTorch's default.
+
+    Inputs smaller than SMALL_INPUT (imagenet32) get the small stem instead, the usual choice for 32x32
+    images (e.g. kuangliu/pytorch-cifar's ResNet18, Chrabaszcz et al. 2017's downsampled-ImageNet WRNs): a 3x3
+    stride-1 conv and no max pool, so the stages see 32, 16, 8 and 4 pixels. That conv has 3*9*64 = 1,728
+    weights instead of 9,408, so such a model has 7,680 parameters fewer than the 224x224 count."""
+    kind, blocks = TORCHVISION_LAYERS[depth]
+    block = _torchvision_basic if kind == "basic" else _torchvision_bottleneck
+    inputs = keras.Input(input_shape)
+    small = min(input_shape[0], input_shape[1]) < SMALL_INPUT
+    x = _conv(inputs, 64, 3) if small else _conv(inputs, 64, 7, 2)
+    x = layers.ReLU()(batch_norm()(x))
+    if not small:
+        # PyTorch pads a max pool with -inf; after the ReLU every value is >= 0, so zeros give the same maxima.
+        x = layers.MaxPooling2D(3, strides=2)(layers.ZeroPadding2D(1)(x))
+    in_filters = 64
+    for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for b in range(n):
+            x, in_filters = block(x, planes, 2 if (stage > 0 and b == 0) else 1, in_filters)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = torch_dense(num_classes, fan_in=in_filters, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}")
+
+
 # --- VGG with batch norm (bearpaw models/cifar/vgg.py) -----------------------------------------------------
 
 VGG_CFGS = {
@@ -175,7 +247,8 @@ def mlp(num_classes: int, input_shape: tuple, depth: int, width: int,
 
 
 # The builder families the registry's entries name (lrbs_tf.models.registry.ARCHITECTURES).
-FAMILIES: dict[str, Callable[..., keras.Model]] = {"resnet": resnet, "vgg": vgg, "alexnet": alexnet, "mlp": mlp}
+FAMILIES: dict[str, Callable[..., keras.Model]] = {"resnet": resnet, "resnet_imagenet": resnet_imagenet, "vgg": vgg,
+                                                   "alexnet": alexnet, "mlp": mlp}
 ARCHS: dict[str, Callable[..., keras.Model]] = {
     name: functools.partial(FAMILIES[spec.family], **dict(spec.fixed)) for name, spec in ARCHITECTURES.items()}
 

@@ -27,6 +27,8 @@ MLP_DEFAULTS: dict[str, Any] = {"mlp_depth": 4, "mlp_width": 256, "mlp_batch_nor
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     **{f"resnet{d}": ArchSpec("resnet", (("depth", d),)) for d in (20, 32, 44, 56, 110)},
+    # torchvision's ImageNet ResNets (v1.5 bottlenecks): 11,689,512 and 25,557,032 parameters at 1000 classes.
+    **{f"resnet{d}": ArchSpec("resnet_imagenet", (("depth", d),)) for d in (18, 50)},
     **{f"vgg{d}": ArchSpec("vgg", (("depth", d),)) for d in (11, 13, 16, 19)},
     "alexnet": ArchSpec("alexnet"),
     "mlp": ArchSpec("mlp", needs_images=False, options=MLP_OPTIONS),

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from lrbs_tf.data.loaders import Data, DataError, load_data
-from lrbs_tf.data.pipelines import Pipelines
+from lrbs_tf.data.pipelines import Pipelines, make_pipelines
 from lrbs_tf.runs import checkpoints, folder as runfolder
 from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
 from lrbs_tf.training import members as mem
@@ -67,7 +67,7 @@ def _setup_devices(cfg: TrainConfig) -> tf.distribute.Strategy:
 
 def _load(cfg: TrainConfig) -> Data:
     try:
-        return load_data(cfg.dataset, cfg.data_dir, cfg.data_path)
+        return load_data(cfg.dataset, cfg.data_dir, cfg.data_path, stream=True)
     except DataError as e:
         raise UsageError(str(e)) from None
 
@@ -166,7 +166,7 @@ def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Call
     for x, y in eval_batches(strategy, pipes) if test is None else test:
         batch_loss, batch_correct = eval_step(x, y)
         loss_sum, correct = loss_sum + batch_loss.numpy(), correct + batch_correct.numpy()
-    n = len(pipes.data.y_test)
+    n = pipes.data.num_test
     return loss_sum / n, correct / n
 
 
@@ -249,7 +249,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     result.json content. An interruption (Ctrl-C, SIGTERM) leaves every run resumable; any other error
     records the active runs as failed and raises TrainingFailed."""
     cfg = cfgs[0]
-    pipes = Pipelines(data, augment=cfg.augment, eval_batch_size=cfg.eval_batch_size)
+    pipes = make_pipelines(data, augment=cfg.augment, eval_batch_size=cfg.eval_batch_size)
     members = mem.build_members(strategy, data, cfgs, settings, provenance, restore_dirs)
     start_epoch = int(members[0].epochs_done.numpy())
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress

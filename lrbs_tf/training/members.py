@@ -78,7 +78,7 @@ def _write_config(cfg: TrainConfig, flag_settings: dict, model: keras.Model, dat
     """config.json: the flag settings, what follows from the model and the data, and provenance."""
     runfolder.atomic_write_json(cfg.run_dir / runfolder.CONFIG, {
         **flag_settings, "num_params": count_trainable_params(model), "num_classes": data.num_classes,
-        "input_shape": list(data.input_shape), "num_train": data.num_train, "num_test": int(len(data.y_test)),
+        "input_shape": list(data.input_shape), "num_train": data.num_train, "num_test": data.num_test,
         "steps_per_epoch": data.num_train // cfg.batch_size, "replicas": replicas, "column_lrs": column_lrs,
         "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist(), "scale": data.scale},
         **provenance()})
