@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from lrbs_tf.analysis.model import Analysis, key_value
-from lrbs_tf.analysis.plots.style import log_axis, new_figure, panel_grid
+from lrbs_tf.analysis.plots.style import MIN_FONT, log_axis, new_figure, panel_grid
 from lrbs_tf.analysis.scaling_fit import predict
 
 
@@ -47,7 +47,7 @@ def _panel(ax, label: str, steps, fit: dict) -> None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("optimizer steps to the target")
     ax.set_title(f"{label}\n{fit.get('target', '')}", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=MIN_FONT)
 
 
 def figure_steps(a: Analysis) -> Figure | None:

@@ -12,13 +12,10 @@ import math
 import pandas as pd
 
 from lrbs_tf.analysis.model import Analysis, group_keys, measure_name
+from lrbs_tf.core.text import plural as _n
 from lrbs_tf.runs.table import TARGET
 
 MAX_LINES = 15  # per group: the summary fits a first screen
-
-
-def _n(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _p(p: float) -> str:
