@@ -18,6 +18,7 @@ from matplotlib.transforms import blended_transform_factory
 from lrbs_tf.analysis.model import Analysis, key_value
 from lrbs_tf.analysis.plots.style import MIN_FONT, log_axis, new_figure, panel_grid
 from lrbs_tf.analysis.scaling_fit import predict
+from lrbs_tf.core.text import plural
 
 
 def _panel(ax, label: str, steps, fit: dict) -> None:
@@ -37,7 +38,7 @@ def _panel(ax, label: str, steps, fit: dict) -> None:
     if len(missing):
         ax.scatter(missing, np.full(len(missing), 0.97), marker="x", color="C3", s=20, clip_on=False,
                    transform=blended_transform_factory(ax.transData, ax.transAxes),
-                   label=f"not reached ({len(missing)} batch sizes)")
+                   label=f"not reached ({plural(len(missing), 'batch size')})")
     if len(b) or len(missing):
         ax.set_xscale("log")
         log_axis(ax, "x")

@@ -18,6 +18,7 @@ from lrbs_tf.analysis import calibration, families as fam, stats
 from lrbs_tf.analysis.model import Analysis, iter_groups, measure_name
 from lrbs_tf.analysis.ratio_stats import CI_LEVEL
 from lrbs_tf.analysis.report.format import fmt_p, md_table
+from lrbs_tf.core.text import plural
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import TARGET
 
@@ -129,11 +130,11 @@ def _ratio_sentence(a: Analysis, r: dict) -> str:
     if r["reason"]:
         return f"- {what}: not testable ({r['reason']})."
     size = _family_size(a, r["family"], "p_ratio")
-    dropped = (f", {r['primary_cells_dropped']} cell(s) left out for a missing seed"
+    dropped = (f", {plural(r['primary_cells_dropped'], 'cell')} left out for a missing seed"
                if r["primary_cells_dropped"] else "")
     p = (f"p_ratio = {fmt_p(r['p_ratio'], a.alpha)} ({METHOD_WORDS.get(r['p_ratio_method'], r['p_ratio_method'])}; "
          f"{_df(r)}; Holm {fmt_p(r['p_ratio_holm'], a.alpha)} in family `{r['family']}` of {size}), "
-         f"{r['primary_cells']} cells x {r['primary_seeds']} seed(s){dropped}")
+         f"{plural(r['primary_cells'], 'cell')} x {plural(r['primary_seeds'], 'seed')}{dropped}")
     acc = r["measure"] == TARGET
     scale, unit = (POINTS_PER_DOUBLING, " (points per doubling)") if acc else (1.0, " (elasticities)" if
                                                                                r["transform"] == "log" else "")
@@ -259,8 +260,8 @@ def families_section(a: Analysis) -> str:
     if f.empty:
         return "\n\n".join(out + ["No tests."])
     primary = f[f["kind"].isin(fam.PRIMARY_KINDS) & (f["statistic"] == "spearman_p")]
-    out.append(f"He et al.'s tests here: {int(primary['tests'].sum())} Spearman tests in {len(primary)} families "
-               f"over {primary['group'].nunique()} group(s) (the paper: 164 over its four grids).")
+    out.append(f"He et al.'s tests here: {plural(int(primary['tests'].sum()), 'Spearman test')} in "
+               f"{plural(len(primary), 'family', 'families')} over {plural(primary['group'].nunique(), 'group')} (the paper: 164 over its four grids).")
     rows = []
     for r in f.to_dict("records"):
         floor = r["min_attainable_p"]
