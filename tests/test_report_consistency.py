@@ -68,3 +68,16 @@ def test_a_family_that_holm_cannot_pass_is_named_with_its_own_size():
     a = SimpleNamespace(alpha=0.005, groups=lambda t: [({}, "g", t)])
     note = report_ratio.small_n_note(a, table, "Table 1")
     assert "Holm over the family's 2 tests cannot" in note and "family `" not in note
+
+
+def test_counts_take_their_plural_only_when_not_one(tmp_path):
+    from lrbs_tf.core.text import plural
+
+    assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert plural(1, "process", "processes") == "1 process" and plural(3, "process", "processes") == "3 processes"
+    write_grid(tmp_path / "runs", law, batch_sizes=(16,), lrs=(0.01,))
+    correlate.run(tmp_path / "runs", tmp_path / "out", figures=False)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "1 run analysed in 1 group (vgg19 on cifar10)" in report
+    assert "**vgg19 on cifar10**: 1 done run in 1 (BS, LR) cell, 1 seed; BS 16, LR 0.01." in report
+    assert "1 runs" not in report and "1 groups" not in report and "1 batch sizes" not in report
