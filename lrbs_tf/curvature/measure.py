@@ -59,19 +59,7 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     q = set(settings.quantities)
     meter = Meter(run_passes(settings), log, memo=traces)  # the cost estimate when large, progress lines
     hv = meter.wrap(obj.hvp)
-
-    def timed(name: str, fn, extra=lambda result: {}, kind: str = "hvp", cap: int = 0):
-        meter.begin(name, kind, cap)
-        t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
-        result = fn()
-        costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
-                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0, **extra(result)}
-        log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
-            f"{costs[name]['losses']} losses" + "".join(f", {v} {k}" for k, v in extra(result).items())
-            + f", {costs[name]['seconds']:.1f} s")
-        return result
-
-    timed.meter = meter
+    timed = _timer(obj, meter, costs, log)
     if "eigenvalues" in q:
         res = timed("eigenvalues", lambda: eigen.top_k(hv, obj.dim, settings.top_k, settings.eig_method,
                                                        settings.tol, settings.max_hvps,
@@ -126,6 +114,24 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
                num_losses=obj.num_losses,
                seconds=time.perf_counter() - start, costs=costs)
     return out, spectrum
+
+
+def _timer(obj, meter, costs: dict, log):
+    """timed(name, fn, extra, kind, cap): runs estimator `fn` under `meter` (progress lines), records its
+    seconds and products in `costs[name]` and logs them; `timed.meter` is the meter."""
+    def timed(name: str, fn, extra=lambda result: {}, kind: str = "hvp", cap: int = 0):
+        meter.begin(name, kind, cap)
+        t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
+        result = fn()
+        costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
+                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0, **extra(result)}
+        log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
+            f"{costs[name]['losses']} losses" + "".join(f", {v} {k}" for k, v in extra(result).items())
+            + f", {costs[name]['seconds']:.1f} s")
+        return result
+
+    timed.meter = meter
+    return timed
 
 
 def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch_size: int,
