@@ -164,7 +164,8 @@ def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch
             res = timed("ggn_eigenvalues", lambda: eigen.top_k(gvp, gn.dim, settings.top_k, settings.eig_method,
                                                                settings.tol, settings.max_hvps,
                                                                settings.seed_for("ggn_eigenvalues")),
-                        lambda r: {"gvps": gn.num_gvps}, kind="gvp", cap=settings.max_hvps)  # the first GGN quantity: all products so far
+                        # the first GGN quantity: all products so far
+                        lambda r: {"gvps": gn.num_gvps}, kind="gvp", cap=settings.max_hvps)
             vals = [float(v) for v in res.eigenvalues]
             out.update(ggn_lambda_max=vals[0] if vals else None, ggn_top_eigenvalues=vals,
                        ggn_eigen_converged=res.converged)

@@ -53,7 +53,8 @@ def _ratio_title(analysis: Analysis, label: str, g: pd.DataFrame) -> str:
     r = rows[0]
     below = int((~g["reached_min_train_accuracy"].astype(bool)).sum())
     if below:
-        return f"{label}\nrho={r['spearman_rho']:.2f}, n={r['n']}; no p: {below} of {plural(len(g), 'run')} below premise"
+        return (f"{label}\nrho={r['spearman_rho']:.2f}, n={r['n']}; no p: {below} of {plural(len(g), 'run')} "
+                "below premise")
     return f"{label}\nrho={r['spearman_rho']:.2f}, p={r['spearman_p']:.1e} ({r['subset']}), n={r['n']}"
 
 

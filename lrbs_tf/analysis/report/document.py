@@ -52,8 +52,9 @@ CAPTIONS = {
                    "seeds, cell means with error bars of one s.d.; beside lambda_max, each run's 2 / lr (a dash: "
                    "the plain-SGD stability edge).",
     FIG_EQUAL_RATIO: "Equal-ratio runs: test accuracy (top) and training loss (bottom) vs epoch for the (BS, LR) "
-                     "cells that share a BS/LR value, one panel per shared ratio (where there are more "
-                     "than a figure holds, those held by the most cells, and the figure says how many it draws), a colour per cell, one line per seed "
+                     "cells that share a BS/LR value, one panel per shared ratio (where there are "
+                     "more than a figure holds, those held by the most cells, and the figure says how many it "
+                     "draws), a colour per cell, one line per seed "
                      "(Jastrzebski et al. 2018, Fig. 2).",
     FIG_STEPS: "Figure 6: fewest optimizer steps to the target vs batch size (log-log), the perfect-scaling line "
                "through the smallest batch size, and McCandlish et al.'s fitted S(B) with B_crit dashed; x on "
@@ -275,10 +276,11 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
     table3, same3 = unflagged_repeats(a, a.tables["table3"])
     parts = [
         "# Batch size, learning rate and generalisation: correlation report",
-        f"Results folder `{a.results}`; {plural(len(a.done), 'run')} analysed in {plural(len(a.labels), 'group')} "
+        f"Results folder `{a.results}`; {plural(len(a.done), 'run')} analysed in "
+        f"{plural(len(a.labels), 'group')} "
         f"({', '.join(a.labels.values())}); {plural(int(counted['tests'].sum()) if len(f) else 0, 'test')} in "
-        f"{plural(len(counted), 'multiple-testing family', 'multiple-testing families')}. Generated {now} by bin/correlate with "
-        f"scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
+        f"{plural(len(counted), 'multiple-testing family', 'multiple-testing families')}. Generated {now} by "
+        f"bin/correlate with scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
         f"Measure of generalisation: the best test accuracy over all epochs (the paper's). Significance: "
         f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction in its family "
         f"(section Multiple testing). Spearman p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact "

@@ -261,7 +261,8 @@ def families_section(a: Analysis) -> str:
         return "\n\n".join(out + ["No tests."])
     primary = f[f["kind"].isin(fam.PRIMARY_KINDS) & (f["statistic"] == "spearman_p")]
     out.append(f"He et al.'s tests here: {plural(int(primary['tests'].sum()), 'Spearman test')} in "
-               f"{plural(len(primary), 'family', 'families')} over {plural(primary['group'].nunique(), 'group')} (the paper: 164 over its four grids).")
+               f"{plural(len(primary), 'family', 'families')} over {plural(primary['group'].nunique(), 'group')} "
+               "(the paper: 164 over its four grids).")
     rows = []
     for r in f.to_dict("records"):
         floor = r["min_attainable_p"]
