@@ -1,4 +1,5 @@
-"""Times how long each binary takes to refuse the README's bad inputs, and whether it loaded TensorFlow.
+"""Times how long each binary takes to refuse the bad inputs of docs/guide.md's list ("Bad input"), and
+whether it loaded TensorFlow.
 
     .venv/bin/python benchmarks/refusal_bench.py                      # 5 interleaved rounds, medians
     .venv/bin/python benchmarks/refusal_bench.py --rounds=3 --out=/tmp/refusal.json

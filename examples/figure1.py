@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import lrbs_tf  # noqa: E402
 from lrbs_tf.core.errors import UsageError  # noqa: E402
+from lrbs_tf.core.text import plural  # noqa: E402
 
 
 def figure1(results: str | Path, out: str | Path) -> pd.DataFrame:
@@ -82,7 +83,7 @@ def main() -> None:
     except UsageError as e:
         parser.exit(2, f"figure1: error: {e}\n")
     rho, p = stats.spearmanr(points["ratio"], points["best_test_accuracy"])
-    print(f"figure1: {len(points)} runs, Spearman rho = {rho:.2f} (p = {p:.1e}); wrote {args.out}")
+    print(f"figure1: {plural(len(points), 'run')}, Spearman rho = {rho:.2f} (p = {p:.1e}); wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -395,7 +395,7 @@ def test_a_groups_families_do_not_change_with_what_else_is_in_the_folder(tmp_pat
     assert fams.loc[("table3 | resnet110 on cifar10", "spearman_p"), "tests"] == 1  # Table 3 counted once
     report = (tmp_path / "both" / "report.md").read_text()
     # He et al.'s tests: (5 + 5 + 1) + (10 + 10 + 1) Spearman tests in 6 families.
-    assert "He et al.'s tests here: 32 Spearman tests in 6 families over 2 group(s)" in report
+    assert "He et al.'s tests here: 32 Spearman tests in 6 families over 2 groups" in report
     # n = 5: the smallest exact Spearman p is 1/60 > 0.005, which the report says instead of leaving a row
     # of non-bold numbers to be read as "not reproduced".
     assert ("**vgg19 on cifar10**: at n = 5 the smallest attainable Spearman p is 0.017, not below alpha = "

@@ -68,14 +68,49 @@ def test_figure1_ticks_error_bars_and_diverged_runs(tmp_path):
     assert "runs: cell mean ± 1 s.d. over seeds" in labels and "diverged (1)" in labels
 
 
-def test_figure2_lines_stay_visible_on_white_and_colour_bars_are_labelled(tmp_path):
+def test_figure2_names_its_few_lines_in_legends_in_visible_colours(tmp_path):
     fig = correlate_plots.figure_curves(_analysis(tmp_path))
     panels = [ax for ax in fig.axes if ax.lines]
-    assert len(panels) == 2 and all(len(ax.lines) == 5 for ax in panels)
+    assert len(fig.axes) == 2 and len(panels) == 2 and all(len(ax.lines) == 5 for ax in panels)  # no colour bar
     # viridis and plasma end in yellows of luminance ~0.9; the cut maps stay below 0.75.
     assert max(_luminance(line.get_color()) for ax in panels for line in ax.lines) < 0.75
+    by_lr, by_bs = (ax.get_legend() for ax in panels)
+    assert by_lr.get_title().get_text() == "learning rate" and by_bs.get_title().get_text() == "batch size"
+    assert [t.get_text() for t in by_lr.get_texts()] == [f"{v:g}" for v in QUICK_LRS]
+    assert [t.get_text() for t in by_bs.get_texts()] == [f"{v:g}" for v in QUICK_BS]
+    assert len({line.get_color() for line in panels[0].lines}) == 5  # five distinct colours
+
+
+def test_figure2_keeps_a_labelled_colour_bar_for_many_lines(tmp_path):
+    write_grid(tmp_path / "runs", law, batch_sizes=tuple(range(16, 16 * 13, 16)), lrs=(0.01, 0.02))
+    fig = correlate_plots.figure_curves(correlate.analyse(tmp_path / "runs"))
     bars = [ax for ax in fig.axes if not ax.lines]
-    assert sorted(ax.get_ylabel() for ax in bars) == ["batch size", "learning rate"]
+    assert [ax.get_ylabel() for ax in bars] == ["batch size"]  # 12 batch sizes: a bar; 2 learning rates: a legend
+
+
+def test_no_text_in_any_figure_is_smaller_than_the_minimum(tmp_path):
+    from matplotlib.text import Text
+
+    from lrbs_tf.analysis.plots import style
+
+    a = _analysis(tmp_path, seeds=(0, 1), sharpness={"lambda_max": 2.0, "trace": 5.0}, diverged=True)
+    figures = [correlate_plots.figure_ratio(a), correlate_plots.figure_curves(a), correlate_plots.figure_heatmap(a),
+               correlate_plots.figure_sharpness(a), ratio_plots.figure_equal_ratio(a)]
+    for fig in figures:
+        fig.canvas.draw()  # ticks and legends exist once drawn
+        sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
+        assert sizes and min(sizes) >= style.MIN_FONT
+
+
+def test_figure1_withholds_the_p_value_when_runs_fail_the_premise(tmp_path):
+    write_grid(tmp_path / "ok", law, batch_sizes=QUICK_BS, lrs=QUICK_LRS)
+    a = correlate.analyse(tmp_path / "ok")
+    title = correlate_plots.figure_ratio(a).axes[0].get_title()
+    primary = a.tables["table3"][a.tables["table3"]["primary"].astype(bool)].iloc[0]
+    assert f"p={primary['spearman_p']:.1e} (column_permutation), n=25" in title
+    write_grid(tmp_path / "bad", law, batch_sizes=QUICK_BS, lrs=QUICK_LRS, final_train_accuracy=0.5)
+    title = correlate_plots.figure_ratio(correlate.analyse(tmp_path / "bad")).axes[0].get_title()
+    assert "p=" not in title and "no p: 25 of 25 runs below premise" in title
 
 
 def test_heatmap_writes_each_cells_value_in_a_readable_colour(tmp_path):
@@ -110,17 +145,17 @@ def test_figure4_has_human_titles_and_no_empty_panel(tmp_path, quantities, panel
         assert len(fig.axes) == 6 and fig.axes[-1].get_legend() is not None
 
 
-def test_figure5_overlays_the_runs_of_each_shared_ratio(tmp_path):
+def test_figure5_overlays_the_runs_of_every_shared_ratio(tmp_path):
     a = _analysis(tmp_path, seeds=(0, 1))
     panels = ratio_plots.chosen_panels(a)
-    # The quick grid shares several ratios (533.3 by 5 cells); the 4 with the most cells are drawn.
-    assert len(panels) == ratio_plots.MAX_RATIOS
-    shared = a.equal_ratios.sort_values(["n_cells", "ratio"], ascending=[False, True])
-    assert [r for _, r, _, _ in panels] == sorted(shared["ratio"].head(4))
+    # The quick grid shares 5 ratios (533.3 by 5 cells): one panel each, as the caption says.
+    assert len(a.equal_ratios) == 5
+    assert [r for _, r, _, _ in panels] == sorted(a.equal_ratios["ratio"])
     fig = ratio_plots.figure_equal_ratio(a)
     assert not [ax for ax in fig.axes if _is_empty(ax)]
+    assert fig._suptitle is None  # nothing cut, nothing to say
     tops = [ax for ax in fig.axes if ax.get_ylabel() == "test accuracy (%)"]
-    assert len(tops) == 4
+    assert len(tops) == 5
     for ax, (_, r, runs, total) in zip(tops, panels):
         assert total == runs.groupby(["batch_size", "lr"]).ngroups  # at most 5 cells per ratio: all drawn
         assert len(ax.lines) == len(runs)  # one line per run (seed) of the ratio's cells
@@ -148,3 +183,5 @@ def test_figure5_draws_at_most_six_cells_per_panel_and_says_how_many_it_left_out
     assert total == 20 and sorted(runs["batch_size"]) == [16, 80, 144, 192, 256, 320]
     fig = ratio_plots.figure_equal_ratio(a)
     assert any(ax.get_title().endswith("BS/LR = 1600: 6 of 20 cells, 6 runs") for ax in fig.axes)
+    assert len(panels) == ratio_plots.MAX_PANELS < len(a.equal_ratios)  # cut, and the figure says so
+    assert fig._suptitle.get_text().startswith(f"{ratio_plots.MAX_PANELS} of {len(a.equal_ratios)} shared BS/LR")

@@ -83,7 +83,7 @@ REFUSALS = _refusal_bench()
 
 @pytest.mark.parametrize("case", REFUSALS.CASES, ids=[c[0] for c in REFUSALS.CASES])
 def test_the_readmes_bad_inputs_are_refused_before_tensorflow_loads(tmp_path, case):
-    """Each bad input of the README's list (and issue 23's) is one line, exit 2, and refused before
+    """Each bad input of docs/guide.md's list (and issue 23's) is one line, exit 2, and refused before
     TensorFlow is imported: checked, not timed (benchmarks/refusal_bench.py times them)."""
     result = REFUSALS.refuse(case[1], REFUSALS.case_args(case, tmp_path), tmp_path)
     assert result["returncode"] == 2, result

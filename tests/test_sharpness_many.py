@@ -87,15 +87,15 @@ def test_results_measures_only_runs_without_a_current_sharpness_json(runs, tmp_p
     (unfinished / runfolder.RESULT).unlink()
     args = [f"--results={root}", *FLAGS[:2], "--quantities=eigenvalues"]
     code, out, _ = _main(args, capsys)
-    assert code == 0 and "3 finished run(s) to measure, 0 with a current" in out
+    assert code == 0 and "3 finished runs to measure, 0 with a current" in out
     assert all((d / runfolder.SHARPNESS).exists() for d in dirs) and not (unfinished / runfolder.SHARPNESS).exists()
     before = [(d / runfolder.SHARPNESS).stat().st_mtime_ns for d in dirs]
     code, out, _ = _main(args, capsys)
-    assert code == 0 and "0 finished run(s) to measure, 3 with a current" in out
+    assert code == 0 and "0 finished runs to measure, 3 with a current" in out
     assert [(d / runfolder.SHARPNESS).stat().st_mtime_ns for d in dirs] == before
     code, out, _ = _main([f"--results={root}", "--num_examples=256", "--top_k=1", "--quantities=eigenvalues"],
                          capsys)  # other settings: none is current any more
-    assert code == 0 and "3 finished run(s) to measure, 0 with a current" in out
+    assert code == 0 and "3 finished runs to measure, 0 with a current" in out
     assert all(json.loads((d / runfolder.SHARPNESS).read_text())["settings"]["top_k"] == 1 for d in dirs)
 
 

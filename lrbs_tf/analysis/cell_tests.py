@@ -51,6 +51,7 @@ import numpy as np
 from scipy import stats as sps
 
 from lrbs_tf.analysis import stats
+from lrbs_tf.core.text import plural
 
 MIN_SEEDS = 2
 COLUMN_PERMUTATIONS = 9999  # within-column permutations when there are more arrangements than this
@@ -229,7 +230,7 @@ def cr2_ratio(bs: np.ndarray, lr: np.ndarray, y: np.ndarray, ratio: np.ndarray |
     ratio = bs / lr if ratio is None else np.asarray(ratio, dtype=float)
     columns = len(np.unique(bs))
     if columns < MIN_COLUMNS:
-        return _nan(len(y), 1, f"{columns} batch sizes < {MIN_COLUMNS}: too few columns to tell an effect of "
+        return _nan(len(y), 1, f"{plural(columns, 'batch size')} < {MIN_COLUMNS}: too few columns to tell an effect of "
                                "batch size from a shock shared by a column")
     x, contrast = quadratic_ratio_design(bs, lr, ratio)
     if len(y) <= x.shape[1] or np.linalg.matrix_rank(x) < x.shape[1]:

@@ -26,6 +26,8 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats as sps
 
+from lrbs_tf.core.text import plural
+
 LEVEL = 0.95            # the intervals' coverage
 SPAN = math.log(1e4)    # v is searched from B_lo / 1e4 to B_hi * 1e4: beyond, the data cannot tell
 SCAN_POINTS = 4001      # grid over v for the start and the interval ends (spacing ~0.6%)
@@ -167,7 +169,8 @@ def fit_scaling(batch_sizes: Sequence[float], steps: Sequence[float], level: flo
         v_lo, v_hi = _v_interval(v, grid, rss, threshold, log_b, log_s)
         u_lo, u_hi = _u_interval(grid, u_grid, rss, threshold, len(s))
         if dof < 3:
-            notes.append(f"only {len(s)} batch sizes ({dof} degree(s) of freedom): the interval is wide")
+            notes.append(f"only {plural(len(s), 'batch size')} ({plural(dof, 'degree')} of freedom): the interval "
+                         "is wide")
     else:
         v_lo = v_hi = u_lo = u_hi = math.nan
         notes.append("2 batch sizes: the curve passes through both, no interval")

@@ -34,6 +34,7 @@ from scipy import stats as sps
 
 from lrbs_tf.analysis.model import key_value
 from lrbs_tf.analysis.report.format import md_table
+from lrbs_tf.core.text import plural
 from lrbs_tf.runs import folder as rf
 
 RUNS_FILE = "stability.csv"
@@ -173,12 +174,12 @@ def _q7(s: pd.DataFrame) -> str:
     settled = s["overlap_settled_epoch"].notna()
     have_overlap = s["overlap_min"].notna()
     since = f", from epoch {_summary(s.loc[settled, 'overlap_settled_epoch'])}" if settled.any() else ""
-    return (f"**He et al. Q7 (does the Hessian change during learning?).** Over {len(s)} runs, lambda_max at "
+    return (f"**He et al. Q7 (does the Hessian change during learning?).** Over {plural(len(s), 'run')}, lambda_max at "
             f"the last measured epoch / at the first: {_summary(s['lambda_max_last_over_first'])}; the trace: "
             f"{_summary(s['trace_last_over_first'])}. The top-k eigenspace (overlap with the previous measured "
             f"epoch, 1 = unchanged): smallest overlap per run {_summary(s['overlap_min'])}; it settled "
             f"(overlap >= {SETTLED:g} from some epoch to the end) in {int(settled.sum())} of "
-            f"{int(have_overlap.sum())} runs with overlaps{since}. "
+            f"{plural(int(have_overlap.sum()), 'run')} with overlaps{since}. "
             + _moved(s["lambda_max_last_over_first"], "lambda_max") + " " + _moved(s["trace_last_over_first"], "trace"))
 
 
@@ -187,7 +188,7 @@ def _moved(ratios: pd.Series, what: str) -> str:
     if v.empty:
         return ""
     moved = int(((v < 0.8) | (v > 1.25)).sum())
-    return (f"{what} ended more than 1.25x away from its first measured value in {moved} of {len(v)} runs"
+    return (f"{what} ended more than 1.25x away from its first measured value in {moved} of {plural(len(v), 'run')}"
             + (" (A7's invariance does not hold for it over these trajectories)." if moved > len(v) / 2 else "."))
 
 

@@ -11,6 +11,7 @@ from absl import flags
 from lrbs_tf.cli.app import run_app
 from lrbs_tf.core.errors import LOCKED_EXIT, UsageError
 from lrbs_tf.core.resources import quiet_import_tensorflow
+from lrbs_tf.core.text import plural
 from lrbs_tf.curvature import trajectory
 from lrbs_tf.curvature.session import check_epoch, run, run_many, run_trajectory
 from lrbs_tf.curvature.settings import INTERP_BATCH, Settings
@@ -26,8 +27,8 @@ def _targets(flag_values, settings: Settings, epochs: trajectory.EpochSpec) -> t
     if flag_values.results:
         todo, current = results_targets(flag_values.results, settings, epochs)
         what = "sharpness-epoch<E>.json for every epoch asked" if epochs is not None else runfolder.SHARPNESS
-        print(f"sharpness: {flag_values.results}: {len(todo)} finished run(s) to measure, {current} with a current "
-              f"{what} left alone", flush=True)
+        print(f"sharpness: {flag_values.results}: {plural(len(todo), 'finished run')} to measure, {current} "
+              f"with a current {what} left alone", flush=True)
         return todo, False
     if not flag_values.ckpt:
         raise UsageError("--ckpt is required: a run folder or a model.keras file, several (a comma list or "

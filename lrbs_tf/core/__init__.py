@@ -5,6 +5,7 @@
 - `provenance`: versions, git commit, device, time and command recorded beside every result.
 - `figures`: the one figure writer (atomic PNG + PDF).
 - `resources`: the CPU cores this process may use (affinity and cgroup quota) and the visible GPUs.
+- `text`: count-dependent words of user-facing text (`plural`: '1 run', '2 runs').
 
 No TensorFlow, no pandas at import.
 """

@@ -36,6 +36,7 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     """
     from lrbs_tf.curvature import eigen, hvp, sharpness_measures, slq, trace
     from lrbs_tf.curvature.line import Evaluator
+    from lrbs_tf.curvature.progress import Meter, run_passes
 
     start = time.perf_counter()
     wd = weight_decay if settings.include_weight_decay else 0.0
@@ -56,35 +57,29 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
     costs: dict = {}
     spectrum = None
     q = set(settings.quantities)
-
-    def timed(name: str, fn, extra=lambda result: {}):
-        t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
-        result = fn()
-        costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
-                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0, **extra(result)}
-        log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
-            f"{costs[name]['losses']} losses" + "".join(f", {v} {k}" for k, v in extra(result).items())
-            + f", {costs[name]['seconds']:.1f} s")
-        return result
-
+    meter = Meter(run_passes(settings), log, memo=traces)  # the cost estimate when large, progress lines
+    hv = meter.wrap(obj.hvp)
+    timed = _timer(obj, meter, costs, log)
     if "eigenvalues" in q:
-        res = timed("eigenvalues", lambda: eigen.top_k(obj.hvp, obj.dim, settings.top_k, settings.eig_method,
+        res = timed("eigenvalues", lambda: eigen.top_k(hv, obj.dim, settings.top_k, settings.eig_method,
                                                        settings.tol, settings.max_hvps,
-                                                       settings.seed_for("eigenvalues")))
+                                                       settings.seed_for("eigenvalues")), cap=settings.max_hvps)
         vals = [float(v) for v in res.eigenvalues]
         out.update(lambda_max=vals[0] if vals else None, top_eigenvalues=vals, eigen_converged=res.converged,
                    eigen_solver=res.method)
         if keep is not None:
             keep["eigenvectors"] = np.asarray(res.eigenvectors)
     if "trace" in q:
-        res = timed("trace", lambda: trace.hutchinson(obj.hvp, obj.dim, settings.hutchinson_rtol,
-                                                      settings.max_probes, seed=settings.seed_for("trace")))
+        res = timed("trace", lambda: trace.hutchinson(hv, obj.dim, settings.hutchinson_rtol,
+                                                      settings.max_probes, seed=settings.seed_for("trace")),
+                    cap=settings.max_probes)
         out.update(trace=res.trace, trace_stderr=res.trace_stderr, trace_num_probes=res.num_probes,
                    trace_converged=res.converged, frobenius_norm=res.frobenius_norm,
                    frobenius_stderr=res.frobenius_stderr)
     if "spectrum" in q:
-        spectrum = timed("spectrum", lambda: slq.slq(obj.hvp, obj.dim, settings.slq_steps, settings.slq_runs,
-                                                     seed=settings.seed_for("spectrum")))
+        spectrum = timed("spectrum", lambda: slq.slq(hv, obj.dim, settings.slq_steps, settings.slq_runs,
+                                                     seed=settings.seed_for("spectrum")),
+                         cap=settings.slq_steps * settings.slq_runs)
         grid, sigma = spectrum.default_grid()
         slq_trace, slq_trace_se = spectrum.trace_estimate()
         out["spectrum"] = {"nodes": [t.tolist() for t in spectrum.nodes],
@@ -92,11 +87,13 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
                            "slq_trace": slq_trace, "slq_trace_stderr": slq_trace_se}
     if "eps_sharpness" in q:
         res = timed("eps_sharpness", lambda: sharpness_measures.eps_sharpness(
-            obj, settings.eps, settings.eps_steps, seed=settings.seed_for("eps_sharpness")))
+            meter.objective(obj), settings.eps, settings.eps_steps, seed=settings.seed_for("eps_sharpness")),
+            kind="gradient", cap=settings.eps_steps)
         out.update(eps_sharpness=res.sharpness, eps_sharpness_perturbed_loss=res.perturbed_loss)
     if "avg_sharpness" in q:
         res = timed("avg_sharpness", lambda: sharpness_measures.average_sharpness(
-            obj, settings.noise_sigma, settings.noise_draws, seed=settings.seed_for("avg_sharpness")))
+            meter.objective(obj), settings.noise_sigma, settings.noise_draws, seed=settings.seed_for("avg_sharpness")),
+            kind="loss", cap=2 * settings.noise_draws + 1)
         out.update(avg_sharpness=res.mean_increase, avg_sharpness_stderr=res.stderr)
     if q & {"grad_cov", "noise_scale"}:
         # One per-example pass serves both, in the Hessian's BN mode (batch mode: the rows of each batch's
@@ -117,6 +114,24 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
                num_losses=obj.num_losses,
                seconds=time.perf_counter() - start, costs=costs)
     return out, spectrum
+
+
+def _timer(obj, meter, costs: dict, log):
+    """timed(name, fn, extra, kind, cap): runs estimator `fn` under `meter` (progress lines), records its
+    seconds and products in `costs[name]` and logs them; `timed.meter` is the meter."""
+    def timed(name: str, fn, extra=lambda result: {}, kind: str = "hvp", cap: int = 0):
+        meter.begin(name, kind, cap)
+        t0, h0, g0, l0 = time.perf_counter(), obj.num_hvps, obj.num_gradients, obj.num_losses
+        result = fn()
+        costs[name] = {"seconds": time.perf_counter() - t0, "hvps": obj.num_hvps - h0,
+                       "gradients": obj.num_gradients - g0, "losses": obj.num_losses - l0, **extra(result)}
+        log(f"{name}: {costs[name]['hvps']} HVPs, {costs[name]['gradients']} gradients, "
+            f"{costs[name]['losses']} losses" + "".join(f", {v} {k}" for k, v in extra(result).items())
+            + f", {costs[name]['seconds']:.1f} s")
+        return result
+
+    timed.meter = meter
+    return timed
 
 
 def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch_size: int,
@@ -145,17 +160,20 @@ def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch
 
         gn = GaussNewton(keras_logits_fn(model, settings.bn_mode, traces), obj.params, obj.batches, wd, traces)
         if "ggn_eigenvalues" in q:
-            res = timed("ggn_eigenvalues", lambda: eigen.top_k(gn.gvp, gn.dim, settings.top_k, settings.eig_method,
+            gvp = timed.meter.wrap(gn.gvp, "gvp")
+            res = timed("ggn_eigenvalues", lambda: eigen.top_k(gvp, gn.dim, settings.top_k, settings.eig_method,
                                                                settings.tol, settings.max_hvps,
                                                                settings.seed_for("ggn_eigenvalues")),
-                        lambda r: {"gvps": gn.num_gvps})  # the first GGN quantity: all products so far
+                        # the first GGN quantity: all products so far
+                        lambda r: {"gvps": gn.num_gvps}, kind="gvp", cap=settings.max_hvps)
             vals = [float(v) for v in res.eigenvalues]
             out.update(ggn_lambda_max=vals[0] if vals else None, ggn_top_eigenvalues=vals,
                        ggn_eigen_converged=res.converged)
         if "ggn_trace" in q:
             before = gn.num_gvps
-            res = timed("ggn_trace", lambda: trace.hutchinson(gn.gvp, gn.dim, settings.hutchinson_rtol,
+            gvp = timed.meter.wrap(gn.gvp, "gvp")
+            res = timed("ggn_trace", lambda: trace.hutchinson(gvp, gn.dim, settings.hutchinson_rtol,
                                                               settings.max_probes, seed=settings.seed_for("ggn_trace")),
-                        lambda r: {"gvps": gn.num_gvps - before})
+                        lambda r: {"gvps": gn.num_gvps - before}, kind="gvp", cap=settings.max_probes)
             out.update(ggn_trace=res.trace, ggn_trace_stderr=res.trace_stderr, ggn_trace_num_probes=res.num_probes,
                        ggn_trace_converged=res.converged)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from lrbs_tf.core.errors import RunFolderError, UsageError
+from lrbs_tf.core.text import plural
 from lrbs_tf.curvature import trajectory  # TF-free
 from lrbs_tf.curvature.measure import measure  # TF-free until measure() runs
 from lrbs_tf.curvature.settings import DEFAULT_HVP_BATCH, Settings
@@ -215,9 +216,9 @@ def run_trajectory(ckpt: str, settings: Settings, epochs: trajectory.EpochSpec =
             failed.append(f"epoch {epoch}: {type(e).__name__}: {e}")
     with locking.RunLock(Path(ckpt), "bin/sharpness"):  # one writer per run folder (runs/locking)
         path = trajectory.write_curvature_csv(ckpt)
-    log(f"wrote {path} ({len(records)} epoch(s) measured now)" if path else f"{ckpt}: no epoch measured")
+    log(f"wrote {path} ({plural(len(records), 'epoch')} measured now)" if path else f"{ckpt}: no epoch measured")
     if failed:
-        raise RunFolderError(f"{ckpt}: {len(failed)} of {len(todo)} epochs failed ({'; '.join(failed)})")
+        raise RunFolderError(f"{ckpt}: {len(failed)} of {plural(len(todo), 'epoch')} failed ({'; '.join(failed)})")
     return records
 
 
@@ -250,7 +251,7 @@ def run_many(ckpts: Sequence[str], settings: Settings, dataset: str | None = Non
             failures.append((ckpt, f"{type(e).__name__}: {e}"))
         if failures and failures[-1][0] == ckpt:
             print(f"sharpness: error: {ckpt}: {failures[-1][1]}", file=sys.stderr, flush=True)
-    log(f"measured {len(ckpts) - len(failures)} of {len(ckpts)} runs"
-        + (f" ({len(records)} epochs)" if many else "") + (f"; {len(failures)} failed: "
+    log(f"measured {len(ckpts) - len(failures)} of {plural(len(ckpts), 'run')}"
+        + (f" ({plural(len(records), 'epoch')})" if many else "") + (f"; {len(failures)} failed: "
                                                              f"{', '.join(c for c, _ in failures)}" if failures else ""))
     return records, failures

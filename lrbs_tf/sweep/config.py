@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from lrbs_tf.core.pricing import measurement_passes  # noqa: F401  (bin/sweep's price of one measurement)
 from lrbs_tf.data.specs import known_train_size
 from lrbs_tf.runs.config import GRID_SETTINGS, RuntimeFacts, TrainConfig, UsageError, validate
 from lrbs_tf.sweep import grid as gridlib
@@ -56,19 +57,6 @@ def with_sharpness_defaults(args: Sequence[str]) -> tuple[str, ...]:
     """--sharpness_flags completed by SHARPNESS_DEFAULT_FLAGS for each flag it does not set."""
     given = {a[2:].split("=", 1)[0] for a in args}
     return tuple(d for d in SHARPNESS_DEFAULT_FLAGS if d[2:].split("=", 1)[0] not in given) + tuple(args)
-
-
-def measurement_passes(quantities: Sequence[str], top_k: int, max_hvps: int, max_probes: int, slq_steps: int,
-                       slq_runs: int, eps_steps: int, noise_draws: int) -> float:
-    """The sweep's price of one bin/sharpness measurement, in gradient passes over its examples (a
-    Hessian-vector product costs about two): Lanczos' iterations for the top eigenvalues, Hutchinson's
-    probes for the trace, SLQ's steps, eps-sharpness' ascent steps, average sharpness' noisy losses, a pass
-    for the gradient noise. Caps, not expectations: Lanczos and Hutchinson stop once converged, so the ETA
-    leans long until a measurement has ended and its measured duration takes over (workers.Progress)."""
-    cost = {"eigenvalues": 2 * min(max_hvps, 20 + 10 * top_k), "trace": 2 * max_probes,
-            "spectrum": 2 * slq_steps * slq_runs, "eps_sharpness": eps_steps, "avg_sharpness": noise_draws / 3,
-            "grad_cov": 2, "noise_scale": 2}
-    return float(sum(cost.get(q, 2) for q in quantities))
 
 
 def sharpness_weight(passes: float, num_examples: int, grid: gridlib.Grid) -> float:

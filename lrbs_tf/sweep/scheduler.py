@@ -24,6 +24,7 @@ from typing import Sequence
 
 from lrbs_tf.core import provenance, resources
 from lrbs_tf.core.errors import LOCKED_EXIT
+from lrbs_tf.core.text import plural
 from lrbs_tf.runs import folder as runfolder, locking
 from lrbs_tf.runs.config import EXECUTION_SETTINGS, UsageError, identity_differences
 from lrbs_tf.sweep import grid as gridlib, record as sweep_record, workers
@@ -213,7 +214,7 @@ class _Scheduler:
         last = done.log_tail[-1] if done.log_tail else ""
         took = workers.format_duration(done.seconds)
         if not failed:
-            self.progress.event(f"end sharpness {unit.label} ({len(unit.runs)} runs) after {took}", counts=True)
+            self.progress.event(f"end sharpness {unit.label} ({plural(len(unit.runs), 'run')}) after {took}", counts=True)
         elif done.returncode == 2 and not self.sharpness_refused:
             # Exit 2 is bad input; every run of a grid shares arch, data and --sharpness_flags, so the
             # others would be refused the same way.

@@ -32,20 +32,30 @@ from lrbs_tf.analysis.model import (
     measure_name,
 )
 from lrbs_tf.analysis.plots import ratio as ratio_plots, scaling as scaling_plots, stability as stability_plots
-from lrbs_tf.analysis.plots.style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
+from lrbs_tf.analysis.plots.style import MIN_FONT, line_cmap, log_axis, new_figure, panel_grid, save, text_colour
+from lrbs_tf.core.text import plural
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import TARGET
 
 MEAN_STYLE = dict(fmt="o", ms=4, capsize=2, lw=0.9, zorder=3)
+MAX_LEGEND_LINES = 10  # Figure 2: lines named in a legend; more get a colour bar
 
 
-def _ratio_title(analysis: Analysis, label: str) -> str:
+def _ratio_title(analysis: Analysis, label: str, g: pd.DataFrame) -> str:
+    """The group, and Table 3's primary row (the report's verdict): rho, p and n; the p is left out, with the
+    reason, when runs of the group are below the training-accuracy premise (the test then does not ask the
+    paper's question: it assumes every model fits its training set)."""
     t3 = analysis.tables["table3"]
-    rows = [r for r in t3.to_dict("records") if analysis.label(r) == label and r["subset"] == "with_flagged"]
+    rows = [r for r in t3.to_dict("records") if analysis.label(r) == label
+            and (r["primary"] if "primary" in r else r["subset"] == "with_flagged")]
     if not rows or rows[0]["reason"]:
         return label + (f"\n({rows[0]['reason']})" if rows else "")
     r = rows[0]
-    return f"{label}\nSpearman rho={r['spearman_rho']:.2f}, p={r['spearman_p']:.1e}, n={r['n']}"
+    below = int((~g["reached_min_train_accuracy"].astype(bool)).sum())
+    if below:
+        return (f"{label}\nrho={r['spearman_rho']:.2f}, n={r['n']}; no p: {below} of {plural(len(g), 'run')} "
+                "below premise")
+    return f"{label}\nrho={r['spearman_rho']:.2f}, p={r['spearman_p']:.1e} ({r['subset']}), n={r['n']}"
 
 
 def _replicated(g: pd.DataFrame) -> bool:
@@ -89,25 +99,35 @@ def figure_ratio(analysis: Analysis) -> Figure:
         _diverged(ax, analysis, keys)
         log_axis(ax, "x")
         if ax.get_legend_handles_labels()[1] not in ([], ["runs"]):  # a lone 'runs' entry says nothing
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=MIN_FONT)
         ax.set_xlabel("batch size / learning rate")
         ax.set_ylabel("best test accuracy (%)")
-        ax.set_title(_ratio_title(analysis, label), fontsize=9)
+        ax.set_title(_ratio_title(analysis, label, g), fontsize=9)
     return fig
 
 
 def _lines(ax, g: pd.DataFrame, x: str, line: str, cmap_name: str, fig: Figure) -> None:
-    """Mean accuracy vs `x`, one line per value of `line`, coloured by that value (with a colour bar)."""
+    """Mean accuracy vs `x`, one line per value of `line`, in colours ordered along a colour map: up to
+    MAX_LEGEND_LINES lines named in a legend beside the panel (the few discrete values of a grid), more in a
+    colour bar (the paper's 20 x 20 grid)."""
     means = g.groupby([line, x], sort=True)[TARGET].mean().unstack(x)  # rows: one line each
     values = list(means.index)
-    norm = colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
+    name = "learning rate" if line == "lr" else "batch size"
     cmap = line_cmap(cmap_name)
+    discrete = len(values) <= MAX_LEGEND_LINES
+    norm = colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
     xs = means.columns.to_numpy(float)
-    for v, ys in zip(values, means.to_numpy(float)):
+    for k, (v, ys) in enumerate(zip(values, means.to_numpy(float))):
         keep = np.isfinite(ys)
-        ax.plot(xs[keep], 100 * ys[keep], lw=1, color=cmap(norm(v)))
-    bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
-    bar.set_label("learning rate" if line == "lr" else "batch size")
+        colour = cmap(k / max(1, len(values) - 1)) if discrete else cmap(norm(v))
+        ax.plot(xs[keep], 100 * ys[keep], lw=1.2, color=colour, marker="o" if discrete else None, ms=3,
+                label=f"{v:g}")
+    if discrete:
+        ax.legend(title=name, fontsize=MIN_FONT, title_fontsize=MIN_FONT, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), frameon=False)
+    else:
+        bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+        bar.set_label(name)
     ax.set_xlabel("batch size" if x == "batch_size" else "learning rate")
     ax.set_ylabel("best test accuracy (%)")
 
@@ -116,6 +136,7 @@ def figure_curves(analysis: Analysis) -> Figure:
     """Figure 2: accuracy vs batch size (a line per LR) and vs LR (a line per batch size), a row per group."""
     groups = list(analysis.groups())
     fig = new_figure(len(groups), 2, 5.4, 3.4)
+    fig.subplots_adjust(right=1 - 1.1 / (2 * 5.4))  # room for the right panel's legend (or colour bar)
     for i, (_, label, g) in enumerate(groups):
         ax = fig.add_subplot(len(groups), 2, 2 * i + 1)
         _lines(ax, g, "batch_size", "lr", "viridis", fig)
@@ -130,7 +151,7 @@ def _annotate(ax, image, values: np.ndarray, sds: np.ndarray) -> None:
     """Writes each cell's value (and +- s.d. when it has seeds, on grids up to 8 x 8) in a colour that reads
     on the cell."""
     rows, cols = values.shape
-    size = max(4.5, min(8.0, 110.0 / max(rows, cols)))
+    size = MIN_FONT
     fills = image.cmap(image.norm(np.nan_to_num(values)))  # every cell's colour at once
     with_sd = max(rows, cols) <= 8
     for i, j in zip(*np.nonzero(np.isfinite(values))):
@@ -166,8 +187,8 @@ def figure_heatmap(analysis: Analysis) -> Figure:
             if mark:
                 ax.text(lrs.index(lr), bss.index(bs), mark, ha="center", va="center", fontsize=8, color="C3")
         step_x, step_y = max(1, len(lrs) // 10), max(1, len(bss) // 10)
-        ax.set_xticks(range(0, len(lrs), step_x), [f"{v:g}" for v in lrs[::step_x]], fontsize=7, rotation=45)
-        ax.set_yticks(range(0, len(bss), step_y), [f"{int(v)}" for v in bss[::step_y]], fontsize=7)
+        ax.set_xticks(range(0, len(lrs), step_x), [f"{v:g}" for v in lrs[::step_x]], fontsize=MIN_FONT, rotation=45)
+        ax.set_yticks(range(0, len(bss), step_y), [f"{int(v)}" for v in bss[::step_y]], fontsize=MIN_FONT)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("batch size")
         ax.set_title(label, fontsize=9)
@@ -204,7 +225,7 @@ def figure_sharpness(analysis: Analysis) -> Figure:
         ax.set_title(f"{measure_name(q)}\n{drawn} of {len(analysis.done)} done runs have it", fontsize=9)
         handles = handles or ax.get_legend_handles_labels()[0]
         if not spare:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=MIN_FONT)
     if spare and handles:
         legend_ax = fig.add_subplot(nrows, ncols, nrows * ncols)
         legend_ax.axis("off")

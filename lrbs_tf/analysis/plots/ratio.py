@@ -1,6 +1,7 @@
 """Figure 5 of bin/correlate: the learning curves of runs that share a BS/LR value (Jastrzebski et al. 2018,
-Fig. 2). One panel per shared ratio (the MAX_RATIOS ratios held by the most cells in each group), test
-accuracy above and training loss below, one colour per (BS, LR) cell and one line per seed.
+Fig. 2). One panel per shared ratio, test accuracy above and training loss below, one colour per (BS, LR)
+cell and one line per seed; only beyond MAX_PANELS panels in all are a group's ratios cut (those held by the
+fewest cells first), and the figure then says how many it draws.
 
 The only figure that reads metrics.jsonl, and only for the runs it draws, so bin/correlate stays fast on
 large grids.
@@ -16,23 +17,23 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lrbs_tf.analysis.model import Analysis
-from lrbs_tf.analysis.plots.style import line_cmap, log_axis, panel_grid
+from lrbs_tf.analysis.plots.style import MIN_FONT, line_cmap, log_axis, panel_grid
 from lrbs_tf.runs import folder as rf
 
-MAX_RATIOS = 4  # panels per group: the shared ratios with the most cells
-MAX_PANELS = 8  # in all: with many groups each gets fewer (at least one), so the figure draws in a second
+MAX_PANELS = 12  # in all: every shared ratio of a group up to this; with many groups each gets fewer (at least
+                 # one, those with the most cells), so the figure draws in a second
 MAX_CELLS = 6   # lines per panel: cells spread over the batch sizes beyond that
 
 
 def chosen_panels(a: Analysis) -> list[tuple[str, float, pd.DataFrame, int]]:
-    """(group label, ratio, its done runs drawn, its number of cells) per panel: per group the shared ratios with the most cells (ties:
-    smaller ratio first; MAX_RATIOS, or fewer so that there are at most MAX_PANELS in all), in ratio order,
-    each with at most MAX_CELLS cells."""
+    """(group label, ratio, its done runs drawn, its number of cells) per panel: per group every shared ratio,
+    or where that would pass MAX_PANELS in all the MAX_PANELS // groups with the most cells (ties: smaller
+    ratio first), in ratio order, each with at most MAX_CELLS cells."""
     er = a.equal_ratios
     if er.empty:
         return []
     er = er.assign(_label=[a.label(r) for r in er.to_dict("records")])
-    per_group = max(1, min(MAX_RATIOS, MAX_PANELS // max(1, er["_label"].nunique())))
+    per_group = max(1, MAX_PANELS // max(1, er["_label"].nunique()))
     panels = []
     for _, label, g in a.groups():
         shared = er[er["_label"] == label].sort_values(["n_cells", "ratio"], ascending=[False, True])
@@ -73,13 +74,13 @@ def _panel(fig: Figure, slot, a: Analysis, label: str, ratio: float, runs: pd.Da
     drawn = f"{len(cells)} cells" if len(cells) == total else f"{len(cells)} of {total} cells"
     top.set_title(f"{label}\nBS/LR = {ratio:.4g}: {drawn}, {len(runs)} runs", fontsize=9)
     top.set_ylabel("test accuracy (%)", fontsize=8)
-    top.tick_params(labelbottom=False, labelsize=7)
-    top.legend(fontsize=6, loc="lower right")
+    top.tick_params(labelbottom=False, labelsize=MIN_FONT)
+    top.legend(fontsize=MIN_FONT, loc="lower right")
     bottom.set_yscale("log")
     log_axis(bottom, "y")
     bottom.set_ylabel("training loss", fontsize=8)
     bottom.set_xlabel("epoch", fontsize=8)
-    bottom.tick_params(labelsize=7)
+    bottom.tick_params(labelsize=MIN_FONT)
 
 
 def figure_equal_ratio(a: Analysis) -> Figure | None:
@@ -94,6 +95,9 @@ def figure_equal_ratio(a: Analysis) -> Figure | None:
     outer = fig.add_gridspec(nrows, ncols, hspace=0.35)
     for i, (label, ratio, runs, total) in enumerate(panels):
         _panel(fig, outer[i // ncols, i % ncols], a, label, ratio, runs, total)
+    if len(panels) < len(a.equal_ratios):  # cut at MAX_PANELS: say so where the figure is read
+        fig.suptitle(f"{len(panels)} of {len(a.equal_ratios)} shared BS/LR values drawn (those held by the most "
+                     "cells); the report's table lists every one", fontsize=9)
     if nrows * ncols > len(panels):  # the spare slot explains the lines instead of standing empty
         key = fig.add_subplot(outer[nrows - 1, ncols - 1])
         key.axis("off")

@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from lrbs_tf.analysis.model import Analysis, key_value
-from lrbs_tf.analysis.plots.style import log_axis, new_figure, panel_grid
+from lrbs_tf.analysis.plots.style import MIN_FONT, log_axis, new_figure, panel_grid
 from lrbs_tf.analysis.scaling_fit import predict
+from lrbs_tf.core.text import plural
 
 
 def _panel(ax, label: str, steps, fit: dict) -> None:
@@ -37,7 +38,7 @@ def _panel(ax, label: str, steps, fit: dict) -> None:
     if len(missing):
         ax.scatter(missing, np.full(len(missing), 0.97), marker="x", color="C3", s=20, clip_on=False,
                    transform=blended_transform_factory(ax.transData, ax.transAxes),
-                   label=f"not reached ({len(missing)} batch sizes)")
+                   label=f"not reached ({plural(len(missing), 'batch size')})")
     if len(b) or len(missing):
         ax.set_xscale("log")
         log_axis(ax, "x")
@@ -47,7 +48,7 @@ def _panel(ax, label: str, steps, fit: dict) -> None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("optimizer steps to the target")
     ax.set_title(f"{label}\n{fit.get('target', '')}", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=MIN_FONT)
 
 
 def figure_steps(a: Analysis) -> Figure | None:

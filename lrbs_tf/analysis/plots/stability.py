@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lrbs_tf.analysis.model import Analysis, iter_groups
-from lrbs_tf.analysis.plots.style import line_cmap, log_axis, new_figure
+from lrbs_tf.analysis.plots.style import MIN_FONT, line_cmap, log_axis, new_figure
 
 
 def figure_stability(a: Analysis) -> Figure | None:
@@ -40,10 +40,10 @@ def figure_stability(a: Analysis) -> Figure | None:
             if np.nanmin(sub["last_step"].to_numpy(float)) > 0:
                 ax.set_xscale("log")
                 log_axis(ax, "x")
-                ax.tick_params(axis="x", labelrotation=40, labelsize=7)  # 1-2-5 ticks over 20-6,000 steps
+                ax.tick_params(axis="x", labelrotation=40, labelsize=MIN_FONT)  # 1-2-5 ticks over 20-6,000 steps
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("curvature x lr/2 (1: the limit 2/lr)")
             ax.set_title(f"{label}\nbatch size {bs}", fontsize=9)
             if col == 0:  # one legend a row: the colours and line styles are the same in every panel
-                ax.legend(fontsize=5.5, loc="best", framealpha=0.6)
+                ax.legend(fontsize=MIN_FONT, loc="best", framealpha=0.6)
     return fig

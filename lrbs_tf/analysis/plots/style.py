@@ -22,6 +22,7 @@ from lrbs_tf.core import figures
 MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0))
 MIN_TICKS, MAX_TICKS = 3, 7
 DPI = 110
+MIN_FONT = 8  # points: the smallest text of any figure (legends, ticks, cell values)
 LINE_MAP_TOP = 0.8  # colour maps for lines stop here: viridis and plasma end in a yellow that vanishes on white
 
 

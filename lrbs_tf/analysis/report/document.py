@@ -33,15 +33,18 @@ from lrbs_tf.analysis.model import (
 from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling, summary
 from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
 from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
+from lrbs_tf.core.text import plural
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import STATUS_SKIPPED, STATUS_UNFINISHED, TARGET
 
 CAPTIONS = {
     FIG_RATIO: "Figure 1: best test accuracy vs BS/LR (log scale), one point per run (hollow: final training "
                "accuracy below the premise threshold; x on the axis: diverged runs); where cells have several "
-               "seeds, the cell means with error bars of one s.d. over the seeds.",
+               "seeds, the cell means with error bars of one s.d. over the seeds. The title gives Table 3's "
+               "primary test, without its p where runs of the group are below the premise.",
     FIG_CURVES: "Figure 2: best test accuracy vs batch size (left, one line per learning rate) and vs learning "
-                "rate (right, one line per batch size); mean over seeds where a cell has several.",
+                "rate (right, one line per batch size), named in the legend (a colour bar beyond 10 lines); mean "
+                "over seeds where a cell has several.",
     FIG_HEATMAP: "Heatmap of best test accuracy (%) over the batch size x learning rate grid, the mean over "
                  "seeds written in each cell; D: only diverged runs, F: only failed runs, blank: no run.",
     FIG_SHARPNESS: "Sharpness quantities vs BS/LR (log scales where all values are positive), one point per run, "
@@ -49,7 +52,9 @@ CAPTIONS = {
                    "seeds, cell means with error bars of one s.d.; beside lambda_max, each run's 2 / lr (a dash: "
                    "the plain-SGD stability edge).",
     FIG_EQUAL_RATIO: "Equal-ratio runs: test accuracy (top) and training loss (bottom) vs epoch for the (BS, LR) "
-                     "cells that share a BS/LR value, one panel per ratio, a colour per cell, one line per seed "
+                     "cells that share a BS/LR value, one panel per shared ratio (where there are "
+                     "more than a figure holds, those held by the most cells, and the figure says how many it "
+                     "draws), a colour per cell, one line per seed "
                      "(Jastrzebski et al. 2018, Fig. 2).",
     FIG_STEPS: "Figure 6: fewest optimizer steps to the target vs batch size (log-log), the perfect-scaling line "
                "through the smallest batch size, and McCandlish et al.'s fitted S(B) with B_crit dashed; x on "
@@ -129,7 +134,8 @@ def premise_section(a: Analysis) -> str:
         other = a.duplicates[~a.duplicates["identical"].astype(bool)]
         out.append(f"Run folders that repeat another's group, batch size, learning rate and seed enter every test "
                    f"once (the first by run_dir is kept; the others have status `duplicate` in runs.csv): "
-                   f"{len(same)} identical copies merged, {len(other)} reruns with other results.")
+                   f"{plural(len(same), 'identical copy', 'identical copies')} merged, "
+                   f"{plural(len(other), 'rerun')} with other results.")
         if len(other):
             out.append("**Reproducibility problem**: these runs repeat a configuration and seed but their results "
                        "differ from the kept run's; only the kept run is analysed. Either the training is not "
@@ -147,6 +153,25 @@ def premise_section(a: Analysis) -> str:
 def _cells(a: Analysis) -> Iterator[tuple[str, pd.DataFrame, pd.Series]]:
     for _, label, g in a.groups():
         yield label, g, g.groupby(["batch_size", "lr"]).size()
+
+
+UNFLAGGED = "without_flagged"  # the subset that leaves out the runs below the premise
+
+
+def unflagged_repeats(a: Analysis, table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """`table` without its `without_flagged` rows in groups where no done run is flagged (those rows repeat
+    the `with_flagged` ones exactly: the same runs), and the sentence that says so ('' when none is left out).
+    The CSV files keep every row."""
+    if table.empty or "subset" not in table:
+        return table, ""
+    clean = {label for _, label, g in a.groups() if g["reached_min_train_accuracy"].astype(bool).all()}
+    labels = [a.label(r) for r in table.to_dict("records")]
+    drop = (table["subset"] == UNFLAGGED).to_numpy(bool) & [lab in clean for lab in labels]
+    if not drop.any():
+        return table, ""
+    groups = sorted({lab for lab, d in zip(labels, drop) if d})
+    return table[~drop], (f"`{UNFLAGGED}`: same as `with_flagged` (no run is flagged in "
+                          f"{', '.join(groups)}), so its rows are not repeated here.")
 
 
 def paper_layout(a: Analysis, table: pd.DataFrame, row_col: str | None) -> str:
@@ -208,16 +233,17 @@ def signs_section(a: Analysis, signs: pd.DataFrame) -> str:
 
 
 def psi_section(a: Analysis) -> str:
+    psi, same = unflagged_repeats(a, a.psi)
     rows = [[a.label(r), r["subset"], r["measure"], r["n"], fmt_coef(r["psi"], r["reason"]),
              fmt_coef(r["psi_batch_size"]), fmt_coef(r["psi_lr"]), r["subgroups_batch_size"],
-             r["subgroups_lr"], r["subgroups_skipped"]] for r in a.psi.to_dict("records")]
+             r["subgroups_lr"], r["subgroups_skipped"]] for r in psi.to_dict("records")]
     return "\n\n".join([
         "## Granulated Kendall coefficient Psi (Jiang et al. 2019)",
         "psi_batch_size: mean Kendall tau-b of (measure, test accuracy) over the fixed-LR subgroups (only "
         "the batch size varies); psi_lr: over the fixed-batch-size subgroups; Psi: their mean. For the "
         "measure BS/LR the paper's claim means Psi < 0.",
         md_table(["group", "subset", "measure", "n", "Psi", "psi_batch_size", "psi_lr", "subgroups (BS)",
-                  "subgroups (LR)", "subgroups skipped"], rows)])
+                  "subgroups (LR)", "subgroups skipped"], rows), *_notes(same)])
 
 
 def sharpness_section(a: Analysis) -> str:
@@ -225,6 +251,7 @@ def sharpness_section(a: Analysis) -> str:
         return "## Sharpness\n\nNo run has a sharpness.json with a known quantity " \
                "(run bin/sharpness on the run folders)."
     done = a.done
+    sharp, same = unflagged_repeats(a, a.tables["sharpness"])
     have = md_table(["quantity", "", "done runs with a value", "missing"],
                     [[q, measure_name(q), int(done[q].notna().sum()), int(done[q].isna().sum())]
                      for q in a.sharpness_quantities])
@@ -234,7 +261,7 @@ def sharpness_section(a: Analysis) -> str:
                         "`unit`): with seeds the cell means; with one run per cell the runs, with p-values from "
                         "permuting the quantity within each batch-size column, as Table 3's primary; the "
                         "run-level p stays as `spearman_p_runs`.", have,
-                        full_rows(a, a.tables["sharpness"], ["quantity", "versus", "subset"])])
+                        full_rows(a, sharp, ["quantity", "versus", "subset"]), *_notes(same)])
 
 
 def _notes(*texts: str) -> list[str]:
@@ -246,12 +273,14 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     f = a.families
     counted = f[f["statistic"].isin(["spearman_p", "p_ratio", "p_permutation"])] if len(f) else f
+    table3, same3 = unflagged_repeats(a, a.tables["table3"])
     parts = [
         "# Batch size, learning rate and generalisation: correlation report",
-        f"Results folder `{a.results}`; {len(a.done)} runs analysed in {len(a.labels)} group(s) "
-        f"({', '.join(a.labels.values())}); {int(counted['tests'].sum()) if len(f) else 0} tests in "
-        f"{len(counted)} multiple-testing families. Generated {now} by bin/correlate with "
-        f"scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
+        f"Results folder `{a.results}`; {plural(len(a.done), 'run')} analysed in "
+        f"{plural(len(a.labels), 'group')} "
+        f"({', '.join(a.labels.values())}); {plural(int(counted['tests'].sum()) if len(f) else 0, 'test')} in "
+        f"{plural(len(counted), 'multiple-testing family', 'multiple-testing families')}. Generated {now} by "
+        f"bin/correlate with scipy {scipy.__version__} and statsmodels {statsmodels.__version__}.",
         f"Measure of generalisation: the best test accuracy over all epochs (the paper's). Significance: "
         f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction in its family "
         f"(section Multiple testing). Spearman p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact "
@@ -268,11 +297,12 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         "`without_flagged` (only runs that met the training-accuracy premise), the other of `cell_means` / "
         "`column_permutation`, `diverged_worst` (diverged runs kept, ranked below every done run; rank "
         "statistics only):",
-        paper_layout(a, a.tables["table3"], None),
+        paper_layout(a, table3, None),
+        *_notes(same3),
         *_notes(report_ratio.table3_primary_note(a)),
         *_notes(report_ratio.small_n_note(a, a.tables["table3"], "Table 3")),
         "All statistics (rho: Spearman, r: Pearson on the raw ratio, tau: Kendall tau-b):",
-        full_rows(a, a.tables["table3"], ["subset"]),
+        full_rows(a, table3, ["subset"]),
         *report_ratio.sections(a),
         psi_section(a),
         "## " + TITLES["table1"], paper_layout(a, a.tables["table1"], "lr"),

@@ -14,10 +14,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from lrbs_tf.analysis import calibration, families as fam
+from lrbs_tf.analysis import calibration, families as fam, stats
 from lrbs_tf.analysis.model import Analysis, iter_groups, measure_name
 from lrbs_tf.analysis.ratio_stats import CI_LEVEL
 from lrbs_tf.analysis.report.format import fmt_p, md_table
+from lrbs_tf.core.text import plural
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import TARGET
 
@@ -129,11 +130,11 @@ def _ratio_sentence(a: Analysis, r: dict) -> str:
     if r["reason"]:
         return f"- {what}: not testable ({r['reason']})."
     size = _family_size(a, r["family"], "p_ratio")
-    dropped = (f", {r['primary_cells_dropped']} cell(s) left out for a missing seed"
+    dropped = (f", {plural(r['primary_cells_dropped'], 'cell')} left out for a missing seed"
                if r["primary_cells_dropped"] else "")
     p = (f"p_ratio = {fmt_p(r['p_ratio'], a.alpha)} ({METHOD_WORDS.get(r['p_ratio_method'], r['p_ratio_method'])}; "
          f"{_df(r)}; Holm {fmt_p(r['p_ratio_holm'], a.alpha)} in family `{r['family']}` of {size}), "
-         f"{r['primary_cells']} cells x {r['primary_seeds']} seed(s){dropped}")
+         f"{plural(r['primary_cells'], 'cell')} x {plural(r['primary_seeds'], 'seed')}{dropped}")
     acc = r["measure"] == TARGET
     scale, unit = (POINTS_PER_DOUBLING, " (points per doubling)") if acc else (1.0, " (elasticities)" if
                                                                                r["transform"] == "log" else "")
@@ -259,8 +260,9 @@ def families_section(a: Analysis) -> str:
     if f.empty:
         return "\n\n".join(out + ["No tests."])
     primary = f[f["kind"].isin(fam.PRIMARY_KINDS) & (f["statistic"] == "spearman_p")]
-    out.append(f"He et al.'s tests here: {int(primary['tests'].sum())} Spearman tests in {len(primary)} families "
-               f"over {primary['group'].nunique()} group(s) (the paper: 164 over its four grids).")
+    out.append(f"He et al.'s tests here: {plural(int(primary['tests'].sum()), 'Spearman test')} in "
+               f"{plural(len(primary), 'family', 'families')} over {plural(primary['group'].nunique(), 'group')} "
+               "(the paper: 164 over its four grids).")
     rows = []
     for r in f.to_dict("records"):
         floor = r["min_attainable_p"]
@@ -318,25 +320,36 @@ def table3_primary_note(a: Analysis) -> str:
 
 
 def small_n_note(a: Analysis, table: pd.DataFrame, name: str) -> str:
-    """Where a table's tests cannot reach significance at their n, a sentence saying so (else '')."""
+    """Where a table's tests cannot reach significance at their n, a sentence saying so (else '').
+
+    Per multiple-testing family (the `family` column), as the stars are: a family "cannot pass Holm" only when
+    Holm's adjustment of its smallest attainable p-values (stats.adjust_pvalues, the function that adjusts the
+    p-values the stars read) leaves none below alpha, so no such note can stand beside a starred p."""
     notes = []
     for _, label, g in a.groups(table):
         tested = g[g["reason"] == ""]
         if tested.empty:
             continue
-        floor = tested["spearman_min_p"].to_numpy(float)
-        m = len(tested)
-        ns = sorted({int(n) for n in tested["n"]})
-        n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
-        if (floor >= a.alpha).all():
-            notes.append(f"**{label}**: at {n_text} the smallest attainable Spearman p is {_num(floor.min(), 2)}, "
-                         f"not below alpha = {a.alpha:g}: no row of {name} can be significant, so a p-value that "
-                         "is not bold here is no evidence against the paper; more batch sizes or learning rates "
-                         "are needed.")
-        elif (floor * m >= a.alpha).all():
-            notes.append(f"**{label}**: at {n_text} a raw p can pass alpha = {a.alpha:g}, but Holm over the "
-                         f"family's {m} tests cannot (smallest attainable p {_num(floor.min(), 2)} x {m} >= "
-                         f"{a.alpha:g}).")
+        fams = list(tested.groupby("family", sort=False)) if "family" in tested else [("", tested)]
+        for family, members in fams:
+            floor = members["spearman_min_p"].to_numpy(float)
+            m = len(members)
+            ns = sorted({int(n) for n in members["n"]})
+            n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
+            several = len(fams) > 1
+            kind = f" (family `{family.split(' | ')[0]}`)" if several else ""
+            if "spearman_p_holm" in members and (members["spearman_p_holm"] < a.alpha).any():
+                continue  # a starred row: its family can pass (a p below its attainable floor would say so)
+            if (floor >= a.alpha).all():
+                notes.append(f"**{label}**{kind}: at {n_text} the smallest attainable Spearman p is "
+                             f"{_num(floor.min(), 2)}, not below alpha = {a.alpha:g}: no row of {name}"
+                             f"{' in this family' if several else ''} can be significant, so a p-value that is "
+                             "not bold here is no evidence against the paper; more batch sizes or learning rates "
+                             "are needed.")
+            elif m > 1 and (stats.adjust_pvalues(floor, "holm") >= a.alpha).all():
+                notes.append(f"**{label}**{kind}: at {n_text} a raw p can pass alpha = {a.alpha:g}, but Holm over "
+                             f"the family's {m} tests cannot (smallest attainable p {_num(floor.min(), 2)} x {m} "
+                             f">= {a.alpha:g}).")
     return "\n\n".join(notes)
 
 

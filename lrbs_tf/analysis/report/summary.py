@@ -12,13 +12,16 @@ import math
 import pandas as pd
 
 from lrbs_tf.analysis.model import Analysis, group_keys, measure_name
+from lrbs_tf.core.text import plural as _n
 from lrbs_tf.runs.table import TARGET
 
 MAX_LINES = 15  # per group: the summary fits a first screen
 
 
-def _n(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+def _span(values: pd.Series, fmt: str) -> str:
+    """'16-256', or '16' where every value is one."""
+    lo, hi = (int(values.min()), int(values.max())) if fmt == "d" else (values.min(), values.max())
+    return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}}-{hi:{fmt}}"
 
 
 def _p(p: float) -> str:
@@ -140,8 +143,7 @@ def group_summary(a: Analysis, key: tuple, label: str, done: pd.DataFrame) -> li
     seeds = sorted(done["seed"].dropna().unique()) if "seed" in done else []
     head = (f"**{label}**: {_n(len(done), 'done run')} in {_n(len(cells), '(BS, LR) cell')}, "
             f"{_n(len(seeds), 'seed')}; "
-            f"BS {int(done['batch_size'].min())}-{int(done['batch_size'].max())}, "
-            f"LR {done['lr'].min():g}-{done['lr'].max():g}.")
+            f"BS {_span(done['batch_size'], 'd')}, LR {_span(done['lr'], 'g')}.")
     lines = [head]
     for make in (_table3_line, _ratio_line, _invariance_line, _sharpness_line, _steps_line):
         line = make(a, key)
