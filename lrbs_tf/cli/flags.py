@@ -163,8 +163,9 @@ def _correlate_flags(d: _Definer) -> None:
                    "adjusted p-values (Holm, Benjamini-Hochberg, within each multiple-testing family) are "
                    "reported beside the raw ones.")
     d.DEFINE_list("group_by", list(DEFAULT_GROUP_BY), "config.json keys that split runs into separate "
-                  "groups besides arch and dataset (other keys that vary inside a group are reported, not "
-                  "split on).")
+                  "groups besides arch and dataset; 'varying' adds every bin/train identity setting that varies "
+                  "among the runs of one arch and dataset, other than batch size, learning rate and seed "
+                  "(other keys that vary inside a group are reported, not split on).")
     d.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
     d.DEFINE_bool("summary", True, "Print report.md's Summary section (each group's primary results and the "
                   "warnings that change how to read them) after the one-line count; --nosummary: the line only.")
