@@ -160,7 +160,7 @@ def _check_grid(grid: gridlib.Grid) -> None:
     """Every run as bin/train would check it before it starts (ranges, names, a known dataset's size), and
     one folder per run; UsageError naming the first bad one."""
     for seed, point, bs in grid.column_order():
-        where = f" (at --grid {gridlib.point_label(point)[1:]})" if point else ""
+        where = f" (at --grid {', '.join(f'{k}={gridlib.flag_text(v)}' for k, v in point)})" if point else ""
         cfg = grid.config(bs, grid.lrs[0], seed, point)
         for lr in grid.lrs:  # arch, dataset, ranges: every run is valid before any is started
             try:
