@@ -318,9 +318,10 @@ _TRAIN_SECTIONS = (
 )
 _SUMMARIES = {
     "train": "bin/train: trains one run, or a column of learning rates, with constant-LR SGD into run folders.",
-    "sweep": "bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds), on this machine or as "
-             "a cluster shard. Every bin/train flag below is forwarded to each run; the grid sets each run's "
-             "learning rate, batch size, seed and run name (--lrs, --batch_sizes, --seeds).",
+    "sweep": "bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds x any --grid axes), on "
+             "this machine or as a cluster shard. Every bin/train flag below is forwarded to each run; the grid "
+             "sets each run's learning rate, batch size, seed and run name (--lrs, --batch_sizes, --seeds) and "
+             "its --grid settings.",
     "sharpness": "bin/sharpness: curvature of a trained run (Hessian eigenvalues, trace, spectrum, sharpness), "
                  "and the loss along the line between two runs.",
     "correlate": "bin/correlate: correlation tests, tables and figures over a folder of run folders.",

@@ -1,4 +1,5 @@
-"""bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds), locally or as a cluster shard.
+"""bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds x --grid axes), locally or as a
+cluster shard.
 
     bin/sweep --flagfile=flags/quick.flags                      # the offline quick study (README)
     bin/sweep --flagfile=flags/paper/resnet110_cifar10.flags --num_shards=20 --shard_index=3
