@@ -129,9 +129,9 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainC
 # Settings that only change how the computation runs (or where), not what a run is: they may differ when a
 # run is resumed. Everything else must match the run folder's config.json.
 EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
-                                "name_settings", "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
+                                "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
                                 "checkpoint_seconds", "checkpoint_epochs", "checkpoint_every",
-                                "checkpoint_geometric",
+                                "checkpoint_geometric", "name_settings",
                                 "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 # Execution settings that can change float rounding (XLA fusion, TF32, op determinism, the reduction over
 # replicas, the column engine's kernels): a study that mixes them should say so, so bin/correlate reports them.
