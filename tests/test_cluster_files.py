@@ -19,7 +19,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from lrbs_tf.data.specs import known_train_size
+from lrbs_tf.runs.config import TrainConfig
 from lrbs_tf.sweep import grid as gridlib
 from tests.helpers import REPO
 
@@ -47,8 +47,7 @@ def flagfile_grid(path) -> gridlib.Grid:
 
     fv = parse(path, "sweep")
     return gridlib.Grid(tuple(int(b) for b in fv.batch_sizes), tuple(float(v) for v in fv.lrs),
-                        tuple(int(v) for v in fv.seeds), fv.arch, fv.dataset,
-                        num_train=known_train_size(fv.dataset), epochs=fv.epochs)
+                        tuple(int(v) for v in fv.seeds), TrainConfig(arch=fv.arch, dataset=fv.dataset, epochs=fv.epochs))
 
 
 def test_the_indexed_job_fails_fast_on_bad_input_and_ignores_disruptions():

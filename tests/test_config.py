@@ -76,3 +76,25 @@ def test_quantity_seeds_depend_on_the_name_not_on_the_position(monkeypatch):
     monkeypatch.setattr(curv, "QUANTITIES", tuple(curv.QUANTITY_STREAMS))
     assert {q: curv.Settings(seed=3).seed_for(q) for q in before} == before
     assert curv.Settings(seed=4).seed_for("trace") != before["trace"]
+
+
+def test_run_names_carry_tagged_settings_when_not_default_and_asked_ones_only_when_asked():
+    # Names at the defaults, and those of every setting older names carried, are what they were.
+    assert TrainConfig().resolved().run_name == "mlp-mnist1d-bs64-lr0.05-s0"
+    cfg = TrainConfig(mlp_width=128, mlp_depth=2, mlp_batch_norm=True, epochs=7, momentum=0.9, weight_decay=5e-4,
+                      max_steps=150, batch_size=32, lr=1e-4, seed=3)
+    assert cfg.resolved().run_name == "mlp-mnist1d-bs32-lr0.0001-s3-m0.9-wd0.0005-steps150"
+    asked = dataclasses.replace(cfg, name_settings=("mlp_batch_norm", "epochs", "mlp_width"))
+    # In ASKED_TAGS' order, whatever the order asked; a bool as -<tag> / -no<tag>; asked at its default too.
+    assert asked.resolved().run_name == "mlp-mnist1d-bs32-lr0.0001-s3-m0.9-wd0.0005-steps150-w128-bn-ep7"
+    assert dataclasses.replace(asked, mlp_batch_norm=False, mlp_width=256).resolved().run_name.endswith(
+        "-w256-nobn-ep7")
+    # A setting with no table entry (one added later) is named under its own name when not its default.
+    assert config.run_name("mlp", "mnist1d", 64, 0.1, 0, svag=4) == "mlp-mnist1d-bs64-lr0.1-s0-svag4"
+    assert config.run_name("mlp", "mnist1d", 64, 0.1, 0, momentum=0.0, mlp_width=128) == "mlp-mnist1d-bs64-lr0.1-s0"
+    validate(asked)
+    with pytest.raises(UsageError, match="name_settings holds 'momentum'; valid: mlp_width"):
+        validate(dataclasses.replace(cfg, name_settings=("momentum",)))
+    with pytest.raises(UsageError, match="data_path='d/x.npz' cannot go into a run name"):
+        validate(TrainConfig(dataset="npz", data_path="d/x.npz", name_settings=("data_path",)))
+    assert "name_settings" in config.EXECUTION_SETTINGS  # it names the folder; it is not what the run is

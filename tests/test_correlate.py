@@ -220,7 +220,8 @@ def test_groups_split_on_group_by_and_report_other_varying_settings(tmp_path):
     write_run(root, 0.9, name="dup", batch_size=16, lr=0.01, momentum=0.9)  # same cell and seed twice
     write_run(root, 0.9, name="aug", batch_size=16, lr=0.01, seed=5, momentum=0.9, augment=False,
               command="bin/train --seed=5", created="2026-01-01T00:00:00", steps_per_epoch=7)
-    a = run_tables(tmp_path)
+    fixed = [k for k in analysis.DEFAULT_GROUP_BY if k != analysis.VARYING]  # augment reported, not split on
+    a = run_tables(tmp_path, group_by=fixed)
     assert sorted(a.labels.values()) == ["vgg19 on cifar10, momentum=0.0", "vgg19 on cifar10, momentum=0.9"]
     t3 = a.tables["table3"]
     # "dup" repeats (16, 0.01, seed 0) with another accuracy: analysed once, listed as a reproducibility problem.
@@ -232,6 +233,16 @@ def test_groups_split_on_group_by_and_report_other_varying_settings(tmp_path):
     pooled = correlate.run(root, tmp_path / "pooled", figures=False, group_by=["weight_decay"])
     assert list(pooled.labels.values()) == ["vgg19 on cifar10"]
     assert "momentum" in pooled.uncontrolled["vgg19 on cifar10"]
+    # By default every identity setting that varies splits too (augment here: its one run is its own group),
+    # and the report's Groups line says so.
+    split = correlate.run(root, tmp_path / "split", figures=False)
+    assert split.grouped_varying == ["augment"] and split.uncontrolled == {}
+    assert sorted(split.labels.values()) == ["vgg19 on cifar10, momentum=0.0, augment=True",
+                                             "vgg19 on cifar10, momentum=0.9, augment=False",
+                                             "vgg19 on cifar10, momentum=0.9, augment=True"]
+    header = (tmp_path / "split" / "report.md").read_text().split("## ")[0]
+    assert "stop_at_train_loss, augment (augment: identity settings that vary" in header
+    assert "identity settings that vary" not in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_sharpness_tests_missing_values_and_stale_outputs(tmp_path):

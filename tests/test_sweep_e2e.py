@@ -8,6 +8,7 @@ under test (which runs get measured, when correlate runs); their own tests cover
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -321,3 +322,55 @@ def test_dry_list_prints_this_shards_columns(tmp_path):
                                                            "bs64-s0-lr0.1..0.2x2"]
     assert "--batch_sizes" not in lines[1] and "--lr=0.1,0.2" in lines[1] and "--intra_op_threads=1" in lines[1]
     assert not (tmp_path / "w").exists()
+
+
+def test_a_weight_decay_by_momentum_grid_grows_lists_shards_trains_and_correlates_as_one_study(reference, tmp_path):
+    """Issue 26's done-when: --grid=weight_decay x --grid=momentum x batch sizes x learning rates, listed and
+    trained as two shards, then bin/correlate (run by the shard that finished the grid) groups the runs by
+    the two settings. The reference's four runs are the point (wd 0, momentum 0): the recorded grid grows
+    into the --grid axes, and only the 12 new runs train."""
+    workdir = copy_runs(reference, tmp_path / "w")
+    before = {n: stamps(workdir / n) for n in RUNS}
+    grid = [*(a for a in TINY if a != "--nocorrelate"), "--grid=weight_decay=0.01,0", "--grid=momentum=0,0.9",
+            f"--workdir={workdir}", "--correlate_flags=--nofigures --nosummary", "--num_shards=2"]
+    units, shares, listed = [], [], set()
+    for k in (0, 1):
+        proc = sweep(*grid, f"--shard_index={k}", "--dry_list")
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[:2] == ["axis\tweight_decay\t0.0,0.01", "axis\tmomentum\t0.0,0.9"]
+        assert lines[2].startswith(f"shard {k} of 2: ") and "of the grid's 16 runs" in lines[2]
+        shares.append(int(lines[2].split("(")[1].split("%")[0]))
+        assert lines[3] == "sweep.json: this grid grows the recorded one (weight_decay + 0.01; momentum + 0.9)"
+        listed |= {tuple(line.split("\t")[:2]) for line in lines if line.startswith(("exists\t", "new\t"))}
+        for line in lines:
+            if line.startswith("bs"):
+                label, command = line.split("\t")
+                units.append(label)
+                assert "--weight_decay=" in command and "--momentum=" in command and "--grid" not in command
+    assert sorted(n for kind, n in listed if kind == "exists") == sorted(RUNS)
+    assert len({n for kind, n in listed if kind == "new"}) == 12
+    # 6 columns to train (2 batch sizes x 3 new points), each named by its point, none in both shards.
+    assert len(units) == len(set(units)) == 6 and "bs64-s0-lr0.05..0.1x2-wd0.01-m0.9" in units
+    assert sum(shares) in (99, 100, 101) and abs(shares[0] - shares[1]) <= 20  # balanced by steps
+    outputs = []
+    for k in (0, 1):
+        proc = sweep(*grid, *ONE_THREAD, f"--shard_index={k}", "--workers=2", timeout=600)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        outputs.append(proc.stdout)
+    assert "the grid grows in place (weight_decay + 0.01; momentum + 0.9)" in outputs[0]
+    assert sum("correlate --results=" in out for out in outputs) == 1  # by the shard that found the grid done
+    assert {n: stamps(workdir / n) for n in RUNS} == before  # the recorded runs were kept as they were
+    names = sorted(d.name for d in workdir.iterdir() if (d / runfolder.CONFIG).exists())
+    assert len(names) == 16
+    for name in names:
+        config = runfolder.read_config(workdir / name).raw
+        assert runfolder.read_result(workdir / name).status == "done"
+        assert ("-wd0.01" in name, "-m0.9" in name) == (config["weight_decay"] == 0.01, config["momentum"] == 0.9)
+    raw = json.loads((workdir / "sweep.json").read_text())
+    assert raw["grid"]["grid_axes"] == ["weight_decay", "momentum"] and raw["grid"]["momentum"] == [0.0, 0.9]
+    assert [g["added"] for g in raw["grown"]] == [{"weight_decay": [0.01], "momentum": [0.9]}]
+    report = (workdir / "correlate" / "report.md").read_text()
+    assert "16 runs analysed in 4 group(s)" in report
+    for m, wd in itertools.product(("0.0", "0.9"), ("0.0", "0.01")):
+        assert f"mlp on mnist1d, momentum={m}, weight_decay={wd}" in report

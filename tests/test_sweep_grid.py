@@ -18,9 +18,8 @@ PAPER_BS = tuple(range(16, 321, 16))
 PAPER_LR = tuple(round(0.01 * i, 2) for i in range(1, 21))
 
 
-def make_grid(bs=(16, 32, 48), lrs=(0.1, 0.2), seeds=(0, 1), **kw) -> gridlib.Grid:
-    return gridlib.Grid(tuple(bs), tuple(lrs), tuple(seeds), kw.pop("arch", "mlp"), kw.pop("dataset", "mnist1d"),
-                        **kw)
+def make_grid(bs=(16, 32, 48), lrs=(0.1, 0.2), seeds=(0, 1), axes=(), **kw) -> gridlib.Grid:
+    return gridlib.Grid(tuple(bs), tuple(lrs), tuple(seeds), config.TrainConfig(**kw), tuple(axes))
 
 
 def test_grid_expands_to_every_point_once_with_the_train_run_names():
@@ -36,7 +35,7 @@ def test_grid_expands_to_every_point_once_with_the_train_run_names():
 
 def test_columns_interleave_small_and_large_batches():
     g = make_grid(bs=(16, 32, 48, 64, 80), seeds=(0,))
-    assert g.column_order() == [(0, 16), (0, 80), (0, 32), (0, 64), (0, 48)]
+    assert g.column_order() == [(0, (), 16), (0, (), 80), (0, (), 32), (0, (), 64), (0, (), 48)]
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 7, 12, 13])
@@ -52,8 +51,7 @@ def test_shards_cover_the_grid_exactly_once_and_are_deterministic(num_shards):
 
 
 def paper_grid(**kw) -> gridlib.Grid:
-    return make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10", num_train=50_000,
-                     epochs=200, **kw)
+    return make_grid(bs=PAPER_BS, lrs=PAPER_LR, seeds=(0,), arch="resnet110", dataset="cifar10", epochs=200, **kw)
 
 
 def steps_of(runs) -> int:
@@ -63,8 +61,8 @@ def steps_of(runs) -> int:
 
 def test_paper_grid_shards_are_balanced_by_optimizer_steps_not_by_runs():
     g = paper_grid()
-    assert g.steps(16) == 200 * 3125 and g.steps(320) == 200 * 156 and gridlib.shard_steps(g, g.runs()) == steps_of(
-        g.runs())
+    assert g.steps(g.run(16, 0.1, 0)) == 200 * 3125 and g.steps(g.run(320, 0.1, 0)) == 200 * 156
+    assert gridlib.shard_steps(g, g.runs()) == steps_of(g.runs())
     mean = steps_of(g.runs()) / 20
     steps = [steps_of(gridlib.shard_runs(g, k, 20)) for k in range(20)]
     assert max(steps) <= 1.15 * mean and min(steps) >= 0.8 * mean
@@ -97,8 +95,10 @@ def test_a_shards_columns_stay_whole_or_in_pieces_and_vectorising_never_moves_a_
 
 
 def test_steps_use_the_datasets_size_or_a_nominal_one():
-    assert make_grid(num_train=4000, epochs=3).steps(48) == 3 * 83
-    assert make_grid().steps(16) == gridlib.NOMINAL_TRAIN // 16  # unknown size (an npz): ratios only
+    g = make_grid(epochs=3)  # MNIST-1D: 4,000 training examples
+    assert g.steps(g.run(48, 0.1, 0)) == 3 * 83
+    npz = make_grid(dataset="npz", data_path="x.npz", epochs=1)  # unknown size: ratios only
+    assert npz.steps(npz.run(16, 0.1, 0)) == gridlib.NOMINAL_TRAIN // 16
 
 
 def test_column_labels_name_batch_seed_and_learning_rates():

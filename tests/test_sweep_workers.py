@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lrbs_tf.runs.config import TrainConfig
 from lrbs_tf.sweep import workers
 
 pytestmark = pytest.mark.fast  # no TensorFlow: the fast tier (README, Development)
@@ -46,10 +47,10 @@ def test_sweep_sharpness_defaults_to_the_cheap_pair_and_is_priced_by_its_quantit
     cheap = config.measurement_passes(["eigenvalues", "trace"], **caps)
     assert cheap == 2 * 30 + 2 * 300
     assert config.measurement_passes(["eigenvalues", "trace", "spectrum"], **caps) == cheap + 2 * 80 * 2
-    g = grid.Grid((40, 80), (0.1,), (0,), "mlp", "mnist1d", num_train=4000, epochs=10)
+    g = grid.Grid((40, 80), (0.1,), (0,), TrainConfig(arch="mlp", dataset="mnist1d", epochs=10))  # 4,000 examples
     # A run trains 10 x 4000 examples; a measurement of 1000 examples takes 660 passes: 1.65 runs.
     assert config.sharpness_weight(cheap, 1000, g) == 660 * 1000 / 40_000
-    assert config.sharpness_weight(cheap, 1000, grid.Grid((40,), (0.1,), (0,), "mlp", "npz")) == 1.0
+    assert config.sharpness_weight(cheap, 1000, grid.Grid((40,), (0.1,), (0,), TrainConfig(dataset="npz"))) == 1.0
 
 
 def test_progress_counts_and_eta():

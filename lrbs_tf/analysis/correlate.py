@@ -31,11 +31,13 @@ from lrbs_tf.analysis.model import (
     FIGURE_FORMATS,
     FIGURE_NAMES,
     SUBSETS,
+    VARYING,
     Analysis,
     group_columns,
     group_keys,
     group_labels,
     iter_groups,
+    resolve_group_by,
 )
 from lrbs_tf.analysis.report import document as report
 from lrbs_tf.core.durable import fsync_dir
@@ -266,7 +268,10 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     results = Path(results)
     _check_arguments(results, min_train_accuracy, alpha, group_by)
     target = scaling.target_from(target_train_loss, target_test_accuracy)
-    runs, configs = _read(results, min_train_accuracy, group_by)
+    runs, configs = _read(results, min_train_accuracy, [k for k in group_by if k != VARYING])
+    group_by, grouped_varying = resolve_group_by(group_by, configs)
+    if grouped_varying:  # their columns, read like any --group_by key's
+        runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
     runs, duplicates = merge_duplicates(runs, group_cols)
     done = runs[runs["status"] == rf.STATUS_DONE]
@@ -280,7 +285,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
                  noise=ratio.noise_table(done, group_cols, labels, quantities),
                  ratio_test=ratio.ratio_test_table(done, group_cols, labels, quantities),
                  invariance=ratio.invariance_table(done, group_cols, labels, quantities),
-                 equal_ratios=ratio.equal_ratio_table(done, group_cols, labels))
+                 equal_ratios=ratio.equal_ratio_table(done, group_cols, labels), grouped_varying=grouped_varying)
     a.families = families.adjust({**a.tables, "ratio_test": a.ratio_test, "ratio_invariance": a.invariance},
                                  a.label, group_cols, alpha)
     for _, label, g in iter_groups(done, group_cols, labels):

@@ -4,13 +4,15 @@ A leaf module (pandas, numpy, the run-folder and run-table constants; nothing th
 `correlate` (which computes), `report` (which formats) and `correlate_plots` (which draws) all import it at
 the top and none of them has to import another for a helper.
 
-A group is the runs that share arch, dataset and the `--group_by` settings; its key is the tuple of those
+A group is the runs that share arch, dataset and the `--group_by` settings (by default the budget, momentum,
+weight decay and every other identity setting that varies: `resolve_group_by`); its key is the tuple of those
 values in `group_cols` order, with NaN, None and pd.NA all turned into None so a missing value forms one
 group instead of one group per row (NaN != NaN).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +21,16 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf.analysis.settings import DEFAULT_ALPHA, DEFAULT_GROUP_BY, DEFAULT_MIN_TRAIN_ACCURACY  # noqa: F401 (re-exported)
+from lrbs_tf.analysis.settings import (  # noqa: F401 (re-exported)
+    DEFAULT_ALPHA,
+    DEFAULT_GROUP_BY,
+    DEFAULT_MIN_TRAIN_ACCURACY,
+    NOT_GROUPED,
+    VARYING,
+)
 from lrbs_tf.core.figures import DEFAULT_FORMATS as FIGURE_FORMATS  # noqa: F401 (re-exported)
 from lrbs_tf.runs import folder as rf
+from lrbs_tf.runs.config import DEFAULTS, GRID_SETTINGS, IDENTITY_SETTINGS
 from lrbs_tf.runs.table import CONFIG_COLUMN
 
 PRIMARY_SUBSET = "with_flagged"  # every done run: the paper's analysis
@@ -84,6 +93,7 @@ class Analysis:
     critical_batch: pd.DataFrame = field(default_factory=pd.DataFrame)  # scaling.critical_batch_table
     intrinsic: Any = None  # intrinsic_report.IntrinsicLR (that module imports this one)
     stability: Any = None  # stability.Stability: stability.csv and Figure 7 (that module imports this one)
+    grouped_varying: list[str] = field(default_factory=list)  # settings --group_by's VARYING added (they vary)
 
     @property
     def done(self) -> pd.DataFrame:
@@ -121,10 +131,35 @@ def group_keys(frame: pd.DataFrame, group_cols: Sequence[str]) -> pd.Series:
                      index=frame.index, dtype=object)
 
 
+def varying_settings(configs: dict[str, dict]) -> list[str]:
+    """The identity settings (runs/config.IDENTITY_SETTINGS, a key a config.json lacks read as its default)
+    that take more than one value among the runs of one arch and dataset, other than batch size, learning rate,
+    seed, and the data's source and file (NOT_GROUPED: the dataset's name stands for them)."""
+    skip = {*GRID_SETTINGS, "arch", "dataset", *NOT_GROUPED}
+    seen: dict[tuple, dict[str, set]] = {}
+    for cfg in configs.values():
+        where = seen.setdefault((str(cfg.get("arch")), str(cfg.get("dataset_name") or cfg.get("dataset"))), {})
+        for key in IDENTITY_SETTINGS:
+            if key not in skip:
+                where.setdefault(key, set()).add(json.dumps(cfg.get(key, DEFAULTS[key]), sort_keys=True))
+    return [k for k in IDENTITY_SETTINGS if any(len(values.get(k, ())) > 1 for values in seen.values())]
+
+
+def resolve_group_by(group_by: Sequence[str], configs: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """`group_by` with its VARYING token replaced by the varying settings it does not list already; and
+    those added (the settings that define groups only because they vary here)."""
+    listed = [k for k in group_by if k != VARYING]
+    added = [k for k in varying_settings(configs) if k not in listed] if VARYING in group_by else []
+    return listed + added, added
+
+
 def group_columns(group_by: Sequence[str]) -> list[str]:
-    """The runs.csv columns that define a group: arch, dataset and the `group_by` config keys."""
+    """The runs.csv columns that define a group: arch, dataset and the `group_by` config keys (VARYING, which
+    stands for settings known only from the runs, left out: resolve_group_by replaces it)."""
     cols = ["arch", "dataset"]
     for key in group_by:
+        if key == VARYING:
+            continue
         col = CONFIG_COLUMN.get(key, key)
         if col not in cols:
             cols.append(col)

@@ -29,7 +29,7 @@ from lrbs_tf.curvature.settings import (
 )
 from lrbs_tf.data.specs import DATASETS
 from lrbs_tf.models.registry import ARCH_NAMES
-from lrbs_tf.runs.config import COLUMN_ENGINES, DEFAULTS as TRAIN_DEFAULTS, MIXED_PRECISION
+from lrbs_tf.runs.config import ASKED_TAGS, COLUMN_ENGINES, DEFAULTS as TRAIN_DEFAULTS, MIXED_PRECISION
 from lrbs_tf.theory import bounds as theory_bounds, nqm as theory_nqm
 
 
@@ -112,6 +112,9 @@ def _output_flags(d: _Definer) -> None:
     D = TRAIN_DEFAULTS
     d.DEFINE_string("workdir", D["workdir"], "Results root; the run folder is <workdir>/<run_name>.")
     d.DEFINE_string("run_name", D["run_name"], "Run folder name (default: e.g. vgg19-cifar10-bs64-lr0.05-s0).")
+    d.DEFINE_list("name_settings", list(D["name_settings"]), "Settings the default run name also carries, "
+                  f"among {','.join(ASKED_TAGS)} (e.g. mlp_width -> -w128; names never carried them, so they "
+                  "do only when asked); bin/sweep sets it to its --grid axes among them.")
     d.DEFINE_bool("dry_run", False, "Print the model summary and parameter count, then exit "
                   "without touching data or disk.")
 
@@ -165,8 +168,9 @@ def _correlate_flags(d: _Definer) -> None:
                    "adjusted p-values (Holm, Benjamini-Hochberg, within each multiple-testing family) are "
                    "reported beside the raw ones.")
     d.DEFINE_list("group_by", list(DEFAULT_GROUP_BY), "config.json keys that split runs into separate "
-                  "groups besides arch and dataset (other keys that vary inside a group are reported, not "
-                  "split on).")
+                  "groups besides arch and dataset; 'varying' adds every bin/train identity setting that varies "
+                  "among the runs of one arch and dataset, other than batch size, learning rate and seed "
+                  "(other keys that vary inside a group are reported, not split on).")
     d.DEFINE_bool("figures", True, "Draw the figures (PNG and PDF); --nofigures writes tables and report only.")
     d.DEFINE_bool("summary", True, "Print report.md's Summary section (each group's primary results and the "
                   "warnings that change how to read them) after the one-line count; --nosummary: the line only.")
@@ -238,6 +242,11 @@ def _sweep_flags(d: _Definer) -> None:
     d.DEFINE_list("batch_sizes", None, "The grid's batch sizes, e.g. 16,32,48. Required.")
     d.DEFINE_list("lrs", None, "The grid's learning rates, e.g. 0.01,0.02,0.03. Required.")
     d.DEFINE_list("seeds", ["0"], "The grid's seeds (each a full batch sizes x learning rates grid).")
+    d.DEFINE_multi_string("grid", [], "FLAG=V1,V2,...: one more axis of the grid over a bin/train setting that "
+                          "is part of a run's identity (weight_decay, momentum, arch, dataset, mlp_width, "
+                          "mlp_depth, mlp_batch_norm, epochs, ...), its values parsed as bin/train parses the "
+                          "flag; repeatable: the grid is the product of every --grid axis with --batch_sizes, "
+                          "--lrs and --seeds. A --grid setting may not also be given as a plain flag.")
     d.DEFINE_integer("workers", 0, "Parallel worker processes on this machine, each given an equal share "
                      "of the CPU cores (affinity and cgroup quota), or one GPU (round-robin); 0 = one per "
                      "visible GPU, else one per core.")
@@ -314,9 +323,10 @@ _TRAIN_SECTIONS = (
 )
 _SUMMARIES = {
     "train": "bin/train: trains one run, or a column of learning rates, with constant-LR SGD into run folders.",
-    "sweep": "bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds), on this machine or as "
-             "a cluster shard. Every bin/train flag below is forwarded to each run; the grid sets each run's "
-             "learning rate, batch size, seed and run name (--lrs, --batch_sizes, --seeds).",
+    "sweep": "bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds x any --grid axes), on "
+             "this machine or as a cluster shard. Every bin/train flag below is forwarded to each run; the grid "
+             "sets each run's learning rate, batch size, seed and run name (--lrs, --batch_sizes, --seeds) and "
+             "its --grid settings.",
     "sharpness": "bin/sharpness: curvature of a trained run (Hessian eigenvalues, trace, spectrum, sharpness), "
                  "and the loss along the line between two runs.",
     "correlate": "bin/correlate: correlation tests, tables and figures over a folder of run folders.",

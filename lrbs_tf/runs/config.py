@@ -53,6 +53,7 @@ class TrainConfig:
     data_path: str | None = None
     workdir: str = "outputs"
     run_name: str | None = None           # None: run_name(...) of the identity settings
+    name_settings: tuple[str, ...] = ()   # ASKED_TAGS settings the default run name also carries (bin/sweep --grid)
     eval_batch_size: int = 1000
     steps_per_call: int = 0
     jit_compile: bool = False
@@ -76,6 +77,7 @@ class TrainConfig:
         except (TypeError, ValueError):
             raise UsageError(f"checkpoint_epochs={self.checkpoint_epochs!r}: give epochs as integers, e.g. 1,5,20") \
                 from None
+        self.name_settings = tuple(self.name_settings or ())
 
     @classmethod
     def from_flags(cls, flag_values: Any, **overrides: Any) -> "TrainConfig":
@@ -94,9 +96,8 @@ class TrainConfig:
         takes that dataset's augmentation default, so its runs are configured as the ones they pool with."""
         spec = DATASETS.get(self.dataset_label, DATASETS[self.dataset])
         augment = spec.augment_by_default if self.augment is None else self.augment
-        name = self.run_name or run_name(self.arch, self.dataset_label, self.batch_size, self.lr, self.seed,
-                                         self.momentum, self.weight_decay, self.max_steps)
-        return dataclasses.replace(self, augment=augment, run_name=name)
+        cfg = dataclasses.replace(self, augment=augment)
+        return dataclasses.replace(cfg, run_name=self.run_name or default_run_name(cfg))
 
     @property
     def run_dir(self) -> Path:
@@ -130,7 +131,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainC
 EXECUTION_SETTINGS = frozenset({"workdir", "run_name", "data_dir", "eval_batch_size", "steps_per_call",
                                 "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",
                                 "checkpoint_seconds", "checkpoint_epochs", "checkpoint_every",
-                                "checkpoint_geometric",
+                                "checkpoint_geometric", "name_settings",
                                 "progress", "intra_op_threads", "inter_op_threads", "column_engine"})
 # Execution settings that can change float rounding (XLA fusion, TF32, op determinism, the reduction over
 # replicas, the column engine's kernels): a study that mixes them should say so, so bin/correlate reports them.
@@ -276,6 +277,7 @@ def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
         shape = DATASETS[cfg.dataset_label].input_shape
     if shape is not None:
         _check_shape(cfg, shape)
+    _check_name_settings(cfg)
     _check_stacked(cfg, facts.replicas if facts.replicas is not None else max(cfg.cpu_devices, 1))
     if facts.num_train is not None and cfg.batch_size > facts.num_train:
         raise UsageError(f"batch_size={cfg.batch_size} is larger than the training set ({facts.num_train} "
@@ -309,16 +311,65 @@ def format_lr(lr: float) -> str:
     return f"{lr:.10g}"
 
 
+# How the default run name carries a run's identity settings beyond its lead (arch, dataset, batch size, learning
+# rate, seed): setting -> its tag. A setting in NAME_TAGS is appended as -<tag><value> whenever it differs from its
+# default, so a run at the defaults keeps its name when a setting is added: adding a setting is one entry here
+# (an identity setting in neither table is named the same way under its own name, e.g. -svag4, so names stay
+# distinct even without an entry). Order: the order of this table, then the settings without an entry.
+NAME_TAGS: dict[str, str] = {"momentum": "m", "weight_decay": "wd", "max_steps": "steps"}
+# Identity settings that names never carried (the quick study's 128-wide MLP is mlp-mnist1d-bs32-lr0.06-s0):
+# appended, default or not, only when the run's name_settings lists them (bin/sweep lists its --grid axes among
+# these), so every existing run folder keeps its name. Bools read -<tag> / -no<tag>.
+ASKED_TAGS: dict[str, str] = {"mlp_width": "w", "mlp_depth": "d", "mlp_batch_norm": "bn", "epochs": "ep",
+                              "augment": "aug", "stop_at_train_loss": "stop", "mixed_precision": "mp",
+                              "data_path": "data"}
+# The identity settings the name opens with (dataset_name and the data source through the dataset's label).
+NAME_LEADS = ("arch", "dataset", "dataset_name", "batch_size", "lr", "seed")
+
+
+def name_part(setting: str, value: Any) -> str:
+    """One setting's piece of a run name, e.g. '-wd0.0005', '-w128', '-bn', '-nobn'; a text value must be a
+    plain name (it becomes part of a folder name)."""
+    tag = NAME_TAGS.get(setting) or ASKED_TAGS.get(setting) or setting
+    if isinstance(value, bool):
+        return f"-{tag}" if value else f"-no{tag}"
+    if isinstance(value, float):
+        return f"-{tag}{format_lr(value)}"
+    if isinstance(value, str) and not _PLAIN_NAME.fullmatch(value):
+        raise UsageError(f"{setting}={value!r} cannot go into a run name (letters, digits, . _ + - only)")
+    return f"-{tag}{'none' if value is None else value}"
+
+
+def _check_name_settings(cfg: TrainConfig) -> None:
+    bad = [k for k in cfg.name_settings if k not in ASKED_TAGS]
+    if bad:
+        raise UsageError(f"name_settings holds {bad[0]!r}; valid: {', '.join(ASKED_TAGS)} (the others are "
+                         "named whenever they differ from their default, or lead the name)")
+    default_run_name(cfg)  # a text value that cannot be part of a folder name is refused here
+
+
 def run_name(arch: str, dataset: str, batch_size: int, lr: float, seed: int,
-             momentum: float = 0.0, weight_decay: float = 0.0, max_steps: int | None = None) -> str:
+             momentum: float = 0.0, weight_decay: float = 0.0, max_steps: int | None = None, *,
+             name_settings: tuple[str, ...] = (), **settings: Any) -> str:
     """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero, and
     '-steps5000' for a step budget, so a grid at equal steps can share a workdir with its epoch-budget twin;
-    runs of other epoch budgets or loss targets share names, and a folder of another budget is refused)."""
+    every NAME_TAGS setting, and one without an entry, when not its default; the ASKED_TAGS settings that
+    `name_settings` lists). `settings`: further identity settings by name. Runs of other epoch budgets or
+    loss targets share names unless asked, and a folder of another configuration is refused."""
+    values = {"momentum": momentum, "weight_decay": weight_decay, "max_steps": max_steps, **settings}
     name = f"{arch}-{dataset}-bs{batch_size}-lr{format_lr(lr)}-s{seed}"
-    if momentum:
-        name += f"-m{format_lr(momentum)}"
-    if weight_decay:
-        name += f"-wd{format_lr(weight_decay)}"
-    if max_steps is not None:
-        name += f"-steps{max_steps}"
+    untagged = [k for k in values if k not in NAME_TAGS and k not in ASKED_TAGS and k not in NAME_LEADS]
+    for key in (*NAME_TAGS, *untagged):
+        if key in values and values[key] != DEFAULTS.get(key):
+            name += name_part(key, values[key])
+    for key in ASKED_TAGS:
+        if key in name_settings:
+            name += name_part(key, values.get(key, DEFAULTS[key]))
     return name
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """`cfg`'s default run name: run_name of its identity settings and its name_settings."""
+    others = {k: getattr(cfg, k) for k in IDENTITY_SETTINGS if k not in NAME_LEADS}
+    return run_name(cfg.arch, cfg.dataset_label, cfg.batch_size, cfg.lr, cfg.seed,
+                    name_settings=cfg.name_settings, **others)

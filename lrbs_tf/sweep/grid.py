@@ -1,30 +1,36 @@
-"""A sweep's grid: batch sizes x learning rates x seeds, its work units, and its partition into shards.
+"""A sweep's grid: batch sizes x learning rates x seeds x any --grid axes, its work units, and its shards.
 
 Pure Python (no TensorFlow, no disk): `bin/sweep` and the tests reason about the grid without starting a
 training process.
 
 Terms:
-- a *run* is one grid point (batch size, learning rate, seed) = one `bin/train` run folder;
-- a *column* is the runs of one (batch size, seed): `bin/train --lr=a,b,c` trains them in one process;
+- a *point* is one value of each --grid axis (e.g. weight_decay=0.01, momentum=0.9); () without axes;
+- a *run* is one (batch size, learning rate, seed, point) = one `bin/train` run folder;
+- a *column* is the runs of one (batch size, seed, point): `bin/train --lr=a,b,c` trains them in one process;
 - a *work unit* is what one worker process does: a column (vectorised) or a single run.
 
 Sharding partitions *runs*, never folders twice: every run belongs to exactly one shard, computed from the
 grid alone, so shards started with the same flags never write the same run folder, whether or not they
 vectorise, and a resumed shard gets the same runs again. Shards are balanced by *work*, the optimizer steps
-of their runs (epochs x floor(num_train / batch_size) each, or --max_steps when a step budget ends them
-sooner): a batch-16 run takes 20 times the steps of a batch-320 one, so equal numbers of runs (or one batch
-size per shard) leave the array waiting for the smallest batch size's shard; at a step budget every run
-takes the same steps (though a step of a larger batch costs more).
+of their runs (`run_steps`: epochs x floor(num_train / batch_size) each, or --max_steps when a step budget
+ends them sooner): a batch-16 run takes 20 times the steps of a batch-320 one, so equal numbers of runs (or
+one batch size per shard) leave the array waiting for the smallest batch size's shard; at a step budget
+every run takes the same steps (though a step of a larger batch costs more).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
+import itertools
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from lrbs_tf.runs.config import budget_steps, format_lr, run_name
+from lrbs_tf.data.specs import known_train_size
+from lrbs_tf.runs.config import TrainConfig, budget_steps, format_lr, name_part
+
+Point = tuple  # ((setting, value), ...): one value of each --grid axis, in the axes' order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,14 +40,31 @@ class Run:
     lr: float
     seed: int
     name: str
+    point: Point = ()
+
+
+def point_label(point: Point) -> str:
+    """A point as file-name-safe text, e.g. '-wd0.01-m0.9' (every axis, at its default too)."""
+    return "".join(name_part(k, v) for k, v in point)
+
+
+def flag_text(value: Any) -> str:
+    """A --grid value as bin/train's flag parses it back exactly (floats by repr, bools true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkUnit:
-    """The runs one `bin/train` process trains: one column (same batch size and seed) or one run."""
+    """The runs one `bin/train` process trains: one column (same batch size, seed and point) or one run."""
     batch_size: int
     seed: int
     runs: tuple[Run, ...]
+
+    @property
+    def point(self) -> Point:
+        return self.runs[0].point if self.runs else ()
 
     @property
     def lrs(self) -> tuple[float, ...]:
@@ -49,48 +72,77 @@ class WorkUnit:
 
     @property
     def label(self) -> str:
-        """A file-name-safe name: the run's name for one run, else the column's, e.g. 'bs64-s0-lr0.01..0.2x20'."""
+        """A file-name-safe name: the run's name for one run, else the column's, e.g. 'bs64-s0-lr0.01..0.2x20'
+        (+ its point, e.g. '-wd0.01-m0.9')."""
         if len(self.runs) == 1:
             return self.runs[0].name
         lrs = self.lrs
         return (f"bs{self.batch_size}-s{self.seed}-lr{format_lr(lrs[0])}.."
-                f"{format_lr(lrs[-1])}x{len(lrs)}")
+                f"{format_lr(lrs[-1])}x{len(lrs)}{point_label(self.point)}")
+
+
+def train_size(cfg: TrainConfig) -> int | None:
+    """The training-set size of `cfg`'s data when known without loading it (None: an npz)."""
+    return known_train_size(cfg.dataset)
+
+
+def run_steps(cfg: TrainConfig) -> int:
+    """The optimizer steps of one run of settings `cfg`: epochs x floor(num_train / batch_size) (training
+    batches drop the remainder), or max_steps if fewer; NOMINAL_TRAIN stands in for an unknown training set.
+    A run stopped early by --stop_at_train_loss takes fewer; none more. The one cost shards are balanced by:
+    a setting that changes a run's steps changes them here."""
+    return budget_steps(cfg.epochs, cfg.max_steps, (train_size(cfg) or NOMINAL_TRAIN) // cfg.batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """The axes of a sweep, plus what names its run folders (arch, dataset, momentum, weight decay)."""
+    """The axes of a sweep: batch sizes x learning rates x seeds x the --grid `axes`, and `base`, the settings
+    every run shares (its batch size, learning rate and seed go unused; each point replaces its axes')."""
     batch_sizes: tuple[int, ...]
     lrs: tuple[float, ...]
     seeds: tuple[int, ...]
-    arch: str
-    dataset: str
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    num_train: int | None = None   # training examples; None: unknown (NOMINAL_TRAIN stands in, for ratios)
-    epochs: int = 1
-    max_steps: int | None = None   # a step budget (bin/train --max_steps; in the run names), None: epochs alone
+    base: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    axes: tuple[tuple[str, tuple], ...] = ()  # ((setting, values), ...): the --grid axes, in the order given
+
+    @property
+    def points(self) -> list[Point]:
+        """Every point of the --grid axes (their product, first axis slowest); [()] without axes."""
+        return [tuple(zip((name for name, _ in self.axes), values))
+                for values in itertools.product(*(values for _, values in self.axes))]
 
     @property
     def size(self) -> int:
-        return len(self.batch_sizes) * len(self.lrs) * len(self.seeds)
+        return len(self.batch_sizes) * len(self.lrs) * len(self.seeds) * len(self.points)
 
-    def steps(self, batch_size: int) -> int:
-        """Optimizer steps of one run at `batch_size`: epochs x floor(num_train / batch_size) (training
-        batches drop the remainder), or max_steps if fewer. A run stopped early by --stop_at_train_loss takes
-        fewer; none more."""
-        return budget_steps(self.epochs, self.max_steps, (self.num_train or NOMINAL_TRAIN) // batch_size)
+    def config(self, batch_size: int, lr: float, seed: int, point: Point = ()) -> TrainConfig:
+        """The settings of one run (its run_name still None: its default name)."""
+        return dataclasses.replace(self.base, batch_size=batch_size, lr=lr, seed=seed, run_name=None, **dict(point))
 
-    def run(self, batch_size: int, lr: float, seed: int) -> Run:
-        return Run(batch_size, lr, seed, run_name(self.arch, self.dataset, batch_size, lr, seed,
-                                                  self.momentum, self.weight_decay, self.max_steps))
+    @functools.cached_property
+    def _memo(self) -> dict:
+        """Runs and steps computed once per grid (shards are recut from them many times)."""
+        return {}
+
+    def steps(self, run: Run) -> int:
+        """Optimizer steps of `run` (run_steps of its settings)."""
+        key = ("steps", run.batch_size, run.lr, run.seed, run.point)
+        if key not in self._memo:
+            self._memo[key] = run_steps(self.config(run.batch_size, run.lr, run.seed, run.point))
+        return self._memo[key]
+
+    def run(self, batch_size: int, lr: float, seed: int, point: Point = ()) -> Run:
+        key = ("run", batch_size, lr, seed, point)
+        if key not in self._memo:
+            name = self.config(batch_size, lr, seed, point).resolved().run_name
+            self._memo[key] = Run(batch_size, lr, seed, name, point)
+        return self._memo[key]
 
     def runs(self) -> list[Run]:
         """Every run in the canonical order of `column_order` (the order shards are cut from)."""
-        return [self.run(bs, lr, seed) for seed, bs in self.column_order() for lr in self.lrs]
+        return [self.run(bs, lr, seed, point) for seed, point, bs in self.column_order() for lr in self.lrs]
 
-    def column_order(self) -> list[tuple[int, int]]:
-        """(seed, batch size) pairs, batch sizes interleaved smallest, largest, 2nd smallest, 2nd largest, ...
+    def column_order(self) -> list[tuple[int, Point, int]]:
+        """(seed, point, batch size) triples, batch sizes interleaved smallest, largest, 2nd smallest, ...
 
         A small-batch epoch takes many more steps than a large-batch one, so cutting contiguous blocks from
         this order gives shards a similar mix of slow and fast columns (not shard 0 = all the small batches).
@@ -103,7 +155,7 @@ class Grid:
             if hi != lo:
                 interleaved.append(ordered[hi])
             lo, hi = lo + 1, hi - 1
-        return [(seed, bs) for seed in self.seeds for bs in interleaved]
+        return [(seed, point, bs) for seed in self.seeds for point in self.points for bs in interleaved]
 
 
 # Stands in for an unknown training-set size: shards only compare steps between batch sizes, and the floor
@@ -158,11 +210,11 @@ def shards(grid: Grid, num_shards: int) -> list[list[Run]]:
     """
     if num_shards < 1:
         raise ValueError(f"--num_shards={num_shards} must be >= 1")
-    columns = [(seed, bs, [grid.run(bs, lr, seed) for lr in grid.lrs]) for seed, bs in grid.column_order()]
-    costs = [grid.steps(bs) for _, bs, _ in columns]
-    counts = _pieces_per_column(costs, [len(runs) for *_, runs in columns], num_shards)
+    columns = [[grid.run(bs, lr, seed, point) for lr in grid.lrs] for seed, point, bs in grid.column_order()]
+    costs = [grid.steps(runs[0]) for runs in columns]  # a column's runs differ only in lr: equal steps
+    counts = _pieces_per_column(costs, [len(runs) for runs in columns], num_shards)
     pieces = []  # (steps, column index, piece index, runs)
-    for i, ((_, _, runs), cost, count) in enumerate(zip(columns, costs, counts)):
+    for i, (runs, cost, count) in enumerate(zip(columns, costs, counts)):
         bounds = [j * len(runs) // count for j in range(count + 1)]
         pieces += [(cost * (b - a), i, j, runs[a:b]) for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     pieces.sort(key=lambda p: (-p[0], p[1], p[2]))
@@ -188,11 +240,11 @@ def shard_runs(grid: Grid, shard_index: int, num_shards: int) -> list[Run]:
 
 def shard_steps(grid: Grid, runs: Iterable[Run]) -> int:
     """The optimizer steps of `runs` (e.g. one shard's), as the partition counts them."""
-    return sum(grid.steps(r.batch_size) for r in runs)
+    return sum(grid.steps(r) for r in runs)
 
 
 def work_units(runs: Iterable[Run], vectorize: bool, column_size: int = 0) -> list[WorkUnit]:
-    """Groups runs into work units: one per (batch size, seed) column when `vectorize`, else one per run.
+    """Groups runs into work units: one per (batch size, seed, point) column when `vectorize`, else one per run.
 
     `column_size` > 0 cuts a column into pieces of at most that many learning rates (consecutive in
     ascending order): a column trains its K models at once, so K bounds its memory. Order is kept (first
@@ -200,11 +252,11 @@ def work_units(runs: Iterable[Run], vectorize: bool, column_size: int = 0) -> li
     """
     if not vectorize:
         return [WorkUnit(r.batch_size, r.seed, (r,)) for r in runs]
-    columns: dict[tuple[int, int], list[Run]] = {}
+    columns: dict[tuple[int, int, Point], list[Run]] = {}
     for r in runs:
-        columns.setdefault((r.batch_size, r.seed), []).append(r)
+        columns.setdefault((r.batch_size, r.seed, r.point), []).append(r)
     units = []
-    for (bs, seed), rs in columns.items():
+    for (bs, seed, _), rs in columns.items():
         rs = sorted(rs, key=lambda r: r.lr)
         size = column_size if column_size > 0 else len(rs)
         units += [WorkUnit(bs, seed, tuple(rs[i:i + size])) for i in range(0, len(rs), size)]

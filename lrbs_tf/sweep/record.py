@@ -3,10 +3,14 @@
 A workdir holds one experiment: every run-defining bin/train setting (epochs, step budget, architecture,
 dataset, momentum, ...) is recorded on the sweep's first start, and a later sweep that changes one of them
 is refused, naming it, since its runs would be a different experiment beside the old ones. The grid's
-axes (batch sizes, learning rates, seeds) may *grow*: a grid listing every recorded value of each axis plus
+axes (batch sizes, learning rates, seeds, and the --grid axes) may *grow*: a grid listing every recorded value of each axis plus
 new ones adds runs to the same experiment, so the sweep trains only the new runs and keeps the finished
 ones. A grid that leaves out a recorded value is refused too (the workdir's runs of that value would be
 read by bin/correlate as part of a grid that does not name them); list the old values with the new.
+
+A --grid axis is recorded as the list of its values under its setting's key, its name in "grid_axes"; a
+setting recorded as one value counts as an axis of that one value when a grid makes it an axis, so the
+four one-weight-decay sweeps of an older flagfile grow into one --grid=weight_decay=... sweep.
 
 The file, written atomically (temporary file, fsync, rename, folder fsync):
     {"grid": {...the current grid: axes and settings...}, "created": time, "command": text, "argv": [...],
@@ -34,6 +38,22 @@ from lrbs_tf.runs.config import DEFAULTS, UsageError
 SWEEP_RECORD = runfolder.SWEEP_RECORD
 AXES = ("batch_sizes", "lrs", "seeds")
 AXIS_FLAGS = {"batch_sizes": "--batch_sizes", "lrs": "--lrs", "seeds": "--seeds"}
+GRID_AXES = "grid_axes"  # the record's key listing its --grid axes (absent: none)
+
+
+def _axis_flag(axis: str, values: list) -> str:
+    if axis in AXIS_FLAGS:
+        return f"{AXIS_FLAGS[axis]}={','.join(map(str, values))}"
+    texts = [("true" if v else "false") if isinstance(v, bool) else str(v) for v in values]
+    return f"--grid={axis}={','.join(texts)}"
+
+
+def _values(record: dict, key: str) -> list:
+    """An axis' values in `record`: its list, or the one value of a setting it records as one (its default
+    where it lacks the key)."""
+    if key in AXES or key in record.get(GRID_AXES, ()):
+        return list(record.get(key, []))
+    return [record.get(key, DEFAULTS.get(key))]
 
 
 class Comparison:
@@ -41,14 +61,18 @@ class Comparison:
     different experiment), the recorded axis values it leaves out, and the values it adds."""
 
     def __init__(self, old: dict, new: dict) -> None:
+        axes = list(dict.fromkeys([*AXES, *old.get(GRID_AXES, ()), *new.get(GRID_AXES, ())]))
         self.conflicts = [f"{k}: {old.get(k, DEFAULTS.get(k))!r} there, {v!r} now" for k, v in new.items()
-                          if k not in AXES and old.get(k, DEFAULTS.get(k)) != v]
-        self.conflicts += [f"{k}: {old[k]!r} there, absent now" for k in old if k not in new and k not in AXES]
-        self.dropped = {a: [v for v in old.get(a, []) if v not in new[a]] for a in AXES}
+                          if k not in axes and k != GRID_AXES and old.get(k, DEFAULTS.get(k)) != v]
+        self.conflicts += [f"{k}: {old[k]!r} there, absent now" for k in old
+                           if k not in new and k not in axes and k != GRID_AXES]
+        before = {a: _values(old, a) for a in axes}
+        now = {a: _values(new, a) for a in axes}
+        self.dropped = {a: [v for v in before[a] if v not in now[a]] for a in axes}
         self.dropped = {a: v for a, v in self.dropped.items() if v}
-        self.added = {a: [v for v in new[a] if v not in old.get(a, [])] for a in AXES}
+        self.added = {a: [v for v in now[a] if v not in before[a]] for a in axes}
         self.added = {a: v for a, v in self.added.items() if v}
-        self.union = {a: sorted(set(old.get(a, [])) | set(new[a])) for a in AXES}
+        self.union = {a: sorted(set(before[a]) | set(now[a]), key=lambda v: (str(type(v)), v)) for a in axes}
 
     @property
     def same(self) -> bool:
@@ -60,10 +84,10 @@ class Comparison:
         if self.conflicts:
             return (f"{workdir} holds another sweep ({'; '.join(self.conflicts)}): its runs would be a different "
                     f"experiment; use another --workdir or the flags recorded in {path} (a grid may only grow: "
-                    "more seeds, learning rates or batch sizes)")
+                    "more seeds, learning rates, batch sizes or --grid values)")
         if self.dropped:
             left = "; ".join(f"{a} {', '.join(map(repr, v))}" for a, v in self.dropped.items())
-            lists = " ".join(f"{AXIS_FLAGS[a]}={','.join(map(str, self.union[a]))}" for a in self.dropped)
+            lists = " ".join(_axis_flag(a, self.union[a]) for a in self.dropped)
             return (f"{workdir} holds a sweep whose grid this one leaves out ({left}); a grid grows in place by "
                     f"listing the recorded values with the new ones: {lists}")
         return None

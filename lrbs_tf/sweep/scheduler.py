@@ -1,4 +1,5 @@
-"""bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds), locally or as a cluster shard.
+"""bin/sweep: a grid of bin/train runs (batch sizes x learning rates x seeds x --grid axes), locally or as a
+cluster shard.
 
     bin/sweep --flagfile=flags/quick.flags                      # the offline quick study (README)
     bin/sweep --flagfile=flags/paper/resnet110_cifar10.flags --num_shards=20 --shard_index=3
@@ -50,11 +51,16 @@ def _binary(name: str, override: Sequence[str]) -> list[str]:
 
 
 def grid_record(cfg: SweepConfig) -> dict:
-    """What identifies the grid in sweep.json: the axes and every run-defining bin/train setting."""
+    """What identifies the grid in sweep.json: the axes and every run-defining bin/train setting; a --grid
+    axis as the list of its values under its setting's key, named in GRID_AXES (absent without axes)."""
     resolved = dataclasses.asdict(dataclasses.replace(cfg.train, run_name="-").resolved())
     shared = {k: v for k, v in resolved.items() if k not in EXECUTION_SETTINGS and k not in GRID_FLAGS}
-    return {"batch_sizes": list(cfg.grid.batch_sizes), "lrs": list(cfg.grid.lrs), "seeds": list(cfg.grid.seeds),
-            **shared}
+    record = {"batch_sizes": list(cfg.grid.batch_sizes), "lrs": list(cfg.grid.lrs), "seeds": list(cfg.grid.seeds),
+              **shared}
+    if cfg.grid.axes:
+        record.update({name: list(values) for name, values in cfg.grid.axes})
+        record[sweep_record.GRID_AXES] = [name for name, _ in cfg.grid.axes]
+    return record
 
 
 def check_sweep_record(workdir: Path, record: dict, argv: Sequence[str] | None = None) -> dict:
@@ -71,7 +77,7 @@ def run_conflicts(cfg: SweepConfig, runs: Sequence[gridlib.Run]) -> dict[str, st
         run_dir = cfg.workdir / r.name
         if not (run_dir / runfolder.CONFIG).exists():
             continue
-        c = dataclasses.replace(cfg.train, lr=r.lr, batch_size=r.batch_size, seed=r.seed, run_name=r.name)
+        c = dataclasses.replace(cfg.grid.config(r.batch_size, r.lr, r.seed, r.point), run_name=r.name)
         try:
             diffs = identity_differences(runfolder.read_recorded_settings(run_dir), c.resolved())
         except runfolder.RunFolderError as e:
@@ -85,6 +91,7 @@ def _train_argv(cfg: SweepConfig, unit: gridlib.WorkUnit, threads: int) -> list[
     argv = _binary("train", cfg.train_command) + list(cfg.train_args)
     argv += [f"--workdir={cfg.workdir}", "--noprogress", f"--batch_size={unit.batch_size}",
              f"--seed={unit.seed}", "--lr=" + ",".join(repr(lr) for lr in unit.lrs)]
+    argv += [f"--{name}={gridlib.flag_text(value)}" for name, value in unit.point]
     if not cfg.user_set_threads:
         argv += [f"--intra_op_threads={threads}", "--inter_op_threads=1"]
     return argv
@@ -164,7 +171,7 @@ class _Scheduler:
         if self.cfg.sharpness:  # these runs' measurements are queued now, or none is coming
             self.progress.sharpness_expected -= len(unit.runs) - (len(unfinished) if retried else 0)
         if measure:
-            follow.append(self.sharpness_task(gridlib.WorkUnit(unit.batch_size, unit.seed, tuple(measure))))
+            follow.append(self.sharpness_task(dataclasses.replace(unit, runs=tuple(measure))))
         self.progress.ended_items += len(unit.runs)
         if retried:
             # A column process failing (e.g. killed for memory with K models) says little about each run:
@@ -251,6 +258,8 @@ def dry_list(cfg: SweepConfig, shard: Sequence[gridlib.Run], finished: int, unit
     Writes nothing; a grid the sweep would refuse is listed, then refused (UsageError). A conflicting run
     (a folder of another configuration) is listed: the sweep runs the others, and bin/train refuses it."""
     steps = gridlib.shard_steps(cfg.grid, shard)
+    for name, values in cfg.grid.axes:
+        print(f"axis\t{name}\t{','.join(gridlib.flag_text(v) for v in values)}")
     print(f"shard {cfg.shard_index} of {cfg.num_shards}: {len(shard)} of the grid's {cfg.grid.size} runs "
           f"({100 * steps / gridlib.shard_steps(cfg.grid, cfg.grid.runs()):.0f}% of its optimizer steps), "
           f"{finished} finished, {len(units)} work unit{'' if len(units) == 1 else 's'} to run")

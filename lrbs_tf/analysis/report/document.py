@@ -268,6 +268,14 @@ def _notes(*texts: str) -> list[str]:
     return [t for t in texts if t]
 
 
+def _varying_note(a: Analysis) -> str:
+    """Which group settings were added because they vary (--group_by's `varying`); '' when none was."""
+    if not a.grouped_varying:
+        return ""
+    return (f" ({', '.join(a.grouped_varying)}: identity settings that vary across the results folder besides "
+            "batch size, learning rate and seed, so each value is its own group; --group_by chooses)")
+
+
 def render(a: Analysis, signs: pd.DataFrame) -> str:
     """The whole report.md."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -285,7 +293,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         f"p < {a.alpha:g} in **bold**; `*` when still significant after Holm's correction in its family "
         f"(section Multiple testing). Spearman p-values of tests with n <= {EXACT_SPEARMAN_MAX_N} are exact "
         "permutation p-values, larger n use scipy's t approximation (column spearman_p_method). Groups: "
-        f"{', '.join(a.group_cols)}. Columns and statistics: docs/correlate.md.",
+        f"{', '.join(a.group_cols)}{_varying_note(a)}. Columns and statistics: docs/correlate.md.",
         summary.section(a),
         premise_section(a),
         report_ratio.noise_section(a),
