@@ -4,5 +4,6 @@ Python API: one source. No pandas, so defining flags stays cheap."""
 DEFAULT_MIN_TRAIN_ACCURACY = 0.99  # fraction: the premise of ~zero training error
 DEFAULT_ALPHA = 0.005              # the paper's significance threshold
 # The budget (epochs, max_steps, stop_at_train_loss) is in the group: runs of equal epochs and runs of equal
-# steps answer different questions (Hoffer et al. 2017), so they are never pooled.
-DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs", "max_steps", "stop_at_train_loss")
+# steps answer different questions (Hoffer et al. 2017), so they are never pooled; nor are runs of different
+# learning-rate / batch-size schedules (lrbs_tf.analysis.schedules compares them).
+DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs", "max_steps", "stop_at_train_loss", "schedule")
