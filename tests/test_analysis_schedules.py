@@ -81,7 +81,8 @@ def test_schedules_csv_and_the_report_on_a_known_study(tmp_path):
     assert row["final_test_accuracy_mean"] == pytest.approx(np.mean(finals["bs*5@2:3"]))
     curves = pd.read_csv(tmp_path / "out" / schedules.CURVES_FILE)
     bs_curve = curves[curves["schedule"] == "bs*5@2:3"].sort_values("epoch")
-    assert bs_curve["step"].tolist() == [250, 500, 550, 560] and bs_curve["batch_size"].tolist() == [16, 16, 80, 400]
+    assert bs_curve["step"].tolist() == [250, 500, 550, 560] and bs_curve["epoch_batch_size"].tolist() == [16, 16, 80, 400]
+    assert (bs_curve["batch_size"] == 16).all() and bs_curve["epoch_lr"].tolist() == [0.1] * 4
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Schedules: learning-rate and batch-size steps" in report
     assert "Tables 1-3, Psi and the ratio sections use each run's initial batch size and learning rate" in report

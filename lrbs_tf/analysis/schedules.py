@@ -13,7 +13,7 @@ exact sign-flip permutation test of the paired differences (`final_p`, `best_p`;
 that n_pairs allow: 2 / 2^n). `size` is that test's rejection rate at ALPHA, simulated under a null with
 the study's structure (`simulated_size`). schedule_curves.csv: per set, schedule and epoch, the mean (and
 s.d.) over seeds of the test accuracy and of the optimizer step, with the epoch's batch size and learning
-rate.
+rate (`epoch_batch_size`, `epoch_lr`; `batch_size` and `lr` are the set's initial ones).
 
 bin/correlate's Tables 1-3 read config.json's batch_size and lr: a scheduled run's initial ones. The
 section says so whenever a run has a schedule. No TensorFlow here.
@@ -174,8 +174,8 @@ def _curve_rows(keys: dict, text: str, g: pd.DataFrame) -> list[dict]:
     rows = []
     for epoch, e in frames.groupby("epoch", sort=True):
         rows.append({**keys, "schedule": text or CONSTANT, "epoch": int(epoch), "n": len(e),
-                     "step": float(e["step"].mean()), "batch_size": float(e["batch_size"].iloc[0]),
-                     "lr_now": float(e["lr_now"].iloc[0]),
+                     "step": float(e["step"].mean()), "epoch_batch_size": float(e["batch_size"].iloc[0]),
+                     "epoch_lr": float(e["lr_now"].iloc[0]),
                      "test_accuracy_mean": float(e["test_accuracy"].mean()),
                      "test_accuracy_sd": float(e["test_accuracy"].std(ddof=1)) if len(e) > 1 else math.nan})
     return rows

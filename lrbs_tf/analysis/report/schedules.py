@@ -56,7 +56,7 @@ def section(s: Schedules | None) -> str:
     for keys, g in s.table.groupby(s.set_cols, sort=True, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
         title = ", ".join(f"{c}={v}" for c, v in zip(s.set_cols, keys) if not (isinstance(v, float) and math.isnan(v)))
-        rows = [[f"`{r['schedule']}`", r["n_seeds"], f"{r['steps']:.0f}", _g(r["final_ratio"]),
+        rows = [[f"`{r['schedule']}`", r["n_seeds"], f"{r['steps']:.0f}", _g(r["final_ratio"], 4),
                  _yes_no(r["same_trajectory"]),
                  _pm(r["final_test_accuracy_mean"], r["final_test_accuracy_sd"]),
                  _pm(r["best_test_accuracy_mean"], r["best_test_accuracy_sd"])] for r in g.to_dict("records")]
