@@ -10,6 +10,7 @@ from lrbs_tf.core.errors import UsageError
 from lrbs_tf.runs import schedule
 from lrbs_tf.runs.config import DEFAULTS, RuntimeFacts, TrainConfig, identity_differences, run_name, run_steps, validate
 from lrbs_tf.sweep import grid as gridlib
+from tests.helpers import run_bin
 
 pytestmark = pytest.mark.fast  # no TensorFlow
 
@@ -114,3 +115,15 @@ def test_scheduled_batch_sizes_must_split_over_the_replicas():
     with pytest.raises(UsageError, match="reaches batch size 20, not divisible by 8 replicas"):
         validate(TrainConfig(batch_size=16, epochs=5, schedule="bs*1.25@1"), RuntimeFacts(num_train=4000, replicas=8))
     validate(TrainConfig(batch_size=16, epochs=5, schedule="bs*1.5@1"), RuntimeFacts(num_train=4000, replicas=8))
+
+
+def test_bin_train_and_bin_sweep_refuse_a_bad_schedule_on_one_line(tmp_path):
+    for binary, args, message in (
+            ("train", ["--schedule=lr*0.2@300"], "train: error: schedule='lr*0.2@300': lr changes after epoch 300, "
+                                                 "but the run trains 200 epochs"),
+            ("sweep", ["--schedule=bs*5@1:2", "--batch_sizes=400", "--lrs=0.1", "--epochs=3"],
+             "sweep: error: schedule='bs*5@1:2' reaches batch size 10000, larger than the training set")):
+        proc = run_bin(binary, *args, f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message)
+        assert not (tmp_path / "w").exists()
