@@ -290,9 +290,10 @@ def test_outputs_layout_and_figures(tmp_path):
     out = tmp_path / "runs" / "correlate"
     names = {p.name for p in out.iterdir()}
     # Every figure but Figure 6, which needs --target_train_loss / --target_test_accuracy (test_scaling), and
-    # Figure 7, which needs runs with a curvature.csv (test_stability).
-    figs = {f"{f}.{e}" for f in analysis.FIGURE_NAMES if f not in (analysis.FIG_STEPS, analysis.FIG_STABILITY)
-            for e in ("png", "pdf")}
+    # Figure 7, which needs runs with a curvature.csv (test_stability), and Figure 9, which needs runs with a
+    # --schedule (test_analysis_schedules).
+    figs = {f"{f}.{e}" for f in analysis.FIGURE_NAMES
+            if f not in (analysis.FIG_STEPS, analysis.FIG_STABILITY, analysis.FIG_SCHEDULES) for e in ("png", "pdf")}
     assert names == {"runs.csv", "table1.csv", "table2.csv", "table3.csv", "sharpness.csv", "psi.csv",
                      "cells.csv", "ratio_test.csv", "ratio_invariance.csv", "families.csv", "report.md"} | figs
     for f in figs:

@@ -22,7 +22,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf.analysis import cell_tests, families, intrinsic as intrinsic_report, ratio, scaling, stability, stats
+from lrbs_tf.analysis import (
+    cell_tests,
+    families,
+    intrinsic as intrinsic_report,
+    ratio,
+    scaling,
+    schedules,
+    stability,
+    stats,
+)
 from lrbs_tf.analysis.model import (
     DEFAULT_ALPHA,
     DEFAULT_GROUP_BY,
@@ -298,6 +307,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
                                                     a.steps_to_result.fit if a.steps_to_result else None)
     a.intrinsic = intrinsic_report.compute(runs, results, group_cols)
     a.stability = stability.compute(runs, results, group_cols, labels)
+    a.schedules = schedules.compute(runs, configs, results, group_cols)
     return a
 
 
@@ -348,7 +358,7 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 def _output_names() -> set[str]:
     return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
             STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES),
-            *intrinsic_report.FILES, *stability.FILES}
+            *intrinsic_report.FILES, *stability.FILES, *schedules.FILES}
 
 
 def _texts(analysis: Analysis) -> dict[str, str]:
@@ -367,6 +377,7 @@ def _texts(analysis: Analysis) -> dict[str, str]:
         texts[CRITICAL_FILE] = analysis.critical_batch.to_csv(index=False)
     texts.update(analysis.intrinsic.texts() if analysis.intrinsic is not None else {})
     texts.update(analysis.stability.texts() if analysis.stability is not None else {})
+    texts.update(analysis.schedules.texts() if analysis.schedules is not None else {})
     texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
     return texts
 

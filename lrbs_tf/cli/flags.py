@@ -94,6 +94,11 @@ def _sgd_flags(d: _Definer) -> None:
     d.DEFINE_integer("max_steps", D["max_steps"], "A step budget: end the run after exactly this many optimizer "
                      "steps (the last epoch may be partial; it is evaluated, recorded and checkpointed like "
                      "any). Part of the run's identity and name (-steps<N>). Default: none, --epochs decides.")
+    d.DEFINE_string("schedule", D["schedule"], "Learning-rate / batch-size step schedule, off by default "
+                    "(constant: He et al.'s protocol). KIND*FACTOR@E1:E2 multiplies the learning rate (lr) or "
+                    "the batch size (bs) by FACTOR after epochs E1, E2, ...; terms join with '+': lr*0.2@10:20, "
+                    "bs*5@10:20, lr*0.2@10+bs*5@20 (Smith et al. 2018). Part of the run's identity and name "
+                    "(-lrx0.2at10_20); metrics.jsonl records each epoch's lr and batch_size. docs/schedules.md.")
     d.DEFINE_float("momentum", D["momentum"], "Heavy-ball momentum (PyTorch convention); 0 = plain SGD.")
     d.DEFINE_float("weight_decay", D["weight_decay"], "L2 coefficient wd: gradient += wd * w, i.e. loss += wd/2 ||w||^2 "
                    "(PyTorch convention), over all trainable weights.")

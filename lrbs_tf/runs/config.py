@@ -17,11 +17,12 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lrbs_tf.core.errors import TrainingFailed, UsageError  # noqa: F401  (the error types of a configuration)
 from lrbs_tf.data.specs import DATASETS
 from lrbs_tf.models.registry import ARCH_NAMES, ARCHITECTURES, MLP_DEFAULTS, check_arch_input
+from lrbs_tf.runs import schedule as schedules
 
 # --mixed_precision -> the Keras dtype policy the models are built under.
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -40,6 +41,7 @@ class TrainConfig:
     lr: float = 0.05
     epochs: int = 200                     # an upper bound when max_steps is given
     max_steps: int | None = None          # a step budget: the run ends after exactly this many steps; None: none
+    schedule: str = ""                    # LR / batch-size step schedule (runs/schedule.py); '': constant
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
@@ -78,6 +80,7 @@ class TrainConfig:
             raise UsageError(f"checkpoint_epochs={self.checkpoint_epochs!r}: give epochs as integers, e.g. 1,5,20") \
                 from None
         self.name_settings = tuple(self.name_settings or ())
+        self.schedule = schedules.canonical(self.schedule)  # one text per schedule: '' when constant
 
     @classmethod
     def from_flags(cls, flag_values: Any, **overrides: Any) -> "TrainConfig":
@@ -103,23 +106,67 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.workdir) / self.run_name
 
-    def budget_epochs(self, steps_per_epoch: int) -> int:
-        """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial)."""
+    def budget_epochs(self, steps_per_epoch: int | Sequence[int]) -> int:
+        """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial).
+        `steps_per_epoch`: whole steps of every epoch, or of each (epoch_step_counts, under a schedule)."""
         if self.max_steps is None:
             return self.epochs
-        return min(self.epochs, -(-self.max_steps // steps_per_epoch))
+        if isinstance(steps_per_epoch, int):
+            return min(self.epochs, -(-self.max_steps // steps_per_epoch))
+        done = 0
+        for epoch, steps in enumerate(steps_per_epoch[:self.epochs]):
+            done += steps
+            if done >= self.max_steps:
+                return epoch + 1
+        return self.epochs
 
-    def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
+    def epoch_steps(self, epoch: int, steps_per_epoch: int | Sequence[int]) -> int:
         """Optimizer steps of epoch `epoch` (0-based): a whole epoch, or what is left of --max_steps."""
+        whole = steps_per_epoch if isinstance(steps_per_epoch, int) else steps_per_epoch[epoch]
         if self.max_steps is None:
-            return steps_per_epoch
-        return max(0, min(steps_per_epoch, self.max_steps - epoch * steps_per_epoch))
+            return whole
+        before = epoch * whole if isinstance(steps_per_epoch, int) else sum(steps_per_epoch[:epoch])
+        return max(0, min(whole, self.max_steps - before))
+
+    def epoch_batch_size(self, epoch: int) -> int:
+        """The batch size of epoch `epoch` (0-based): --batch_size, times the schedule's factors so far."""
+        return schedules.whole_batch_size(self.schedule, self.batch_size, epoch) if self.schedule else self.batch_size
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The learning rate of epoch `epoch` (0-based): --lr, times the schedule's factors so far."""
+        return self.lr * schedules.lr_multiplier(self.schedule, epoch) if self.schedule else self.lr
+
+    def at_epoch(self, epoch: int) -> "TrainConfig":
+        """The configuration in force in epoch `epoch` (0-based): lr and batch_size as the schedule has them
+        then (itself without a schedule). The training loop's members carry it; the identity is `self`."""
+        if not self.schedule:
+            return self
+        return dataclasses.replace(self, lr=self.epoch_lr(epoch), batch_size=self.epoch_batch_size(epoch))
+
+    def epoch_step_counts(self, num_train: int) -> list[int]:
+        """Whole optimizer steps of each of --epochs epochs (training batches drop the remainder)."""
+        return schedule_step_counts(self.schedule, self.epochs, num_train, self.batch_size)
 
 
-def budget_steps(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
-    """The optimizer steps a run of this budget takes, unless --stop_at_train_loss ends it sooner."""
-    full = epochs * steps_per_epoch
+def schedule_step_counts(schedule: str, epochs: int, num_train: int, batch_size: int) -> list[int]:
+    """Whole optimizer steps of each epoch of a run with this (canonical) schedule."""
+    if not schedule:
+        return [num_train // batch_size] * epochs
+    return [num_train // schedules.whole_batch_size(schedule, batch_size, e) for e in range(epochs)]
+
+
+def budget_steps(epochs: int, max_steps: int | None, steps_per_epoch: int | Sequence[int]) -> int:
+    """The optimizer steps a run of this budget takes, unless --stop_at_train_loss ends it sooner.
+    `steps_per_epoch`: the steps of every epoch, or of each (schedule_step_counts)."""
+    full = epochs * steps_per_epoch if isinstance(steps_per_epoch, int) else sum(steps_per_epoch[:epochs])
     return full if max_steps is None else min(full, max_steps)
+
+
+def run_steps(epochs: int, max_steps: int | None, num_train: int, batch_size: int, schedule: str = "") -> int:
+    """The optimizer steps of one run (bin/sweep's per-run cost, its shards' balance): its budget over the
+    batch sizes its schedule trains with."""
+    return budget_steps(epochs, max_steps, schedule_step_counts(schedules.canonical(schedule), epochs, num_train,
+                                                                batch_size))
 
 
 # Every setting's default. A config.json or sweep.json written by an older lrbs_tf, before a setting existed,
@@ -217,6 +264,7 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
             raise UsageError(f"{name}={getattr(cfg, name)} must be >= 0 (0: off)")
     if not cfg.checkpoint_seconds >= 0:
         raise UsageError(f"checkpoint_seconds={cfg.checkpoint_seconds} must be >= 0 (0: every epoch)")
+    schedules.check(cfg.schedule, cfg.batch_size, cfg.epochs)
     if cfg.max_steps is not None and not cfg.max_steps > 0:
         raise UsageError(f"max_steps={cfg.max_steps} must be > 0 (leave it unset for no step budget)")
     bad = [e for e in cfg.checkpoint_epochs if not e >= 1]
@@ -245,21 +293,34 @@ def _check_stacked(cfg: TrainConfig, replicas: int) -> None:
                          f"mixed_precision={cfg.mixed_precision}, {replicas} replica(s)")
 
 
-def _check_step_budget(cfg: TrainConfig, steps_per_epoch: int) -> None:
+def _check_step_budget(cfg: TrainConfig, num_train: int) -> None:
     """A step budget must fit in --epochs: a run cut short by its epochs would not have the steps its budget
     says, and runs compared at equal steps would not be."""
     if cfg.max_steps is None:
         return
-    most = cfg.epochs * steps_per_epoch
+    steps_per_epoch = cfg.epoch_step_counts(num_train) if cfg.schedule else num_train // cfg.batch_size
+    most = budget_steps(cfg.epochs, None, steps_per_epoch)
     if cfg.max_steps > most:
+        each = f"{steps_per_epoch} steps" if isinstance(steps_per_epoch, int) else "its schedule's steps"
         raise UsageError(f"max_steps={cfg.max_steps} is more than epochs={cfg.epochs} allow at batch_size="
-                         f"{cfg.batch_size} ({cfg.epochs} x {steps_per_epoch} steps = {most}); raise --epochs "
+                         f"{cfg.batch_size} ({cfg.epochs} x {each} = {most}); raise --epochs "
                          "(an upper bound) or lower --max_steps")
     epochs = cfg.budget_epochs(steps_per_epoch)
     beyond = [e for e in cfg.checkpoint_epochs if e > epochs]
     if beyond:
         raise UsageError(f"checkpoint_epochs holds {beyond[0]}, beyond the {epochs} epochs of max_steps="
                          f"{cfg.max_steps} at batch_size={cfg.batch_size}")
+
+
+def _check_scheduled_batch_sizes(cfg: TrainConfig, facts: RuntimeFacts) -> None:
+    """Every batch size a batch-size schedule reaches fits the training set and the replicas."""
+    for size in schedules.batch_sizes(cfg.schedule, cfg.batch_size)[1:]:
+        if facts.num_train is not None and size > facts.num_train:
+            raise UsageError(f"schedule={cfg.schedule!r} reaches batch size {size}, larger than the training set "
+                             f"({facts.num_train} examples of {cfg.dataset})")
+        if facts.replicas is not None and size % facts.replicas:
+            raise UsageError(f"schedule={cfg.schedule!r} reaches batch size {size}, not divisible by "
+                             f"{facts.replicas} replicas")
 
 
 def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
@@ -282,8 +343,9 @@ def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
     if facts.num_train is not None and cfg.batch_size > facts.num_train:
         raise UsageError(f"batch_size={cfg.batch_size} is larger than the training set ({facts.num_train} "
                          f"examples of {cfg.dataset})")
+    _check_scheduled_batch_sizes(cfg, facts)
     if facts.num_train is not None:
-        _check_step_budget(cfg, facts.num_train // cfg.batch_size)
+        _check_step_budget(cfg, facts.num_train)
     if facts.replicas is not None and cfg.batch_size % facts.replicas:
         raise UsageError(f"batch_size={cfg.batch_size} is not divisible by {facts.replicas} replicas")
 
@@ -327,9 +389,15 @@ ASKED_TAGS: dict[str, str] = {"mlp_width": "w", "mlp_depth": "d", "mlp_batch_nor
 NAME_LEADS = ("arch", "dataset", "dataset_name", "batch_size", "lr", "seed")
 
 
+# Settings whose value needs its own file-name-safe form in a run name (the rest: name_part's rule).
+NAME_FORMATS = {"schedule": lambda value: schedules.name_suffix(schedules.canonical(value))}
+
+
 def name_part(setting: str, value: Any) -> str:
-    """One setting's piece of a run name, e.g. '-wd0.0005', '-w128', '-bn', '-nobn'; a text value must be a
-    plain name (it becomes part of a folder name)."""
+    """One setting's piece of a run name, e.g. '-wd0.0005', '-w128', '-bn', '-nobn', '-lrx0.2at10_20' (a
+    schedule, runs/schedule.name_suffix); a text value must be a plain name (it becomes part of a folder name)."""
+    if setting in NAME_FORMATS:
+        return NAME_FORMATS[setting](value)
     tag = NAME_TAGS.get(setting) or ASKED_TAGS.get(setting) or setting
     if isinstance(value, bool):
         return f"-{tag}" if value else f"-no{tag}"

@@ -55,6 +55,9 @@ TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)  # a failed run is retried wh
 
 METRIC_KEYS = ("epoch", "step", "examples_seen", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                "weight_norm_sq", "effective_lr", "grad_norm_sq", "seconds", "train_seconds")
+# Recorded in every metrics.jsonl row of a run with a --schedule: the epoch's learning rate and batch size
+# (a constant run's are config.json's; its rows stay as before schedules existed).
+SCHEDULE_METRIC_KEYS = ("lr", "batch_size")
 RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
                   "final_test_accuracy")
 RESULT_KEYS = ("status", "epochs", "steps", *RESULT_NUMBERS)  # in every result.json (steps since issue 13)

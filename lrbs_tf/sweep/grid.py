@@ -28,7 +28,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from lrbs_tf.data.specs import known_train_size
-from lrbs_tf.runs.config import TrainConfig, budget_steps, format_lr, name_part
+from lrbs_tf.runs.config import TrainConfig, format_lr, name_part, run_steps as config_run_steps
 
 Point = tuple  # ((setting, value), ...): one value of each --grid axis, in the axes' order
 
@@ -88,10 +88,10 @@ def train_size(cfg: TrainConfig) -> int | None:
 
 def run_steps(cfg: TrainConfig) -> int:
     """The optimizer steps of one run of settings `cfg`: epochs x floor(num_train / batch_size) (training
-    batches drop the remainder), or max_steps if fewer; NOMINAL_TRAIN stands in for an unknown training set.
+    batches drop the remainder; each epoch's batch size under a --schedule), or max_steps if fewer; NOMINAL_TRAIN stands in for an unknown training set.
     A run stopped early by --stop_at_train_loss takes fewer; none more. The one cost shards are balanced by:
     a setting that changes a run's steps changes them here."""
-    return budget_steps(cfg.epochs, cfg.max_steps, (train_size(cfg) or NOMINAL_TRAIN) // cfg.batch_size)
+    return config_run_steps(cfg.epochs, cfg.max_steps, train_size(cfg) or NOMINAL_TRAIN, cfg.batch_size, cfg.schedule)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from lrbs_tf.data.loaders import Data, DataError, load_data
 from lrbs_tf.data.pipelines import Pipelines, make_pipelines
 from lrbs_tf.runs import checkpoints, folder as runfolder
 from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
-from lrbs_tf.training import members as mem
+from lrbs_tf.training import members as mem, scheduling
 from lrbs_tf.training.distribute import (
     StrategyError,
     configure_numerics,
@@ -150,6 +150,7 @@ class EpochStats:
     # decay left out; steps with a non-finite gradient, which float16 loss scaling skips, left out too)
     grad_norm_sq: np.ndarray | None = None
     steps_before: int = 0      # optimizer steps of the epochs before this one (all whole: only a last is partial)
+    examples_before: int = 0   # training examples of the epochs before this one (batch sizes vary under a schedule)
 
 
 def eval_batches(strategy: tf.distribute.Strategy, pipes: Pipelines):
@@ -178,9 +179,9 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     it: then its first steps (its batches are the same whatever the budget)."""
     start = time.time()
     pace = chunk if isinstance(chunk, CallPace) else CallPace(fixed=chunk)
-    whole = pipes.data.num_train // cfg.batch_size
-    steps_per_epoch = cfg.epoch_steps(epoch, whole)
-    iterator = iter(distribute_train(strategy, lambda: pipes.train(cfg.batch_size, cfg.seed, epoch), cfg.batch_size))
+    batch_size, steps_per_epoch, steps_before, examples_before = scheduling.epoch_plan(cfg, pipes.data.num_train,
+                                                                                        epoch)
+    iterator = iter(distribute_train(strategy, lambda: pipes.train(batch_size, cfg.seed, epoch), batch_size))
     # The bar draws from the sums each call returns anyway, at most every PROGRESS_SECONDS_PER_CALL.
     bar = (keras.utils.Progbar(steps_per_epoch, unit_name="step", interval=PROGRESS_SECONDS_PER_CALL)
            if show_progress else None)
@@ -189,7 +190,7 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
         todo = pace.steps(steps_per_epoch - steps)
         called = time.perf_counter()
         *sums, alive = functions.train_steps(iterator, tf.constant(todo, tf.int32), alive, *sums)
-        loss_sum, correct, seen = sums[0].numpy(), sums[1].numpy(), sums[2].numpy() * cfg.batch_size
+        loss_sum, correct, seen = sums[0].numpy(), sums[1].numpy(), sums[2].numpy() * batch_size
         pace.measured(todo, time.perf_counter() - called)
         steps += todo
         if bar is not None:
@@ -204,7 +205,7 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     with np.errstate(invalid="ignore", divide="ignore"):
         grad_norm_sq = np.where(sums[4].numpy() > 0, sums[3].numpy() / sums[4].numpy(), np.nan)
     return EpochStats(loss_sum, correct, seen, test_loss, test_accuracy, time.time() - start, train_seconds,
-                      grad_norm_sq, steps_before=epoch * whole)
+                      grad_norm_sq, steps_before=steps_before, examples_before=examples_before)
 
 
 def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, labelled: bool,
@@ -218,7 +219,8 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
                                float(stats.test_loss[k]), float(stats.test_accuracy[k]), stats.seconds,
                                stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "",
                                grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]),
-                               step=stats.steps_before + int(stats.seen[k]) // member.cfg.batch_size)
+                               step=stats.steps_before + int(stats.seen[k]) // member.cfg.batch_size,
+                               examples=stats.examples_before + int(stats.seen[k]) if member.cfg.schedule else None)
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
             member.stop_reason = runfolder.STOP_DIVERGED
@@ -254,7 +256,8 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     start_epoch = int(members[0].epochs_done.numpy())
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
     steps_per_epoch = data.num_train // cfg.batch_size
-    epochs = cfg.budget_epochs(steps_per_epoch)  # --epochs, or fewer under --max_steps (the last then partial)
+    # --epochs, or fewer under --max_steps (the last then partial); a schedule's epochs differ in steps
+    epochs = cfg.budget_epochs(cfg.epoch_step_counts(data.num_train) if cfg.schedule else steps_per_epoch)
     if is_multi_worker(strategy):
         # Every worker must make the same calls (each step all-reduces across them): a timed pace would differ
         # between workers and deadlock them, so a fixed 2% of an epoch per call (the sums do not depend on it).
@@ -263,6 +266,9 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
         pace = CallPace(fixed=cfg.steps_per_call,
                         seconds=PROGRESS_SECONDS_PER_CALL if show_progress else SECONDS_PER_CALL)
     active = list(members)
+    bases = {m.cfg.run_name: m.cfg for m in members}  # each run's identity; members carry the epoch's config
+    if cfg.schedule:
+        scheduling.begin(active, bases, start_epoch)
     functions = make_step_functions(strategy, active)
     test = eval_batches(strategy, pipes)
     previous_handler = signal.signal(signal.SIGTERM, _raise_preempted)
@@ -272,6 +278,8 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
         for epoch in range(start_epoch, epochs):  # 0-based here, 1-based in metrics.jsonl
             if not active:
                 break
+            if cfg.schedule and scheduling.enter_epoch(active, bases, epoch):
+                functions = make_step_functions(strategy, active)  # traced for the epoch's lr and batch size
             stats = run_epoch(strategy, pipes, functions, cfg, epoch, len(active), pace, show_progress, test)
             # A clock would differ between workers, which must all save together: multi-worker saves every epoch.
             due = is_multi_worker(strategy) or mem.checkpoint_due(cfg, epoch + 1, epoch + 1 == epochs,

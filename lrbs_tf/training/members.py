@@ -56,7 +56,7 @@ def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optim
 @dataclasses.dataclass
 class Member:
     """One run of the column: its configuration, state and record."""
-    cfg: TrainConfig
+    cfg: TrainConfig                   # under a --schedule, the current epoch's (lrbs_tf.training.scheduling)
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     epochs_done: tf.Variable
@@ -150,18 +150,23 @@ def finite(x: float | None) -> bool:
 
 def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
                  test_accuracy: float, seconds: float, train_seconds: float, label: str = "", *,
-                 grad_norm_sq: float = math.nan, step: int = 0) -> dict:
+                 grad_norm_sq: float = math.nan, step: int = 0, examples: int | None = None) -> dict:
     """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars (at `step`); returns
     the row. `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats);
-    `step`: the optimizer steps trained by the epoch's end, from the run's start."""
+    `step`: the optimizer steps trained by the epoch's end, from the run's start; `examples`: the training
+    examples by then (default step x batch_size). Under a schedule (member.cfg: the epoch's configuration,
+    lrbs_tf.training.scheduling) the row also records the epoch's `lr` and `batch_size`."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
-    row = {"epoch": epoch, "step": step, "examples_seen": step * member.cfg.batch_size,
+    row = {"epoch": epoch, "step": step,
+           "examples_seen": step * member.cfg.batch_size if examples is None else examples,
            "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
            "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,
            "seconds": seconds, "train_seconds": train_seconds}
+    if member.cfg.schedule:
+        row.update({key: getattr(member.cfg, key) for key in runfolder.SCHEDULE_METRIC_KEYS})
     runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row, sync=False)  # synced with its checkpoint
     member.rows.append(row)
     member.writer.epoch(epoch, row, summary(member.rows))

@@ -23,6 +23,7 @@ from lrbs_tf.analysis.model import (
     FIG_EQUAL_RATIO,
     FIG_HEATMAP,
     FIG_RATIO,
+    FIG_SCHEDULES,
     FIG_SHARPNESS,
     FIG_STABILITY,
     FIG_STEPS,
@@ -30,7 +31,12 @@ from lrbs_tf.analysis.model import (
     iter_groups,
     measure_name,
 )
-from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling, summary
+from lrbs_tf.analysis.report import (
+    ratio as report_ratio,
+    scaling as report_scaling,
+    schedules as report_schedules,
+    summary,
+)
 from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
 from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
 from lrbs_tf.core.text import plural
@@ -59,6 +65,8 @@ CAPTIONS = {
     FIG_STEPS: "Figure 6: fewest optimizer steps to the target vs batch size (log-log), the perfect-scaling line "
                "through the smallest batch size, and McCandlish et al.'s fitted S(B) with B_crit dashed; x on "
                "the top axis: batch sizes where no learning rate reached the target.",
+    FIG_SCHEDULES: "Figure 9: test accuracy vs epoch (left) and vs optimizer step (right) per schedule, the "
+                   "mean over seeds with a band of one s.d.; a row per set of runs with equal initial BS and LR.",
     FIG_STABILITY: "Figure 7: lambda_max x lr/2 (solid, dots at the measured checkpoints) and batch sharpness x "
                    "lr/2 (dashed) against the optimizer step, one colour per run (learning rate), a panel per "
                    "batch size; the dotted line at 1 is the stability limit 2/lr.",
@@ -325,6 +333,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         *report_scaling.sections(a),
         intrinsic_report.section(a.intrinsic),
         stability.section(a.stability),
+        report_schedules.section(a.schedules),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
