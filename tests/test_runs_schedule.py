@@ -44,7 +44,7 @@ def test_run_names_hold_the_schedule_without_special_characters():
     assert names == ["mlp-mnist1d-bs16-lr0.1-s0", "mlp-mnist1d-bs16-lr0.1-s0-lrx0.2at10_20",
                      "mlp-mnist1d-bs16-lr0.1-s0-bsx5at10_20", "mlp-mnist1d-bs16-lr0.1-s0-lrx0.2at10+bsx5at20"]
     assert not any(c in n for n in names for c in "*@:/, ")
-    assert run_name("mlp", "mnist1d", 16, 0.1, 0, 0.9, 5e-4, 100, "bs*5@10") == \
+    assert run_name("mlp", "mnist1d", 16, 0.1, 0, 0.9, 5e-4, 100, schedule="bs*5@10") == \
         "mlp-mnist1d-bs16-lr0.1-s0-m0.9-wd0.0005-steps100-bsx5at10"
     assert TrainConfig(schedule="bs*5.0@10").resolved().run_name.endswith("-bsx5at10")
 
@@ -82,8 +82,9 @@ def test_step_counts_and_the_sweeps_cost_know_the_schedule():
     assert capped.budget_epochs(counts) == 12
     assert [capped.epoch_steps(e, counts) for e in (9, 10, 11, 12)] == [250, 50, 50, 0]
     assert TrainConfig(batch_size=16, epochs=30, max_steps=2580, schedule="bs*5@10:20").epoch_steps(11, counts) == 30
-    grid = gridlib.Grid((16,), (0.1,), (0, 1), "mlp", "mnist1d", num_train=4000, epochs=30, schedule="bs*5@10:20")
-    assert grid.steps(16) == 3100
+    grid = gridlib.Grid((16,), (0.1,), (0, 1), TrainConfig(arch="mlp", dataset="mnist1d", epochs=30,
+                                                             schedule="bs*5@10:20"))
+    assert [grid.steps(r) for r in grid.runs()] == [3100, 3100]
     assert [r.name for r in grid.runs()] == [f"mlp-mnist1d-bs16-lr0.1-s{s}-bsx5at10_20" for s in (0, 1)]
 
 

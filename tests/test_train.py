@@ -38,7 +38,8 @@ def test_run_folder_contract(reference):
     assert config["versions"]["tensorflow"] and "git_commit" in config
     rows = runfolder.read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(set(r) == set(runfolder.METRIC_KEYS) for r in rows)
+    assert all(set(r) == {*runfolder.METRIC_KEYS, *runfolder.SCHEDULE_METRIC_KEYS} for r in rows)
+    assert all(r["lr"] == 0.1 and r["batch_size"] == 64 for r in rows)  # the epoch's, a constant run's config
     for r in rows:
         assert r["effective_lr"] == pytest.approx(0.1 / r["weight_norm_sq"], rel=1e-12)
     assert set(runfolder.RESULT_KEYS) <= set(result)

@@ -55,8 +55,8 @@ TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)  # a failed run is retried wh
 
 METRIC_KEYS = ("epoch", "step", "examples_seen", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                "weight_norm_sq", "effective_lr", "grad_norm_sq", "seconds", "train_seconds")
-# Recorded in every metrics.jsonl row of a run with a --schedule: the epoch's learning rate and batch size
-# (a constant run's are config.json's; its rows stay as before schedules existed).
+# Recorded in every metrics.jsonl row (since issue 26): the epoch's learning rate and batch size (under a
+# --schedule they change; a constant run's equal config.json's).
 SCHEDULE_METRIC_KEYS = ("lr", "batch_size")
 RESULT_NUMBERS = ("best_test_accuracy", "best_epoch", "final_train_loss", "final_train_accuracy",
                   "final_test_accuracy")

@@ -154,8 +154,8 @@ def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: 
     """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars (at `step`); returns
     the row. `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats);
     `step`: the optimizer steps trained by the epoch's end, from the run's start; `examples`: the training
-    examples by then (default step x batch_size). Under a schedule (member.cfg: the epoch's configuration,
-    lrbs_tf.training.scheduling) the row also records the epoch's `lr` and `batch_size`."""
+    examples by then (default step x batch_size). The row records the epoch's `lr` and `batch_size`
+    (member.cfg: the epoch's configuration under a schedule, lrbs_tf.training.scheduling)."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
@@ -164,9 +164,8 @@ def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: 
            "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
            "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,
-           "seconds": seconds, "train_seconds": train_seconds}
-    if member.cfg.schedule:
-        row.update({key: getattr(member.cfg, key) for key in runfolder.SCHEDULE_METRIC_KEYS})
+           "seconds": seconds, "train_seconds": train_seconds,
+           **{key: getattr(member.cfg, key) for key in runfolder.SCHEDULE_METRIC_KEYS}}
     runfolder.append_jsonl(member.run_dir / runfolder.METRICS, row, sync=False)  # synced with its checkpoint
     member.rows.append(row)
     member.writer.epoch(epoch, row, summary(member.rows))
