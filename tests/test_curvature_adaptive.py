@@ -1,14 +1,24 @@
 """Adaptive sharpness (curvature.adaptive): closed forms on quadratics, and Dinh et al.'s rescaling of a
 trained ReLU MLP, which moves lambda_max by about alpha^2 and leaves every adaptive sharpness unchanged."""
 
+import json
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
-from lrbs_tf.curvature import adaptive, eigen, hvp
+from lrbs_tf.analysis import correlate
+from lrbs_tf.curvature import adaptive, eigen, hvp, session as sharpness_bin
+from lrbs_tf.curvature.settings import ADAPTIVE_QUANTITIES
+from lrbs_tf.data.loaders import load_data
 from lrbs_tf.models.builders import build_model
+from lrbs_tf.runs import folder as rf
+from lrbs_tf.training.run import run as train_run
 from tests import curvature_oracles as oracles
+from tests.helpers import small_config
+from tests.runfolders import write_grid
 
 
 def _centred_quadratic(q: np.ndarray, centre: np.ndarray, shapes):
@@ -139,3 +149,45 @@ def test_rescaling_moves_lambda_max_by_about_alpha_squared_and_leaves_adaptive_s
     # rho 0.2: an increase large enough that float32 losses resolve it to 1e-6 (at 0.05, to 5e-5)
     a, b = (adaptive.average_case(o, 0.2, draws=8, seed=7) for o in objectives)
     assert a.mean_increase > 0 and b.mean_increase == pytest.approx(a.mean_increase, rel=1e-4)
+
+
+def test_bin_sharpness_records_the_adaptive_quantities_with_their_settings(tmp_path):
+    """Through the binary's library path on a bin/train run folder: the keys, the recorded settings and
+    random streams keyed by each quantity's name (the same numbers as a direct call with that seed)."""
+    cfg = small_config(tmp_path, mlp_depth=1, mlp_width=8, epochs=1)
+    assert train_run(cfg)["status"] == "done"
+    run_dir = cfg.resolved().run_dir
+    settings = sharpness_bin.Settings(num_examples=64, quantities=ADAPTIVE_QUANTITIES,
+                                      adaptive_steps=3, adaptive_restarts=2, adaptive_draws=3)
+    record = sharpness_bin.run(str(run_dir), settings, log=lambda *_: None)
+    assert all(record[k] is not None for k in rf.ADAPTIVE_KEYS) and record["lambda_max"] is None
+    assert record["settings"]["adaptive_rho"] == 0.5 and record["settings"]["adaptive_restarts"] == 2
+    assert record["costs"]["adaptive_sharpness"]["gradients"] == 6 == record["costs"]["adaptive_sharpness_linf"]["gradients"]
+    assert record["costs"]["adaptive_sharpness_avg"]["losses"] == 7
+    model = keras.models.load_model(run_dir / rf.MODEL, compile=False)
+    data = load_data("mnist1d")
+    obj = hvp.keras_objective(model, data.normalize(data.x_train[:64]), data.y_train[:64].astype(np.int32), 256)
+    direct = adaptive.worst_case(obj, 0.01, "inf", 3, 2, settings.seed_for("adaptive_sharpness_linf"))
+    assert record["adaptive_sharpness_linf"] == pytest.approx(direct.sharpness, rel=1e-6)
+
+
+def test_bin_correlate_tests_adaptive_sharpness_like_the_other_quantities(tmp_path):
+    """runs.csv's columns, the sharpness tests against BS/LR and accuracy (Spearman, Kendall) and Psi."""
+    def accuracy(bs, lr):
+        return 0.9 - 0.01 * np.log(bs / lr)
+
+    write_grid(tmp_path / "runs", accuracy, sharpness=None)
+    for run_dir in sorted((tmp_path / "runs").iterdir()):
+        cfg = json.loads((run_dir / rf.CONFIG).read_text())
+        value = cfg["lr"] / cfg["batch_size"]  # sharper at small BS/LR
+        (run_dir / rf.SHARPNESS).write_text(json.dumps(
+            {"adaptive_sharpness": value, "adaptive_sharpness_linf": 2 * value, "adaptive_sharpness_avg": value / 3,
+             "adaptive_sharpness_avg_stderr": 0.1}))
+    a = correlate.run(tmp_path / "runs", tmp_path / "out", figures=False)
+    assert a.sharpness_quantities == ["adaptive_sharpness", "adaptive_sharpness_linf", "adaptive_sharpness_avg"]
+    sh = a.tables["sharpness"].set_index(["quantity", "versus", "subset"])
+    row = sh.loc[("adaptive_sharpness", "ratio", "with_flagged")]
+    assert row["n"] == 16 and row["spearman_rho"] == pytest.approx(-1.0) and row["kendall_tau"] == pytest.approx(-1.0)
+    assert set(a.psi["measure"]) >= {"adaptive_sharpness", "adaptive_sharpness_avg"}
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert runs["adaptive_sharpness_avg_stderr"].eq(0.1).all()

@@ -30,7 +30,10 @@ SUBSETS = (PRIMARY_SUBSET, "without_flagged")  # sharpness / Psi: all done runs,
 MEASURE_NAMES = {"best_test_accuracy": "best test accuracy", "ratio": "batch size / learning rate",
                  "lambda_max": "largest Hessian eigenvalue", "trace": "Hessian trace",
                  "frobenius_norm": "Hessian Frobenius norm", "grad_cov_trace": "gradient covariance trace",
-                 "eps_sharpness": "epsilon-sharpness (Keskar)", "avg_sharpness": "average sharpness"}
+                 "eps_sharpness": "epsilon-sharpness (Keskar)", "avg_sharpness": "average sharpness",
+                 "adaptive_sharpness": "adaptive sharpness (l2, worst case)",
+                 "adaptive_sharpness_linf": "adaptive sharpness (l-inf, worst case)",
+                 "adaptive_sharpness_avg": "adaptive sharpness (average case)"}
 # The paper's claims: accuracy falls with batch size, rises with the learning rate, falls with BS/LR.
 EXPECTED_SIGN = {"table1": -1, "table2": +1, "table3": -1}
 

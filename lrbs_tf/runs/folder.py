@@ -65,14 +65,19 @@ STOP_REASONS = (STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED)
 # run's TensorBoard metrics), in that order; the numbers recorded beside them; the gradient noise scale's keys
 # (curvature.noise_scale.NoiseScale.fields, null unless measured). Any may be absent: NaN in runs.csv.
 SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
-                        "avg_sharpness")
-SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio")
+                        "avg_sharpness", "adaptive_sharpness", "adaptive_sharpness_linf", "adaptive_sharpness_avg")
+SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio", "adaptive_sharpness_avg_stderr")
 NOISE_SCALE_KEYS = ("noise_scale", "noise_scale_stderr", "noise_scale_grad_sq", "noise_scale_grad_sq_stderr",
                     "noise_scale_cov_trace", "noise_scale_groups", "noise_scale_resolved", "noise_scale_note")
 # ... and of the curvature-over-training quantities (bin/sharpness --quantities=batch_sharpness,ggn_*), null
 # unless measured.
 BATCH_SHARPNESS_KEYS = ("batch_sharpness", "batch_sharpness_stderr", "batch_sharpness_batches",
                         "batch_sharpness_batch_size")
+# Adaptive sharpness (bin/sharpness --quantities=adaptive_sharpness,...; curvature.adaptive), null unless
+# measured: the worst cases for p = 2 and inf, the average case and its standard error (nats); the radii,
+# steps, restarts and draws are in sharpness.json's settings.
+ADAPTIVE_KEYS = ("adaptive_sharpness", "adaptive_sharpness_linf", "adaptive_sharpness_avg",
+                 "adaptive_sharpness_avg_stderr")
 GGN_KEYS = ("ggn_lambda_max", "ggn_top_eigenvalues", "ggn_eigen_converged", "ggn_trace", "ggn_trace_stderr",
             "ggn_trace_num_probes", "ggn_trace_converged")
 
