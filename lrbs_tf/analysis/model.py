@@ -87,6 +87,13 @@ class Analysis:
     critical_batch: pd.DataFrame = field(default_factory=pd.DataFrame)  # scaling.critical_batch_table
     intrinsic: Any = None  # intrinsic_report.IntrinsicLR (that module imports this one)
     stability: Any = None  # stability.Stability: stability.csv and Figure 7 (that module imports this one)
+    raw_runs: pd.DataFrame | None = None  # runs.csv: the runs table as read, raw lr and ratio (at_effective_lr)
+    momentum: Any = None  # momentum.Interchange: momentum.csv and its report section (that module imports this one)
+
+    @property
+    def momentum_placed(self) -> bool:
+        """Whether some done run has momentum, so the ratio analyses placed it at its effective LR."""
+        return bool((self.done["momentum"].fillna(0.0) != 0).any()) if "momentum" in self.runs else False
 
     @property
     def done(self) -> pd.DataFrame:
@@ -99,6 +106,20 @@ class Analysis:
     def groups(self, frame: pd.DataFrame | None = None) -> Iterator[tuple[dict, str, pd.DataFrame]]:
         """iter_groups over `frame` (default: the done runs) with this analysis's columns and labels."""
         return iter_groups(self.done if frame is None else frame, self.group_cols, self.labels)
+
+
+def at_effective_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs as every ratio analysis places them: `lr` and `ratio` replaced by momentum's effective
+    learning rate lr / (1 - mu) and BS over it (runs.csv's `effective_lr`, `effective_lr_ratio`), so a run
+    with momentum mu sits where plain SGD at lr / (1 - mu) would (docs/theory.md) in Tables 1-3, the
+    sharpness tests, Psi, the cells, the ratio test, the invariance test and Figures 1-5. At mu = 0 the
+    values are the raw ones bit for bit; runs.csv keeps the raw `lr` and `ratio` beside the effective ones.
+    Pooled across momenta (--group_by without momentum), runs of equal BS and effective LR share a cell."""
+    placed = runs.copy()
+    known = placed[rf.EFFECTIVE_LR].notna()
+    placed.loc[known, "lr"] = placed.loc[known, rf.EFFECTIVE_LR]
+    placed.loc[known, "ratio"] = placed.loc[known, rf.EFFECTIVE_RATIO]
+    return placed
 
 
 def measure_name(measure: str) -> str:

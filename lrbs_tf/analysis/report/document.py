@@ -30,7 +30,12 @@ from lrbs_tf.analysis.model import (
     iter_groups,
     measure_name,
 )
-from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling, summary
+from lrbs_tf.analysis.report import (
+    momentum as report_momentum,
+    ratio as report_ratio,
+    scaling as report_scaling,
+    summary,
+)
 from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
 from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
 from lrbs_tf.runs import folder as rf
@@ -287,6 +292,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         *report_scaling.sections(a),
         intrinsic_report.section(a.intrinsic),
         stability.section(a.stability),
+        report_momentum.section(a),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
