@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from lrbs_tf.analysis import calibration
 from lrbs_tf.analysis.model import Analysis
 from lrbs_tf.analysis.momentum import FILE, PAIRED
 from lrbs_tf.analysis.report.format import cut, fmt_p, md_table
@@ -15,6 +16,13 @@ TITLE = "## Momentum and the effective learning rate"
 
 def _points(x: float) -> str:
     return "—" if math.isnan(x) else f"{100 * x:+.2f}"
+
+
+def _size() -> str:
+    """The recorded false-positive rate of the test (benchmarks/calibration.json, entry momentum_interchange)."""
+    entry = (calibration.load() or {}).get("momentum_interchange")
+    summary = calibration.size_summary(entry, "momentum_interchange") if entry else ""
+    return summary or "not recorded (benchmarks/calibration.py --momentum_only)"
 
 
 def section(a: Analysis) -> str:
@@ -40,7 +48,7 @@ def section(a: Analysis) -> str:
              f"pooled over momentum, each momentum's best test accuracy against the smallest momentum's, "
              f"paired by seed ({PAIRED}; Welch's t without common seeds); the cell's p is Bonferroni's over its "
              f"comparisons, Holm-adjusted over the cells of a group (`p_holm`). Its size under a realistic null: "
-             f"benchmarks/calibration.md, entry momentum_interchange. Differences in accuracy points "
+             f"{_size()}. Differences in accuracy points "
              f"(momentum minus reference) with 95% confidence intervals; {FILE} has every row.")
     verdict = (f"**{len(differ)} of {len(tested)} tested cell(s) differ** between momenta at p_holm < {a.alpha:g}"
                if len(differ) else f"No tested cell differs between momenta at p_holm < {a.alpha:g} "
