@@ -46,12 +46,14 @@ def test_paired_and_welch_comparisons_match_scipy_and_statsmodels():
 
 
 def _study(root, shift: float):
-    """BS 32 and 64 at (lr 0.1, mu 0) and (lr 0.01, mu 0.9), 4 seeds; momentum 0.9 adds `shift` to accuracy."""
+    """BS 32 and 64 at (lr 0.1, mu 0) and (lr 0.01, mu 0.9), 4 seeds; momentum 0.9 adds `shift` to accuracy.
+    (lr 0.02, mu 0) and (lr 0.1, mu 0.9) have one momentum at their effective LR; the latter shares its raw lr
+    with (0.1, 0)."""
     rng = np.random.default_rng(1)
     for bs in (32, 64):
         for seed in range(4):
             s = 0.005 * rng.standard_normal()
-            for lr, mu in ((0.1, 0.0), (0.01, 0.9), (0.02, 0.0)):
+            for lr, mu in ((0.1, 0.0), (0.01, 0.9), (0.02, 0.0), (0.1, 0.9)):
                 acc = 0.8 - 0.0002 * bs + s + 0.002 * rng.standard_normal() + (shift if mu else 0.0)
                 write_run(root, acc, batch_size=bs, lr=lr, momentum=mu, seed=seed)
 
@@ -61,15 +63,15 @@ def test_bin_correlate_places_momentum_runs_and_tests_interchangeability(tmp_pat
     a = correlate.run(tmp_path / "runs", tmp_path / "out", figures=False)
     assert a.momentum_placed and a.momentum.momenta == 2
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
-    m9 = runs[runs["momentum"] == 0.9]
-    assert (m9["lr"] == 0.01).all() and (m9["effective_lr"] == 0.1).all()
+    m9 = runs[(runs["momentum"] == 0.9) & (runs["lr"] == 0.01)]
+    assert len(m9) == 8 and (m9["effective_lr"] == 0.1).all()
     assert (m9["ratio"] == m9["batch_size"] / 0.01).all() and (m9["effective_lr_ratio"] == m9["batch_size"] * 10).all()
     # The ratio analyses see momentum's runs at their effective learning rate.
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")
-    assert set(cells[cells["momentum"] == 0.9]["lr"]) == {0.1}
-    assert set(cells[cells["momentum"] == 0.9]["ratio"]) == {320.0, 640.0}
+    assert set(cells[cells["momentum"] == 0.9]["lr"]) == {0.1, 1.0}
+    assert set(cells[cells["momentum"] == 0.9]["ratio"]) == {320.0, 640.0, 32.0, 64.0}
     table = pd.read_csv(tmp_path / "out" / momentum.FILE)
-    assert len(table) == 4 and set(table["effective_lr"]) == {0.1}  # lr 0.02 has one momentum: not compared
+    assert len(table) == 4 and set(table["effective_lr"]) == {0.1}  # 0.02 and 1.0 have one momentum each
     compared = table[table["method"] == momentum.PAIRED]
     assert (compared["n_compared"] == 4).all() and (compared["lr"] == 0.01).all()
     assert compared["diff"].to_numpy() == pytest.approx([0.03, 0.03], abs=0.01)
@@ -79,8 +81,10 @@ def test_bin_correlate_places_momentum_runs_and_tests_interchangeability(tmp_pat
 
     # Pooled over momentum, runs of equal BS and effective LR share one cell (the placement).
     pooled = correlate.run(tmp_path / "runs", tmp_path / "pooled", figures=False, group_by=["weight_decay"])
+    # Same BS, raw lr and seed at two momenta are two configurations, not a duplicate.
+    assert not (pooled.runs["status"] == "duplicate").any()
     c = pooled.cells.set_index(["batch_size", "lr"])
-    assert c.loc[(32, 0.1), "n_seeds"] == 8 and c.loc[(32, 0.02), "n_seeds"] == 4
+    assert c.loc[(32, 0.1), "n_seeds"] == 8 and c.loc[(32, 0.02), "n_seeds"] == 4 == c.loc[(32, 1.0), "n_seeds"]
 
 
 def test_no_difference_and_no_momentum(tmp_path):

@@ -320,7 +320,9 @@ def merge_duplicates(runs: pd.DataFrame, group_cols: list[str]) -> tuple[pd.Data
     runs and one row per set member left out: `identical` when every reported number equals the kept run's
     (a copy), else `differs_in` lists the columns that differ: the same configuration and seed gave another
     result, a reproducibility problem the report lists."""
-    keys = [*group_cols, "batch_size", "lr", "seed"]
+    # Momentum too: pooled over momentum (--group_by without it), runs of one (BS, lr, seed) at two momenta
+    # are two configurations, not copies.
+    keys = [*group_cols, "batch_size", "lr", *(["momentum"] if "momentum" not in group_cols else []), "seed"]
     done = runs[runs["status"] == rf.STATUS_DONE]
     dup = done[done.duplicated(keys, keep=False)]
     if dup.empty:
