@@ -59,15 +59,19 @@ def with_sharpness_defaults(args: Sequence[str]) -> tuple[str, ...]:
 
 
 def measurement_passes(quantities: Sequence[str], top_k: int, max_hvps: int, max_probes: int, slq_steps: int,
-                       slq_runs: int, eps_steps: int, noise_draws: int) -> float:
+                       slq_runs: int, eps_steps: int, noise_draws: int, adaptive_steps: int | None = None,
+                       adaptive_restarts: int | None = None, adaptive_draws: int | None = None) -> float:
     """The sweep's price of one bin/sharpness measurement, in gradient passes over its examples (a
     Hessian-vector product costs about two): Lanczos' iterations for the top eigenvalues, Hutchinson's
-    probes for the trace, SLQ's steps, eps-sharpness' ascent steps, average sharpness' noisy losses, a pass
-    for the gradient noise. Caps, not expectations: Lanczos and Hutchinson stop once converged, so the ETA
+    probes for the trace, SLQ's steps, eps-sharpness' and adaptive sharpness' ascent steps, the average
+    sharpnesses' noisy losses, a pass for the gradient noise. Caps, not expectations: Lanczos and Hutchinson stop once converged, so the ETA
     leans long until a measurement has ended and its measured duration takes over (workers.Progress)."""
     cost = {"eigenvalues": 2 * min(max_hvps, 20 + 10 * top_k), "trace": 2 * max_probes,
             "spectrum": 2 * slq_steps * slq_runs, "eps_sharpness": eps_steps, "avg_sharpness": noise_draws / 3,
             "grad_cov": 2, "noise_scale": 2}
+    if adaptive_steps and adaptive_restarts and adaptive_draws:  # bin/sweep passes bin/sharpness's values
+        cost.update(adaptive_sharpness=adaptive_steps * adaptive_restarts,
+                    adaptive_sharpness_linf=adaptive_steps * adaptive_restarts, adaptive_sharpness_avg=adaptive_draws / 3)
     return float(sum(cost.get(q, 2) for q in quantities))
 
 
