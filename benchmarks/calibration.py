@@ -268,6 +268,83 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+# Momentum's interchangeability test (lrbs_tf.analysis.momentum; issue 25), a separate entry of calibration.json
+# ("momentum_interchange"). One (batch size, effective LR) cell: y(momentum m, seed s) = 0.7 + shift(m) +
+# s(s) + e(m, s), the seed's shift s.d. SEED_SD shared by every momentum (a seed fixes the initial weights
+# and the batch order), run noise e of s.d. SIGMA times a factor per momentum (momenta need not be equally
+# noisy), normal or Student t with 3 degrees of freedom scaled to that s.d. (heavy tails); "gaps" drops
+# seeds so that some momentum shares fewer than 2 with the reference (then Welch's t).
+MOMENTUM_DESIGNS = (
+    # name, seeds, noise factors per momentum, tails, shift of the last momentum (fraction), kind
+    ("2 momenta, 3 seeds, equal noise", 3, (1.0, 1.0), "normal", 0.0, "null"),
+    ("2 momenta, 5 seeds, noise 1:2", 5, (1.0, 2.0), "normal", 0.0, "null"),
+    ("3 momenta, 5 seeds, noise 1:2:0.5", 5, (1.0, 2.0, 0.5), "normal", 0.0, "null"),
+    ("3 momenta, 5 seeds, t3 tails", 5, (1.0, 1.0, 1.0), "t3", 0.0, "null"),
+    ("2 momenta, disjoint seeds (Welch), noise 1:2", 4, (1.0, 2.0), "gaps", 0.0, "null"),
+    ("2 momenta, 5 seeds, shift 2 SIGMA (power)", 5, (1.0, 1.0), "normal", 2 * SIGMA, "alternative"),
+    ("2 momenta, 5 seeds, shift 4 SIGMA (power)", 5, (1.0, 1.0), "normal", 4 * SIGMA, "alternative"),
+)
+
+
+def momentum_cell(seeds: int, factors: tuple, tails: str, shift: float, rng: np.random.Generator):
+    """One simulated cell: {momentum index: accuracies indexed by seed} (pandas Series)."""
+    import pandas as pd
+
+    seed_shift = SEED_SD * rng.standard_normal(seeds)
+    out = {}
+    for m, f in enumerate(factors):
+        noise = (rng.standard_t(3, seeds) / math.sqrt(3.0) if tails == "t3" else rng.standard_normal(seeds))
+        y = 0.7 + seed_shift + f * SIGMA * noise + (shift if m == len(factors) - 1 else 0.0)
+        index = np.arange(seeds)
+        if tails == "gaps":  # the reference has the even seeds, the other momentum the odd ones
+            keep = index % 2 == (m % 2)
+            y, index = y[keep], index[keep]
+        out[m] = pd.Series(y, index=index)
+    return out
+
+
+def momentum_run(n: int, seed: int) -> dict:
+    """The size and power of the momentum test: n simulated cells per design."""
+    from lrbs_tf.analysis import momentum
+
+    rows = []
+    started = time.process_time()
+    for i, (name, seeds, factors, tails, shift, kind) in enumerate(MOMENTUM_DESIGNS):
+        rng = np.random.default_rng([seed, 1000 + i])
+        ps, methods = [], set()
+        for _ in range(n):
+            cell = momentum_cell(seeds, factors, tails, shift, rng)
+            comps = [momentum.compare(cell[0], cell[m]) for m in range(1, len(factors))]
+            methods |= {c.method for c in comps}
+            ps.append(momentum.cell_p([c.p for c in comps]))
+        p = np.asarray(ps, dtype=float)
+        tested = p[np.isfinite(p)]
+        row = {"design": name, "seeds": seeds, "momenta": len(factors), "noise_factors": list(factors),
+               "tails": tails, "shift": shift, "kind": kind, "test": "momentum_interchange",
+               "method": "+".join(sorted(methods)), "n_sets": n, "n_tested": int(len(tested)),
+               "untestable": int(len(p) - len(tested))}
+        for alpha, tag in zip(ALPHAS, ("05", "005")):
+            k = int((tested < alpha).sum())
+            low, high = calibration.wilson(k, len(tested))
+            row.update({f"rate_{tag}": k / len(tested), f"low_{tag}": low, f"high_{tag}": high})
+        if kind == "null":
+            row["holds_1_5x"] = bool(row["low_05"] <= 1.5 * 0.05)
+        rows.append(row)
+    return {"recorded": _dt.date.today().isoformat(), "seed": seed, "n_per_design": n, "sigma": SIGMA,
+            "seed_sd": SEED_SD, "cpu_seconds": time.process_time() - started, "rows": rows}
+
+
+def momentum_markdown(entry: dict) -> str:
+    lines = ["| design | method | data sets | % p < 0.05 [95% MC] | % p < 0.005 [95% MC] | within 1.5x at 0.05 |",
+             "|---|---|---|---|---|---|"]
+    for r in entry["rows"]:
+        verdict = ("yes" if r["holds_1_5x"] else "**no**") if r["kind"] == "null" else "(power)"
+        lines.append(f"| {r['design']} | {r['method']} | {r['n_tested']} | {100 * r['rate_05']:.1f} "
+                     f"[{100 * r['low_05']:.1f}, {100 * r['high_05']:.1f}] | {100 * r['rate_005']:.2f} "
+                     f"[{100 * r['low_005']:.2f}, {100 * r['high_005']:.2f}] | {verdict} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=400, help="data sets per design")
@@ -275,8 +352,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--end_to_end", type=int, default=2, help="data sets per design through correlate.analyse")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "calibration.json"))
+    parser.add_argument("--momentum_only", action="store_true", help="record only the momentum test's entry "
+                        "(momentum_interchange) into the existing --out, leaving the other rows as they are")
+    parser.add_argument("--momentum_n", type=int, default=4000, help="simulated cells per momentum design")
     args = parser.parse_args()
+    momentum_entry = momentum_run(args.momentum_n, args.seed)
+    print(momentum_markdown(momentum_entry))
+    print(f"momentum: CPU {momentum_entry['cpu_seconds']:.0f} s")
+    if args.momentum_only:
+        table = json.loads(Path(args.out).read_text())
+        table["momentum_interchange"] = momentum_entry
+        Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+        return
     table = run(args.n, args.seed, e2e=args.end_to_end, lin20_n=args.lin20_n)
+    table["momentum_interchange"] = momentum_entry
     Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
     Path(args.out).with_suffix(".table.md").write_text(markdown(table) + "\n")
     print(markdown(table))

@@ -60,3 +60,17 @@ def test_the_recorded_table_has_every_primary_test_within_its_bound_or_marked():
         (True, "cell_means"), (False, "column_permutation")}
     md = (REPO / "benchmarks" / "calibration.md").read_text()
     assert json.dumps(table["seed"]) in md
+
+
+def test_the_momentum_entry_is_small_and_its_recorded_sizes_hold():
+    entry = bench.momentum_run(30, 5)
+    assert [r["design"] for r in entry["rows"]] == [d[0] for d in bench.MOMENTUM_DESIGNS]
+    methods = {r["design"]: r["method"] for r in entry["rows"]}
+    assert methods["2 momenta, disjoint seeds (Welch), noise 1:2"] == "welch_t"
+    assert all(r["n_tested"] == 30 for r in entry["rows"])
+    table = calibration.load()
+    if table is None or "momentum_interchange" not in table:
+        pytest.skip("benchmarks/calibration.json has no momentum entry")
+    recorded = table["momentum_interchange"]
+    assert all(r["holds_1_5x"] for r in recorded["rows"] if r["kind"] == "null")
+    assert json.dumps(recorded["seed"]) in (REPO / "benchmarks" / "calibration.md").read_text()

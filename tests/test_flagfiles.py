@@ -18,8 +18,9 @@ FLAGS_DIR = REPO / "flags"
 STUDIES = sorted(p for p in FLAGS_DIR.rglob("*.flags") if not p.name.startswith("_"))
 INCLUDES = sorted(p for p in FLAGS_DIR.rglob("_*.flags"))
 GRID = FLAGS_DIR / "paper" / "_grid.flags"
-# Rebuttal studies that are not the paper's grid: Q1's schedules (one batch size and learning rate, seeds).
-OWN_GRIDS = ("increase_batch_size.flags",)
+# Studies with a grid of their own, not the paper's: Q1's schedules (one batch size and learning rate, seeds)
+# and momentum's interchangeability (a claim other than He et al.'s response).
+OWN_GRIDS = ("increase_batch_size.flags", "momentum_interchange.flags")
 
 
 def binary_of(path: Path) -> str:

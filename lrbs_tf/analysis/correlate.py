@@ -26,6 +26,7 @@ from lrbs_tf.analysis import (
     cell_tests,
     families,
     intrinsic as intrinsic_report,
+    momentum,
     ratio,
     scaling,
     schedules,
@@ -42,6 +43,7 @@ from lrbs_tf.analysis.model import (
     SUBSETS,
     VARYING,
     Analysis,
+    at_effective_lr,
     group_columns,
     group_keys,
     group_labels,
@@ -282,7 +284,8 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     if grouped_varying:  # their columns, read like any --group_by key's
         runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
-    runs, duplicates = merge_duplicates(runs, group_cols)
+    raw_runs, duplicates = merge_duplicates(runs, group_cols)
+    runs = at_effective_lr(raw_runs)  # every ratio analysis: a run with momentum at lr / (1 - momentum)
     done = runs[runs["status"] == rf.STATUS_DONE]
     quantities = [q for q in SHARPNESS_QUANTITIES if done[q].notna().any()]
     labels = group_labels(runs, group_cols)
@@ -294,7 +297,8 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
                  noise=ratio.noise_table(done, group_cols, labels, quantities),
                  ratio_test=ratio.ratio_test_table(done, group_cols, labels, quantities),
                  invariance=ratio.invariance_table(done, group_cols, labels, quantities),
-                 equal_ratios=ratio.equal_ratio_table(done, group_cols, labels), grouped_varying=grouped_varying)
+                 equal_ratios=ratio.equal_ratio_table(done, group_cols, labels), grouped_varying=grouped_varying,
+                 raw_runs=raw_runs)
     a.families = families.adjust({**a.tables, "ratio_test": a.ratio_test, "ratio_invariance": a.invariance},
                                  a.label, group_cols, alpha)
     for _, label, g in iter_groups(done, group_cols, labels):
@@ -302,12 +306,13 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
         if varying:
             a.uncontrolled[label] = varying
     if target is not None:
-        a.steps_to_result = scaling.steps_to_result(runs, configs, results, group_cols, labels, target)
+        a.steps_to_result = scaling.steps_to_result(raw_runs, configs, results, group_cols, labels, target)
     a.critical_batch = scaling.critical_batch_table(done, group_cols, labels,
                                                     a.steps_to_result.fit if a.steps_to_result else None)
-    a.intrinsic = intrinsic_report.compute(runs, results, group_cols)
-    a.stability = stability.compute(runs, results, group_cols, labels)
-    a.schedules = schedules.compute(runs, configs, results, group_cols)
+    a.intrinsic = intrinsic_report.compute(raw_runs, results, group_cols)  # the raw lr: lr * wd, 2 / lr
+    a.stability = stability.compute(raw_runs, results, group_cols, labels)
+    a.momentum = momentum.interchange(raw_runs[raw_runs["status"] == rf.STATUS_DONE], group_cols)
+    a.schedules = schedules.compute(raw_runs, configs, results, group_cols)  # the initial lr and batch size
     return a
 
 
@@ -323,7 +328,9 @@ def merge_duplicates(runs: pd.DataFrame, group_cols: list[str]) -> tuple[pd.Data
     runs and one row per set member left out: `identical` when every reported number equals the kept run's
     (a copy), else `differs_in` lists the columns that differ: the same configuration and seed gave another
     result, a reproducibility problem the report lists."""
-    keys = [*group_cols, "batch_size", "lr", "seed"]
+    # Momentum too: pooled over momentum (--group_by without it), runs of one (BS, lr, seed) at two momenta
+    # are two configurations, not copies.
+    keys = [*group_cols, "batch_size", "lr", *(["momentum"] if "momentum" not in group_cols else []), "seed"]
     done = runs[runs["status"] == rf.STATUS_DONE]
     dup = done[done.duplicated(keys, keep=False)]
     if dup.empty:
@@ -358,12 +365,13 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 def _output_names() -> set[str]:
     return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
             STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES),
-            *intrinsic_report.FILES, *stability.FILES, *schedules.FILES}
+            *intrinsic_report.FILES, *stability.FILES, *schedules.FILES, *momentum.FILES}
 
 
 def _texts(analysis: Analysis) -> dict[str, str]:
     """Every text output (CSV files and report.md) by file name."""
-    texts = {RUNS_FILE: analysis.runs.to_csv(index=False), PSI_FILE: analysis.psi.to_csv(index=False),
+    raw = analysis.raw_runs if analysis.raw_runs is not None else analysis.runs
+    texts = {RUNS_FILE: raw.to_csv(index=False), PSI_FILE: analysis.psi.to_csv(index=False),
              CELLS_FILE: analysis.cells.to_csv(index=False), RATIO_TEST_FILE: analysis.ratio_test.to_csv(index=False),
              INVARIANCE_FILE: analysis.invariance.to_csv(index=False),
              FAMILIES_FILE: analysis.families.to_csv(index=False)}
@@ -378,6 +386,7 @@ def _texts(analysis: Analysis) -> dict[str, str]:
     texts.update(analysis.intrinsic.texts() if analysis.intrinsic is not None else {})
     texts.update(analysis.stability.texts() if analysis.stability is not None else {})
     texts.update(analysis.schedules.texts() if analysis.schedules is not None else {})
+    texts.update(analysis.momentum.texts() if analysis.momentum is not None else {})
     texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
     return texts
 

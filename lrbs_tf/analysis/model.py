@@ -39,7 +39,10 @@ SUBSETS = (PRIMARY_SUBSET, "without_flagged")  # sharpness / Psi: all done runs,
 MEASURE_NAMES = {"best_test_accuracy": "best test accuracy", "ratio": "batch size / learning rate",
                  "lambda_max": "largest Hessian eigenvalue", "trace": "Hessian trace",
                  "frobenius_norm": "Hessian Frobenius norm", "grad_cov_trace": "gradient covariance trace",
-                 "eps_sharpness": "epsilon-sharpness (Keskar)", "avg_sharpness": "average sharpness"}
+                 "eps_sharpness": "epsilon-sharpness (Keskar)", "avg_sharpness": "average sharpness",
+                 "adaptive_sharpness": "adaptive sharpness (l2, worst case)",
+                 "adaptive_sharpness_linf": "adaptive sharpness (l-inf, worst case)",
+                 "adaptive_sharpness_avg": "adaptive sharpness (average case)"}
 # The paper's claims: accuracy falls with batch size, rises with the learning rate, falls with BS/LR.
 EXPECTED_SIGN = {"table1": -1, "table2": +1, "table3": -1}
 
@@ -97,6 +100,13 @@ class Analysis:
     stability: Any = None  # stability.Stability: stability.csv and Figure 7 (that module imports this one)
     grouped_varying: list[str] = field(default_factory=list)  # settings --group_by's VARYING added (they vary)
     schedules: Any = None  # schedules.Schedules: schedules.csv and Figure 9 (that module imports this one)
+    raw_runs: pd.DataFrame | None = None  # runs.csv: the runs table as read, raw lr and ratio (at_effective_lr)
+    momentum: Any = None  # momentum.Interchange: momentum.csv and its report section (that module imports this one)
+
+    @property
+    def momentum_placed(self) -> bool:
+        """Whether some done run has momentum, so the ratio analyses placed it at its effective LR."""
+        return bool((self.done["momentum"].fillna(0.0) != 0).any()) if "momentum" in self.runs else False
 
     @property
     def done(self) -> pd.DataFrame:
@@ -109,6 +119,20 @@ class Analysis:
     def groups(self, frame: pd.DataFrame | None = None) -> Iterator[tuple[dict, str, pd.DataFrame]]:
         """iter_groups over `frame` (default: the done runs) with this analysis's columns and labels."""
         return iter_groups(self.done if frame is None else frame, self.group_cols, self.labels)
+
+
+def at_effective_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs as every ratio analysis places them: `lr` and `ratio` replaced by momentum's effective
+    learning rate lr / (1 - mu) and BS over it (runs.csv's `effective_lr`, `effective_lr_ratio`), so a run
+    with momentum mu sits where plain SGD at lr / (1 - mu) would (docs/theory.md) in Tables 1-3, the
+    sharpness tests, Psi, the cells, the ratio test, the invariance test and Figures 1-5. At mu = 0 the
+    values are the raw ones bit for bit; runs.csv keeps the raw `lr` and `ratio` beside the effective ones.
+    Pooled across momenta (--group_by without momentum), runs of equal BS and effective LR share a cell."""
+    placed = runs.copy()
+    known = placed[rf.EFFECTIVE_LR].notna()
+    placed.loc[known, "lr"] = placed.loc[known, rf.EFFECTIVE_LR]
+    placed.loc[known, "ratio"] = placed.loc[known, rf.EFFECTIVE_RATIO]
+    return placed
 
 
 def measure_name(measure: str) -> str:

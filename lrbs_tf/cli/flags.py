@@ -213,6 +213,17 @@ def _sharpness_flags(d: _Definer) -> None:
     d.DEFINE_integer("eps_steps", S["eps_steps"], "Projected sign-gradient ascent steps (gradients) for eps-sharpness.")
     d.DEFINE_float("noise_sigma", S["noise_sigma"], "Average sharpness: weight noise delta_i ~ N(0, (sigma (|w_i|+1))^2).")
     d.DEFINE_integer("noise_draws", S["noise_draws"], "Average sharpness: noise draws (losses) averaged.")
+    d.DEFINE_float("adaptive_rho", S["adaptive_rho"], "adaptive_sharpness: the worst case over ||d / |w|||_2 <= rho "
+                   "(elementwise-scaled l2 ball; Kwon et al. 2021, Andriushchenko et al. 2023).")
+    d.DEFINE_float("adaptive_rho_linf", S["adaptive_rho_linf"], "adaptive_sharpness_linf: the worst case over "
+                   "|d_i| <= rho |w_i|.")
+    d.DEFINE_float("adaptive_rho_avg", S["adaptive_rho_avg"], "adaptive_sharpness_avg: E L(w + d) - L(w), "
+                   "d ~ N(0, rho^2 diag(w^2)).")
+    d.DEFINE_integer("adaptive_steps", S["adaptive_steps"], "Adaptive sharpness, worst cases: gradient ascent "
+                     "steps per restart.")
+    d.DEFINE_integer("adaptive_restarts", S["adaptive_restarts"], "Adaptive sharpness, worst cases: ascents from "
+                     "random starts in the ball (seeded); the largest loss found is kept.")
+    d.DEFINE_integer("adaptive_draws", S["adaptive_draws"], "adaptive_sharpness_avg: antithetic noise pairs averaged.")
     d.DEFINE_enum("bn_mode", S["bn_mode"], list(BN_MODES), "Batch norm during measurements: moving "
                   "statistics (the evaluated model) or each chunk's statistics (the model SGD sees). "
                   "Moving statistics are never updated either way.")
@@ -222,7 +233,7 @@ def _sharpness_flags(d: _Definer) -> None:
                   "How Hessian-vector products are computed (same numbers to float32 rounding; which is faster "
                   "depends on model and device, see benchmarks/curvature.md).")
     d.DEFINE_list("quantities", list(S["quantities"]), "Which quantities to compute (comma-separated subset "
-                  f"of {','.join(QUANTITIES)}; batch_sharpness, ggn_eigenvalues and ggn_trace only when "
+                  f"of {','.join(QUANTITIES)}; batch_sharpness, ggn_*, adaptive_sharpness* only when "
                   "named, e.g. for a trajectory: --quantities=" + ",".join(TRAJECTORY_QUANTITIES) + ").")
     d.DEFINE_integer("batch_sharpness_batches", S["batch_sharpness_batches"], "batch_sharpness: minibatches "
                      "of the run's batch size (drawn as training draws them, seeded) averaged.")

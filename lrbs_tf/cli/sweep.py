@@ -26,7 +26,8 @@ def _priced(cfg: SweepConfig) -> SweepConfig:
     except flags.Error as e:
         raise UsageError(f"--sharpness_flags: {e}") from None
     settings = {n: getattr(values, n) for n in ("top_k", "max_hvps", "max_probes", "slq_steps", "slq_runs",
-                                                "eps_steps", "noise_draws")}
+                                                "eps_steps", "noise_draws", "adaptive_steps", "adaptive_restarts",
+                                                "adaptive_draws")}
     passes = measurement_passes(list(values.quantities), **settings)
     return dataclasses.replace(cfg, sharpness_weight=sharpness_weight(passes, values.num_examples, cfg.grid))
 

@@ -52,7 +52,8 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
         "lambda_max", "top_eigenvalues", "eigen_converged", "eigen_solver", "trace", "trace_stderr",
         "trace_num_probes", "trace_converged", "frobenius_norm", "frobenius_stderr", "spectrum", "eps_sharpness",
         "eps_sharpness_perturbed_loss", "avg_sharpness", "avg_sharpness_stderr", "grad_cov_trace", "grad_norm",
-        *runfolder.NOISE_SCALE_KEYS, *runfolder.BATCH_SHARPNESS_KEYS, *runfolder.GGN_KEYS)}
+        *runfolder.NOISE_SCALE_KEYS, *runfolder.BATCH_SHARPNESS_KEYS, *runfolder.GGN_KEYS,
+        *runfolder.ADAPTIVE_KEYS)}
     out.update(num_examples=obj.num_examples, num_params=obj.dim, train_loss=loss, train_accuracy=accuracy)
     costs: dict = {}
     spectrum = None
@@ -95,6 +96,7 @@ def measure(model, x: np.ndarray, y: np.ndarray, settings: Settings, weight_deca
             meter.objective(obj), settings.noise_sigma, settings.noise_draws, seed=settings.seed_for("avg_sharpness")),
             kind="loss", cap=2 * settings.noise_draws + 1)
         out.update(avg_sharpness=res.mean_increase, avg_sharpness_stderr=res.stderr)
+    _adaptive_quantities(obj, settings, timed, out)
     if q & {"grad_cov", "noise_scale"}:
         # One per-example pass serves both, in the Hessian's BN mode (batch mode: the rows of each batch's
         # Jacobian, differentiated through its statistics), so tr C / tr H in bin/bound is taken in one mode.
@@ -132,6 +134,26 @@ def _timer(obj, meter, costs: dict, log):
 
     timed.meter = meter
     return timed
+
+
+def _adaptive_quantities(obj, settings: Settings, timed, out: dict) -> None:
+    """Adaptive sharpness (curvature.adaptive) into `out`, on the same objective (examples, BN mode, weight
+    decay) as every other quantity, each variant on its own random stream."""
+    from lrbs_tf.curvature import adaptive
+
+    q = set(settings.quantities)
+    for name, p, rho in (("adaptive_sharpness", "2", settings.adaptive_rho),
+                         ("adaptive_sharpness_linf", "inf", settings.adaptive_rho_linf)):
+        if name in q:
+            res = timed(name, lambda p=p, rho=rho, name=name: adaptive.worst_case(
+                timed.meter.objective(obj), rho, p, settings.adaptive_steps, settings.adaptive_restarts,
+                settings.seed_for(name)), kind="gradient", cap=settings.adaptive_steps * settings.adaptive_restarts)
+            out[name] = res.sharpness
+    if "adaptive_sharpness_avg" in q:
+        res = timed("adaptive_sharpness_avg", lambda: adaptive.average_case(
+            timed.meter.objective(obj), settings.adaptive_rho_avg, settings.adaptive_draws,
+            settings.seed_for("adaptive_sharpness_avg")), kind="loss", cap=2 * settings.adaptive_draws + 1)
+        out.update(adaptive_sharpness_avg=res.mean_increase, adaptive_sharpness_avg_stderr=res.stderr)
 
 
 def _stability_quantities(model, x, y, settings: Settings, obj, wd: float, batch_size: int,

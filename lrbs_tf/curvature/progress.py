@@ -26,7 +26,8 @@ UNITS = {"hvp": "HVPs", "gvp": "Gauss-Newton products", "gradient": "gradients",
 def run_passes(settings: Settings) -> float:
     """The price of measuring one run with `settings`, in gradient passes (core.pricing)."""
     return measurement_passes(settings.quantities, settings.top_k, settings.max_hvps, settings.max_probes,
-                              settings.slq_steps, settings.slq_runs, settings.eps_steps, settings.noise_draws)
+                              settings.slq_steps, settings.slq_runs, settings.eps_steps, settings.noise_draws,
+                              settings.adaptive_steps, settings.adaptive_restarts, settings.adaptive_draws)
 
 
 def _duration(seconds: float) -> str:

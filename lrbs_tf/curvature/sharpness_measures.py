@@ -48,7 +48,16 @@ def eps_sharpness(objective: Objective, eps: float = 1e-3, steps: int = 20, seed
     f0 = objective.loss()
     bound = eps * (np.abs(theta) + 1.0)
     rng = np.random.default_rng(seed)
-    delta = rng.uniform(-1.0, 1.0, size=theta.shape) * bound
+    best = box_ascent(objective, bound, steps, rng.uniform(-1.0, 1.0, size=theta.shape) * bound, f0)
+    return EpsSharpness(float(100.0 * (best - f0) / (1.0 + f0)), float(f0), float(best), eps, steps, steps)
+
+
+def box_ascent(objective: Objective, bound: np.ndarray, steps: int, delta: np.ndarray, f0: float) -> float:
+    """The largest loss seen by projected sign-gradient ascent over the box |delta_i| <= bound_i, started at
+    `delta` (inside the box): delta <- clip(delta + a * bound * sign(grad f), -bound, bound), a = 2.5 / steps,
+    the start (and f0, the loss at delta = 0) and the final point included. Non-finite losses are skipped.
+    Cost: `steps` gradients plus 1 loss. eps-sharpness and adaptive sharpness (curvature.adaptive) share it."""
+    theta = objective.theta
     step = 2.5 / steps
     best = f0
     for _ in range(steps):
@@ -58,7 +67,7 @@ def eps_sharpness(objective: Objective, eps: float = 1e-3, steps: int = 20, seed
     f_last = objective.loss(theta + delta)
     if math.isfinite(f_last):
         best = max(best, f_last)
-    return EpsSharpness(float(100.0 * (best - f0) / (1.0 + f0)), float(f0), float(best), eps, steps, steps)
+    return float(best)
 
 
 @dataclasses.dataclass
@@ -83,16 +92,23 @@ def average_sharpness(objective: Objective, sigma: float = 1e-2, draws: int = 10
     """
     if sigma <= 0 or draws < 2:
         raise ValueError(f"average sharpness needs sigma > 0 and draws >= 2, got sigma={sigma}, draws={draws}")
-    theta = objective.theta
     f0 = objective.loss()
-    scale = sigma * (np.abs(theta) + 1.0)
-    rng = np.random.default_rng(seed)
+    inc = antithetic_increases(objective, sigma * (np.abs(objective.theta) + 1.0), draws,
+                               np.random.default_rng(seed), f0)
+    return AverageSharpness(float(inc.mean()), float(inc.std(ddof=1) / math.sqrt(draws)), float(f0), sigma, draws)
+
+
+def antithetic_increases(objective: Objective, scale: np.ndarray, draws: int, rng: np.random.Generator,
+                         f0: float) -> np.ndarray:
+    """`draws` antithetic loss increases (f(w + delta) + f(w - delta)) / 2 - f0, delta = scale * z with z
+    standard normal (drawn from `rng` in order). Cost: 2 draws losses. Average sharpness and adaptive
+    average sharpness (curvature.adaptive) share it."""
+    theta = objective.theta
     inc = []
     for _ in range(draws):
         delta = scale * rng.standard_normal(theta.shape)
         inc.append(0.5 * (objective.loss(theta + delta) + objective.loss(theta - delta)) - f0)
-    inc = np.asarray(inc)
-    return AverageSharpness(float(inc.mean()), float(inc.std(ddof=1) / math.sqrt(draws)), float(f0), sigma, draws)
+    return np.asarray(inc)
 
 
 def _deviation_stats_fn(losses_fn: LossesFn, layout: ParamLayout, x0: tf.Tensor, jacobian: bool):

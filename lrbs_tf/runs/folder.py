@@ -68,26 +68,53 @@ STOP_REASONS = (STOP_EPOCHS, STOP_STEPS, STOP_LOSS, STOP_DIVERGED)
 # run's TensorBoard metrics), in that order; the numbers recorded beside them; the gradient noise scale's keys
 # (curvature.noise_scale.NoiseScale.fields, null unless measured). Any may be absent: NaN in runs.csv.
 SHARPNESS_QUANTITIES = ("lambda_max", "trace", "frobenius_norm", "grad_cov_trace", "eps_sharpness",
-                        "avg_sharpness")
-SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio")
+                        "avg_sharpness", "adaptive_sharpness", "adaptive_sharpness_linf", "adaptive_sharpness_avg")
+SHARPNESS_INFO = ("trace_stderr", "num_examples", "stability_ratio", "adaptive_sharpness_avg_stderr")
 NOISE_SCALE_KEYS = ("noise_scale", "noise_scale_stderr", "noise_scale_grad_sq", "noise_scale_grad_sq_stderr",
                     "noise_scale_cov_trace", "noise_scale_groups", "noise_scale_resolved", "noise_scale_note")
 # ... and of the curvature-over-training quantities (bin/sharpness --quantities=batch_sharpness,ggn_*), null
 # unless measured.
 BATCH_SHARPNESS_KEYS = ("batch_sharpness", "batch_sharpness_stderr", "batch_sharpness_batches",
                         "batch_sharpness_batch_size")
+# Adaptive sharpness (bin/sharpness --quantities=adaptive_sharpness,...; curvature.adaptive), null unless
+# measured: the worst cases for p = 2 and inf, the average case and its standard error (nats); the radii,
+# steps, restarts and draws are in sharpness.json's settings.
+ADAPTIVE_KEYS = ("adaptive_sharpness", "adaptive_sharpness_linf", "adaptive_sharpness_avg",
+                 "adaptive_sharpness_avg_stderr")
 GGN_KEYS = ("ggn_lambda_max", "ggn_top_eigenvalues", "ggn_eigen_converged", "ggn_trace", "ggn_trace_stderr",
             "ggn_trace_num_probes", "ggn_trace_converged")
 
 
-def ratio(batch_size: int, lr: float) -> float:
+def ratio(batch_size: int, lr: float, momentum: float = 0.0) -> float:
     """BS/LR, the ratio He et al. vary, computed on the decimal the learning rate was written as, so equal
-    ratios are equal floats (runs.csv, the analyses, TensorBoard's HParams).
+    ratios are equal floats (runs.csv, the analyses, TensorBoard's HParams). With `momentum` mu, BS over the
+    effective learning rate, BS (1 - mu) / LR (`effective_lr`); mu = 0 is the raw ratio, bit for bit.
 
     Plain float division breaks ties: 48 / 0.03 = 1599.9999999999998 but 16 / 0.01 = 1600.0. On the
-    paper's 20 x 20 grid float division yields 258 distinct values; the exact ratios are 255.
+    paper's 20 x 20 grid float division yields 258 distinct values; the exact ratios are 255. So with
+    momentum: 32 / 0.1 and 32 (1 - 0.9) / 0.01 are both exactly 320.0.
     """
-    return float(Fraction(batch_size) / Fraction(repr(float(lr))))
+    return float(Fraction(batch_size) * (1 - _decimal(momentum)) / _decimal(lr))
+
+
+def effective_lr(lr: float, momentum: float) -> float:
+    """lr / (1 - mu): heavy-ball momentum's effective learning rate (the step a constant gradient settles to,
+    and the SDE's; docs/theory.md), on the decimals the two were written as, so equal values are equal floats
+    (0.1 at mu 0 and 0.01 at mu 0.9 are both 0.1). Raises ValueError unless 0 <= mu < 1."""
+    mu = _decimal(momentum)
+    if not 0 <= mu < 1:
+        raise ValueError(f"momentum={momentum} has no effective learning rate (needs 0 <= momentum < 1)")
+    return float(_decimal(lr) / (1 - mu))
+
+
+def _decimal(value: float) -> Fraction:
+    return Fraction(repr(float(value)))
+
+
+# runs.csv's columns of momentum's effective learning rate and the ratio every ratio analysis places a run at
+# (ratio(batch_size, lr, momentum)); the raw `lr` and `ratio` stay beside them. Not metrics.jsonl's
+# `effective_lr`, lr / ||w||^2, the intrinsic-LR view of BN nets, a per-epoch metric of another meaning.
+EFFECTIVE_LR, EFFECTIVE_RATIO = "effective_lr", "effective_lr_ratio"
 
 
 def _jsonable(value: Any) -> Any:

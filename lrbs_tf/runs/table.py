@@ -18,10 +18,13 @@ from lrbs_tf.runs import folder as rf, locking
 from lrbs_tf.runs.config import DEFAULTS, EXECUTION_SETTINGS, GRID_SETTINGS, ROUNDING_SETTINGS
 from lrbs_tf.runs.folder import (
     ACCURACIES,
+    EFFECTIVE_LR,
+    EFFECTIVE_RATIO,
     REQUIRED_CONFIG,
     RESULT_NUMBERS,
     SHARPNESS_INFO,
     SHARPNESS_QUANTITIES,
+    effective_lr,
     ratio,
 )
 from lrbs_tf.theory.ou import stability_ratio
@@ -47,8 +50,8 @@ CONFIG_COLUMN = {"epochs": "epochs_budget"}  # config key -> runs.csv column, wh
 # change float rounding (config.ROUNDING_SETTINGS, and `replicas`) are reported.
 BOOKKEEPING_KEYS = frozenset({"command", "created", "steps_per_epoch", "column_lrs", "dry_run"})
 UNREPORTED_KEYS = frozenset(GRID_SETTINGS) | BOOKKEEPING_KEYS | (EXECUTION_SETTINGS - ROUNDING_SETTINGS)
-COLUMNS = ["run_dir", "status", "problem", "arch", "dataset", "batch_size", "lr", "ratio", "seed", "momentum",
-           "weight_decay", "epochs_budget", "epochs", "best_test_accuracy", "best_epoch",
+COLUMNS = ["run_dir", "status", "problem", "arch", "dataset", "batch_size", "lr", "ratio", EFFECTIVE_LR,
+           EFFECTIVE_RATIO, "seed", "momentum", "weight_decay", "epochs_budget", "epochs", "best_test_accuracy", "best_epoch",
            "final_train_accuracy", "final_train_loss", "final_test_accuracy", "generalisation_gap",
            "reached_min_train_accuracy", "diverged_epoch", "error", "source",
            *SHARPNESS_QUANTITIES, *SHARPNESS_INFO, *EARLY_NOISE]
@@ -171,6 +174,9 @@ def read_run(run_dir: Path, root: Path, group_by: Sequence[str], min_train_accur
         # A key an older lrbs_tf did not record reads as its default: the run was made with it.
         rec.update({CONFIG_COLUMN.get(k, k): _setting(config.get(k, DEFAULTS.get(k))) for k in group_by})
         rec["ratio"] = ratio(typed.batch_size, typed.lr)
+        if 0 <= typed.momentum < 1:  # bin/train refuses others; a hand-edited config.json reads as NaN here
+            rec[EFFECTIVE_LR] = effective_lr(typed.lr, typed.momentum)
+            rec[EFFECTIVE_RATIO] = ratio(typed.batch_size, typed.lr, typed.momentum)
         writer = locking.holder(run_dir)
         if writer is not None:  # its files are changing: read it once it is written
             rec.update(status=STATUS_RUNNING, problem=f"being written by {writer}")
@@ -215,11 +221,12 @@ def collect_runs(results: Path, group_by: Sequence[str],
         if config is not None:
             configs[rec["run_dir"]] = config
     extra = [CONFIG_COLUMN.get(k, k) for k in group_by if CONFIG_COLUMN.get(k, k) not in COLUMNS]
-    frame = pd.DataFrame(rows, columns=COLUMNS[:12] + extra + COLUMNS[12:])
+    cut = COLUMNS.index("epochs_budget") + 1  # the group_by settings after the settings
+    frame = pd.DataFrame(rows, columns=COLUMNS[:cut] + extra + COLUMNS[cut:])
     frame["reached_min_train_accuracy"] = frame["reached_min_train_accuracy"].map(lambda v: v is True)
     for col in ("batch_size", "seed", "epochs_budget", "epochs", "best_epoch", "diverged_epoch"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
-    for col in ("lr", "ratio", "momentum", "weight_decay", *RESULT_NUMBERS[:1], *RESULT_NUMBERS[2:],
+    for col in ("lr", "ratio", EFFECTIVE_LR, EFFECTIVE_RATIO, "momentum", "weight_decay", *RESULT_NUMBERS[:1], *RESULT_NUMBERS[2:],
                 "generalisation_gap", *SHARPNESS_QUANTITIES, *SHARPNESS_INFO, *EARLY_NOISE):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     return frame, configs

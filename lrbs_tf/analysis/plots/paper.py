@@ -216,9 +216,14 @@ def figure_sharpness(analysis: Analysis) -> Figure:
         for c, (_, label, g) in enumerate(groups):
             have = g[np.isfinite(g[q].to_numpy(float))]
             _points(ax, have, q, 1, f"C{c}", f"{label} (n={len(have)})", analysis.min_train_accuracy)
-            if q == "lambda_max":  # the edge of stability of plain SGD on the quadratic, per run
-                ax.scatter(have["ratio"], 2.0 / have["lr"], marker="_", s=40, color=f"C{c}", lw=1,
-                           alpha=0.6, label="2 / lr (plain-SGD stability edge)" if c == 0 else None)
+            if q == "lambda_max":  # the edge of stability of (heavy-ball) GD on the quadratic, per run
+                # `lr` here is the effective lr / (1 - mu) (model.at_effective_lr); the edge is 2 (1 + mu) / lr
+                # in the raw lr (docs/theory.md), 2 / lr at mu = 0.
+                mu = have["momentum"].fillna(0.0).to_numpy(float)
+                ax.scatter(have["ratio"], 2.0 * (1 + mu) / ((1 - mu) * have["lr"].to_numpy(float)), marker="_",
+                           s=40, color=f"C{c}", lw=1, alpha=0.6,
+                           label=None if c else "2 (1 + mu) / lr (heavy-ball stability edge)"
+                           if analysis.momentum_placed else "2 / lr (plain-SGD stability edge)")
             positive &= bool((have[q] > 0).all())
             drawn += len(have)
         ax.set_xscale("log")

@@ -32,6 +32,7 @@ from lrbs_tf.analysis.model import (
     measure_name,
 )
 from lrbs_tf.analysis.report import (
+    momentum as report_momentum,
     ratio as report_ratio,
     scaling as report_scaling,
     schedules as report_schedules,
@@ -334,6 +335,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         intrinsic_report.section(a.intrinsic),
         stability.section(a.stability),
         report_schedules.section(a.schedules),
+        report_momentum.section(a),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
