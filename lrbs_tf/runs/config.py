@@ -42,6 +42,7 @@ class TrainConfig:
     max_steps: int | None = None          # a step budget: the run ends after exactly this many steps; None: none
     momentum: float = 0.0
     weight_decay: float = 0.0
+    svag: int = 1                         # SVAG's l (Li, Malladi & Arora 2021): 1 = plain SGD; see svag_coefficients
     seed: int = 0
     augment: bool | None = None           # None: the dataset's default (DATASETS[...].augment_by_default)
     stop_at_train_loss: float = 0.0
@@ -95,24 +96,61 @@ class TrainConfig:
         spec = DATASETS.get(self.dataset_label, DATASETS[self.dataset])
         augment = spec.augment_by_default if self.augment is None else self.augment
         name = self.run_name or run_name(self.arch, self.dataset_label, self.batch_size, self.lr, self.seed,
-                                         self.momentum, self.weight_decay, self.max_steps)
+                                         self.momentum, self.weight_decay, self.max_steps, self.svag)
         return dataclasses.replace(self, augment=augment, run_name=name)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.workdir) / self.run_name
 
+    @property
+    def step_lr(self) -> float:
+        """The learning rate each optimizer step applies: --lr, or lr / svag for SVAG (its l steps are one SGD
+        step of SDE time)."""
+        return self.lr if self.svag == 1 else self.lr / self.svag
+
+    @property
+    def step_budget(self) -> int | None:
+        """--max_steps in optimizer steps: it counts SGD steps of equal SDE time, so an SVAG run takes
+        svag x max_steps of its own steps (None: no budget)."""
+        return None if self.max_steps is None else self.max_steps * self.svag
+
+    def steps_per_epoch(self, num_train: int) -> int:
+        """Optimizer steps of a whole epoch: floor(num_train / batch_size), times `svag` (an SVAG epoch is the
+        SDE time of an SGD epoch; each of its steps takes svag_batches(svag) minibatches)."""
+        return num_train // self.batch_size * self.svag
+
     def budget_epochs(self, steps_per_epoch: int) -> int:
-        """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial)."""
-        if self.max_steps is None:
+        """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial).
+        `steps_per_epoch`: this run's optimizer steps per epoch (steps_per_epoch(num_train))."""
+        if self.step_budget is None:
             return self.epochs
-        return min(self.epochs, -(-self.max_steps // steps_per_epoch))
+        return min(self.epochs, -(-self.step_budget // steps_per_epoch))
 
     def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
         """Optimizer steps of epoch `epoch` (0-based): a whole epoch, or what is left of --max_steps."""
-        if self.max_steps is None:
+        if self.step_budget is None:
             return steps_per_epoch
-        return max(0, min(steps_per_epoch, self.max_steps - epoch * steps_per_epoch))
+        return max(0, min(steps_per_epoch, self.step_budget - epoch * steps_per_epoch))
+
+
+def svag_coefficients(svag: int) -> tuple[float, float]:
+    """SVAG's weights (r1, r2) = ((1 + sqrt(2l - 1)) / 2, (1 - sqrt(2l - 1)) / 2) of its two minibatch gradients:
+    r1 + r2 = 1 (the mean is the gradient) and r1^2 + r2^2 = l (the noise covariance is l times SGD's);
+    with the learning rate lr / l, l steps are one SGD step of SDE time (Li, Malladi & Arora 2021)."""
+    root = math.sqrt(2 * svag - 1)
+    return (1 + root) / 2, (1 - root) / 2
+
+
+def svag_batches(svag: int) -> int:
+    """Minibatches one optimizer step draws: SGD one, an SVAG step (svag > 1) two independent ones."""
+    return 1 if svag == 1 else 2
+
+
+def step_cost(svag: int) -> int:
+    """Minibatch gradients an SVAG run computes per SGD step of equal SDE time: svag steps of
+    svag_batches(svag) batches each (1 for plain SGD). bin/sweep weighs its shards by it."""
+    return svag * svag_batches(svag)
 
 
 def budget_steps(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
@@ -216,6 +254,8 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
             raise UsageError(f"{name}={getattr(cfg, name)} must be >= 0 (0: off)")
     if not cfg.checkpoint_seconds >= 0:
         raise UsageError(f"checkpoint_seconds={cfg.checkpoint_seconds} must be >= 0 (0: every epoch)")
+    if isinstance(cfg.svag, bool) or not isinstance(cfg.svag, int) or cfg.svag < 1:
+        raise UsageError(f"svag={cfg.svag!r} must be an integer >= 1 (1: plain SGD)")
     if cfg.max_steps is not None and not cfg.max_steps > 0:
         raise UsageError(f"max_steps={cfg.max_steps} must be > 0 (leave it unset for no step budget)")
     bad = [e for e in cfg.checkpoint_epochs if not e >= 1]
@@ -249,10 +289,11 @@ def _check_step_budget(cfg: TrainConfig, steps_per_epoch: int) -> None:
     says, and runs compared at equal steps would not be."""
     if cfg.max_steps is None:
         return
-    most = cfg.epochs * steps_per_epoch
+    sgd_steps = steps_per_epoch // cfg.svag  # --max_steps counts SGD steps (TrainConfig.step_budget)
+    most = cfg.epochs * sgd_steps
     if cfg.max_steps > most:
         raise UsageError(f"max_steps={cfg.max_steps} is more than epochs={cfg.epochs} allow at batch_size="
-                         f"{cfg.batch_size} ({cfg.epochs} x {steps_per_epoch} steps = {most}); raise --epochs "
+                         f"{cfg.batch_size} ({cfg.epochs} x {sgd_steps} steps = {most}); raise --epochs "
                          "(an upper bound) or lower --max_steps")
     epochs = cfg.budget_epochs(steps_per_epoch)
     beyond = [e for e in cfg.checkpoint_epochs if e > epochs]
@@ -281,7 +322,7 @@ def validate(cfg: TrainConfig, facts: RuntimeFacts | None = None) -> None:
         raise UsageError(f"batch_size={cfg.batch_size} is larger than the training set ({facts.num_train} "
                          f"examples of {cfg.dataset})")
     if facts.num_train is not None:
-        _check_step_budget(cfg, facts.num_train // cfg.batch_size)
+        _check_step_budget(cfg, cfg.steps_per_epoch(facts.num_train))
     if facts.replicas is not None and cfg.batch_size % facts.replicas:
         raise UsageError(f"batch_size={cfg.batch_size} is not divisible by {facts.replicas} replicas")
 
@@ -310,8 +351,9 @@ def format_lr(lr: float) -> str:
 
 
 def run_name(arch: str, dataset: str, batch_size: int, lr: float, seed: int,
-             momentum: float = 0.0, weight_decay: float = 0.0, max_steps: int | None = None) -> str:
-    """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero, and
+             momentum: float = 0.0, weight_decay: float = 0.0, max_steps: int | None = None, svag: int = 1) -> str:
+    """The default run name, e.g. 'vgg19-cifar10-bs64-lr0.05-s0' (+ '-m0.9', '-wd0.0005' when non-zero, '-svag4'
+    for SVAG's l > 1, and
     '-steps5000' for a step budget, so a grid at equal steps can share a workdir with its epoch-budget twin;
     runs of other epoch budgets or loss targets share names, and a folder of another budget is refused)."""
     name = f"{arch}-{dataset}-bs{batch_size}-lr{format_lr(lr)}-s{seed}"
@@ -319,6 +361,8 @@ def run_name(arch: str, dataset: str, batch_size: int, lr: float, seed: int,
         name += f"-m{format_lr(momentum)}"
     if weight_decay:
         name += f"-wd{format_lr(weight_decay)}"
+    if svag != 1:
+        name += f"-svag{svag}"
     if max_steps is not None:
         name += f"-steps{max_steps}"
     return name

@@ -126,7 +126,8 @@ def config_from_flags(flag_values, env: Mapping[str, str]) -> SweepConfig:
     train = TrainConfig(**shared, lr=lrs[0], batch_size=batch_sizes[0], seed=seeds[0])
     num_train = known_train_size(train.dataset)  # npz: unknown, so shards are cut from the flags alone
     grid = gridlib.Grid(batch_sizes, lrs, seeds, train.arch, train.dataset_label, train.momentum,
-                        train.weight_decay, num_train=num_train, epochs=train.epochs, max_steps=train.max_steps)
+                        train.weight_decay, num_train=num_train, epochs=train.epochs, max_steps=train.max_steps,
+                        svag=train.svag)
     facts = RuntimeFacts(num_train=num_train)  # a known dataset's size: batch sizes and step budgets checked now
     for run_ in grid.runs():  # arch, dataset, ranges: every run is valid before any is started
         validate(dataclasses.replace(train, lr=run_.lr, batch_size=run_.batch_size, seed=run_.seed), facts)

@@ -24,7 +24,7 @@ import heapq
 import math
 from typing import Iterable, Mapping, Sequence
 
-from lrbs_tf.runs.config import budget_steps, format_lr, run_name
+from lrbs_tf.runs.config import budget_steps, format_lr, run_name, step_cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Grid:
     num_train: int | None = None   # training examples; None: unknown (NOMINAL_TRAIN stands in, for ratios)
     epochs: int = 1
     max_steps: int | None = None   # a step budget (bin/train --max_steps; in the run names), None: epochs alone
+    svag: int = 1                  # SVAG's l (bin/train --svag; in the run names)
 
     @property
     def size(self) -> int:
@@ -78,12 +79,13 @@ class Grid:
     def steps(self, batch_size: int) -> int:
         """Optimizer steps of one run at `batch_size`: epochs x floor(num_train / batch_size) (training
         batches drop the remainder), or max_steps if fewer. A run stopped early by --stop_at_train_loss takes
-        fewer; none more."""
-        return budget_steps(self.epochs, self.max_steps, (self.num_train or NOMINAL_TRAIN) // batch_size)
+        fewer; none more. Counted in minibatch gradients: an SVAG run's is step_cost(svag) times as many."""
+        return budget_steps(self.epochs, self.max_steps,
+                            (self.num_train or NOMINAL_TRAIN) // batch_size) * step_cost(self.svag)
 
     def run(self, batch_size: int, lr: float, seed: int) -> Run:
         return Run(batch_size, lr, seed, run_name(self.arch, self.dataset, batch_size, lr, seed,
-                                                  self.momentum, self.weight_decay, self.max_steps))
+                                                  self.momentum, self.weight_decay, self.max_steps, self.svag))
 
     def runs(self) -> list[Run]:
         """Every run in the canonical order of `column_order` (the order shards are cut from)."""
