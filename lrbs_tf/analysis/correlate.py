@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from lrbs_tf.analysis import cell_tests, families, intrinsic as intrinsic_report, ratio, scaling, stability, stats
+from lrbs_tf.analysis import cell_tests, families, intrinsic as intrinsic_report, ratio, scaling, sde, stability, stats
 from lrbs_tf.analysis.model import (
     DEFAULT_ALPHA,
     DEFAULT_GROUP_BY,
@@ -268,7 +268,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     target = scaling.target_from(target_train_loss, target_test_accuracy)
     runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
-    runs, duplicates = merge_duplicates(runs, group_cols)
+    read, (runs, duplicates) = runs, merge_duplicates(runs, group_cols)
     done = runs[runs["status"] == rf.STATUS_DONE]
     quantities = [q for q in SHARPNESS_QUANTITIES if done[q].notna().any()]
     labels = group_labels(runs, group_cols)
@@ -293,6 +293,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
                                                     a.steps_to_result.fit if a.steps_to_result else None)
     a.intrinsic = intrinsic_report.compute(runs, results, group_cols)
     a.stability = stability.compute(runs, results, group_cols, labels)
+    a.sde = sde.compute(read, configs, group_cols, labels)  # pools over svag, so from the runs before merging
     return a
 
 
@@ -343,7 +344,7 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 def _output_names() -> set[str]:
     return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
             STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES),
-            *intrinsic_report.FILES, *stability.FILES}
+            *intrinsic_report.FILES, *stability.FILES, *sde.FILES}
 
 
 def _texts(analysis: Analysis) -> dict[str, str]:
@@ -362,6 +363,7 @@ def _texts(analysis: Analysis) -> dict[str, str]:
         texts[CRITICAL_FILE] = analysis.critical_batch.to_csv(index=False)
     texts.update(analysis.intrinsic.texts() if analysis.intrinsic is not None else {})
     texts.update(analysis.stability.texts() if analysis.stability is not None else {})
+    texts.update(analysis.sde.texts() if analysis.sde is not None else {})
     texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
     return texts
 

@@ -24,6 +24,7 @@ from lrbs_tf.analysis.model import (
     FIG_EQUAL_RATIO,
     FIG_HEATMAP,
     FIG_RATIO,
+    FIG_SDE,
     FIG_SHARPNESS,
     FIG_STABILITY,
     FIG_STEPS,
@@ -31,7 +32,12 @@ from lrbs_tf.analysis.model import (
     group_keys,
     measure_name,
 )
-from lrbs_tf.analysis.plots import ratio as ratio_plots, scaling as scaling_plots, stability as stability_plots
+from lrbs_tf.analysis.plots import (
+    ratio as ratio_plots,
+    scaling as scaling_plots,
+    sde as sde_plots,
+    stability as stability_plots,
+)
 from lrbs_tf.analysis.plots.style import line_cmap, log_axis, new_figure, panel_grid, save, text_colour
 from lrbs_tf.runs import folder as rf
 from lrbs_tf.runs.table import TARGET
@@ -227,4 +233,7 @@ def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     curvature = stability_plots.figure_stability(analysis)
     if curvature is not None:
         built.append((FIG_STABILITY, curvature))
+    svag = sde_plots.figure_sde(analysis)
+    if svag is not None:
+        built.append((FIG_SDE, svag))
     return [save(fig, folder, name) for name, fig in built]

@@ -23,6 +23,7 @@ from lrbs_tf.analysis.model import (
     FIG_EQUAL_RATIO,
     FIG_HEATMAP,
     FIG_RATIO,
+    FIG_SDE,
     FIG_SHARPNESS,
     FIG_STABILITY,
     FIG_STEPS,
@@ -30,7 +31,7 @@ from lrbs_tf.analysis.model import (
     iter_groups,
     measure_name,
 )
-from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling, summary
+from lrbs_tf.analysis.report import ratio as report_ratio, scaling as report_scaling, sde as report_sde, summary
 from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
 from lrbs_tf.analysis.stats import EXACT_SPEARMAN_MAX_N
 from lrbs_tf.runs import folder as rf
@@ -57,6 +58,9 @@ CAPTIONS = {
     FIG_STABILITY: "Figure 7: lambda_max x lr/2 (solid, dots at the measured checkpoints) and batch sharpness x "
                    "lr/2 (dashed) against the optimizer step, one colour per run (learning rate), a panel per "
                    "batch size; the dotted line at 1 is the stability limit 2/lr.",
+    FIG_SDE: "Figure 8: best test accuracy against SVAG's l (1: plain SGD; equal SDE time), a panel per batch size, "
+             "a colour per learning rate: mean over seeds with one s.d., the seeds as dots; dashed: cells where "
+             "l = 1 and the largest l differ (sde.csv).",
 }
 
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
@@ -287,6 +291,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         *report_scaling.sections(a),
         intrinsic_report.section(a.intrinsic),
         stability.section(a.stability),
+        report_sde.section(a.sde),
         "## Figures",
         *(f"![{CAPTIONS[f]}]({f}.png)\n\n{CAPTIONS[f]} ([PDF]({f}.pdf))" for f in a.figures),
     ]
