@@ -16,8 +16,11 @@ final training loss, and the test of l = 1 against the largest l:
 - Holm over every cell and both measures of a group (one family); a cell *fails* when either measure's
   adjusted p is below SDE_ALPHA (0.05: a lenient threshold, so that calling a cell valid is the harder
   verdict; not rejecting is no proof of equality, and `diff_*` with `se_*` say how large a difference could
-  hide). Its size under the null with shared initialisation, column shocks and unequal cell noise is
-  recorded in benchmarks/calibration.md (section SDE).
+  hide). Its size under the null with shared initialisation and column shocks is recorded in
+  benchmarks/calibration.md (section SDE): about alpha when every cell has the same seed noise, inflated when
+  the noise differs between cells (pooling then understates a noisy cell's), so `p_cell_*`, each cell's own
+  paired t (seeds - 1 degrees of freedom: valid under any noise, weak at two seeds), and `sd_diff_*`, its
+  seeds' spread, stand beside it.
 - A cell where a run of one l diverged and the other's did not fails without a test (`note` says so).
 
 The ratio test (lrbs_tf.analysis.ratio.ratio_test_table) is then repeated on the l = 1 runs of the cells where
@@ -78,6 +81,16 @@ def paired_seed_t(diffs: Sequence[np.ndarray]) -> pd.DataFrame:
         p = float(2 * sps.t.sf(abs(t), df)) if math.isfinite(t) else math.nan
         rows.append({"diff": mean, "se": se, "t": t, "df": df, "p": p})
     return pd.DataFrame(rows, columns=["diff", "se", "t", "df", "p"])
+
+
+def cell_paired_p(diffs: np.ndarray) -> float:
+    """The sensitivity p of one cell: the paired t on its own differences alone (seeds - 1 degrees of freedom;
+    valid whatever the other cells' noise, with little power at two seeds); NaN below two seeds."""
+    d = np.asarray(diffs, float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2 or not np.std(d) > 0:
+        return math.nan
+    return float(sps.ttest_1samp(d, 0.0).pvalue)
 
 
 def with_svag(runs: pd.DataFrame, configs: dict[str, dict]) -> pd.DataFrame:
@@ -167,9 +180,11 @@ def _tested(frame: pd.DataFrame, tests: list[tuple[int, str, np.ndarray]]) -> pd
         for m in MEASURES:
             picked = [t for t in in_group if t[1] == m]
             result = paired_seed_t([d for *_, d in picked])
-            for (i, _, _), r in zip(picked, result.to_dict("records")):
+            for (i, _, d), r in zip(picked, result.to_dict("records")):
                 for k, v in r.items():
                     frame.loc[i, f"{k}_{short[m]}"] = v
+                frame.loc[i, f"sd_diff_{short[m]}"] = float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
+                frame.loc[i, f"p_cell_{short[m]}"] = cell_paired_p(d)
     frame["test"] = TEST_METHOD
     frame["alpha"] = SDE_ALPHA
     for group in frame["group"].unique():

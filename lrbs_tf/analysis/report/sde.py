@@ -31,12 +31,14 @@ def _table(cells: pd.DataFrame) -> str:
         rows.append([r["group"], r["batch_size"], f"{r['lr']:g}", f"{r['ratio']:g}", r["seeds_paired"],
                      f"{_points(r[f'acc_mean_l{low}'])} / {_points(r[f'acc_mean_l{high}'])}",
                      f"{_points(r['diff_acc'])} ± {_points(r['se_acc'])}", fmt_p(r["p_acc"], SDE_ALPHA, r["p_holm_acc"]),
+                     fmt_p(r["p_cell_acc"], SDE_ALPHA),
                      f"{r[f'loss_mean_l{low}']:.3g} / {r[f'loss_mean_l{high}']:.3g}",
                      f"{r['diff_log_loss']:.2f}" if math.isfinite(r["diff_log_loss"]) else "—",
                      fmt_p(r["p_log_loss"], SDE_ALPHA, r["p_holm_log_loss"]), r["sde_holds"], r["note"]])
     shown, more = cut(rows, "cells", SDE_FILE)
     return md_table(["group", "BS", "lr", "BS/LR", "seeds", "best test acc. % (l low / high)",
-                     "difference (points) ± s.e.", "p", "final train loss (l low / high)", "Δ ln loss", "p",
+                     "difference (points) ± s.e.", "p", "p (cell alone)", "final train loss (l low / high)",
+                     "Δ ln loss", "p",
                      "SDE holds", "note"], shown) + more
 
 
@@ -51,6 +53,15 @@ def _verdicts(cells: pd.DataFrame) -> str:
                      f"({named['no']})" + (f"; untested in {named['untested']}" if named["untested"] != "none" else "")
                      + ".")
     return "\n\n".join(parts)
+
+
+def _spread(cells: pd.DataFrame) -> str:
+    sd = cells["sd_diff_acc"].dropna()
+    if len(sd) < 2 or not sd.min() > 0:
+        return ""
+    return (f"The seeds' spread of the accuracy difference ranges over {_points(sd.min())}-{_points(sd.max())} "
+            f"points between cells (a factor of {sd.max() / sd.min():.1f}; the size below is measured with "
+            "equal and with 4-fold unequal noise).")
 
 
 def _ratio_rows(t: pd.DataFrame, which: str) -> list[list]:
@@ -87,7 +98,9 @@ def section(s: SDE | None) -> str:
         "points, the final training loss on a log scale; Holm over every cell and both measures of a group; a "
         f"cell fails when an adjusted p < {SDE_ALPHA:g} (bold: raw p < {SDE_ALPHA:g}; `*`: adjusted too) or "
         "when only one l diverged. \"Holds\" means no difference was detected: the s.e. says how large one "
-        "could hide.",
+        "could hide. Pooling assumes the cells' seed noise is alike; `p (cell alone)` is the cell's own paired "
+        "t (seeds - 1 degrees of freedom), valid without that assumption but weak with few seeds. "
+        + _spread(s.cells),
         (f"Measured size of the family (any cell of a group rejected when no cell differs): {size}." if size
          else f"The test's size is measured by benchmarks/calibration.py --sde ({calibration.CITE}); no "
          "recorded SDE table was found."),
