@@ -56,8 +56,8 @@ def _verdicts(cells: pd.DataFrame) -> str:
 
 
 def _spread(cells: pd.DataFrame) -> str:
-    sd = cells["sd_diff_acc"].dropna()
-    if len(sd) < 2 or not sd.min() > 0:
+    sd = cells["sd_diff_acc"][cells["sd_diff_acc"] > 0]  # 0: the seeds' differences tie (accuracy is discrete)
+    if len(sd) < 2:
         return ""
     return (f"The seeds' spread of the accuracy difference ranges over {_points(sd.min())}-{_points(sd.max())} "
             f"points between cells (a factor of {sd.max() / sd.min():.1f}; the size below is measured with "
