@@ -208,3 +208,15 @@ def test_svag_1_on_the_command_line_is_plain_sgd(tmp_path):
     proc = run_bin("train", f"--workdir={tmp_path / 'bad'}", *args, "--svag=0", cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
         "svag=0 must be an integer >= 1 (1: plain SGD)")
+
+
+def test_two_logical_devices_match_one(tmp_path):
+    """Each replica takes its slice of both batches of a pair: two replicas train the one-device SVAG run."""
+    kw = dict(epochs=1, svag=2, max_steps=20)
+    one = run(small_config(tmp_path / "one", **kw))
+    two = run(small_config(tmp_path / "two", cpu_devices=2, **kw))
+    name = "mlp-mnist1d-bs64-lr0.1-s0-svag2-steps20"
+    assert runfolder.read_config(tmp_path / "two" / name).raw["replicas"] == 2 and one["steps"] == two["steps"] == 40
+    (a,), (b,) = runfolder.read_metrics(tmp_path / "one" / name), runfolder.read_metrics(tmp_path / "two" / name)
+    for key in ("train_loss", "test_loss", "weight_norm_sq", "grad_norm_sq"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4), key
