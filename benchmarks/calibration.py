@@ -254,6 +254,117 @@ def run(n: int, seed: int, designs=DESIGNS, e2e: int = 0, lin20_n: int | None = 
             "end_to_end_max_abs_diff": agreement, "rows": rows}
 
 
+# The SDE comparison (lrbs_tf.analysis.sde, issue 25): runs of one grid at l = 1 and l = L_MAX (SVAG), seeds
+# shared between them. Null: l changes nothing. Per run, y = cell level + seed shift + (seed, cell) initialisation
+# effect (both shared by a seed's runs at every l: bin/train seeds the weights alike) + (seed, batch size, l)
+# column shock (a column's learning rates share their batches, which differ between l) + run noise, whose s.d.
+# is SIGMA in every cell or, `hetero`, SIGMA x 2^U(-1, 1) per cell (2^U(-0.5, 0.5) for 0.5: noise that
+# differs between cells, as real grids' does). Both measures (accuracy; the log training loss, on its own scale with the same
+# structure) are simulated, since the family is every cell and both measures of a group. Alternative: one cell
+# shifted by SDE_SHIFT in accuracy at l = L_MAX.
+L_MAX = 4
+SDE_SHIFT = 4 * SIGMA
+SDE_DESIGNS = (
+    ("null, geo 3x3, 2 seeds", "geo3", 2, False, 0.0),
+    ("null, geo 3x3, 2 seeds, 2-fold unequal cell noise", "geo3", 2, 0.5, 0.0),
+    ("null, geo 3x3, 2 seeds, unequal cell noise", "geo3", 2, True, 0.0),
+    ("null, geo 3x3, 3 seeds, unequal cell noise", "geo3", 3, True, 0.0),
+    ("null, geo 5x5, 2 seeds, unequal cell noise", "geo5", 2, True, 0.0),
+    ("one cell differs by 1.6 points, geo 3x3, 2 seeds", "geo3", 2, False, SDE_SHIFT),
+    ("one cell differs by 1.6 points, geo 3x3, 3 seeds, unequal cell noise", "geo3", 3, True, SDE_SHIFT),
+)
+
+
+def simulate_sde(grid: str, seeds: int, hetero: float, shift: float, rng: np.random.Generator):
+    """One SDE data set as the runs table lrbs_tf.analysis.sde.compare reads (done runs, l in {1, L_MAX})."""
+    import pandas as pd
+
+    cells = cells_of(grid)
+    bs = np.array([c[0] for c in cells])
+    column = np.unique(bs, return_inverse=True)[1]
+    rows = []
+    measures = {}
+    for m in ("acc", "loss"):
+        spread = 0.5 if hetero == 0.5 else 1.0  # s.d. x 2^U(-1, 1): a 4-fold range; 0.5: 2-fold
+        sd = SIGMA * (2.0 ** rng.uniform(-spread, spread, len(cells)) if hetero else np.ones(len(cells)))
+        shared = (SEED_SD * rng.standard_normal(seeds)[None, :] + SEED_SD * rng.standard_normal((len(cells), seeds))
+                  + 0.05 * rng.standard_normal(len(cells))[:, None])
+        measures[m] = {level: shared + COLUMN_SD * rng.standard_normal((column.max() + 1, seeds))[column]
+                       + sd[:, None] * rng.standard_normal((len(cells), seeds)) for level in (1, L_MAX)}
+    if shift:
+        measures["acc"][L_MAX][0] += shift
+    for level in (1, L_MAX):
+        for c, (b, lrate) in enumerate(cells):
+            for s in range(seeds):
+                rows.append({"run_dir": f"l{level}/bs{b}-lr{lrate}-s{s}", "status": "done", "arch": "mlp",
+                             "dataset": "mnist1d", "batch_size": int(b), "lr": float(lrate),
+                             "ratio": exact_ratio(int(b), float(lrate)), "seed": s, "svag": level,
+                             "best_test_accuracy": 0.7 + measures["acc"][level][c, s],
+                             "final_train_loss": float(np.exp(measures["loss"][level][c, s]))})
+    return pd.DataFrame(rows)
+
+
+def sde_holm(runs) -> np.ndarray:
+    """The Holm-adjusted p-values (measures x cells) of lrbs_tf.analysis.sde's test on one simulated data set,
+    computed directly (sde.paired_seed_t and stats.adjust_pvalues on the paired differences)."""
+    from lrbs_tf.analysis import sde
+
+    ps = []
+    for m, log in (("best_test_accuracy", False), ("final_train_loss", True)):
+        values = np.log(runs[m].to_numpy(float)) if log else runs[m].to_numpy(float)
+        frame = runs.assign(v=values).sort_values(["batch_size", "lr", "seed"])
+        low = frame[frame["svag"] == 1]["v"].to_numpy().reshape(-1, frame["seed"].nunique())
+        high = frame[frame["svag"] == L_MAX]["v"].to_numpy().reshape(low.shape)
+        ps.append(sde.paired_seed_t(list(low - high))["p"].to_numpy(float))
+    return stats.adjust_pvalues(np.concatenate(ps), "holm").reshape(2, -1)
+
+
+def run_sde(n: int, seed: int, e2e: int = 10) -> dict:
+    """The SDE test's family-wise rejection rate (any cell of the grid failing) per design; for the
+    alternatives, also how often the shifted cell (the first) itself is called failed. `e2e` data sets per
+    design also go through sde.compare (bin/correlate's code): the largest |p difference| is recorded."""
+    from lrbs_tf.analysis import sde
+
+    rows = []
+    started = time.process_time()
+    for i, (name, grid, seeds, hetero, shift) in enumerate(SDE_DESIGNS):
+        rng = np.random.default_rng([seed, 100 + i])
+        any_05, any_005, shifted, worst = 0, 0, 0, 0.0
+        for k in range(n):
+            runs = simulate_sde(grid, seeds, hetero, shift, rng)
+            p = sde_holm(runs)
+            any_05 += bool((p < 0.05).any())
+            any_005 += bool((p < 0.005).any())
+            shifted += bool((p[:, 0] < 0.05).any())
+            if k < e2e:
+                cells = sde.compare(runs, ["arch", "dataset"])
+                worst = max(worst, float(np.max(np.abs(cells[["p_holm_acc", "p_holm_log_loss"]].to_numpy(float).T - p))))
+        row = {"design": name, "grid": grid, "cells": len(cells_of(grid)), "seeds": seeds, "unequal_noise": {0: "no", 0.5: "2-fold", 1: "4-fold"}[float(hetero)],
+               "shift": shift, "kind": "alternative" if shift else "null", "test": "sde",
+               "method": sde.TEST_METHOD, "n_tested": n, "untestable": 0, "end_to_end_max_abs_diff": worst}
+        for k, tag in ((any_05, "05"), (any_005, "005")):
+            low, high = calibration.wilson(k, n)
+            row.update({f"rate_{tag}": k / n, f"low_{tag}": low, f"high_{tag}": high})
+        if shift:
+            row["shifted_cell_failed"] = shifted / n
+        else:
+            row["holds_1_5x"] = bool(row["low_05"] <= 1.5 * 0.05)
+        rows.append(row)
+    return {"recorded": _dt.date.today().isoformat(), "seed": seed, "n_per_design": n, "l_max": L_MAX,
+            "cpu_seconds": time.process_time() - started, "rows": rows}
+
+
+def markdown_sde(table: dict) -> str:
+    lines = ["| design | data sets | % any cell fails, p_holm < 0.05 [95% MC] | % at 0.005 | shifted cell called "
+             "failed | within 1.5x at 0.05 |", "|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        verdict = ("yes" if r["holds_1_5x"] else "**no**") if r["kind"] == "null" else "(power)"
+        shifted = f"{100 * r['shifted_cell_failed']:.1f}%" if "shifted_cell_failed" in r else ""
+        lines.append(f"| {r['design']} | {r['n_tested']} | {100 * r['rate_05']:.1f} [{100 * r['low_05']:.1f}, "
+                     f"{100 * r['high_05']:.1f}] | {100 * r['rate_005']:.1f} | {shifted} | {verdict} |")
+    return "\n".join(lines)
+
+
 def markdown(table: dict) -> str:
     def pct(r, tag):
         return f"{100 * r[f'rate_{tag}']:.1f} [{100 * r[f'low_{tag}']:.1f}, {100 * r[f'high_{tag}']:.1f}]"
@@ -355,7 +466,18 @@ def main() -> None:
     parser.add_argument("--momentum_only", action="store_true", help="record only the momentum test's entry "
                         "(momentum_interchange) into the existing --out, leaving the other rows as they are")
     parser.add_argument("--momentum_n", type=int, default=4000, help="simulated cells per momentum design")
+    parser.add_argument("--sde", action="store_true", help="only the SDE comparison's calibration (its `sde` "
+                        "entry in --out; the other entries are kept as recorded)")
+    parser.add_argument("--sde_n", type=int, default=1000, help="data sets per SDE design")
     args = parser.parse_args()
+    if args.sde:
+        path = Path(args.out)
+        recorded = calibration.load(path) or {}
+        recorded["sde"] = run_sde(args.sde_n, args.seed)
+        path.write_text(json.dumps(recorded, indent=1) + "\n")
+        print(markdown_sde(recorded["sde"]))
+        print(f"\nCPU {recorded['sde']['cpu_seconds']:.0f} s")
+        return
     momentum_entry = momentum_run(args.momentum_n, args.seed)
     print(momentum_markdown(momentum_entry))
     print(f"momentum: CPU {momentum_entry['cpu_seconds']:.0f} s")
@@ -366,6 +488,9 @@ def main() -> None:
         return
     table = run(args.n, args.seed, e2e=args.end_to_end, lin20_n=args.lin20_n)
     table["momentum_interchange"] = momentum_entry
+    previous = calibration.load(Path(args.out))
+    if previous and "sde" in previous:  # recorded separately (--sde): kept
+        table["sde"] = previous["sde"]
     Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
     Path(args.out).with_suffix(".table.md").write_text(markdown(table) + "\n")
     print(markdown(table))

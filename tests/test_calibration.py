@@ -74,3 +74,21 @@ def test_the_momentum_entry_is_small_and_its_recorded_sizes_hold():
     recorded = table["momentum_interchange"]
     assert all(r["holds_1_5x"] for r in recorded["rows"] if r["kind"] == "null")
     assert json.dumps(recorded["seed"]) in (REPO / "benchmarks" / "calibration.md").read_text()
+
+
+def test_the_sde_calibration_is_the_analysis_own_test_and_is_recorded_with_its_sizes():
+    """A small --sde run: the direct p-values equal sde.compare's (bin/correlate's) on the same data; the
+    generator shares a seed's initialisation between l (the pairing cancels it); the recorded entry holds the
+    null designs (equal and unequal cell noise) and the report's reader finds its size."""
+    table = bench.run_sde(3, 5, e2e=3)
+    assert [r["end_to_end_max_abs_diff"] for r in table["rows"]] == [0.0] * len(bench.SDE_DESIGNS)
+    runs = bench.simulate_sde("geo3", 40, 0.0, 0.0, np.random.default_rng(1))
+    acc = runs.pivot_table(index=["batch_size", "lr", "seed"], columns="svag", values="best_test_accuracy")
+    seed_means = acc.groupby("seed").mean()  # the seed's shared shift: correlated between l over 40 seeds
+    assert np.corrcoef(seed_means[1], seed_means[bench.L_MAX])[0, 1] > 0.5
+    recorded = (calibration.load() or {}).get("sde")
+    if recorded is None:
+        pytest.skip("no SDE calibration recorded")
+    nulls = [r for r in recorded["rows"] if r["kind"] == "null"]
+    assert {r["unequal_noise"] for r in nulls} == {"no", "2-fold", "4-fold"}
+    assert "null design(s)" in calibration.size_summary(recorded, "sde")

@@ -289,11 +289,13 @@ def test_outputs_layout_and_figures(tmp_path):
     correlate.run(tmp_path / "runs")  # default out: <results>/correlate
     out = tmp_path / "runs" / "correlate"
     names = {p.name for p in out.iterdir()}
-    # Every figure but Figure 6, which needs --target_train_loss / --target_test_accuracy (test_scaling), and
-    # Figure 7, which needs runs with a curvature.csv (test_stability), and Figure 9, which needs runs with a
-    # --schedule (test_analysis_schedules).
+    # Every figure but Figure 6, which needs --target_train_loss / --target_test_accuracy (test_scaling),
+    # Figure 7, which needs runs with a curvature.csv (test_stability), Figure 8, which needs runs at two
+    # values of SVAG's l (test_sde_analysis), and Figure 9, which needs runs with a --schedule
+    # (test_analysis_schedules).
     figs = {f"{f}.{e}" for f in analysis.FIGURE_NAMES
-            if f not in (analysis.FIG_STEPS, analysis.FIG_STABILITY, analysis.FIG_SCHEDULES) for e in ("png", "pdf")}
+            if f not in (analysis.FIG_STEPS, analysis.FIG_STABILITY, analysis.FIG_SDE, analysis.FIG_SCHEDULES)
+            for e in ("png", "pdf")}
     assert names == {"runs.csv", "table1.csv", "table2.csv", "table3.csv", "sharpness.csv", "psi.csv",
                      "cells.csv", "ratio_test.csv", "ratio_invariance.csv", "families.csv", "report.md"} | figs
     for f in figs:

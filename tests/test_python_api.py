@@ -20,7 +20,7 @@ from tests.helpers import REPO
 from tests.runfolders import write_grid, write_run
 
 QUICK_BS, QUICK_LRS = (32, 48, 64, 80, 96), (0.06, 0.09, 0.12, 0.15, 0.18)
-SETTINGS = ["data_source", "dataset_name", "max_steps", "schedule", "augment", "stop_at_train_loss", "mlp_depth", "mlp_width",
+SETTINGS = ["data_source", "dataset_name", "max_steps", "schedule", "svag", "augment", "stop_at_train_loss", "mlp_depth", "mlp_width",
             "mlp_batch_norm", "mixed_precision", "data_dir", "data_path", "workdir", "run_name", "name_settings",
             "eval_batch_size",
             "steps_per_call", "jit_compile", "deterministic", "tf32", "cpu_devices", "checkpoints_to_keep",

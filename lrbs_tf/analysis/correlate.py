@@ -30,6 +30,7 @@ from lrbs_tf.analysis import (
     ratio,
     scaling,
     schedules,
+    sde,
     stability,
     stats,
 )
@@ -284,6 +285,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     if grouped_varying:  # their columns, read like any --group_by key's
         runs, configs = _read(results, min_train_accuracy, group_by)
     group_cols = group_columns(group_by)
+    read = runs  # as read: the SDE comparison pools runs over svag (analysis/sde.py)
     raw_runs, duplicates = merge_duplicates(runs, group_cols)
     runs = at_effective_lr(raw_runs)  # every ratio analysis: a run with momentum at lr / (1 - momentum)
     done = runs[runs["status"] == rf.STATUS_DONE]
@@ -313,6 +315,7 @@ def analyse(results: str | Path, min_train_accuracy: float = DEFAULT_MIN_TRAIN_A
     a.stability = stability.compute(raw_runs, results, group_cols, labels)
     a.momentum = momentum.interchange(raw_runs[raw_runs["status"] == rf.STATUS_DONE], group_cols)
     a.schedules = schedules.compute(raw_runs, configs, results, group_cols)  # the initial lr and batch size
+    a.sde = sde.compute(read, configs, group_cols, labels)  # pools over svag, so from the runs before merging
     return a
 
 
@@ -365,7 +368,7 @@ def _figure_files(names: Sequence[str]) -> set[str]:
 def _output_names() -> set[str]:
     return {RUNS_FILE, PSI_FILE, REPORT_FILE, CELLS_FILE, RATIO_TEST_FILE, INVARIANCE_FILE, FAMILIES_FILE,
             STEPS_FILE, STEPS_RUNS_FILE, FIT_FILE, CRITICAL_FILE, *TABLE_FILES.values(), *_figure_files(FIGURE_NAMES),
-            *intrinsic_report.FILES, *stability.FILES, *schedules.FILES, *momentum.FILES}
+            *intrinsic_report.FILES, *stability.FILES, *schedules.FILES, *momentum.FILES, *sde.FILES}
 
 
 def _texts(analysis: Analysis) -> dict[str, str]:
@@ -387,6 +390,7 @@ def _texts(analysis: Analysis) -> dict[str, str]:
     texts.update(analysis.stability.texts() if analysis.stability is not None else {})
     texts.update(analysis.schedules.texts() if analysis.schedules is not None else {})
     texts.update(analysis.momentum.texts() if analysis.momentum is not None else {})
+    texts.update(analysis.sde.texts() if analysis.sde is not None else {})
     texts[REPORT_FILE] = report.render(analysis, sign_summary(analysis))
     return texts
 

@@ -55,8 +55,9 @@ FIG_SHARPNESS = "fig4_sharpness_vs_ratio"
 FIG_EQUAL_RATIO = "fig5_equal_ratio_curves"
 FIG_STEPS = "fig6_steps_to_result"  # with --target_train_loss / --target_test_accuracy (lrbs_tf.analysis.scaling)
 FIG_STABILITY = "fig7_curvature_over_training"  # runs with a curvature.csv (lrbs_tf.analysis.stability)
+FIG_SDE = "fig8_sde"  # runs at several values of SVAG's l (lrbs_tf.analysis.sde)
 FIG_SCHEDULES = "fig9_schedules"  # runs with a --schedule (lrbs_tf.analysis.schedules)
-FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS, FIG_EQUAL_RATIO, FIG_STEPS, FIG_STABILITY,
+FIGURE_NAMES = (FIG_RATIO, FIG_CURVES, FIG_HEATMAP, FIG_SHARPNESS, FIG_EQUAL_RATIO, FIG_STEPS, FIG_STABILITY, FIG_SDE,
                 FIG_SCHEDULES)
 
 
@@ -98,6 +99,7 @@ class Analysis:
     critical_batch: pd.DataFrame = field(default_factory=pd.DataFrame)  # scaling.critical_batch_table
     intrinsic: Any = None  # intrinsic_report.IntrinsicLR (that module imports this one)
     stability: Any = None  # stability.Stability: stability.csv and Figure 7 (that module imports this one)
+    sde: Any = None  # sde.SDE: sde.csv, Figure 8 and the SDE section (that module imports this one)
     grouped_varying: list[str] = field(default_factory=list)  # settings --group_by's VARYING added (they vary)
     schedules: Any = None  # schedules.Schedules: schedules.csv and Figure 9 (that module imports this one)
     raw_runs: pd.DataFrame | None = None  # runs.csv: the runs table as read, raw lr and ratio (at_effective_lr)

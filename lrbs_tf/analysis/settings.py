@@ -11,7 +11,8 @@ VARYING = "varying"
 # The default: the budget (epochs, max_steps, stop_at_train_loss), momentum and weight decay always (their
 # runs.csv columns are written whether or not they vary: runs of equal epochs and runs of equal steps answer
 # different questions, Hoffer et al. 2017, so they are never pooled), then every other varying setting (so runs of
-# different learning-rate / batch-size schedules are never pooled either: lrbs_tf.analysis.schedules compares them).
+# different learning-rate / batch-size schedules are never pooled either: lrbs_tf.analysis.schedules compares them),
+# nor runs of another SVAG l (another algorithm: lrbs_tf.analysis.sde compares them).
 DEFAULT_GROUP_BY = ("momentum", "weight_decay", "epochs", "max_steps", "stop_at_train_loss", VARYING)
 # Identity settings never grouped by VARYING: the dataset's name (the group's `dataset`) stands for them.
 NOT_GROUPED = ("dataset_name", "data_path")

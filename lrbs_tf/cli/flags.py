@@ -102,6 +102,11 @@ def _sgd_flags(d: _Definer) -> None:
     d.DEFINE_float("momentum", D["momentum"], "Heavy-ball momentum (PyTorch convention); 0 = plain SGD.")
     d.DEFINE_float("weight_decay", D["weight_decay"], "L2 coefficient wd: gradient += wd * w, i.e. loss += wd/2 ||w||^2 "
                    "(PyTorch convention), over all trainable weights.")
+    d.DEFINE_integer("svag", D["svag"], "SVAG's l (Li, Malladi & Arora 2021), to test the SDE approximation: each "
+                     "step combines two independent minibatch gradients, (1+sqrt(2l-1))/2 g1 + (1-sqrt(2l-1))/2 g2, "
+                     "at learning rate lr/l, for l times the steps per epoch (an epoch is the SDE time of an SGD "
+                     "epoch and reads 2l passes of the data). 1 = plain SGD. --max_steps counts SGD steps "
+                     "(an SVAG run takes l x max_steps). Part of the run's identity and name (-svag<l>).")
     d.DEFINE_integer("seed", D["seed"], "Seed of the initialisation, the data order and the augmentation.")
     d.DEFINE_bool("augment", D["augment"], "Data augmentation of images (CIFAR: pad 4 + random crop + flip; "
                   "refused for vector data). Default: on for cifar10/cifar100, off otherwise.")

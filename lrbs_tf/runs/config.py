@@ -44,6 +44,7 @@ class TrainConfig:
     schedule: str = ""                    # LR / batch-size step schedule (runs/schedule.py); '': constant
     momentum: float = 0.0
     weight_decay: float = 0.0
+    svag: int = 1                         # SVAG's l (Li, Malladi & Arora 2021): 1 = plain SGD; see svag_coefficients
     seed: int = 0
     augment: bool | None = None           # None: the dataset's default (DATASETS[...].augment_by_default)
     stop_at_train_loss: float = 0.0
@@ -106,27 +107,45 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.workdir) / self.run_name
 
+    @property
+    def step_lr(self) -> float:
+        """The learning rate each optimizer step applies: --lr, or lr / svag for SVAG (its l steps are one SGD
+        step of SDE time). Under a schedule, of the epoch's configuration (at_epoch)."""
+        return self.lr if self.svag == 1 else self.lr / self.svag
+
+    @property
+    def step_budget(self) -> int | None:
+        """--max_steps in optimizer steps: it counts SGD steps of equal SDE time, so an SVAG run takes
+        svag x max_steps of its own steps (None: no budget)."""
+        return None if self.max_steps is None else self.max_steps * self.svag
+
+    def steps_per_epoch(self, num_train: int) -> int:
+        """Optimizer steps of a whole epoch at --batch_size: floor(num_train / batch_size), times `svag` (an
+        SVAG epoch is the SDE time of an SGD epoch; each of its steps takes svag_batches(svag) minibatches)."""
+        return num_train // self.batch_size * self.svag
+
     def budget_epochs(self, steps_per_epoch: int | Sequence[int]) -> int:
         """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial).
-        `steps_per_epoch`: whole steps of every epoch, or of each (epoch_step_counts, under a schedule)."""
-        if self.max_steps is None:
+        `steps_per_epoch`: this run's optimizer steps of every epoch (steps_per_epoch(num_train)), or of each
+        (epoch_step_counts, under a schedule)."""
+        if self.step_budget is None:
             return self.epochs
         if isinstance(steps_per_epoch, int):
-            return min(self.epochs, -(-self.max_steps // steps_per_epoch))
+            return min(self.epochs, -(-self.step_budget // steps_per_epoch))
         done = 0
         for epoch, steps in enumerate(steps_per_epoch[:self.epochs]):
             done += steps
-            if done >= self.max_steps:
+            if done >= self.step_budget:
                 return epoch + 1
         return self.epochs
 
     def epoch_steps(self, epoch: int, steps_per_epoch: int | Sequence[int]) -> int:
         """Optimizer steps of epoch `epoch` (0-based): a whole epoch, or what is left of --max_steps."""
         whole = steps_per_epoch if isinstance(steps_per_epoch, int) else steps_per_epoch[epoch]
-        if self.max_steps is None:
+        if self.step_budget is None:
             return whole
         before = epoch * whole if isinstance(steps_per_epoch, int) else sum(steps_per_epoch[:epoch])
-        return max(0, min(whole, self.max_steps - before))
+        return max(0, min(whole, self.step_budget - before))
 
     def epoch_batch_size(self, epoch: int) -> int:
         """The batch size of epoch `epoch` (0-based): --batch_size, times the schedule's factors so far."""
@@ -144,8 +163,27 @@ class TrainConfig:
         return dataclasses.replace(self, lr=self.epoch_lr(epoch), batch_size=self.epoch_batch_size(epoch))
 
     def epoch_step_counts(self, num_train: int) -> list[int]:
-        """Whole optimizer steps of each of --epochs epochs (training batches drop the remainder)."""
-        return schedule_step_counts(self.schedule, self.epochs, num_train, self.batch_size)
+        """Whole optimizer steps of each of --epochs epochs (training batches drop the remainder; x svag)."""
+        return [n * self.svag for n in schedule_step_counts(self.schedule, self.epochs, num_train, self.batch_size)]
+
+
+def svag_coefficients(svag: int) -> tuple[float, float]:
+    """SVAG's weights (r1, r2) = ((1 + sqrt(2l - 1)) / 2, (1 - sqrt(2l - 1)) / 2) of its two minibatch gradients:
+    r1 + r2 = 1 (the mean is the gradient) and r1^2 + r2^2 = l (the noise covariance is l times SGD's);
+    with the learning rate lr / l, l steps are one SGD step of SDE time (Li, Malladi & Arora 2021)."""
+    root = math.sqrt(2 * svag - 1)
+    return (1 + root) / 2, (1 - root) / 2
+
+
+def svag_batches(svag: int) -> int:
+    """Minibatches one optimizer step draws: SGD one, an SVAG step (svag > 1) two independent ones."""
+    return 1 if svag == 1 else 2
+
+
+def step_cost(svag: int) -> int:
+    """Minibatch gradients an SVAG run computes per SGD step of equal SDE time: svag steps of
+    svag_batches(svag) batches each (1 for plain SGD). bin/sweep weighs its shards by it."""
+    return svag * svag_batches(svag)
 
 
 def schedule_step_counts(schedule: str, epochs: int, num_train: int, batch_size: int) -> list[int]:
@@ -265,6 +303,11 @@ def _check_names_and_ranges(cfg: TrainConfig) -> None:
     if not cfg.checkpoint_seconds >= 0:
         raise UsageError(f"checkpoint_seconds={cfg.checkpoint_seconds} must be >= 0 (0: every epoch)")
     schedules.check(cfg.schedule, cfg.batch_size, cfg.epochs)
+    if isinstance(cfg.svag, bool) or not isinstance(cfg.svag, int) or cfg.svag < 1:
+        raise UsageError(f"svag={cfg.svag!r} must be an integer >= 1 (1: plain SGD)")
+    if cfg.svag > 1 and cfg.schedule:
+        raise UsageError(f"svag={cfg.svag} with schedule={cfg.schedule!r}: SVAG under a schedule is not supported "
+                         "(not tested together); run one or the other")
     if cfg.max_steps is not None and not cfg.max_steps > 0:
         raise UsageError(f"max_steps={cfg.max_steps} must be > 0 (leave it unset for no step budget)")
     bad = [e for e in cfg.checkpoint_epochs if not e >= 1]
@@ -298,14 +341,14 @@ def _check_step_budget(cfg: TrainConfig, num_train: int) -> None:
     says, and runs compared at equal steps would not be."""
     if cfg.max_steps is None:
         return
-    steps_per_epoch = cfg.epoch_step_counts(num_train) if cfg.schedule else num_train // cfg.batch_size
-    most = budget_steps(cfg.epochs, None, steps_per_epoch)
+    sgd_counts = schedule_step_counts(cfg.schedule, cfg.epochs, num_train, cfg.batch_size)  # what --max_steps counts
+    most = budget_steps(cfg.epochs, None, sgd_counts)
     if cfg.max_steps > most:
-        each = f"{steps_per_epoch} steps" if isinstance(steps_per_epoch, int) else "its schedule's steps"
+        each = "its schedule's steps" if cfg.schedule else f"{sgd_counts[0]} steps"
         raise UsageError(f"max_steps={cfg.max_steps} is more than epochs={cfg.epochs} allow at batch_size="
                          f"{cfg.batch_size} ({cfg.epochs} x {each} = {most}); raise --epochs "
                          "(an upper bound) or lower --max_steps")
-    epochs = cfg.budget_epochs(steps_per_epoch)
+    epochs = cfg.budget_epochs(cfg.epoch_step_counts(num_train))
     beyond = [e for e in cfg.checkpoint_epochs if e > epochs]
     if beyond:
         raise UsageError(f"checkpoint_epochs holds {beyond[0]}, beyond the {epochs} epochs of max_steps="

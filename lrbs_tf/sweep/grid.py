@@ -28,7 +28,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from lrbs_tf.data.specs import known_train_size
-from lrbs_tf.runs.config import TrainConfig, format_lr, name_part, run_steps as config_run_steps
+from lrbs_tf.runs.config import TrainConfig, format_lr, name_part, run_steps as config_run_steps, step_cost
 
 Point = tuple  # ((setting, value), ...): one value of each --grid axis, in the axes' order
 
@@ -89,9 +89,11 @@ def train_size(cfg: TrainConfig) -> int | None:
 def run_steps(cfg: TrainConfig) -> int:
     """The optimizer steps of one run of settings `cfg`: epochs x floor(num_train / batch_size) (training
     batches drop the remainder; each epoch's batch size under a --schedule), or max_steps if fewer; NOMINAL_TRAIN stands in for an unknown training set.
-    A run stopped early by --stop_at_train_loss takes fewer; none more. The one cost shards are balanced by:
+    A run stopped early by --stop_at_train_loss takes fewer; none more. Counted in minibatch gradients: an SVAG
+    run's are step_cost(svag) times its SGD steps. The one cost shards are balanced by:
     a setting that changes a run's steps changes them here."""
-    return config_run_steps(cfg.epochs, cfg.max_steps, train_size(cfg) or NOMINAL_TRAIN, cfg.batch_size, cfg.schedule)
+    return config_run_steps(cfg.epochs, cfg.max_steps, train_size(cfg) or NOMINAL_TRAIN, cfg.batch_size,
+                            cfg.schedule) * step_cost(cfg.svag)
 
 
 @dataclasses.dataclass(frozen=True)

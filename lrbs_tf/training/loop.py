@@ -30,7 +30,7 @@ import tensorflow as tf
 from lrbs_tf.data.loaders import Data, DataError, load_data
 from lrbs_tf.data.pipelines import Pipelines, make_pipelines
 from lrbs_tf.runs import checkpoints, folder as runfolder
-from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, validate
+from lrbs_tf.runs.config import RuntimeFacts, TrainConfig, TrainingFailed, UsageError, svag_batches, validate
 from lrbs_tf.training import members as mem, scheduling
 from lrbs_tf.training.distribute import (
     StrategyError,
@@ -171,6 +171,24 @@ def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Call
     return loss_sum / n, correct / n
 
 
+def train_batches(pipes: Pipelines, cfg: TrainConfig, epoch: int, batch_size: int | None = None) -> tf.data.Dataset:
+    """Epoch `epoch`'s (0-based) training input, one element per optimizer step. SGD: the epoch's shuffled
+    batches (x, y). SVAG (svag = l > 1): 2l shuffled passes of the data, each seeded as its own epoch
+    (epoch * 2l + j), cut into consecutive pairs of batches (x1, y1, x2, y2): l x floor(n / B) steps, so an
+    epoch reads 2l epochs' worth of examples. The two batches of a pair are disjoint (drawn without
+    replacement, as SGD's consecutive batches are), which is independence up to a covariance of order B / n.
+    `batch_size`: the epoch's (a schedule's; None: --batch_size)."""
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    if cfg.svag == 1:
+        return pipes.train(batch_size, cfg.seed, epoch)
+    passes = 2 * cfg.svag
+    stream = pipes.train(batch_size, cfg.seed, epoch * passes)
+    for j in range(1, passes):
+        stream = stream.concatenate(pipes.train(batch_size, cfg.seed, epoch * passes + j))
+    pairs = stream.batch(2, drop_remainder=True)  # 2l x floor(n / B) batches: an even count
+    return pairs.map(lambda x, y: (x[0], y[0], x[1], y[1])).prefetch(tf.data.AUTOTUNE)
+
+
 def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: StepFunctions, cfg: TrainConfig,
               epoch: int, num_members: int, chunk: int | CallPace, show_progress: bool, test=None) -> EpochStats:
     """Trains the active members through epoch `epoch` (0-based) in calls of `chunk` steps (a number, or a
@@ -181,7 +199,7 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
     pace = chunk if isinstance(chunk, CallPace) else CallPace(fixed=chunk)
     batch_size, steps_per_epoch, steps_before, examples_before = scheduling.epoch_plan(cfg, pipes.data.num_train,
                                                                                         epoch)
-    iterator = iter(distribute_train(strategy, lambda: pipes.train(batch_size, cfg.seed, epoch), batch_size))
+    iterator = iter(distribute_train(strategy, lambda: train_batches(pipes, cfg, epoch, batch_size), batch_size))
     # The bar draws from the sums each call returns anyway, at most every PROGRESS_SECONDS_PER_CALL.
     bar = (keras.utils.Progbar(steps_per_epoch, unit_name="step", interval=PROGRESS_SECONDS_PER_CALL)
            if show_progress else None)
@@ -190,7 +208,8 @@ def run_epoch(strategy: tf.distribute.Strategy, pipes: Pipelines, functions: Ste
         todo = pace.steps(steps_per_epoch - steps)
         called = time.perf_counter()
         *sums, alive = functions.train_steps(iterator, tf.constant(todo, tf.int32), alive, *sums)
-        loss_sum, correct, seen = sums[0].numpy(), sums[1].numpy(), sums[2].numpy() * batch_size
+        loss_sum, correct = sums[0].numpy(), sums[1].numpy()
+        seen = sums[2].numpy() * (batch_size * svag_batches(cfg.svag))  # examples: SVAG steps read two batches
         pace.measured(todo, time.perf_counter() - called)
         steps += todo
         if bar is not None:
@@ -219,7 +238,8 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
                                float(stats.test_loss[k]), float(stats.test_accuracy[k]), stats.seconds,
                                stats.train_seconds, label=f"[lr {member.cfg.lr:g}] " if labelled else "",
                                grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]),
-                               step=stats.steps_before + int(stats.seen[k]) // member.cfg.batch_size,
+                               step=stats.steps_before + int(stats.seen[k]) // (
+                                   member.cfg.batch_size * svag_batches(member.cfg.svag)),
                                examples=stats.examples_before + int(stats.seen[k]) if member.cfg.schedule else None)
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
@@ -255,7 +275,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     members = mem.build_members(strategy, data, cfgs, settings, provenance, restore_dirs)
     start_epoch = int(members[0].epochs_done.numpy())
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
-    steps_per_epoch = data.num_train // cfg.batch_size
+    steps_per_epoch = cfg.steps_per_epoch(data.num_train)  # x svag for SVAG
     # --epochs, or fewer under --max_steps (the last then partial); a schedule's epochs differ in steps
     epochs = cfg.budget_epochs(cfg.epoch_step_counts(data.num_train) if cfg.schedule else steps_per_epoch)
     if is_multi_worker(strategy):

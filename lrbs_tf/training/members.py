@@ -23,7 +23,7 @@ from lrbs_tf.core import durable
 from lrbs_tf.data.loaders import Data
 from lrbs_tf.models.builders import build_model, count_trainable_params
 from lrbs_tf.runs import checkpoints, folder as runfolder, tensorboard as summaries
-from lrbs_tf.runs.config import MIXED_PRECISION, TrainConfig, model_settings
+from lrbs_tf.runs.config import MIXED_PRECISION, TrainConfig, model_settings, svag_batches
 
 
 def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
@@ -47,7 +47,7 @@ def build_member(cfg: TrainConfig, data: Data) -> tuple[keras.Model, keras.optim
         model = architecture(cfg, data.num_classes, data.input_shape)
     finally:
         keras.config.set_dtype_policy(previous)
-    optimizer = sgd(cfg.lr, cfg.momentum)
+    optimizer = sgd(cfg.step_lr, cfg.momentum)  # lr, or lr / svag for SVAG
     if cfg.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return model, optimizer
@@ -79,7 +79,7 @@ def _write_config(cfg: TrainConfig, flag_settings: dict, model: keras.Model, dat
     runfolder.atomic_write_json(cfg.run_dir / runfolder.CONFIG, {
         **flag_settings, "num_params": count_trainable_params(model), "num_classes": data.num_classes,
         "input_shape": list(data.input_shape), "num_train": data.num_train, "num_test": data.num_test,
-        "steps_per_epoch": data.num_train // cfg.batch_size, "replicas": replicas, "column_lrs": column_lrs,
+        "steps_per_epoch": cfg.steps_per_epoch(data.num_train), "replicas": replicas, "column_lrs": column_lrs,
         "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist(), "scale": data.scale},
         **provenance()})
 
@@ -159,8 +159,9 @@ def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: 
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
+    examples_per_step = member.cfg.batch_size * svag_batches(member.cfg.svag)  # SVAG: two batches a step
     row = {"epoch": epoch, "step": step,
-           "examples_seen": step * member.cfg.batch_size if examples is None else examples,
+           "examples_seen": step * examples_per_step if examples is None else examples,
            "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
            "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,
@@ -228,7 +229,7 @@ def summary(rows: list[dict]) -> dict:
 def budget_reason(member: Member) -> str:
     """Why a member that trained to the end of its budget ended: its --max_steps, or its --epochs."""
     last = member.rows[-1] if member.rows else {}
-    steps = member.cfg.max_steps
+    steps = member.cfg.step_budget  # --max_steps in this run's optimizer steps (x svag for SVAG)
     return runfolder.STOP_STEPS if steps is not None and last.get("step") == steps else runfolder.STOP_EPOCHS
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import keras
 
-from lrbs_tf.runs.config import TrainConfig
+from lrbs_tf.runs.config import TrainConfig, svag_batches
 from lrbs_tf.training.members import Member
 
 
@@ -40,7 +40,7 @@ def _apply(member: Member, cfg: TrainConfig, rescale_velocity: bool) -> None:
             ratio = cfg.lr / member.cfg.lr
             for v in optimizer.momentums:
                 v.assign(v * ratio)
-        optimizer.learning_rate = cfg.lr
+        optimizer.learning_rate = cfg.step_lr
     member.cfg = cfg
 
 
@@ -67,8 +67,9 @@ def epoch_plan(cfg: TrainConfig, num_train: int, epoch: int) -> tuple[int, int, 
     its optimizer steps (what is left of --max_steps in a last partial epoch), and the optimizer steps and
     examples of the epochs before it."""
     if not cfg.schedule:
-        whole = num_train // cfg.batch_size
-        return cfg.batch_size, cfg.epoch_steps(epoch, whole), epoch * whole, epoch * whole * cfg.batch_size
+        whole = cfg.steps_per_epoch(num_train)  # x svag for SVAG, whose steps read svag_batches batches each
+        return (cfg.batch_size, cfg.epoch_steps(epoch, whole), epoch * whole,
+                epoch * whole * cfg.batch_size * svag_batches(cfg.svag))
     counts = cfg.epoch_step_counts(num_train)
     examples = sum(counts[e] * cfg.epoch_batch_size(e) for e in range(epoch))
     return cfg.epoch_batch_size(epoch), cfg.epoch_steps(epoch, counts), sum(counts[:epoch]), examples

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lrbs_tf.runs.config import svag_coefficients
+
 _LAYERS = (keras.layers.InputLayer, keras.layers.Dense, keras.layers.BatchNormalization, keras.layers.ReLU,
            keras.layers.Flatten)
 
@@ -50,8 +52,10 @@ class StackedColumn:
     """K same-architecture models trained on the same batches, with per-member learning rates."""
 
     def __init__(self, models: list[keras.Model], optimizers: list[keras.optimizers.Optimizer],
-                 lrs: list[float], momentum: float, weight_decay: float, batch_size: int):
+                 lrs: list[float], momentum: float, weight_decay: float, batch_size: int, svag: int = 1):
+        """`lrs`: the rates each step applies (SVAG: lr / svag); `svag`: SVAG's l, shared by the column."""
         self.models, self.optimizers = models, optimizers
+        self.svag_weights = svag_coefficients(svag) if svag > 1 else None
         self.k = len(models)
         self.momentum, self.weight_decay, self.batch_size = momentum, weight_decay, batch_size
         self.lrs = tf.constant(lrs, tf.float32)
@@ -116,14 +120,24 @@ class StackedColumn:
         hits = tf.equal(tf.argmax(logits, -1, output_type=y.dtype), labels)
         return per_example, tf.reduce_sum(tf.cast(hits, tf.int64), axis=1)
 
-    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """One SGD step of every member on batch (x, y); returns per-member loss sums (float64), hits and
-        squared L2 norms of the loss gradient (float64, weight decay left out: lrbs_tf.training.steps.grad_norm_sq)."""
+    def _gradients(self, x: tf.Tensor, y: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+        """Every member's loss gradient on batch (x, y), its loss sum (float64) and hits."""
         with tf.GradientTape() as tape:
             per_example, correct = self._scores(self.forward(x, training=True), y)
             # Members are independent, so the gradient of the sum gives each slice its own loss's gradient.
             loss = tf.reduce_sum(per_example) / self.batch_size
-        grads = tape.gradient(loss, self.trainable)
+        return tape.gradient(loss, self.trainable), tf.reduce_sum(tf.cast(per_example, tf.float64), axis=1), correct
+
+    def train_step(self, x: tf.Tensor, y: tf.Tensor, *second: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One SGD step of every member on batch (x, y) (SVAG: and the second batch `second`, combined as
+        lrbs_tf.training.steps.svag_forward_backward does); returns per-member loss sums (float64), hits and
+        squared L2 norms of the loss gradient (float64, weight decay left out: lrbs_tf.training.steps.grad_norm_sq)."""
+        grads, loss_sum, correct = self._gradients(x, y)
+        if self.svag_weights is not None:
+            r1, r2 = self.svag_weights
+            grads2, loss_sum2, correct2 = self._gradients(*second)
+            grads = [r1 * a + r2 * b for a, b in zip(grads, grads2)]
+            loss_sum, correct = loss_sum + loss_sum2, correct + correct2
         norms = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float64)), axis=list(range(1, g.shape.rank)))
                           for g in grads])
         for w, g, j in zip(self.trainable, grads, range(len(grads))):
@@ -137,7 +151,7 @@ class StackedColumn:
             else:  # Keras SGD: w -= g * lr
                 w.assign_sub(g * lr)
         self.steps.assign_add(1)
-        return tf.reduce_sum(tf.cast(per_example, tf.float64), axis=1), correct, norms
+        return loss_sum, correct, norms
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         per_example, correct = self._scores(self.forward(x, training=False), y)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import keras
 import tensorflow as tf
 
+from lrbs_tf.runs.config import svag_coefficients
 from lrbs_tf.training import stacked
 from lrbs_tf.training.distribute import is_multi_worker
 
@@ -54,6 +55,20 @@ def forward_backward(member: "Member", replicas: int, x: tf.Tensor, y: tf.Tensor
     return grads, loss_grads, tf.reduce_sum(tf.cast(per_example, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64))
 
 
+def svag_forward_backward(member: "Member", replicas: int, x1: tf.Tensor, y1: tf.Tensor, x2: tf.Tensor,
+                          y2: tf.Tensor):
+    """SVAG's gradient (Li, Malladi & Arora 2021) on two independent batches (x1, y1), (x2, y2) of the batch
+    size: r1 g1 + r2 g2 with (r1, r2) = runs.config.svag_coefficients(svag), whose mean is the gradient and
+    whose noise covariance is svag times one batch's. Returns forward_backward's tuple, with the loss sums and
+    hits of both batches (2 x batch_size examples). Weight decay enters once, since r1 + r2 = 1."""
+    r1, r2 = svag_coefficients(member.cfg.svag)
+    grads1, loss_grads1, loss1, hits1 = forward_backward(member, replicas, x1, y1)
+    grads2, loss_grads2, loss2, hits2 = forward_backward(member, replicas, x2, y2)
+    grads = [r1 * a + r2 * b for a, b in zip(grads1, grads2)]
+    loss_grads = [r1 * a + r2 * b for a, b in zip(loss_grads1, loss_grads2)] if member.cfg.weight_decay else grads
+    return grads, loss_grads, loss1 + loss2, hits1 + hits2
+
+
 def grad_norm_sq(loss_grads: Sequence[tf.Tensor], replicas: int, optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
     """The squared L2 norm (float64 scalar) of the global batch's loss gradient over all trainable weights,
     from this replica's part of it (forward_backward's `loss_grads`, weight decay left out).
@@ -77,17 +92,19 @@ class GraphEngine:
 
     def __init__(self, members: Sequence["Member"], replicas: int, jit_compile: bool) -> None:
         self.members, self.replicas = list(members), replicas
-        self.steps = [functools.partial(forward_backward, m, replicas) for m in self.members]
+        # A column's members share svag (it is part of every run's identity but the learning rate).
+        gradients = forward_backward if self.members[0].cfg.svag == 1 else svag_forward_backward
+        self.steps = [functools.partial(gradients, m, replicas) for m in self.members]
         if jit_compile and replicas > 1:
             # Across replicas the optimizer's all-reduce stays outside XLA: compile each forward/backward.
             self.steps = [tf.function(f, jit_compile=True) for f in self.steps]
 
-    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """One SGD step of every member: per-member loss sums (float64), hits (int64) and squared loss
-        gradient norms (float64, grad_norm_sq)."""
+    def train_step(self, *batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One SGD step of every member on `batch` (x, y; SVAG: x1, y1, x2, y2): per-member loss sums (float64),
+        hits (int64) and squared loss gradient norms (float64, grad_norm_sq; SVAG: of the combined gradient)."""
         losses, hits, norms = [], [], []
         for member, step in zip(self.members, self.steps):
-            grads, loss_grads, loss_sum, correct = step(x, y)
+            grads, loss_grads, loss_sum, correct = step(*batch)
             norms.append(grad_norm_sq(loss_grads, self.replicas, member.optimizer))  # the scale this step used
             member.optimizer.apply_gradients(zip(grads, member.model.trainable_variables))
             losses.append(loss_sum)
@@ -113,7 +130,8 @@ def choose_engine(members: Sequence["Member"], replicas: int, jit_compile: bool)
     cfg = members[0].cfg
     if cfg.column_engine == "stacked" and len(members) > 1:
         return stacked.StackedColumn([m.model for m in members], [m.optimizer for m in members],
-                                     [m.cfg.lr for m in members], cfg.momentum, cfg.weight_decay, cfg.batch_size)
+                                     [m.cfg.step_lr for m in members], cfg.momentum, cfg.weight_decay, cfg.batch_size,
+                                     svag=cfg.svag)
     return GraphEngine(members, replicas, jit_compile)
 
 

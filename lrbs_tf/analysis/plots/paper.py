@@ -25,6 +25,7 @@ from lrbs_tf.analysis.model import (
     FIG_HEATMAP,
     FIG_RATIO,
     FIG_SCHEDULES,
+    FIG_SDE,
     FIG_SHARPNESS,
     FIG_STABILITY,
     FIG_STEPS,
@@ -36,6 +37,7 @@ from lrbs_tf.analysis.plots import (
     ratio as ratio_plots,
     scaling as scaling_plots,
     schedules as schedule_plots,
+    sde as sde_plots,
     stability as stability_plots,
 )
 from lrbs_tf.analysis.plots.style import MIN_FONT, line_cmap, log_axis, new_figure, panel_grid, save, text_colour
@@ -259,6 +261,9 @@ def write_figures(analysis: Analysis, folder: Path) -> list[str]:
     curvature = stability_plots.figure_stability(analysis)
     if curvature is not None:
         built.append((FIG_STABILITY, curvature))
+    svag = sde_plots.figure_sde(analysis)
+    if svag is not None:
+        built.append((FIG_SDE, svag))
     scheduled = schedule_plots.figure_schedules(analysis)
     if scheduled is not None:
         built.append((FIG_SCHEDULES, scheduled))

@@ -24,6 +24,7 @@ from lrbs_tf.analysis.model import (
     FIG_HEATMAP,
     FIG_RATIO,
     FIG_SCHEDULES,
+    FIG_SDE,
     FIG_SHARPNESS,
     FIG_STABILITY,
     FIG_STEPS,
@@ -36,6 +37,7 @@ from lrbs_tf.analysis.report import (
     ratio as report_ratio,
     scaling as report_scaling,
     schedules as report_schedules,
+    sde as report_sde,
     summary,
 )
 from lrbs_tf.analysis.report.format import cut, fmt_coef, fmt_p, md_table
@@ -71,6 +73,9 @@ CAPTIONS = {
     FIG_STABILITY: "Figure 7: lambda_max x lr/2 (solid, dots at the measured checkpoints) and batch sharpness x "
                    "lr/2 (dashed) against the optimizer step, one colour per run (learning rate), a panel per "
                    "batch size; the dotted line at 1 is the stability limit 2/lr.",
+    FIG_SDE: "Figure 8: best test accuracy against SVAG's l (1: plain SGD; equal SDE time), a panel per batch size, "
+             "a colour per learning rate: mean over seeds with one s.d., the seeds as dots; dashed: cells where "
+             "l = 1 and the largest l differ (sde.csv).",
 }
 
 TITLES = {"table1": "Table 1: test accuracy vs batch size, at each learning rate",
@@ -334,6 +339,7 @@ def render(a: Analysis, signs: pd.DataFrame) -> str:
         *report_scaling.sections(a),
         intrinsic_report.section(a.intrinsic),
         stability.section(a.stability),
+        report_sde.section(a.sde),
         report_schedules.section(a.schedules),
         report_momentum.section(a),
         "## Figures",
