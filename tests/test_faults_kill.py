@@ -149,11 +149,17 @@ def epochs_recorded(workdir: Path, names: list[str]) -> Callable[[], int]:
 
 # --- bin/train: one run and a column --------------------------------------------------------------------
 
-TRAIN_CELLS = {"single": ["--batch_size=64", "--lr=0.05"], "column": ["--batch_size=64", "--lr=0.05,0.1"]}
+# SVAG (issue 25) and a schedule that changes the batch size and the learning rate inside the 5 epochs (issue
+# 26) are columns too: their checkpoints and resumes must be exact like any run's.
+TRAIN_CELLS = {"single": ["--batch_size=64", "--lr=0.05"], "column": ["--batch_size=64", "--lr=0.05,0.1"],
+               "svag": ["--batch_size=64", "--lr=0.05,0.1", "--svag=2"],
+               "schedule": ["--batch_size=64", "--lr=0.05,0.1", "--schedule=bs*2@2+lr*0.5@3"]}
+NAME_SUFFIX = {"svag": "-svag2", "schedule": "-lrx0.5at3+bsx2at2"}
 
 
 def train_names(cell: str) -> list[str]:
-    return [f"mlp-mnist1d-bs64-lr{lr}-s0" for lr in TRAIN_CELLS[cell][1][len("--lr="):].split(",")]
+    return [f"mlp-mnist1d-bs64-lr{lr}-s0{NAME_SUFFIX.get(cell, '')}"
+            for lr in TRAIN_CELLS[cell][1][len("--lr="):].split(",")]
 
 
 @pytest.fixture(scope="module")

@@ -188,22 +188,24 @@ def test_pooled_elasticity_is_the_within_value_slope_over_all_shared_values(tmp_
 
 
 def test_the_flagfile_puts_several_lr_wd_pairs_on_one_intrinsic_lr(tmp_path):
+    """flags/intrinsic/bn_mlp.flags is one sweep over --grid=weight_decay: its lr x wd products share intrinsic
+    LRs as its header says, and bin/sweep lists its 32 runs (8 columns) with batch norm."""
     from collections import Counter
 
     from tests.helpers import REPO, run_bin
 
     path = REPO / "flags" / "intrinsic" / "bn_mlp.flags"
     text = path.read_text()
-    loop = next(line for line in text.splitlines() if line.startswith("# Command:  for wd in"))
-    wds = [float(v) for v in loop.split(" in ")[1].split(";")[0].split()]
     values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith("--") and "=" in line)
+    setting, wd_values = values["--grid"].split("=", 1)
+    assert setting == "weight_decay"
+    wds = [float(v) for v in wd_values.split(",")]
     lrs = [float(v) for v in values["--lrs"].split(",")]
     shared = Counter(ir.intrinsic_key(lr, wd) for lr in lrs for wd in wds)
     assert {v: k for v, k in shared.items() if k >= 2} == {0.0005: 2, 0.001: 3, 0.002: 4, 0.004: 3, 0.008: 2}
-    assert "--mlp_batch_norm" in text.splitlines() and values["--weight_decay"] == "0.01"
-    proc = run_bin("sweep", f"--flagfile={path}", f"--weight_decay={wds[-1]}", f"--workdir={tmp_path / 'w'}",
-                   "--dry_list", timeout=120)
+    assert "--mlp_batch_norm" in text.splitlines() and "--weight_decay" not in values
+    proc = run_bin("sweep", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}", "--dry_list", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert f"--weight_decay={wds[-1]}" in proc.stdout and "--mlp_batch_norm" in proc.stdout
-    assert proc.stdout.splitlines()[0] == ("shard 0 of 1: 8 of the grid's 8 runs (100% of its optimizer steps), "
-                                           "0 finished, 2 work units to run")
+    assert all(f"--weight_decay={wd}" in proc.stdout for wd in wds) and "--mlp_batch_norm" in proc.stdout
+    assert proc.stdout.splitlines()[1] == ("shard 0 of 1: 32 of the grid's 32 runs (100% of its optimizer steps), "
+                                           "0 finished, 8 work units to run")

@@ -186,9 +186,9 @@ def test_a_step_budget_beyond_the_epochs_is_refused_in_sgd_steps(tmp_path):
 
 
 def test_the_sweep_names_svag_runs_and_weighs_them_by_their_minibatch_gradients():
-    plain = gridlib.Grid((64,), (0.1,), (0,), "mlp", "mnist1d", num_train=4000, epochs=2)
-    svag = gridlib.Grid((64,), (0.1,), (0,), "mlp", "mnist1d", num_train=4000, epochs=2, svag=4)
-    assert svag.steps(64) == 8 * plain.steps(64) == 8 * 124
+    plain = gridlib.Grid((64,), (0.1,), (0,), TrainConfig(arch="mlp", dataset="mnist1d", epochs=2))
+    svag = gridlib.Grid((64,), (0.1,), (0,), TrainConfig(arch="mlp", dataset="mnist1d", epochs=2, svag=4))
+    assert svag.steps(svag.runs()[0]) == 8 * plain.steps(plain.runs()[0]) == 8 * 124
     assert svag.runs()[0].name == "mlp-mnist1d-bs64-lr0.1-s0-svag4"
     assert plain.runs()[0].name == "mlp-mnist1d-bs64-lr0.1-s0"
 

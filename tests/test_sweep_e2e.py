@@ -371,6 +371,6 @@ def test_a_weight_decay_by_momentum_grid_grows_lists_shards_trains_and_correlate
     assert raw["grid"]["grid_axes"] == ["weight_decay", "momentum"] and raw["grid"]["momentum"] == [0.0, 0.9]
     assert [g["added"] for g in raw["grown"]] == [{"weight_decay": [0.01], "momentum": [0.9]}]
     report = (workdir / "correlate" / "report.md").read_text()
-    assert "16 runs analysed in 4 group(s)" in report
+    assert "16 runs analysed in 4 groups" in report
     for m, wd in itertools.product(("0.0", "0.9"), ("0.0", "0.01")):
         assert f"mlp on mnist1d, momentum={m}, weight_decay={wd}" in report

@@ -421,7 +421,7 @@ def format_lr(lr: float) -> str:
 # default, so a run at the defaults keeps its name when a setting is added: adding a setting is one entry here
 # (an identity setting in neither table is named the same way under its own name, e.g. -svag4, so names stay
 # distinct even without an entry). Order: the order of this table, then the settings without an entry.
-NAME_TAGS: dict[str, str] = {"momentum": "m", "weight_decay": "wd", "max_steps": "steps"}
+NAME_TAGS: dict[str, str] = {"momentum": "m", "weight_decay": "wd", "svag": "svag", "max_steps": "steps"}
 # Identity settings that names never carried (the quick study's 128-wide MLP is mlp-mnist1d-bs32-lr0.06-s0):
 # appended, default or not, only when the run's name_settings lists them (bin/sweep lists its --grid axes among
 # these), so every existing run folder keeps its name. Bools read -<tag> / -no<tag>.

@@ -282,7 +282,7 @@ def describe_error(error: BaseException) -> str:
                or isinstance(error, tf.errors.OpError) and "No space left on device" in text)
     if storage:
         return (f"a storage fault ({type(error).__name__}: {first}); free space (or fix the disk), then run "
-                "the same command again: it resumes from the last checkpoint")
+                "the same command again: it resumes from the last checkpoint, or starts over if none was written")
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
