@@ -32,3 +32,15 @@ def run_bin(name: str, *args: str, cwd: str | os.PathLike | None = None, timeout
 
 def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]
+
+
+def write_blobs(path: pathlib.Path, seed: int):
+    """A tiny npz dataset (32 training, 8 test examples of 6 Gaussian features, 3 classes) for hand-checked
+    training steps; returns (x, y), the 40 examples in file order (training first)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    return x, y

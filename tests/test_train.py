@@ -13,7 +13,7 @@ from lrbs_tf.data.loaders import load_data
 from lrbs_tf.runs import folder as runfolder
 from lrbs_tf.runs.config import TrainConfig
 from lrbs_tf.training.run import run
-from tests.helpers import small_config, without_seconds
+from tests.helpers import small_config, without_seconds, write_blobs
 
 
 def small(tmp_path, **kw) -> TrainConfig:
@@ -126,11 +126,8 @@ def test_momentum_and_weight_decay_follow_a_numpy_sgd_reference(tmp_path):
     from lrbs_tf.data.pipelines import Pipelines
     from lrbs_tf.models.builders import build_model
 
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(40, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 40)
     path = tmp_path / "blobs.npz"
-    np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    x, y = write_blobs(path, 3)
     cfg = small(tmp_path, dataset="npz", data_path=str(path), mlp_depth=1, mlp_width=8, batch_size=16,
                 lr=0.1, momentum=0.9, weight_decay=0.05, epochs=1)
     result = run(cfg)

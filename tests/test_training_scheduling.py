@@ -13,7 +13,7 @@ import pytest
 from lrbs_tf.data.loaders import load_data
 from lrbs_tf.runs import folder as runfolder
 from lrbs_tf.training.run import run, run_column
-from tests.helpers import small_config, without_seconds
+from tests.helpers import small_config, without_seconds, write_blobs
 from tests.test_column import assert_same_runs
 
 
@@ -50,11 +50,8 @@ def test_a_learning_rate_and_batch_size_change_follows_pytorchs_sgd(tmp_path):
     from lrbs_tf.data.pipelines import Pipelines
     from lrbs_tf.models.builders import build_model
 
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(40, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 40)
     path = tmp_path / "blobs.npz"
-    np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    x, y = write_blobs(path, 5)
     cfg = small_config(tmp_path, dataset="npz", data_path=str(path), mlp_depth=1, mlp_width=8, batch_size=16,
                        lr=0.1, momentum=0.9, epochs=2, schedule="bs*2@1+lr*0.5@1")
     result = run(cfg)

@@ -252,19 +252,9 @@ def write_figures(analysis: Analysis, folder: Path) -> list[str]:
              (FIG_HEATMAP, figure_heatmap(analysis))]
     if analysis.sharpness_quantities:
         built.append((FIG_SHARPNESS, figure_sharpness(analysis)))
-    equal = ratio_plots.figure_equal_ratio(analysis)
-    if equal is not None:
-        built.append((FIG_EQUAL_RATIO, equal))
-    steps = scaling_plots.figure_steps(analysis)
-    if steps is not None:
-        built.append((FIG_STEPS, steps))
-    curvature = stability_plots.figure_stability(analysis)
-    if curvature is not None:
-        built.append((FIG_STABILITY, curvature))
-    svag = sde_plots.figure_sde(analysis)
-    if svag is not None:
-        built.append((FIG_SDE, svag))
-    scheduled = schedule_plots.figure_schedules(analysis)
-    if scheduled is not None:
-        built.append((FIG_SCHEDULES, scheduled))
+    # The figures drawn only when their runs exist (each draw returns None otherwise), in figure order.
+    optional = ((FIG_EQUAL_RATIO, ratio_plots.figure_equal_ratio), (FIG_STEPS, scaling_plots.figure_steps),
+                (FIG_STABILITY, stability_plots.figure_stability), (FIG_SDE, sde_plots.figure_sde),
+                (FIG_SCHEDULES, schedule_plots.figure_schedules))
+    built += [(name, fig) for name, draw in optional if (fig := draw(analysis)) is not None]
     return [save(fig, folder, name) for name, fig in built]
