@@ -37,6 +37,9 @@ RECORDED_COLUMNS = ("num_params", "num_classes", "num_train", "num_test", "steps
 # load_metrics: each row's run and configuration, then the epoch's metrics line.
 RUN_KEY_COLUMNS = ("run_dir", "status", "arch", "dataset", "batch_size", "lr", "ratio", "seed", "momentum",
                    "weight_decay", "epochs_budget")
+# load_metrics' last columns: metrics.jsonl's `lr` and `batch_size` (runfolder.SCHEDULE_METRIC_KEYS), the
+# epoch's, renamed beside the run's own `lr` and `batch_size`.
+EPOCH_COLUMNS = ("epoch_lr", "epoch_batch_size")
 
 
 def _settings(config: dict | None) -> dict[str, Any]:
@@ -81,7 +84,8 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
 
     Columns: RUN_KEY_COLUMNS, then SETTING_COLUMNS and RECORDED_COLUMNS (as load_runs gives them), then the
     metrics.jsonl keys (epoch 1-based; losses in nats, accuracies fractions, seconds; NaN where the line
-    holds null). Rows are sorted by run_dir, then epoch. `runs`: a load_runs(root) frame already in hand.
+    holds null), then EPOCH_COLUMNS: the epoch's learning rate and batch size (a --schedule changes them; the
+    `lr` and `batch_size` columns are the run's, its initial ones). Rows are sorted by run_dir, then epoch. `runs`: a load_runs(root) frame already in hand.
     A run whose metrics.jsonl is damaged (load_runs' status `corrupt`) is left out whole, with a warning
     naming the line; its rows are never cut short at the damage.
     """
@@ -98,6 +102,9 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
         if rows:
             epochs = pd.DataFrame([{k: r.get(k) for k in runfolder.METRIC_KEYS} for r in rows],
                                   columns=list(runfolder.METRIC_KEYS))
+            for key, column in zip(runfolder.SCHEDULE_METRIC_KEYS, EPOCH_COLUMNS):
+                # rows written before they held the epoch's lr and batch size: constant runs, the run's own
+                epochs[column] = [r.get(key, getattr(run, key)) for r in rows]
             for key in reversed(keys):
                 value = getattr(run, key)
                 epochs.insert(0, key, [value] * len(epochs) if isinstance(value, (tuple, list)) else value)
@@ -106,10 +113,10 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
         warnings.warn(f"load_metrics: left out {len(damaged)} run(s) whose metrics.jsonl is damaged (load_runs "
                       f"lists them as corrupt): {'; '.join(damaged)}", stacklevel=2)
     if not pieces:
-        return pd.DataFrame(columns=[*keys, *runfolder.METRIC_KEYS])
+        return pd.DataFrame(columns=[*keys, *runfolder.METRIC_KEYS, *EPOCH_COLUMNS])
     frame = pd.concat(pieces, ignore_index=True)
     frame["epoch"] = frame["epoch"].astype("int64")
-    for key in runfolder.METRIC_KEYS[1:]:
+    for key in (*runfolder.METRIC_KEYS[1:], *EPOCH_COLUMNS):
         frame[key] = pd.to_numeric(frame[key], errors="coerce").astype(float)
     return frame
 

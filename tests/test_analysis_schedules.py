@@ -95,3 +95,17 @@ def test_without_a_schedule_nothing_is_added(tmp_path):
     a = correlate.run(tmp_path / "runs", tmp_path / "out", figures=False)
     assert a.schedules is None and not (tmp_path / "out" / schedules.RUNS_FILE).exists()
     assert "## Schedules" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_load_metrics_gives_each_epochs_lr_and_batch_size(tmp_path):
+    """The Python API's epoch_lr / epoch_batch_size follow the schedule; a run's own lr and batch_size stay
+    its initial ones (what bin/correlate's tables use)."""
+    from lrbs_tf import api
+
+    _write_study(tmp_path, {"bs*5@2:3": [0.6], "lr*0.2@2:3": [0.6]})
+    epochs = api.load_metrics(tmp_path).set_index(["run_dir", "epoch"])
+    bs_run = epochs.loc["mlp-mnist1d-bs16-lr0.1-s0-bsx5at2_3"]
+    lr_run = epochs.loc["mlp-mnist1d-bs16-lr0.1-s0-lrx0.2at2_3"]
+    assert list(bs_run["epoch_batch_size"]) == [16, 16, 80, 400] and set(bs_run["epoch_lr"]) == {0.1}
+    assert list(lr_run["epoch_lr"]) == pytest.approx([0.1, 0.1, 0.02, 0.004]) and set(lr_run["epoch_batch_size"]) == {16}
+    assert set(bs_run["batch_size"]) == {16} and set(lr_run["lr"]) == {0.1}

@@ -88,7 +88,10 @@ def test_load_runs_has_runtables_columns_then_every_setting_and_the_flags(mixed)
 
 def test_load_metrics_is_one_row_per_recorded_epoch_with_the_runs_config(mixed):
     epochs = lrbs_tf.load_metrics(mixed)
-    assert list(epochs.columns) == [*api.RUN_KEY_COLUMNS, *SETTINGS, *RECORDED, *runfolder.METRIC_KEYS]
+    assert list(epochs.columns) == [*api.RUN_KEY_COLUMNS, *SETTINGS, *RECORDED, *runfolder.METRIC_KEYS,
+                                    *api.EPOCH_COLUMNS]
+    # these folders' rows predate the epoch's lr and batch size in metrics.jsonl: a constant run's own
+    assert (epochs["epoch_lr"] == epochs["lr"]).all() and (epochs["epoch_batch_size"] == epochs["batch_size"]).all()
     expected = []
     for run in lrbs_tf.load_runs(mixed).itertuples():
         for line in runfolder.read_metrics(run.path):
@@ -105,7 +108,7 @@ def test_an_empty_folder_gives_empty_frames_and_a_missing_one_is_refused(tmp_pat
     assert lrbs_tf.load_runs(tmp_path).empty
     empty = lrbs_tf.load_metrics(tmp_path)
     assert empty.empty and list(empty.columns) == [*api.RUN_KEY_COLUMNS, *SETTINGS, *RECORDED,
-                                                   *runfolder.METRIC_KEYS]
+                                                   *runfolder.METRIC_KEYS, *api.EPOCH_COLUMNS]
     with pytest.raises(UsageError, match="no such folder"):
         lrbs_tf.load_runs(tmp_path / "nope")
 
