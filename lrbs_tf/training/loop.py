@@ -171,14 +171,13 @@ def evaluate(strategy: tf.distribute.Strategy, pipes: Pipelines, eval_step: Call
     return loss_sum / n, correct / n
 
 
-def train_batches(pipes: Pipelines, cfg: TrainConfig, epoch: int, batch_size: int | None = None) -> tf.data.Dataset:
+def train_batches(pipes: Pipelines, cfg: TrainConfig, epoch: int, batch_size: int) -> tf.data.Dataset:
     """Epoch `epoch`'s (0-based) training input, one element per optimizer step. SGD: the epoch's shuffled
     batches (x, y). SVAG (svag = l > 1): 2l shuffled passes of the data, each seeded as its own epoch
     (epoch * 2l + j), cut into consecutive pairs of batches (x1, y1, x2, y2): l x floor(n / B) steps, so an
     epoch reads 2l epochs' worth of examples. The two batches of a pair are disjoint (drawn without
     replacement, as SGD's consecutive batches are), which is independence up to a covariance of order B / n.
-    `batch_size`: the epoch's (a schedule's; None: --batch_size)."""
-    batch_size = cfg.batch_size if batch_size is None else batch_size
+    `batch_size`: the epoch's (scheduling.epoch_plan: --batch_size, or a schedule's)."""
     if cfg.svag == 1:
         return pipes.train(batch_size, cfg.seed, epoch)
     passes = 2 * cfg.svag
@@ -240,7 +239,7 @@ def close_epoch(active: Sequence[mem.Member], epoch: int, stats: EpochStats, lab
                                grad_norm_sq=math.nan if stats.grad_norm_sq is None else float(stats.grad_norm_sq[k]),
                                step=stats.steps_before + int(stats.seen[k]) // (
                                    member.cfg.batch_size * svag_batches(member.cfg.svag)),
-                               examples=stats.examples_before + int(stats.seen[k]) if member.cfg.schedule else None)
+                               examples=stats.examples_before + int(stats.seen[k]))
         if mem.is_diverged(row):
             member.status, member.diverged_epoch = runfolder.STATUS_DIVERGED, epoch
             member.stop_reason = runfolder.STOP_DIVERGED
@@ -277,7 +276,7 @@ def train_column(strategy: tf.distribute.Strategy, data: Data, cfgs: Sequence[Tr
     show_progress = sys.stdout.isatty() if cfg.progress is None else cfg.progress
     steps_per_epoch = cfg.steps_per_epoch(data.num_train)  # x svag for SVAG
     # --epochs, or fewer under --max_steps (the last then partial); a schedule's epochs differ in steps
-    epochs = cfg.budget_epochs(cfg.epoch_step_counts(data.num_train) if cfg.schedule else steps_per_epoch)
+    epochs = cfg.budget_epochs(cfg.epoch_step_counts(data.num_train))
     if is_multi_worker(strategy):
         # Every worker must make the same calls (each step all-reduces across them): a timed pace would differ
         # between workers and deadlock them, so a fixed 2% of an epoch per call (the sums do not depend on it).

@@ -23,7 +23,7 @@ from lrbs_tf.core import durable
 from lrbs_tf.data.loaders import Data
 from lrbs_tf.models.builders import build_model, count_trainable_params
 from lrbs_tf.runs import checkpoints, folder as runfolder, tensorboard as summaries
-from lrbs_tf.runs.config import MIXED_PRECISION, TrainConfig, model_settings, svag_batches
+from lrbs_tf.runs.config import MIXED_PRECISION, TrainConfig, model_settings
 
 
 def sgd(lr: float, momentum: float) -> keras.optimizers.Optimizer:
@@ -150,18 +150,17 @@ def finite(x: float | None) -> bool:
 
 def record_epoch(member: Member, epoch: int, train_loss: float, train_accuracy: float, test_loss: float,
                  test_accuracy: float, seconds: float, train_seconds: float, label: str = "", *,
-                 grad_norm_sq: float = math.nan, step: int = 0, examples: int | None = None) -> dict:
+                 grad_norm_sq: float = math.nan, step: int = 0, examples: int = 0) -> dict:
     """Appends one epoch's metrics line for `member` and writes its TensorBoard scalars (at `step`); returns
     the row. `grad_norm_sq`: the epoch's mean squared norm of the minibatch loss gradient (loop.EpochStats);
-    `step`: the optimizer steps trained by the epoch's end, from the run's start; `examples`: the training
-    examples by then (default step x batch_size). The row records the epoch's `lr` and `batch_size`
+    `step` and `examples`: the optimizer steps and training examples by the epoch's end, from the run's start
+    (scheduling.epoch_plan counts them: batch sizes change under a schedule, an SVAG step reads two batches). The row records the epoch's `lr` and `batch_size`
     (member.cfg: the epoch's configuration under a schedule, lrbs_tf.training.scheduling)."""
     if not math.isfinite(train_loss):  # a diverged model's test numbers are not measurements
         test_loss, test_accuracy = math.nan, math.nan
     norm_sq = weight_norm_sq(member.model.trainable_variables)
-    examples_per_step = member.cfg.batch_size * svag_batches(member.cfg.svag)  # SVAG: two batches a step
     row = {"epoch": epoch, "step": step,
-           "examples_seen": step * examples_per_step if examples is None else examples,
+           "examples_seen": examples,
            "train_loss": train_loss, "train_accuracy": train_accuracy,
            "test_loss": test_loss, "test_accuracy": test_accuracy, "weight_norm_sq": norm_sq,
            "effective_lr": member.cfg.lr / norm_sq if norm_sq > 0 else math.nan, "grad_norm_sq": grad_norm_sq,

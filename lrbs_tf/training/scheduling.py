@@ -65,11 +65,8 @@ def enter_epoch(members: Sequence[Member], bases: dict[str, TrainConfig], epoch:
 def epoch_plan(cfg: TrainConfig, num_train: int, epoch: int) -> tuple[int, int, int, int]:
     """Epoch `epoch` (0-based) of the run `cfg` (its identity, not an epoch's configuration): its batch size,
     its optimizer steps (what is left of --max_steps in a last partial epoch), and the optimizer steps and
-    examples of the epochs before it."""
-    if not cfg.schedule:
-        whole = cfg.steps_per_epoch(num_train)  # x svag for SVAG, whose steps read svag_batches batches each
-        return (cfg.batch_size, cfg.epoch_steps(epoch, whole), epoch * whole,
-                epoch * whole * cfg.batch_size * svag_batches(cfg.svag))
+    examples of the epochs before it. A constant run is the schedule without changes (its counts all equal);
+    an SVAG step (svag > 1) reads svag_batches(svag) batches."""
     counts = cfg.epoch_step_counts(num_train)
-    examples = sum(counts[e] * cfg.epoch_batch_size(e) for e in range(epoch))
+    examples = sum(counts[e] * cfg.epoch_batch_size(e) for e in range(epoch)) * svag_batches(cfg.svag)
     return cfg.epoch_batch_size(epoch), cfg.epoch_steps(epoch, counts), sum(counts[:epoch]), examples

@@ -42,6 +42,13 @@ def _rows(a: Analysis, table: pd.DataFrame | None, key: tuple) -> pd.DataFrame:
     return table[group_keys(table, a.group_cols) == key]
 
 
+def _accuracy_row(a: Analysis, table: pd.DataFrame | None, key: tuple) -> pd.Series | None:
+    """The group's first row of `table` about best test accuracy (TARGET), or None when it has none."""
+    rows = _rows(a, table, key)
+    acc = rows[rows["measure"] == TARGET] if not rows.empty else rows
+    return None if acc.empty else acc.iloc[0]
+
+
 def _table3_line(a: Analysis, key: tuple) -> str | None:
     rows = _rows(a, a.tables.get("table3"), key)
     if rows.empty or "primary" not in rows:
@@ -58,13 +65,9 @@ def _table3_line(a: Analysis, key: tuple) -> str | None:
 
 
 def _ratio_line(a: Analysis, key: tuple) -> str | None:
-    rows = _rows(a, a.ratio_test, key)
-    if rows.empty:
+    r = _accuracy_row(a, a.ratio_test, key)
+    if r is None:
         return None
-    acc = rows[rows["measure"] == TARGET]
-    if acc.empty:
-        return None
-    r = acc.iloc[0]
     p = r["p_ratio"]
     if not math.isfinite(float(p)):
         return f"- Does BS/LR alone govern accuracy? Untestable here ({r.get('reason') or 'ratio_test.csv'})."
@@ -75,13 +78,9 @@ def _ratio_line(a: Analysis, key: tuple) -> str | None:
 
 
 def _invariance_line(a: Analysis, key: tuple) -> str | None:
-    rows = _rows(a, a.invariance, key)
-    if rows.empty:
+    r = _accuracy_row(a, a.invariance, key)
+    if r is None or not math.isfinite(float(r["p_permutation"])):
         return None
-    acc = rows[rows["measure"] == TARGET]
-    if acc.empty or not math.isfinite(float(acc.iloc[0]["p_permutation"])):
-        return None
-    r = acc.iloc[0]
     return (f"- Equal-ratio invariance of accuracy ({int(r['n_shared_ratios'])} shared ratios, unit "
             f"{r['unit']}): p = {_p(r['p_permutation'])}: "
             f"{'equal-ratio cells end more alike' if r['p_permutation'] < a.alpha else 'not shown to end more alike'} "
