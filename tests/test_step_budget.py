@@ -16,17 +16,18 @@ from tests.helpers import run_bin, small_config, without_seconds
 
 # MNIST-1D's 4000 training examples at batch 64: 62 steps per epoch, so 150 steps are 62 + 62 + 26.
 SPE, MAX_STEPS, STEPS = 62, 150, [62, 124, 150]
+EACH = [SPE] * 5  # the steps of each of 5 epochs (TrainConfig.epoch_step_counts)
 NAME = "mlp-mnist1d-bs64-lr0.1-s0-steps150"
 
 
 def test_the_budget_in_epochs_and_steps():
     cfg = TrainConfig(epochs=5, max_steps=MAX_STEPS)
-    assert cfg.budget_epochs(SPE) == 3
-    assert [cfg.epoch_steps(e, SPE) for e in range(5)] == [62, 62, 26, 0, 0]
-    assert TrainConfig(epochs=5, max_steps=124).budget_epochs(SPE) == 2  # ends on an epoch's boundary
+    assert cfg.budget_epochs(EACH) == 3
+    assert [cfg.epoch_steps(e, EACH) for e in range(5)] == [62, 62, 26, 0, 0]
+    assert TrainConfig(epochs=5, max_steps=124).budget_epochs(EACH) == 2  # ends on an epoch's boundary
     plain = TrainConfig(epochs=5)
-    assert plain.budget_epochs(SPE) == 5 and [plain.epoch_steps(e, SPE) for e in range(5)] == [62] * 5
-    assert budget_steps(5, None, SPE) == 310 and budget_steps(5, 150, SPE) == 150 and budget_steps(2, 124, SPE) == 124
+    assert plain.budget_epochs(EACH) == 5 and [plain.epoch_steps(e, EACH) for e in range(5)] == [62] * 5
+    assert budget_steps(5, None, EACH) == 310 and budget_steps(5, 150, EACH) == 150 and budget_steps(2, 124, EACH) == 124
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -124,14 +124,11 @@ class TrainConfig:
         SVAG epoch is the SDE time of an SGD epoch; each of its steps takes svag_batches(svag) minibatches)."""
         return num_train // self.batch_size * self.svag
 
-    def budget_epochs(self, steps_per_epoch: int | Sequence[int]) -> int:
+    def budget_epochs(self, steps_per_epoch: Sequence[int]) -> int:
         """The epochs the run trains: --epochs, or those --max_steps reaches first (its last may be partial).
-        `steps_per_epoch`: this run's optimizer steps of every epoch (steps_per_epoch(num_train)), or of each
-        (epoch_step_counts, under a schedule)."""
+        `steps_per_epoch`: this run's optimizer steps of each epoch (epoch_step_counts)."""
         if self.step_budget is None:
             return self.epochs
-        if isinstance(steps_per_epoch, int):
-            return min(self.epochs, -(-self.step_budget // steps_per_epoch))
         done = 0
         for epoch, steps in enumerate(steps_per_epoch[:self.epochs]):
             done += steps
@@ -139,13 +136,12 @@ class TrainConfig:
                 return epoch + 1
         return self.epochs
 
-    def epoch_steps(self, epoch: int, steps_per_epoch: int | Sequence[int]) -> int:
+    def epoch_steps(self, epoch: int, steps_per_epoch: Sequence[int]) -> int:
         """Optimizer steps of epoch `epoch` (0-based): a whole epoch, or what is left of --max_steps."""
-        whole = steps_per_epoch if isinstance(steps_per_epoch, int) else steps_per_epoch[epoch]
+        whole = steps_per_epoch[epoch]
         if self.step_budget is None:
             return whole
-        before = epoch * whole if isinstance(steps_per_epoch, int) else sum(steps_per_epoch[:epoch])
-        return max(0, min(whole, self.step_budget - before))
+        return max(0, min(whole, self.step_budget - sum(steps_per_epoch[:epoch])))
 
     def epoch_batch_size(self, epoch: int) -> int:
         """The batch size of epoch `epoch` (0-based): --batch_size, times the schedule's factors so far."""
@@ -193,10 +189,10 @@ def schedule_step_counts(schedule: str, epochs: int, num_train: int, batch_size:
     return [num_train // schedules.whole_batch_size(schedule, batch_size, e) for e in range(epochs)]
 
 
-def budget_steps(epochs: int, max_steps: int | None, steps_per_epoch: int | Sequence[int]) -> int:
+def budget_steps(epochs: int, max_steps: int | None, steps_per_epoch: Sequence[int]) -> int:
     """The optimizer steps a run of this budget takes, unless --stop_at_train_loss ends it sooner.
-    `steps_per_epoch`: the steps of every epoch, or of each (schedule_step_counts)."""
-    full = epochs * steps_per_epoch if isinstance(steps_per_epoch, int) else sum(steps_per_epoch[:epochs])
+    `steps_per_epoch`: the steps of each epoch (schedule_step_counts)."""
+    full = sum(steps_per_epoch[:epochs])
     return full if max_steps is None else min(full, max_steps)
 
 

@@ -88,10 +88,10 @@ def train_size(cfg: TrainConfig) -> int | None:
 
 def run_steps(cfg: TrainConfig) -> int:
     """The optimizer steps of one run of settings `cfg`: epochs x floor(num_train / batch_size) (training
-    batches drop the remainder; each epoch's batch size under a --schedule), or max_steps if fewer; NOMINAL_TRAIN stands in for an unknown training set.
-    A run stopped early by --stop_at_train_loss takes fewer; none more. Counted in minibatch gradients: an SVAG
-    run's are step_cost(svag) times its SGD steps. The one cost shards are balanced by:
-    a setting that changes a run's steps changes them here."""
+    batches drop the remainder; each epoch's batch size under a --schedule), or max_steps if fewer;
+    NOMINAL_TRAIN stands in for an unknown training set. A run stopped early by --stop_at_train_loss takes
+    fewer; none more. Counted in minibatch gradients: an SVAG run's are step_cost(svag) times its SGD steps.
+    The one cost shards are balanced by: a setting that changes a run's steps changes them here."""
     return config_run_steps(cfg.epochs, cfg.max_steps, train_size(cfg) or NOMINAL_TRAIN, cfg.batch_size,
                             cfg.schedule) * step_cost(cfg.svag)
 
