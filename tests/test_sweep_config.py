@@ -136,3 +136,23 @@ def test_a_grid_axis_grows_in_place_and_a_change_elsewhere_is_refused(tmp_path):
     # A setting made an axis that keeps its recorded value grows too: the recorded runs are its first value's.
     assert scheduler.check_sweep_record(tmp_path, record("--grid=weight_decay=0.005,0.01,0.02",
                                                          "--grid=momentum=0,0.9")) == {"momentum": [0.9]}
+
+
+def test_a_dry_list_whose_reader_leaves_early_ends_without_a_traceback():
+    """`bin/sweep --dry_list | head`: the reader closes the pipe after one line; bin/sweep, blocked on a full
+    pipe (a 2,500-run grid lists far more than a pipe holds), gets EPIPE on its next write and must end
+    quietly with 141 (128 + SIGPIPE), not a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from lrbs_tf.cli.app import PIPE_CLOSED_EXIT
+
+    argv = [sys.executable, str(REPO / "bin" / "sweep"), "--flagfile=" + str(REPO / "flags" / "quick.flags"),
+            "--seeds=" + ",".join(map(str, range(100))), "--novectorize", "--workdir=/nonexistent/lrbs_dry",
+            "--dry_list"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == PIPE_CLOSED_EXIT, err
+    assert first.startswith(b"shard 0 of 1: 2500 of the grid's 2500 runs") and "Traceback" not in err and not err

@@ -13,6 +13,7 @@ for a thin bin/ script is none, hence these.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -21,6 +22,8 @@ from absl import app, flags
 from lrbs_tf.cli.flags import BinaryFlags, binary_flags, unknown_flag_hint
 from lrbs_tf.core.durable import STORAGE_FAULTS
 from lrbs_tf.core.errors import LOCKED_EXIT, RunFolderError, RunLocked, UsageError
+
+PIPE_CLOSED_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader closed the pipe
 
 # How each binary can be started besides bin/<name> (pyproject.toml's console scripts, python -m).
 ALSO_RUN_AS = "python -m lrbs_tf.{name}, or the console script lrbs-{name}"
@@ -146,6 +149,11 @@ def run_app(binary: str, main: Callable[[flags.FlagValues], int | None],
         fail(prog, _one_line(str(e)), code=LOCKED_EXIT)
     except (UsageError, RunFolderError) as e:
         fail(prog, _one_line(str(e)))
+    except BrokenPipeError:
+        # The reader of stdout left (`bin/sweep --dry_list | head`): it had what it wanted, nothing failed.
+        # Python's recipe: stdout to /dev/null, so the interpreter's last flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(PIPE_CLOSED_EXIT)
     except OSError as e:
         # A storage fault is not bad input (exit 1, not 2: a sweep goes on with its other runs); the writers
         # are atomic, so every file finished before the fault is intact, and running the command again
